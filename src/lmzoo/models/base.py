@@ -1,0 +1,96 @@
+"""The one LightningModule every architecture derives from.
+
+It owns the loss, the training and validation steps, the optimizer and schedule, logging, and the
+self-describing part of checkpoints. An architecture only builds its layers and implements
+`forward(idx, cache=None) -> logits`.
+"""
+
+import inspect
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmzoo import __version__
+from lmzoo.optim import OptimConfig, configure_adamw
+
+
+class LanguageModel(L.LightningModule):
+    """Base class. Subclasses call `super().__init__(vocab_size, block_size, optim)` and build layers."""
+
+    def __init__(self, vocab_size: int, block_size: int, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.optim_config = OptimConfig(**(optim or {}))
+        self.best_val_loss = float("inf")
+        self.tokenizer_spec: dict | None = None
+
+    def model_config(self) -> dict:
+        """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
+        accepted = inspect.signature(type(self)).parameters
+        return {name: value for name, value in self.hparams.items() if name in accepted}
+
+    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """Logits of shape (B, T, vocab_size) for token ids of shape (B, T)."""
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int):
+        """A KV cache for incremental decoding, or None for models that recompute their context."""
+        return None
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.loss(batch), prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        val_loss = self.trainer.callback_metrics["val/loss"].item()
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.log("val/loss_best", self.best_val_loss, sync_dist=True)
+
+    def configure_optimizers(self):
+        return configure_adamw(self, self.optim_config, self.device)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["lmzoo"] = {
+            "version": __version__,
+            "target": f"{type(self).__module__}.{type(self).__qualname__}",
+            "config": self.model_config(),
+            "tokenizer": self.tokenizer_spec,
+            "best_val_loss": self.best_val_loss,
+            "rng": capture_rng(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        info = checkpoint["lmzoo"]
+        self.best_val_loss = info["best_val_loss"]
+        self.tokenizer_spec = info["tokenizer"]
+        restore_rng(info["rng"])
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

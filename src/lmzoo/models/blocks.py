@@ -1,0 +1,147 @@
+"""The building blocks every architecture shares: one norm, one MLP, one attention, one block.
+
+Parameter names follow Hugging Face GPT-2 (c_attn, c_proj, c_fc, ln_1, ln_2) so weights map across.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    raise ValueError(f"unknown norm {kind!r}; use layernorm or rmsnorm")
+
+
+ACTIVATIONS = {"gelu": nn.GELU(approximate="tanh"), "relu": nn.ReLU(), "silu": nn.SiLU(), "sigmoid": nn.Sigmoid()}
+
+
+class MLP(nn.Module):
+    """Feed-forward layer; `gated` makes it a GLU (SwiGLU with silu): act(gate) * up."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu", gated: bool = False, bias: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.gated = gated
+        self.c_fc = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
+        self.c_proj = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE), rotating pairs (i, i + head_dim/2) as Llama does."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate x of shape (B, heads, T, head_dim) whose first position is `start`."""
+        T = x.size(-2)
+        cos = self.cos[start : start + T].to(x.dtype)
+        sin = self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to the model's context."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_heads: list[int], head_dim: int, capacity: int,
+                 device, dtype):
+        self.keys = [torch.zeros(batch_size, h, capacity, head_dim, device=device, dtype=dtype) for h in n_kv_heads]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.capacity = capacity
+        self.position = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v for `layer`; return all keys and values so far."""
+        end = self.position + k.size(-2)
+        self.keys[layer][:, :, self.position : end] = k
+        self.values[layer][:, :, self.position : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads, optional RoPE, and an optional KV cache."""
+
+    def __init__(self, dim: int, n_head: int, head_dim: int, n_kv_head: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, rotary: Rotary | None = None):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, head_dim
+        self.n_kv_head = n_kv_head or n_head
+        self.c_attn = nn.Linear(dim, (self.n_head + 2 * self.n_kv_head) * head_dim, bias=bias)
+        self.c_proj = nn.Linear(n_head * head_dim, dim, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        start = cache.position if cache else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=causal_mask(start, T, x.device) if start > 0 and T > 1 else None,
+            is_causal=start == 0 and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.c_proj(y))
+
+
+def causal_mask(start: int, length: int, device) -> torch.Tensor:
+    """Boolean mask letting query start+i see keys 0..start+i."""
+    queries = torch.arange(start, start + length, device=device)[:, None]
+    return torch.arange(start + length, device=device)[None, :] <= queries
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module, ln_1: nn.Module, ln_2: nn.Module):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def init_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
+    """GPT-2 init: normal(0, std) for linears and embeddings, residual projections scaled by 1/sqrt(2 n_layer)."""
+    for name, param in module.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * n_layer))
+        elif param.dim() >= 2:
+            nn.init.normal_(param, mean=0.0, std=std)
+        elif name.endswith("bias") and "ln" not in name and "norm" not in name:
+            nn.init.zeros_(param)

@@ -1,0 +1,67 @@
+"""Build data, model, callbacks, logger and Trainer from a composed config, train, and sample."""
+
+import dataclasses
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lmzoo.checkpoint import load_model
+from lmzoo.errors import UserError
+from lmzoo.sampling import generate, start_ids
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to continue from: ckpt_path, or with resume=auto the run folder's last.ckpt."""
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"checkpoint {str(path)!r} does not exist; pass ckpt_path=PATH to a .ckpt file")
+        return str(path)
+    if cfg.resume == "auto":
+        last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if cfg.resume is not None:
+        raise UserError(f"resume={cfg.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
+    return None
+
+
+def build(cfg: DictConfig):
+    """The datamodule (prepared), model, and Trainer a config describes."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    optim = dataclasses.asdict(instantiate(cfg.optim))
+    model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
+    model.tokenizer_spec = datamodule.meta["tokenizer"]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train as configured; return the best checkpoint path and validation loss."""
+    ckpt_path = resume_path(cfg)
+    datamodule, model, trainer = build(cfg)
+    # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
+    trainer.fit(torch.compile(model) if cfg.compile else model, datamodule=datamodule, ckpt_path=ckpt_path,
+                weights_only=False)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    result = {"best_checkpoint": best, "best_val_loss": model.best_val_loss, "steps": trainer.global_step}
+    if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
+        print(f"\nSample from {best}:\n{sample_text(best, cfg.sample_tokens, cfg.seed)}\n")
+    return result
+
+
+def sample_text(ckpt: str, max_new_tokens: int, seed: int) -> str:
+    model, tokenizer, _ = load_model(ckpt)
+    prompt = torch.tensor([start_ids(tokenizer, "")])
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.cat(list(generate(model, prompt, max_new_tokens, 0.8, 50, generator=generator)))
+    return tokenizer.decode(tokens.tolist())
+
+
+def describe(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,62 @@
+"""The command lines as a user types them, each in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SHAKESPEARE, TINY
+
+
+def run(*args, cwd, check=True):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=os.environ)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_train_then_generate(tmp_path):
+    run("lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", "hydra.run.dir=run", "sample_tokens=20", cwd=tmp_path)
+    assert (tmp_path / "data" / "shakespeare_char" / "train.bin").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    out = run("lmzoo.generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=40", "num_samples=2",
+              "temperature=0", cwd=tmp_path).stdout
+    samples = out.strip("\n").split("\n---------------\n")
+    assert len(samples) == 2 and samples[0] == samples[1]
+    assert samples[0].startswith("ROMEO:") and len(samples[0]) == len("ROMEO:") + 40
+
+
+def test_prepare_command(tmp_path):
+    out = run("lmzoo.prepare", "data=shakespeare", f"data.path={SHAKESPEARE}", cwd=tmp_path).stdout
+    assert "vocab 50,257 (uint16)" in out
+    assert (tmp_path / "data" / "shakespeare" / "meta.json").is_file()
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_runs_each_job_in_its_own_folder(tmp_path):
+    run("lmzoo.train", "-m", "model=gpt,gpt_rope", *TINY, f"data.path={SHAKESPEARE}", "trainer.max_steps=10",
+        "hydra.sweep.dir=sweep", cwd=tmp_path)
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=gpt" in jobs[0]
+    for job in jobs:
+        assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lmzoo.train", "data.path=missing.txt"], "error: data file 'missing.txt' does not exist; point data.path at a text file"),
+    (["lmzoo.train", "data.path=none", "data.url=file:///nonexistent/input.txt"], "set data.path to a local copy"),
+    (["lmzoo.train", "block_size=0"], "error: block_size must be positive, got 0"),
+    (["lmzoo.train", "ckpt_path=nothing.ckpt"], "error: checkpoint 'nothing.ckpt' does not exist"),
+    (["lmzoo.generate", "ckpt=nothing.ckpt"], "error: checkpoint 'nothing.ckpt' does not exist"),
+    (["lmzoo.train", "model=nosuchmodel"], "Could not find 'model/nosuchmodel'"),
+    (["lmzoo.train", "data=nosuchdata"], "Could not find 'data/nosuchdata'"),
+    (["lmzoo.generate", "ckpt=x.ckpt", "temperature=-1"], "error: temperature must be >= 0"),
+])
+def test_user_mistakes_get_one_clear_line(tmp_path, args, message):
+    args = [a.replace("data.path=none", "data.path=null") for a in args]
+    result = run(*args, cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,60 @@
+import math
+
+import torch
+from hydra.utils import instantiate
+
+from conftest import compose_train
+
+from lmzoo.checkpoint import load_model, read_checkpoint
+from lmzoo.training import train
+
+
+def test_short_run_lowers_validation_loss(tmp_path):
+    cfg = compose_train(tmp_path, "trainer.max_steps=100", "trainer.val_check_interval=50", "data.batch_size=16",
+                        "optim.lr=1e-2")
+    result = train(cfg)
+    assert result["steps"] == 100
+    assert result["best_val_loss"] < math.log(65) - 0.8
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_checkpoint_reloads_to_identical_logits_and_tokenizer(tmp_path):
+    cfg = compose_train(tmp_path)
+    train(cfg)
+    model, tokenizer, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    assert tokenizer.spec == datamodule.meta["tokenizer"]
+    assert info["global_step"] == 20 and type(model).__name__ == "GPTRope"
+    reloaded, _, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    idx = torch.randint(0, 65, (2, 32))
+    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(model(idx), reloaded(idx))
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    """2N steps straight, against N steps then a resume for N more (dropout on, so RNG state matters)."""
+    common = ["trainer.max_steps=8", "model.dropout=0.1", "optim.warmup_steps=4",
+              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='step{step}'",
+              "trainer.accumulate_grad_batches=2", "trainer.val_check_interval=8"]
+    straight = tmp_path / "straight"
+    train(compose_train(straight, *common))
+    halfway = straight / "run" / "checkpoints" / "step4.ckpt"
+    assert read_checkpoint(halfway)["global_step"] == 4
+
+    resumed = tmp_path / "resumed"
+    train(compose_train(resumed, *common, f"ckpt_path={halfway}"))
+    expected = read_checkpoint(straight / "run" / "checkpoints" / "last.ckpt")
+    actual = read_checkpoint(resumed / "run" / "checkpoints" / "last.ckpt")
+    assert actual["global_step"] == expected["global_step"] == 8
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][name], tensor), name
+    assert actual["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
+
+
+def test_resume_auto_continues_from_the_run_folder(tmp_path):
+    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
+    result = train(compose_train(tmp_path, "trainer.max_steps=20", "resume=auto"))
+    assert result["steps"] == 20
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 20
