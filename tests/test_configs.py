@@ -1,0 +1,53 @@
+"""Every file in conf/ composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import REPO, compose_train
+
+from lmzoo.data import TokenDataModule
+from lmzoo.models import LanguageModel
+from lmzoo.optim import OptimConfig
+
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_configs(tmp_path, name):
+    datamodule = instantiate(compose_train(tmp_path, f"data={name}").data)
+    assert isinstance(datamodule, TokenDataModule) and datamodule.name == name
+    datamodule.prepare_data()
+    assert datamodule.vocab_size > 0
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_configs(tmp_path, name):
+    cfg = compose_train(tmp_path, f"model={name}", tiny=False)
+    model = instantiate(cfg.model, vocab_size=65, optim=dict(instantiate(cfg.optim).__dict__))
+    assert isinstance(model, LanguageModel) and model.block_size == cfg.block_size
+
+
+@pytest.mark.parametrize("name", options("optim"))
+def test_optim_configs(tmp_path, name):
+    assert isinstance(instantiate(compose_train(tmp_path, f"optim={name}").optim), OptimConfig)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_configs(tmp_path, name):
+    # The gpu preset is instantiated on the CPU here, keeping its precision.
+    cfg = compose_train(tmp_path, f"trainer={name}", "trainer.accelerator=cpu", tiny=False)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    assert trainer.max_steps == cfg.trainer.max_steps and trainer.checkpoint_callback is not None
+
+
+def test_every_group_is_tested():
+    assert {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        "data", "model", "optim", "trainer", "callbacks", "logger"}
+    assert {p.name for p in Path(CONF).glob("*.yaml")} == {"train.yaml", "prepare.yaml", "generate.yaml"}
