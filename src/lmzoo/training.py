@@ -45,9 +45,11 @@ def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     ckpt_path = resume_path(cfg)
     datamodule, model, trainer = build(cfg)
+    if cfg.compile:
+        # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
+        model.compile()
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
-    trainer.fit(torch.compile(model) if cfg.compile else model, datamodule=datamodule, ckpt_path=ckpt_path,
-                weights_only=False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": model.best_val_loss, "steps": trainer.global_step}
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:

@@ -49,6 +49,7 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
