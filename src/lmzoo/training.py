@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lmzoo.checkpoint import load_model
 from lmzoo.errors import UserError
@@ -64,6 +64,3 @@ def sample_text(ckpt: str, max_new_tokens: int, seed: int) -> str:
     tokens = torch.cat(list(generate(model, prompt, max_new_tokens, 0.8, 50, generator=generator)))
     return tokenizer.decode(tokens.tolist())
 
-
-def describe(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)

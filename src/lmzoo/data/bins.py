@@ -13,7 +13,7 @@ import numpy as np
 
 from lmzoo.data.source import resolve_source, sha256_of
 from lmzoo.errors import UserError
-from lmzoo.tokenizers import Tokenizer, fit_tokenizer, tokenizer_from_spec
+from lmzoo.tokenizers import Tokenizer, fit_tokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -128,6 +128,3 @@ def write_atomically(path: Path, payload: bytes) -> None:
         os.fsync(file.fileno())
     os.replace(temporary, path)
 
-
-def load_tokenizer(meta: dict) -> Tokenizer:
-    return tokenizer_from_spec(meta["tokenizer"])

@@ -136,12 +136,13 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def init_weights(module: nn.Module, n_layer: int, std: float = 0.02) -> None:
+def init_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:
     """GPT-2 init: normal(0, std) for linears and embeddings, residual projections scaled by 1/sqrt(2 n_layer)."""
-    for name, param in module.named_parameters():
-        if name.endswith("c_proj.weight"):
-            nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * n_layer))
-        elif param.dim() >= 2:
-            nn.init.normal_(param, mean=0.0, std=std)
-        elif name.endswith("bias") and "ln" not in name and "norm" not in name:
-            nn.init.zeros_(param)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            scale = 1 / math.sqrt(2 * n_layer) if name.endswith("c_proj") else 1.0
+            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
