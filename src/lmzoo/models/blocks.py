@@ -18,7 +18,12 @@ def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; use layernorm or rmsnorm")
 
 
-ACTIVATIONS = {"gelu": nn.GELU(approximate="tanh"), "relu": nn.ReLU(), "silu": nn.SiLU(), "sigmoid": nn.Sigmoid()}
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+}
 
 
 class MLP(nn.Module):
@@ -29,7 +34,7 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = gated
         self.c_fc = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
-        self.act = ACTIVATIONS[activation]
+        self.act = ACTIVATIONS[activation]()
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
