@@ -223,3 +223,19 @@ def test_streamed_cl100k_chinese_never_prints_broken_characters():
     assert any(tok.decode([i]).endswith("\ufffd") for i in ids)
     pieces = list(stream_text(tok, iter(ids)))
     assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
+
+
+def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tmp_path):
+    import shutil
+
+    from test_cli import run
+    from conftest import TINY
+
+    run("lmzoo.train", "model=gpt_rope", "data=tinystories", f"data.path={TINYSTORIES}", "tokenizer=bpe",
+        "data.tokenizer.vocab_size=300", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert json.loads((tmp_path / "data" / "tinystories" / "meta.json").read_text())["vocab_size"] == 300
+    assert (tmp_path / "data" / "tinystories" / "tokenizer.json").is_file()
+    shutil.rmtree(tmp_path / "data")
+    out = run("lmzoo.generate", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "prompt=Once upon a time",
+              "max_new_tokens=30", cwd=tmp_path).stdout
+    assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 10

@@ -113,28 +113,14 @@ def prepare(
         lambda: (text for text, _ in pieces(corpus.texts(*ranges["train"]), document_separator, PIECE_CHARS)),
     )
     token_type = token_dtype(tok.vocab_size, dtype)
-    # Documents are split out and followed by end-of-text only for tokenizers that have it.
-    separator = document_separator if tok.eot_id is not None else None
     data_dir.mkdir(parents=True, exist_ok=True)
-    splits, staged = {}, {}
+    staged = {split: data_dir / f"{split}.bin.tmp" for split in SPLITS}
     try:
-        for split, (start, stop) in ranges.items():
-            staged[split] = data_dir / f"{split}.bin.tmp"
-            with tqdm(total=stop - start, desc=f"{data_dir.name} {split}", unit="B", unit_scale=True,
-                      disable=not progress) as bar:
-                texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
-                tokens = write_tokens(staged[split], tok, texts, token_type, workers or os.cpu_count() or 1)
-            splits[split] = {"tokens": tokens, "bytes": stop - start}
-            check_block_size(splits, block_size)
-        meta = {
-            "fingerprint": wanted,
-            "source": ", ".join(map(str, files)),
-            "tokenizer": tok.spec,
-            "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id,
-            "dtype": token_type.name,
-            "splits": splits,
+        splits = {
+            split: encode_split(corpus, ranges[split], tok, staged[split], token_type, workers, progress)
+            for split in SPLITS
         }
+        check_block_size(splits, block_size)
         (data_dir / "meta.json").unlink(missing_ok=True)
         for split, temporary in staged.items():
             publish(temporary, data_dir / f"{split}.bin")
@@ -143,8 +129,30 @@ def prepare(
             temporary.unlink(missing_ok=True)
     if tok.spec["kind"] == "bpe":
         write_atomically(data_dir / "tokenizer.json", tok.json.encode("utf-8"))
+    meta = {
+        "fingerprint": wanted,
+        "source": ", ".join(map(str, files)),
+        "tokenizer": tok.spec,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "dtype": token_type.name,
+        "splits": splits,
+    }
     write_atomically(data_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
     return meta
+
+
+def encode_split(corpus: Corpus, byte_range: tuple[int, int], tok: Tokenizer, path: Path, dtype: np.dtype,
+                 workers: int | None, progress: bool) -> dict:
+    """Tokenize one split of the corpus into `path`; its token and byte counts."""
+    start, stop = byte_range
+    # Documents are split out and followed by end-of-text only for tokenizers that have it.
+    separator = corpus.separator if tok.eot_id is not None else None
+    with tqdm(total=stop - start, desc=f"{path.parent.name} {path.name.split('.')[0]}", unit="B",
+              unit_scale=True, disable=not progress) as bar:
+        texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
+        tokens = write_tokens(path, tok, texts, dtype, workers or os.cpu_count() or 1)
+    return {"tokens": tokens, "bytes": stop - start}
 
 
 def check_block_size(splits: dict, block_size: int) -> None:

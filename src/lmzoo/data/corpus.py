@@ -7,6 +7,7 @@ pieces one by one gives the ids that encoding the whole text at once would.
 """
 
 import codecs
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -55,19 +56,20 @@ class Corpus:
                     low += len(block)
                     yield block
 
-    def locate(self, offset: int) -> tuple[Path, int]:
-        """The file and the offset within it of a corpus byte offset."""
+    def locate(self, offset: int) -> tuple[Path | bytes, int]:
+        """The part (a file, or the joiner between two) holding a byte offset, and the offset within it."""
         for part, size in zip(self.parts, self.sizes):
             if offset < size:
-                return (part if isinstance(part, Path) else self.files[0]), offset
+                break
             offset -= size
-        return self.files[-1], self.sizes[-1]
+        return part, offset
 
     def texts(self, start: int, stop: int, progress=None) -> Iterator[str]:
         """The text of bytes [start, stop); a byte that is not UTF-8 text is a UserError naming it."""
         decoder = codecs.getincrementaldecoder("utf-8")()
         position = start
-        for block in [*self.blocks(start, stop), b""]:
+        # The empty block at the end flushes the decoder: a file may end inside a character.
+        for block in itertools.chain(self.blocks(start, stop), [b""]):
             pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(block, final=not block)

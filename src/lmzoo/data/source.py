@@ -82,7 +82,10 @@ def download(url: str, destination: Path) -> None:
 def export_dataset(name: str, config: str | None, split: str, text_column: str, separator: str | None,
                    cache_dir: Path) -> list[Path]:
     """A Hugging Face dataset split as one text file in `cache_dir`, its rows joined by `separator`."""
-    destination = cache_dir / f"{name.replace('/', '--')}--{config or 'default'}--{split}--{text_column}.txt"
+    joiner = separator or "\n"
+    # The file depends on the separator that joins the rows, so it is part of the name.
+    tag = hashlib.sha256(joiner.encode()).hexdigest()[:8]
+    destination = cache_dir / f"{name.replace('/', '--')}--{config or 'default'}--{split}--{text_column}--{tag}.txt"
     if destination.is_file():
         return [destination]
     import datasets
@@ -99,7 +102,6 @@ def export_dataset(name: str, config: str | None, split: str, text_column: str, 
         raise UserError(f"dataset {name!r} has no column {text_column!r}; set data.text_column to one of {columns}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
-    joiner = separator or "\n"
     try:
         with open(partial, "w", encoding="utf-8") as file:
             for index, row in enumerate(tqdm(rows, desc=f"export {name}:{split}", unit=" rows")):
