@@ -131,16 +131,22 @@ def test_folder_and_glob_sources_read_every_text_file(tmp_path):
     assert all_tokens(tmp_path / "g", from_glob) == all_tokens(tmp_path / "f", from_folder)
 
 
-def test_a_local_hugging_face_dataset_with_a_text_column(tmp_path):
+def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(tmp_path):
     folder = tmp_path / "dataset"
     folder.mkdir()
-    rows = [{"id": i, "content": f"row {i} says hello"} for i in range(200)]
-    (folder / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
-    dataset = {"name": str(folder), "config": None, "split": "train", "text_column": "content"}
+    rows = {split: [{"id": i, "content": f"{split} row {i} says hello"} for i in range(count)]
+            for split, count in (("train", 200), ("validation", 20))}
+    for split, split_rows in rows.items():
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(row) for row in split_rows))
+    dataset = {"name": str(folder), "config": None, "split": "train", "val_split": "validation",
+               "text_column": "content"}
     meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset,
                    document_separator="<|endoftext|>", cache_dir=tmp_path / "downloads", progress=False)
-    decoded = TiktokenTokenizer("gpt2").decode(all_tokens(tmp_path / "bins", meta))
-    assert decoded == "".join(row["content"] + "<|endoftext|>" for row in rows)
+    tok = TiktokenTokenizer("gpt2")
+    for split, name in (("train", "train"), ("val", "validation")):
+        decoded = tok.decode(np.fromfile(tmp_path / "bins" / f"{split}.bin", dtype=np.uint16).tolist())
+        assert decoded == "".join(row["content"] + "<|endoftext|>" for row in rows[name])
+    assert meta["splits"]["train"]["tokens"] > 0
 
 
 def test_hugging_face_dataset_offline_fails_fast_naming_data_path(tmp_path):
@@ -171,7 +177,7 @@ def bad_input(tmp_path, case):
         (tmp_path / "ds").mkdir()
         (tmp_path / "ds" / "train.jsonl").write_text('{"body": "some text"}\n' * 10)
         dataset = {"name": str(tmp_path / "ds"), "config": None, "split": "train", "text_column": "text"}
-        return {"dataset": dataset, "cache_dir": tmp_path / "downloads"}, r"has no column 'text'; set data.text_column to one of \['body'\]"
+        return {"dataset": dataset, "cache_dir": tmp_path / "downloads"}, r"has no column 'text'; set data.dataset.text_column to one of \['body'\]"
     if case == "vocabulary too large for the dtype":
         return ({"path": str(text_file), "tokenizer": {"kind": "tiktoken", "name": "cl100k_base"}, "dtype": "uint16"},
                 "a vocabulary of 100,277 tokens does not fit uint16; set data.dtype=uint32")
@@ -239,3 +245,14 @@ def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tm
     out = run("lmzoo.generate", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "prompt=Once upon a time",
               "max_new_tokens=30", cwd=tmp_path).stdout
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 10
+
+
+def test_a_separate_validation_file(tmp_path):
+    (tmp_path / "train.txt").write_text("<|endoftext|>".join(f"train story {i}" for i in range(50)))
+    (tmp_path / "valid.txt").write_text("<|endoftext|>".join(f"valid story {i}" for i in range(10)))
+    meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(tmp_path / "train.txt"),
+                   val_path=str(tmp_path / "valid.txt"), document_separator="<|endoftext|>", progress=False)
+    tok = TiktokenTokenizer("gpt2")
+    val = tok.decode(np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist())
+    assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
+    assert meta["splits"]["val"]["bytes"] == (tmp_path / "valid.txt").stat().st_size

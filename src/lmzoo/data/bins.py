@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmzoo.data.corpus import Corpus, pieces
-from lmzoo.data.source import export_dataset, resolve_source, sha256_of_files
+from lmzoo.data.source import export_dataset, resolve_files, resolve_source, sha256_of_files
 from lmzoo.errors import UserError
 from lmzoo.tokenizers import Tokenizer, fit_tokenizer
 
@@ -74,6 +74,7 @@ def prepare(
     path: str | None = None,
     url: str | None = None,
     sha256: str | None = None,
+    val_path: str | None = None,
     dataset: dict | None = None,
     train_fraction: float = 0.9,
     document_separator: str | None = None,
@@ -85,39 +86,36 @@ def prepare(
 ) -> dict:
     """Build the bins in `data_dir` unless bins for the same inputs are already there; return meta.
 
-    `dataset` names a Hugging Face dataset ({name, config, split, text_column}) used when there is no
-    path. Both splits must hold more than `block_size` + 1 tokens, or the existing bins stay as they are.
+    `dataset` names a Hugging Face dataset ({name, config, split, val_split, text_column}) used when
+    there is no path or url. A validation source (`val_path`, or the dataset's `val_split`) replaces
+    the split by `train_fraction`. Both splits must hold more than `block_size` + 1 tokens, or the
+    existing bins stay as they are.
     """
     data_dir = Path(data_dir)
     if not 0.0 < train_fraction < 1.0:
         raise UserError(f"data.train_fraction must lie strictly between 0 and 1, got {train_fraction}")
     cache_dir = Path(cache_dir) if cache_dir else data_dir.parent / "downloads"
-    if not path and not url and dataset and dataset.get("name"):
-        files = export_dataset(**dataset, separator=document_separator, cache_dir=cache_dir)
-    else:
-        files = resolve_source(path, url, sha256, cache_dir)
-    wanted = fingerprint(sha256_of_files(files), dict(tokenizer), train_fraction, document_separator, dtype)
+    sources = source_files(path, url, sha256, val_path, dataset, document_separator, cache_dir)
+    checksum = "+".join(sha256_of_files(files) for files in sources.values())
+    wanted = fingerprint(checksum, dict(tokenizer), train_fraction, document_separator, dtype)
     meta = read_meta(data_dir)
     if meta is not None and meta["fingerprint"] == wanted:
         check_block_size(meta["splits"], block_size)
         return meta
 
-    corpus = Corpus(files, document_separator)
-    if not any(text.strip() for text in corpus.texts(0, corpus.size)):
-        raise UserError(f"{', '.join(map(str, files))} is empty; point data.path at a file with text in it")
-    split_at = corpus.split_offset(train_fraction)
-    ranges = {"train": (0, split_at), "val": (split_at, corpus.size)}
+    spans = split_spans(sources, train_fraction, document_separator)
     tok = fit_tokenizer(
         dict(tokenizer),
-        lambda: corpus.texts(0, corpus.size),
-        lambda: (text for text, _ in pieces(corpus.texts(*ranges["train"]), document_separator, PIECE_CHARS)),
+        lambda: (text for corpus, start, stop in spans.values() for text in corpus.texts(start, stop)),
+        lambda: (text for text, _ in pieces(spans["train"][0].texts(*spans["train"][1:]), document_separator,
+                                            PIECE_CHARS)),
     )
     token_type = token_dtype(tok.vocab_size, dtype)
     data_dir.mkdir(parents=True, exist_ok=True)
     staged = {split: data_dir / f"{split}.bin.tmp" for split in SPLITS}
     try:
         splits = {
-            split: encode_split(corpus, ranges[split], tok, staged[split], token_type, workers, progress)
+            split: encode_split(*spans[split], tok, staged[split], token_type, workers, progress)
             for split in SPLITS
         }
         check_block_size(splits, block_size)
@@ -131,7 +129,7 @@ def prepare(
         write_atomically(data_dir / "tokenizer.json", tok.json.encode("utf-8"))
     meta = {
         "fingerprint": wanted,
-        "source": ", ".join(map(str, files)),
+        "source": ", ".join(str(path) for files in sources.values() for path in files),
         "tokenizer": tok.spec,
         "vocab_size": tok.vocab_size,
         "eot_id": tok.eot_id,
@@ -142,10 +140,43 @@ def prepare(
     return meta
 
 
-def encode_split(corpus: Corpus, byte_range: tuple[int, int], tok: Tokenizer, path: Path, dtype: np.dtype,
+def source_files(path, url, sha256, val_path, dataset: dict | None, separator: str | None,
+                 cache_dir: Path) -> dict[str, list[Path]]:
+    """The files of the corpus ("train"), and of a separate validation source ("val") if there is one."""
+    if not path and not url and dataset and dataset.get("name"):
+        export = {"name": dataset["name"], "config": dataset.get("config"),
+                  "text_column": dataset.get("text_column") or "text"}
+        sources = {"train": export_dataset(**export, split=dataset.get("split", "train"), separator=separator,
+                                           cache_dir=cache_dir)}
+        if dataset.get("val_split"):
+            sources["val"] = export_dataset(**export, split=dataset["val_split"], separator=separator,
+                                            cache_dir=cache_dir)
+        return sources
+    sources = {"train": resolve_source(path, url, sha256, cache_dir)}
+    if val_path:
+        sources["val"] = resolve_files(val_path)
+    return sources
+
+
+def split_spans(sources: dict[str, list[Path]], train_fraction: float,
+                separator: str | None) -> dict[str, tuple[Corpus, int, int]]:
+    """Each split as (corpus, start byte, stop byte): the two sources, or one cut at a document boundary."""
+    corpora = {split: Corpus(files, separator) for split, files in sources.items()}
+    for split, corpus in corpora.items():
+        if not any(text.strip() for text in corpus.texts(0, corpus.size)):
+            names = ", ".join(map(str, corpus.files))
+            raise UserError(f"{names} is empty; point data.{'val_path' if split == 'val' else 'path'} "
+                            "at a file with text in it")
+    if "val" in corpora:
+        return {split: (corpus, 0, corpus.size) for split, corpus in corpora.items()}
+    corpus = corpora["train"]
+    split_at = corpus.split_offset(train_fraction)
+    return {"train": (corpus, 0, split_at), "val": (corpus, split_at, corpus.size)}
+
+
+def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, path: Path, dtype: np.dtype,
                  workers: int | None, progress: bool) -> dict:
-    """Tokenize one split of the corpus into `path`; its token and byte counts."""
-    start, stop = byte_range
+    """Tokenize bytes [start, stop) of the corpus into `path`; their token and byte counts."""
     # Documents are split out and followed by end-of-text only for tokenizers that have it.
     separator = corpus.separator if tok.eot_id is not None else None
     with tqdm(total=stop - start, desc=f"{path.parent.name} {path.name.split('.')[0]}", unit="B",

@@ -81,6 +81,7 @@ class TokenDataModule(L.LightningDataModule):
         path: str | None = None,
         url: str | None = None,
         sha256: str | None = None,
+        val_path: str | None = None,
         dataset: dict | None = None,
         train_fraction: float = 0.9,
         document_separator: str | None = None,
@@ -97,7 +98,8 @@ class TokenDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size must be positive, got {batch_size}")
         self.name = name
         self.data_dir = Path(root).expanduser() / name
-        self.source = {"path": path, "url": url, "sha256": sha256, "dataset": dict(dataset) if dataset else None}
+        self.source = {"path": path, "url": url, "sha256": sha256, "val_path": val_path,
+                       "dataset": dict(dataset) if dataset else None}
         self.tokenizer_config = dict(tokenizer)
         self.train_fraction, self.document_separator = train_fraction, document_separator
         self.dtype, self.prepare_workers = dtype, prepare_workers

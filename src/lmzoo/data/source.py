@@ -99,7 +99,7 @@ def export_dataset(name: str, config: str | None, split: str, text_column: str, 
         ) from None
     columns = rows.column_names or list(next(iter(rows)).keys())
     if text_column not in columns:
-        raise UserError(f"dataset {name!r} has no column {text_column!r}; set data.text_column to one of {columns}")
+        raise UserError(f"dataset {name!r} has no column {text_column!r}; set data.dataset.text_column to one of {columns}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     try:
