@@ -15,7 +15,7 @@ from lmzoo.data.bins import read_meta
 from lmzoo.errors import UserError
 from lmzoo.sampling import stream_text
 from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer, tokenizer_from_spec
-from lmzoo.training import build
+from lmzoo.training import build, train
 
 HONGLOUMENG = SHARED / "data" / "hongloumeng.txt"
 TINYSTORIES = SHARED / "data" / "tinystories-valid.txt"
@@ -235,15 +235,14 @@ def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tm
     import shutil
 
     from test_cli import run
-    from conftest import TINY
 
-    run("lmzoo.train", "model=gpt_rope", "data=tinystories", f"data.path={TINYSTORIES}", "tokenizer=bpe",
-        "data.tokenizer.vocab_size=300", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    cfg = compose_train(tmp_path, "model=gpt_rope", "data=tinystories", f"data.path={TINYSTORIES}", "tokenizer=bpe",
+                        "data.tokenizer.vocab_size=300")
+    best = train(cfg)["best_checkpoint"]
     assert json.loads((tmp_path / "data" / "tinystories" / "meta.json").read_text())["vocab_size"] == 300
     assert (tmp_path / "data" / "tinystories" / "tokenizer.json").is_file()
     shutil.rmtree(tmp_path / "data")
-    out = run("lmzoo.generate", f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "prompt=Once upon a time",
-              "max_new_tokens=30", cwd=tmp_path).stdout
+    out = run("lmzoo.generate", f"ckpt={best}", "prompt=Once upon a time", "max_new_tokens=30", cwd=tmp_path).stdout
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 10
 
 

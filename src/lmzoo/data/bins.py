@@ -154,7 +154,7 @@ def source_files(path, url, sha256, val_path, dataset: dict | None, separator: s
         return sources
     sources = {"train": resolve_source(path, url, sha256, cache_dir)}
     if val_path:
-        sources["val"] = resolve_files(val_path)
+        sources["val"] = resolve_files(val_path, "data.val_path")
     return sources
 
 
@@ -182,7 +182,7 @@ def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, path: Pa
     with tqdm(total=stop - start, desc=f"{path.parent.name} {path.name.split('.')[0]}", unit="B",
               unit_scale=True, disable=not progress) as bar:
         texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
-        tokens = write_tokens(path, tok, texts, dtype, workers or os.cpu_count() or 1)
+        tokens = write_tokens(path, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
     return {"tokens": tokens, "bytes": stop - start}
 
 

@@ -28,22 +28,22 @@ def sha256_of_files(files: list[Path]) -> str:
     return hashlib.sha256("\n".join(f"{path.name} {sha256_of(path)}" for path in files).encode()).hexdigest()
 
 
-def resolve_files(path: str) -> list[Path]:
-    """The text files `path` names: a file, a folder (its .txt files) or a glob, in sorted order."""
+def resolve_files(path: str, key: str = "data.path") -> list[Path]:
+    """The text files `path` (the config's `key`) names: a file, a folder (its .txt files) or a glob, sorted."""
     local = Path(path).expanduser()
     if local.is_file():
         return [local]
     if local.is_dir():
         files = sorted(p for p in local.rglob("*.txt") if p.is_file())
         if not files:
-            raise UserError(f"folder {str(local)!r} holds no .txt files; point data.path at text files")
+            raise UserError(f"folder {str(local)!r} holds no .txt files; point {key} at text files")
         return files
     if glob.has_magic(str(local)):
         files = sorted(Path(p) for p in glob.glob(str(local), recursive=True) if Path(p).is_file())
         if not files:
-            raise UserError(f"data.path {path!r} matches no file; check the pattern")
+            raise UserError(f"{key} {path!r} matches no file; check the pattern")
         return files
-    raise UserError(f"data file {str(local)!r} does not exist; point data.path at a text file")
+    raise UserError(f"data file {str(local)!r} does not exist; point {key} at a text file")
 
 
 def resolve_source(path: str | None, url: str | None, sha256: str | None, cache_dir: Path) -> list[Path]:
