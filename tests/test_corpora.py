@@ -12,6 +12,7 @@ from conftest import SHAKESPEARE, SHARED, compose_train
 
 from lmzoo.data import bins, corpus, prepare
 from lmzoo.data.bins import read_meta
+from lmzoo.data.source import check_hub_reachable
 from lmzoo.errors import UserError
 from lmzoo.sampling import stream_text
 from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer, tokenizer_from_spec
@@ -154,6 +155,9 @@ def test_hugging_face_dataset_offline_fails_fast_naming_data_path(tmp_path):
     dataset = {"name": "roneneldan/TinyStories", "config": None, "split": "train", "text_column": "text"}
     with pytest.raises(UserError, match="offline, set data.path to local text files"):
         prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset, cache_dir=tmp_path)
+    # Without HF_DATASETS_OFFLINE, an unreachable Hub is found before datasets starts retrying.
+    with pytest.raises(UserError, match="could not reach hub.invalid .*; offline, set data.path to local text files"):
+        check_hub_reachable("roneneldan/TinyStories", "https://hub.invalid")
     assert time.perf_counter() - started < 20
 
 

@@ -4,6 +4,7 @@ Hugging Face dataset exported once to a text file."""
 import glob
 import hashlib
 import os
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -90,6 +91,8 @@ def export_dataset(name: str, config: str | None, split: str, text_column: str, 
         return [destination]
     import datasets
 
+    if not Path(name).expanduser().exists() and not datasets.config.HF_DATASETS_OFFLINE:
+        check_hub_reachable(name, datasets.config.HF_ENDPOINT)
     try:
         rows = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as error:
@@ -112,3 +115,15 @@ def export_dataset(name: str, config: str | None, split: str, text_column: str, 
                         "or set data.path to local text files") from None
     os.replace(partial, destination)
     return [destination]
+
+
+def check_hub_reachable(name: str, endpoint: str) -> None:
+    """Fail at once when the Hub cannot be reached, rather than after `datasets` has retried for a minute."""
+    address = urllib.parse.urlparse(endpoint)
+    try:
+        socket.create_connection((address.hostname, address.port or 443), timeout=5).close()
+    except OSError as error:
+        raise UserError(
+            f"could not reach {address.hostname} for the dataset {name!r} ({error.strerror or error}); "
+            "offline, set data.path to local text files"
+        ) from None
