@@ -259,3 +259,9 @@ def test_a_separate_validation_file(tmp_path):
     val = tok.decode(np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist())
     assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
     assert meta["splits"]["val"]["bytes"] == (tmp_path / "valid.txt").stat().st_size
+
+
+def test_char_ids_follow_the_vocabulary_order():
+    # Lookups are vectorised over a sorted copy; ids must still be positions in the stored vocabulary.
+    tok = CharTokenizer("cab\n")
+    assert tok.encode("abc\nba") == [1, 2, 0, 3, 2, 1] and tok.decode(tok.encode("abc\nba")) == "abc\nba"

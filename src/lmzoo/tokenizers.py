@@ -36,7 +36,9 @@ class CharTokenizer:
     def __init__(self, chars: str):
         self.chars = chars
         self.vocab_size = len(chars)
-        self._codes = np.array([ord(ch) for ch in chars], dtype=np.uint32)
+        codes = np.array([ord(ch) for ch in chars], dtype=np.uint32)
+        self._order = np.argsort(codes)
+        self._sorted_codes = codes[self._order]
 
     @classmethod
     def fit(cls, texts: Iterable[str]) -> "CharTokenizer":
@@ -48,14 +50,16 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         # Code points looked up in the sorted vocabulary: vectorised, for corpora of gigabytes.
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.minimum(np.searchsorted(self._codes, codes), max(self.vocab_size - 1, 0))
-        unknown = self._codes[ids] != codes if self.vocab_size else np.ones(len(codes), dtype=bool)
-        if unknown.any():
+        positions = np.searchsorted(self._sorted_codes, codes)
+        known = positions < self.vocab_size
+        known[known] = self._sorted_codes[positions[known]] == codes[known]
+        if not known.all():
+            unknown = "".join(sorted(set(map(chr, codes[~known]))))
             raise UserError(
-                f"text has characters outside the char vocabulary: {''.join(sorted(set(map(chr, codes[unknown]))))!r}; "
+                f"text has characters outside the char vocabulary: {unknown!r}; "
                 "use only characters that occur in the training corpus"
             )
-        return ids.tolist()
+        return self._order[positions].tolist()
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
