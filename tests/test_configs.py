@@ -26,6 +26,15 @@ def test_data_configs(tmp_path, name):
     assert datamodule.vocab_size > 0
 
 
+@pytest.mark.parametrize("name", options("tokenizer"))
+def test_tokenizer_configs(tmp_path, name):
+    # A small vocabulary keeps the BPE quick; the other tokenizers ignore it.
+    datamodule = instantiate(compose_train(tmp_path, f"tokenizer={name}", "data.tokenizer.vocab_size=300").data)
+    datamodule.prepare_data()
+    assert datamodule.meta["tokenizer"]["kind"] == datamodule.tokenizer_config["kind"]
+    assert datamodule.tokenizer.decode(datamodule.tokenizer.encode("First Citizen:")) == "First Citizen:"
+
+
 @pytest.mark.parametrize("name", options("model"))
 def test_model_configs(tmp_path, name):
     cfg = compose_train(tmp_path, f"model={name}", tiny=False)
@@ -49,5 +58,5 @@ def test_trainer_configs(tmp_path, name):
 
 def test_every_group_is_tested():
     assert {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
-        "data", "model", "optim", "trainer", "callbacks", "logger"}
+        "data", "tokenizer", "model", "optim", "trainer", "callbacks", "logger"}
     assert {p.name for p in Path(CONF).glob("*.yaml")} == {"train.yaml", "prepare.yaml", "generate.yaml"}

@@ -69,14 +69,14 @@ def test_tiktoken_works_offline_from_the_shared_cache():
 def test_killed_prepare_leaves_no_bins_that_look_complete(tmp_path, corpus, monkeypatch):
     bins = tmp_path / "bins"
     prepare(bins, {"kind": "char"}, path=str(corpus))
-    real_write = prepare_module.write_atomically
+    real_publish = prepare_module.publish
 
-    def killed_on_val(path, payload):
+    def killed_on_val(temporary, path):
         if path.name == "val.bin":
             raise KeyboardInterrupt
-        real_write(path, payload)
+        real_publish(temporary, path)
 
-    monkeypatch.setattr(prepare_module, "write_atomically", killed_on_val)
+    monkeypatch.setattr(prepare_module, "publish", killed_on_val)
     with pytest.raises(KeyboardInterrupt):
         prepare(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
     assert read_meta(bins) is None

@@ -36,6 +36,7 @@ def build(cfg: DictConfig):
     optim = dataclasses.asdict(instantiate(cfg.optim))
     model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
     model.tokenizer_spec = datamodule.meta["tokenizer"]
+    model.val_tokens_per_byte = datamodule.val_tokens_per_byte
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
     return datamodule, model, trainer

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lmzoo.data.bins import prepare, read_meta
+from lmzoo.data.bins import check_block_size, prepare, read_meta
 from lmzoo.errors import UserError
 from lmzoo.tokenizers import Tokenizer, tokenizer_from_spec
 
@@ -81,8 +81,12 @@ class TokenDataModule(L.LightningDataModule):
         path: str | None = None,
         url: str | None = None,
         sha256: str | None = None,
+        val_path: str | None = None,
+        dataset: dict | None = None,
         train_fraction: float = 0.9,
         document_separator: str | None = None,
+        dtype: str | None = None,
+        prepare_workers: int | None = None,
         val_batches: int = 20,
         num_workers: int = 0,
         seed: int = 1337,
@@ -94,9 +98,11 @@ class TokenDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size must be positive, got {batch_size}")
         self.name = name
         self.data_dir = Path(root).expanduser() / name
-        self.source = {"path": path, "url": url, "sha256": sha256}
+        self.source = {"path": path, "url": url, "sha256": sha256, "val_path": val_path,
+                       "dataset": dict(dataset) if dataset else None}
         self.tokenizer_config = dict(tokenizer)
         self.train_fraction, self.document_separator = train_fraction, document_separator
+        self.dtype, self.prepare_workers = dtype, prepare_workers
         self.block_size, self.batch_size = block_size, batch_size
         self.val_batches, self.num_workers, self.seed = val_batches, num_workers, seed
         self.meta: dict | None = None
@@ -108,28 +114,28 @@ class TokenDataModule(L.LightningDataModule):
             train_fraction=self.train_fraction,
             document_separator=self.document_separator,
             cache_dir=Path(self.data_dir).parent / "downloads",
+            dtype=self.dtype,
+            block_size=self.block_size,
+            workers=self.prepare_workers,
             **self.source,
         )
-        self.check_block_size()
 
     def setup(self, stage: str | None = None):
         if self.meta is None:
             self.meta = read_meta(self.data_dir)
         if self.meta is None:
             raise UserError(f"no prepared data in {self.data_dir}; run python -m lmzoo.prepare data={self.name}")
-        self.check_block_size()
-
-    def check_block_size(self):
-        for split, info in self.meta["splits"].items():
-            if info["tokens"] <= self.block_size + 1:
-                raise UserError(
-                    f"block_size {self.block_size} is larger than the {split} split ({info['tokens']} tokens); "
-                    "lower block_size or use a larger corpus"
-                )
+        check_block_size(self.meta["splits"], self.block_size)
 
     @property
     def vocab_size(self) -> int:
         return self.meta["vocab_size"]
+
+    @property
+    def val_tokens_per_byte(self) -> float:
+        """Tokens per UTF-8 byte of the validation text: turns val/loss into bits per byte."""
+        val = self.meta["splits"]["val"]
+        return val["tokens"] / val["bytes"]
 
     @property
     def tokenizer(self) -> Tokenizer:

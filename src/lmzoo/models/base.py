@@ -6,6 +6,7 @@ self-describing part of checkpoints. An architecture only builds its layers and 
 """
 
 import inspect
+import math
 import random
 
 import lightning as L
@@ -27,6 +28,8 @@ class LanguageModel(L.LightningModule):
         self.optim_config = OptimConfig(**(optim or {}))
         self.best_val_loss = float("inf")
         self.tokenizer_spec: dict | None = None
+        # Tokens per byte of the validation text, set by training from the data's meta.json.
+        self.val_tokens_per_byte: float | None = None
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -53,7 +56,12 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self.loss(batch), prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
+        loss = self.loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
+        if self.val_tokens_per_byte:
+            # Bits per byte of text: one scale for char, BPE and any other tokenizer.
+            bpb = loss / math.log(2) * self.val_tokens_per_byte
+            self.log("val/bpb", bpb, sync_dist=True, batch_size=batch[0].size(0))
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
