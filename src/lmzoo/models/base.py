@@ -27,6 +27,9 @@ class LanguageModel(L.LightningModule):
         self.optim_config = OptimConfig(**(optim or {}))
         self.best_val_loss = float("inf")
         self.tokenizer_spec: dict | None = None
+        # How this model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}), or None.
+        # A derived model's checkpoints hold only its trainable weights; loading rebuilds the base first.
+        self.finetune: dict | None = None
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -73,7 +76,11 @@ class LanguageModel(L.LightningModule):
             "tokenizer": self.tokenizer_spec,
             "best_val_loss": self.best_val_loss,
             "rng": capture_rng(),
+            "finetune": self.finetune,
         }
+        if self.finetune:
+            trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint):
         info = checkpoint["lmzoo"]
