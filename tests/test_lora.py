@@ -121,7 +121,7 @@ def test_full_fine_tuning_starts_from_the_pretrained_weights(tmp_path, pretraine
 
 
 def test_init_from_another_architecture_says_which_model_to_pass(tmp_path, pretrained):
-    with pytest.raises(UserError, match=r"holds a GPT but model= builds GPTRope; pass the model= that builds GPT"):
+    with pytest.raises(UserError, match=r"holds a GPT but model= builds GPTRope; pass model=gpt$"):
         train(compose_train(tmp_path, "model=gpt_rope", f"init_from={pretrained}"))
 
 

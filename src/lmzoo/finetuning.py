@@ -1,9 +1,10 @@
 """Start training from pretrained weights (`init_from`), in full or through adapters (`finetune=lora`)."""
 
+from importlib import resources
 from pathlib import Path
 
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmzoo import lora
 from lmzoo.checkpoint import build_from
@@ -19,7 +20,7 @@ def from_pretrained(cfg: DictConfig, tokenizer_spec: dict, optim: dict) -> Langu
     wanted = get_class(cfg.model._target_)
     if type(pretrained) is not wanted:
         raise UserError(f"init_from={source} holds a {type(pretrained).__name__} but model= builds {wanted.__name__}; "
-                        f"pass the model= that builds {type(pretrained).__name__} (model=gpt for GPT-2)")
+                        f"pass model={model_option(type(pretrained))}")
     if info["tokenizer"] != tokenizer_spec:
         raise UserError(f"init_from={source} uses the tokenizer {describe(info['tokenizer'])} but the data uses "
                         f"{describe(tokenizer_spec)}; pick data tokenized the same way (data=shakespeare for GPT-2)")
@@ -37,6 +38,14 @@ def from_pretrained(cfg: DictConfig, tokenizer_spec: dict, optim: dict) -> Langu
         # Checkpoints hold only the adapters, so resuming loads them over the base built here.
         model.strict_loading = False
     return model
+
+
+def model_option(cls: type) -> str:
+    """The model= option that builds `cls`."""
+    for path in sorted((resources.files("lmzoo.conf") / "model").iterdir()):
+        if path.name.endswith(".yaml") and get_class(OmegaConf.load(path)._target_) is cls:
+            return path.name.removesuffix(".yaml")
+    return f"NAME whose _target_ is {cls.__module__}.{cls.__qualname__}"
 
 
 def describe(spec: dict) -> str:

@@ -88,7 +88,8 @@ def gpt2_state_dict(weights: dict[str, torch.Tensor], model: GPT, source: str) -
         if key == "transformer.wte.weight":
             tensor = torch.cat([tensor, tensor.new_zeros(expected[key].size(0) - tensor.size(0), tensor.size(1))])
         state[key] = tensor
-    state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     wrong = sorted(key for key in expected if key not in state or state[key].shape != expected[key].shape)
     if wrong:
         raise UserError(f"{source} does not match its config.json: {wrong[0]} is missing or misshapen")
