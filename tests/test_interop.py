@@ -1,5 +1,6 @@
 """GPT-2 weights in from Hugging Face, models out to transformers, each proven equal on CPU in fp32."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -7,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, compose_train
+from conftest import REPO, SHAKESPEARE, compose_train
 
-from lmzoo.checkpoint import load_model, save_folder
+from lmzoo.checkpoint import load_model
 from lmzoo.errors import UserError
-from lmzoo.interop import export_checkpoint, save_tokenizer
+from lmzoo.interop import export_checkpoint, save_folder, save_tokenizer
 from lmzoo.models import GPT, GPTRope
 from lmzoo.sampling import generate
 from lmzoo.tokenizers import CharTokenizer, TiktokenTokenizer
@@ -150,3 +151,18 @@ def test_export_command(tmp_path):
 def test_hub_name_offline_says_to_pass_a_local_folder():
     with pytest.raises(UserError, match="offline, pass a local folder holding its config.json and model.safetensors"):
         load_model("hf:no-such-model-here")
+
+
+def test_lmzoo_imports_hugging_face_packages_only_inside_interop_functions():
+    # A module-level import would make them a dependency of training and sampling. (Lightning's torchmetrics
+    # imports transformers by itself when it is installed, so sys.modules cannot tell.)
+    optional = {"transformers", "safetensors", "tokenizers", "huggingface_hub"}
+    for path in sorted((REPO / "src" / "lmzoo").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not names & optional, f"{path.name} imports {names & optional} at module level"

@@ -1,12 +1,11 @@
 """Loading self-describing checkpoints: architecture, hyper-parameters and tokenizer travel with the weights."""
 
 import importlib
-import json
 from pathlib import Path
 
 import torch
 
-from lmzoo import __version__, lora
+from lmzoo import lora
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
 from lmzoo.tokenizers import Tokenizer, tokenizer_from_spec
@@ -42,14 +41,18 @@ def build_from(source: str) -> tuple[LanguageModel, dict]:
 
     if interop.is_hf_source(source):
         return interop.load_gpt2(source)
-    if (Path(source).expanduser() / FOLDER_RECORD).is_file():
-        return load_folder(Path(source).expanduser())
+    if interop.is_lmzoo_folder(source):
+        return interop.load_folder(source)
     checkpoint = read_checkpoint(source)
     info = checkpoint["lmzoo"]
     model = build_architecture(info)
     if info.get("finetune"):
         # A fine-tuned checkpoint holds only its adapters; the frozen weights come from the base it names.
-        base, _ = build_from(info["finetune"]["base"])
+        base_source = info["finetune"]["base"]
+        if not (base_source.startswith("hf:") or Path(base_source).exists()):
+            raise UserError(f"{source} holds LoRA adapters for the base {base_source}, which is missing; "
+                            "put the base back at that path")
+        base, _ = build_from(base_source)
         model.load_state_dict(lora.merge(base).state_dict())
         lora.from_spec(info["finetune"]).apply(model)
         model.finetune = info["finetune"]
@@ -63,26 +66,3 @@ def build_architecture(info: dict) -> LanguageModel:
     model = getattr(importlib.import_module(module_name), class_name)(**info["config"])
     model.tokenizer_spec = info["tokenizer"]
     return model
-
-
-FOLDER_RECORD = "lmzoo.json"
-
-
-def save_folder(model: LanguageModel, out: Path) -> None:
-    """Write `model` as model.safetensors plus lmzoo.json (architecture, config, tokenizer)."""
-    from safetensors.torch import save_model
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out / "model.safetensors"))
-    record = {"version": __version__, "target": f"{type(model).__module__}.{type(model).__qualname__}",
-              "config": model.model_config(), "tokenizer": model.tokenizer_spec}
-    (out / FOLDER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def load_folder(folder: Path) -> tuple[LanguageModel, dict]:
-    from safetensors.torch import load_model as load_weights
-
-    info = json.loads((folder / FOLDER_RECORD).read_text())
-    model = build_architecture(info)
-    load_weights(model, str(folder / "model.safetensors"))
-    return model, {**info, "best_val_loss": float("inf"), "global_step": 0}

@@ -12,16 +12,21 @@ from pathlib import Path
 
 import torch
 
-from lmzoo import lora
-from lmzoo.checkpoint import load_model, save_folder
+from lmzoo import __version__, lora
+from lmzoo.checkpoint import build_architecture, load_model
 from lmzoo.errors import UserError
-from lmzoo.models import GPT, GPTRope
+from lmzoo.models import GPT, GPTRope, LanguageModel
 from lmzoo.tokenizers import Tokenizer
 
+FOLDER_RECORD = "lmzoo.json"
 GPT2_VOCAB_SIZE = 50257
 # GPT-2 stores these as Conv1D (in, out) matrices; nn.Linear holds (out, in).
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 INSTALL_HINT = "pip install 'lmzoo[hf]'"
+
+
+def is_lmzoo_folder(source: str) -> bool:
+    return (Path(source).expanduser() / FOLDER_RECORD).is_file()
 
 
 def is_hf_source(source: str) -> bool:
@@ -64,11 +69,7 @@ def fetch(source: str) -> Path:
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise UserError(f"reading model.safetensors needs safetensors: {INSTALL_HINT}") from None
-        return load_file(folder / "model.safetensors")
+        return safetensors_torch().load_file(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin; pass a folder holding GPT-2's weights")
@@ -94,6 +95,31 @@ def gpt2_state_dict(weights: dict[str, torch.Tensor], model: GPT, source: str) -
     if wrong:
         raise UserError(f"{source} does not match its config.json: {wrong[0]} is missing or misshapen")
     return state
+
+
+def safetensors_torch():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError(f"reading and writing model.safetensors needs safetensors: {INSTALL_HINT}") from None
+    return safetensors.torch
+
+
+def save_folder(model: LanguageModel, out: Path) -> None:
+    """Write `model` as model.safetensors plus lmzoo.json (architecture, config, tokenizer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    safetensors_torch().save_model(model, str(out / "model.safetensors"))
+    record = {"version": __version__, "target": f"{type(model).__module__}.{type(model).__qualname__}",
+              "config": model.model_config(), "tokenizer": model.tokenizer_spec}
+    (out / FOLDER_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def load_folder(source: str) -> tuple[LanguageModel, dict]:
+    folder = Path(source).expanduser()
+    info = json.loads((folder / FOLDER_RECORD).read_text())
+    model = build_architecture(info)
+    safetensors_torch().load_model(model, str(folder / "model.safetensors"))
+    return model, {**info, "best_val_loss": float("inf"), "global_step": 0}
 
 
 def export_checkpoint(ckpt: str, out: str, merge: bool = False) -> str:
