@@ -133,3 +133,24 @@ def test_init_from_with_another_tokenizer_says_so(tmp_path, pretrained):
 def test_finetune_without_init_from_says_so(tmp_path):
     with pytest.raises(UserError, match="needs pretrained weights; pass init_from"):
         train(compose_train(tmp_path, "finetune=lora"))
+
+
+def test_resumed_lora_run_ends_with_the_same_adapters(tmp_path, pretrained):
+    common = [f"init_from={pretrained}", "model=gpt", "finetune=lora", "finetune.dropout=0.1", "trainer.max_steps=6",
+              "trainer.val_check_interval=3", "callbacks.model_checkpoint.save_top_k=-1",
+              "callbacks.model_checkpoint.filename='step{step}'"]
+    train(compose_train(tmp_path / "straight", *common))
+    halfway = tmp_path / "straight" / "run" / "checkpoints" / "step3.ckpt"
+    train(compose_train(tmp_path / "resumed", *common, f"ckpt_path={halfway}"))
+    expected = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    actual = read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert expected.keys() == actual.keys() and all(torch.equal(actual[k], v) for k, v in expected.items())
+
+
+def test_lora_checkpoint_whose_base_is_gone_says_so(tmp_path, lora_run):
+    _, _, last = lora_run
+    checkpoint = read_checkpoint(last)
+    checkpoint["lmzoo"]["finetune"]["base"] = str(tmp_path / "moved.ckpt")
+    torch.save(checkpoint, tmp_path / "adapters.ckpt")
+    with pytest.raises(UserError, match="holds LoRA adapters for the base .*moved.ckpt, which is missing"):
+        load_model(tmp_path / "adapters.ckpt")
