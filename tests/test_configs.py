@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from conftest import REPO, compose_train
 
 from lmzoo.data import TokenDataModule
+from lmzoo.lora import LoRA
 from lmzoo.models import LanguageModel
 from lmzoo.optim import OptimConfig
 
@@ -47,6 +48,12 @@ def test_optim_configs(tmp_path, name):
     assert isinstance(instantiate(compose_train(tmp_path, f"optim={name}").optim), OptimConfig)
 
 
+@pytest.mark.parametrize("name", options("finetune"))
+def test_finetune_configs(tmp_path, name):
+    recipe = compose_train(tmp_path, f"finetune={name}").finetune
+    assert isinstance(instantiate(recipe, _convert_="all"), LoRA) if recipe else name == "none"
+
+
 @pytest.mark.parametrize("name", options("trainer"))
 def test_trainer_configs(tmp_path, name):
     # The gpu preset is instantiated on the CPU here, keeping its precision.
@@ -58,5 +65,6 @@ def test_trainer_configs(tmp_path, name):
 
 def test_every_group_is_tested():
     assert {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
-        "data", "tokenizer", "model", "optim", "trainer", "callbacks", "logger"}
-    assert {p.name for p in Path(CONF).glob("*.yaml")} == {"train.yaml", "prepare.yaml", "generate.yaml"}
+        "data", "tokenizer", "model", "optim", "finetune", "trainer", "callbacks", "logger"}
+    assert {p.name for p in Path(CONF).glob("*.yaml")} == {"train.yaml", "prepare.yaml", "generate.yaml",
+                                                          "export.yaml"}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from lmzoo import lora
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
 from lmzoo.tokenizers import Tokenizer, tokenizer_from_spec
@@ -13,7 +14,8 @@ from lmzoo.tokenizers import Tokenizer, tokenizer_from_spec
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist; pass ckpt=PATH to a .ckpt file from a run's checkpoints/")
+        raise UserError(f"checkpoint {str(path)!r} does not exist; pass a .ckpt file from a run's checkpoints/, "
+                        "a folder written by python -m lmzoo.export, or hf:NAME")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
@@ -24,13 +26,43 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer, dict]:
-    """The model (in eval mode, on `device`), its tokenizer, and the checkpoint's lmzoo record."""
-    checkpoint = read_checkpoint(path)
+    """The model (in eval mode, on `device`), its tokenizer, and its lmzoo record.
+
+    `path` is an lmzoo checkpoint, a folder written by python -m lmzoo.export, or GPT-2 from Hugging Face
+    (`hf:NAME` or a local folder holding its config.json).
+    """
+    model, info = build_from(str(path))
+    return model.to(device).eval(), tokenizer_from_spec(info["tokenizer"]), info
+
+
+def build_from(source: str) -> tuple[LanguageModel, dict]:
+    # interop imports this module to export checkpoints, so it is imported here, when needed.
+    from lmzoo import interop
+
+    if interop.is_hf_source(source):
+        return interop.load_gpt2(source)
+    if interop.is_lmzoo_folder(source):
+        return interop.load_folder(source)
+    checkpoint = read_checkpoint(source)
     info = checkpoint["lmzoo"]
+    model = build_architecture(info)
+    if info.get("finetune"):
+        # A fine-tuned checkpoint holds only its adapters; the frozen weights come from the base it names.
+        base_source = info["finetune"]["base"]
+        if not (base_source.startswith("hf:") or Path(base_source).exists()):
+            raise UserError(f"{source} holds LoRA adapters for the base {base_source}, which is missing; "
+                            "put the base back at that path")
+        base, _ = build_from(base_source)
+        model.load_state_dict(lora.merge(base).state_dict())
+        lora.from_spec(info["finetune"]).apply(model)
+        model.finetune = info["finetune"]
+    model.load_state_dict(checkpoint["state_dict"], strict=not info.get("finetune"))
+    model.best_val_loss = info["best_val_loss"]
+    return model, {**info, "global_step": checkpoint.get("global_step", 0)}
+
+
+def build_architecture(info: dict) -> LanguageModel:
     module_name, class_name = info["target"].rsplit(".", 1)
     model = getattr(importlib.import_module(module_name), class_name)(**info["config"])
-    model.load_state_dict(checkpoint["state_dict"])
     model.tokenizer_spec = info["tokenizer"]
-    model.best_val_loss = info["best_val_loss"]
-    info = {**info, "global_step": checkpoint.get("global_step", 0)}
-    return model.to(device).eval(), tokenizer_from_spec(info["tokenizer"]), info
+    return model

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from lmzoo.checkpoint import load_model
 from lmzoo.errors import UserError
+from lmzoo.finetuning import from_pretrained
 from lmzoo.sampling import generate, start_ids
 
 
@@ -34,7 +35,12 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     optim = dataclasses.asdict(instantiate(cfg.optim))
-    model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
+    if cfg.init_from:
+        model = from_pretrained(cfg, datamodule.meta["tokenizer"], optim)
+    elif cfg.finetune:
+        raise UserError("a finetune recipe needs pretrained weights; pass init_from=PATH or init_from=hf:NAME")
+    else:
+        model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
     model.tokenizer_spec = datamodule.meta["tokenizer"]
     model.val_tokens_per_byte = datamodule.val_tokens_per_byte
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]

@@ -30,6 +30,9 @@ class LanguageModel(L.LightningModule):
         self.tokenizer_spec: dict | None = None
         # Tokens per byte of the validation text, set by training from the data's meta.json.
         self.val_tokens_per_byte: float | None = None
+        # How this model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}), or None.
+        # A derived model's checkpoints hold only its trainable weights; loading rebuilds the base first.
+        self.finetune: dict | None = None
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -81,7 +84,11 @@ class LanguageModel(L.LightningModule):
             "tokenizer": self.tokenizer_spec,
             "best_val_loss": self.best_val_loss,
             "rng": capture_rng(),
+            "finetune": self.finetune,
         }
+        if self.finetune:
+            trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint):
         info = checkpoint["lmzoo"]

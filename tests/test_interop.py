@@ -1,0 +1,168 @@
+"""GPT-2 weights in from Hugging Face, models out to transformers, each proven equal on CPU in fp32."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, SHAKESPEARE, compose_train
+
+from lmzoo.checkpoint import load_model
+from lmzoo.errors import UserError
+from lmzoo.interop import export_checkpoint, save_folder, save_tokenizer
+from lmzoo.models import GPT, GPTRope
+from lmzoo.sampling import generate
+from lmzoo.tokenizers import CharTokenizer, TiktokenTokenizer
+from lmzoo.training import train
+
+transformers = pytest.importorskip("transformers")
+
+CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+    """A tiny random Hugging Face GPT-2 (2 layers, width 32), saved as a local folder."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    randomize(model)
+    folder = tmp_path_factory.mktemp("hf") / "gpt2"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def randomize(model):
+    """Move every weight off its init (norms 1, biases 0) so that a misplaced tensor shows in the logits."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+
+
+def test_gpt2_from_hugging_face_gives_its_logits(hf_gpt2):
+    hf_model, folder = hf_gpt2
+    model, tokenizer, info = load_model(folder)
+    assert type(model) is GPT and model.block_size == 64 and model.vocab_size == 50257
+    assert tokenizer.spec == {"kind": "tiktoken", "name": "gpt2"}
+    idx = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf_model(idx).logits, atol=1e-5, rtol=0)
+
+
+def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
+    _, folder = hf_gpt2
+    cfg = compose_train(tmp_path, f"init_from={folder}", "model=gpt", "data=shakespeare", "trainer.max_steps=2",
+                        "trainer.val_check_interval=2", "optim=finetune")
+    result = train(cfg)
+    model, _, info = load_model(result["best_checkpoint"])
+    assert info["config"]["n_layer"] == 2 and model.block_size == 64 and info["global_step"] == 2
+
+
+def lmzoo_models():
+    return {
+        "gpt": GPT(len(CHARS), 32, n_layer=2, n_head=2, n_embd=32),
+        "gpt_no_bias": GPT(len(CHARS), 32, n_layer=2, n_head=2, n_embd=32, bias=False),
+        "gpt_rope_gqa_untied": GPTRope(len(CHARS), 32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                       rope_base=500.0, tie_embeddings=False),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(lmzoo_models()))
+def test_export_gives_the_same_logits_and_greedy_text_in_transformers(tmp_path, name):
+    torch.manual_seed(0)
+    model = lmzoo_models()[name].eval()
+    randomize(model)
+    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
+    save_folder(model, tmp_path / "lmzoo")
+    export_checkpoint(str(tmp_path / "lmzoo"), str(tmp_path / "hf"))
+
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf_model).__name__ == ("LlamaForCausalLM" if "rope" in name else "GPT2LMHeadModel")
+    idx = torch.randint(0, len(CHARS), (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=0)
+        prompt = idx[:, :4]
+        ours = torch.stack(list(generate(model, prompt, 20, temperature=0)), dim=1)
+        theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                   max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
+    assert torch.equal(theirs[:, 4:], ours)
+
+
+@pytest.mark.parametrize("tokenizer", [
+    CharTokenizer(CHARS),
+    TiktokenTokenizer("gpt2"),
+    # cl100k_base leaves a gap between its ranks and its special tokens; converting it takes about 10 s.
+    pytest.param(TiktokenTokenizer("cl100k_base"), marks=pytest.mark.slow),
+], ids=lambda t: t.spec.get("name", "char"))
+def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
+    save_tokenizer(tokenizer, tmp_path)
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:  Speak, speak."
+    if tokenizer.eot_id is not None:
+        text = SHAKESPEARE.read_text()[:3000] + "<|endoftext|> 12345 \u00e9t\u00e9 \u4f60\u597d  \n"
+        assert exported.eos_token_id == tokenizer.eot_id
+    ids = tokenizer.encode(text)
+    assert exported.encode(text) == ids and exported.decode(ids) == text
+
+
+class Untranslatable(GPT):
+    """Stands for an architecture that no transformers class describes."""
+
+
+def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path):
+    model = Untranslatable(len(CHARS), 16, n_layer=1, n_head=2, n_embd=16).eval()
+    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
+    save_folder(model, tmp_path / "source")
+    message = export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
+    assert "Untranslatable has no transformers class" in message
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
+    reloaded, tokenizer, _ = load_model(tmp_path / "out")
+    idx = torch.randint(0, len(CHARS), (1, 16))
+    assert type(reloaded) is Untranslatable and tokenizer.spec == model.tokenizer_spec
+    assert torch.equal(reloaded(idx), model(idx))
+
+
+def test_export_refuses_to_write_into_a_folder_with_files(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="is not an empty folder"):
+        export_checkpoint("hf:gpt2", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=os.environ)
+
+
+def test_export_command(tmp_path):
+    model = GPTRope(len(CHARS), 16, n_layer=1, n_head=2, n_embd=16)
+    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
+    save_folder(model, tmp_path / "source")
+    result = run("lmzoo.export", f"ckpt={tmp_path / 'source'}", "out=exported", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wrote LlamaForCausalLM (character tokenizer) to exported" in result.stdout
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "exported").iterdir()}
+
+
+def test_hub_name_offline_says_to_pass_a_local_folder():
+    with pytest.raises(UserError, match="offline, pass a local folder holding its config.json and model.safetensors"):
+        load_model("hf:no-such-model-here")
+
+
+def test_lmzoo_imports_hugging_face_packages_only_inside_interop_functions():
+    # A module-level import would make them a dependency of training and sampling. (Lightning's torchmetrics
+    # imports transformers by itself when it is installed, so sys.modules cannot tell.)
+    optional = {"transformers", "safetensors", "tokenizers", "huggingface_hub"}
+    for path in sorted((REPO / "src" / "lmzoo").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not names & optional, f"{path.name} imports {names & optional} at module level"
