@@ -15,7 +15,7 @@ from lmzoo.errors import UserError
 from lmzoo.interop import export_checkpoint, save_folder, save_tokenizer
 from lmzoo.models import GPT, GPTRope
 from lmzoo.sampling import generate
-from lmzoo.tokenizers import CharTokenizer, TiktokenTokenizer
+from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer
 from lmzoo.training import train
 
 transformers = pytest.importorskip("transformers")
@@ -96,7 +96,8 @@ def test_export_gives_the_same_logits_and_greedy_text_in_transformers(tmp_path, 
     TiktokenTokenizer("gpt2"),
     # cl100k_base leaves a gap between its ranks and its special tokens; converting it takes about 10 s.
     pytest.param(TiktokenTokenizer("cl100k_base"), marks=pytest.mark.slow),
-], ids=lambda t: t.spec.get("name", "char"))
+    BPETokenizer.train(iter([SHAKESPEARE.read_text()[:20000]]), vocab_size=400),
+], ids=lambda t: t.spec.get("name", t.spec["kind"]))
 def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
     save_tokenizer(tokenizer, tmp_path)
     exported = transformers.AutoTokenizer.from_pretrained(tmp_path)

@@ -16,7 +16,7 @@ from lmzoo import __version__, lora
 from lmzoo.checkpoint import build_architecture, load_model
 from lmzoo.errors import UserError
 from lmzoo.models import GPT, GPTRope, LanguageModel
-from lmzoo.tokenizers import Tokenizer
+from lmzoo.tokenizers import END_OF_TEXT, Tokenizer
 
 FOLDER_RECORD = "lmzoo.json"
 GPT2_VOCAB_SIZE = 50257
@@ -227,9 +227,11 @@ def save_tokenizer(tokenizer: Tokenizer, out: Path) -> str:
         backend, what = tiktoken_backend(tokenizer), f"tokenizer from tiktoken {spec['name']}"
     elif spec["kind"] == "char":
         backend, what = char_backend(tokenizer.chars), "character tokenizer"
+    elif spec["kind"] == "bpe":
+        backend, what = tokenizer.backend, "byte-level BPE tokenizer"
     else:
         return f"no tokenizer: kind {spec['kind']!r} has no transformers form"
-    end = tokenizer.END_OF_TEXT if tokenizer.eot_id is not None else None
+    end = END_OF_TEXT if tokenizer.eot_id is not None else None
     PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=end, eos_token=end, clean_up_tokenization_spaces=False
     ).save_pretrained(out)
