@@ -34,3 +34,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[La
     model.best_val_loss = info["best_val_loss"]
     info = {**info, "global_step": checkpoint.get("global_step", 0)}
     return model.to(device).eval(), tokenizer_from_spec(info["tokenizer"]), info
+
+
+def model_card(model: LanguageModel, info: dict) -> str:
+    """One line that says what a checkpoint is: architecture, size, tokenizer, training so far."""
+    config = info["config"]
+    shape = ", ".join(f"{key} {config[key]}" for key in ("n_layer", "n_head", "n_embd", "block_size") if key in config)
+    parameters = sum(p.numel() for p in model.parameters())
+    best = info["best_val_loss"]
+    return (
+        f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | {describe_tokenizer(info['tokenizer'])}"
+        f" | {info['global_step']:,} steps | best val loss {best:.4f}"
+    )
+
+
+def describe_tokenizer(spec: dict | None) -> str:
+    if spec is None:
+        return "no tokenizer"
+    if spec["kind"] == "char":
+        return f"char tokenizer ({len(spec['chars'])} symbols)"
+    return f"{spec['kind']} {spec.get('name', '')}".strip()
