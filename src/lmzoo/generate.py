@@ -18,6 +18,11 @@ SEPARATOR = "\n---------------\n"
 @hydra.main(config_path="pkg://lmzoo.conf", config_name="generate", version_base="1.3")
 @report_user_errors
 def run(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+def sample(cfg: DictConfig) -> None:
+    """Sample as configured: stream the samples to stdout, or write them to cfg.out as JSON lines."""
     check_controls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be >= 1, got {cfg.num_samples}")

@@ -10,8 +10,12 @@ from lmzoo.errors import report_user_errors
 @hydra.main(config_path="pkg://lmzoo.conf", config_name="inspect", version_base="1.3")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    model, _, info = load_model(cfg.ckpt)
-    print(model_card(model, info))
+    print(describe(cfg.ckpt), end="")
+
+
+def describe(ckpt: str) -> str:
+    """The model card, then the checkpoint's architecture, hyper-parameters and training record as YAML."""
+    model, _, info = load_model(ckpt)
     record = {
         "architecture": info["target"],
         "hyper_parameters": info["config"],
@@ -20,7 +24,7 @@ def main(cfg: DictConfig) -> None:
         "best_val_loss": info["best_val_loss"],
         "lmzoo_version": info["version"],
     }
-    print(OmegaConf.to_yaml(record), end="")
+    return model_card(model, info) + "\n" + OmegaConf.to_yaml(record)
 
 
 if __name__ == "__main__":
