@@ -72,7 +72,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: LanguageModel, prompt: torch.Tensor | Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, kv_cache: bool = True,
              generator: torch.Generator | None = None, top_p: float | None = None,
@@ -95,37 +95,41 @@ def generate(model: LanguageModel, prompt: torch.Tensor | Sequence[Sequence[int]
     lengths = torch.tensor([len(row) for row in rows], device=device)
     if min(lengths, default=0) == 0:
         raise ValueError("every prompt needs at least one token; see start_ids")
-    start, window = int(lengths.min()), model.block_size
+    start, longest, window = int(lengths.min()), int(lengths.max()), model.block_size
     # Every row's tokens so far, prompt and sampled, in one preallocated buffer.
-    context = torch.zeros(len(rows), int(lengths.max()) + max_new_tokens, dtype=torch.long, device=device)
+    context = torch.zeros(len(rows), longest + max_new_tokens, dtype=torch.long, device=device)
     for i, row in enumerate(rows):
         context[i, : len(row)] = row
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    produced = torch.zeros_like(lengths)
-    running = produced < max_new_tokens
+    # Equal prompts without stops need no bookkeeping per row: the common case stays lean.
+    per_row = start < longest or len(stops) > 0
+    ends = lengths + max_new_tokens
+    stopped = torch.zeros_like(lengths, dtype=torch.bool)
     cache = model.new_cache(len(rows)) if kv_cache else None
     logits = model(context[:, max(0, start - window) : start], cache)[:, -1]
-    position = start
-    while True:
+    for position in range(start, longest + max_new_tokens):
         seen = context[:, :position] if repetition_penalty != 1.0 else None
-        sampled = sample_next(logits, temperature, top_k, generator, top_p, repetition_penalty, seen)
-        in_prompt = lengths > position
-        token = torch.where(in_prompt, context[:, position], sampled)
-        new = running & ~in_prompt
-        yield torch.where(new, token, NO_TOKEN)
+        token = sample_next(logits, temperature, top_k, generator, top_p, repetition_penalty, seen)
+        if position < longest:
+            token = torch.where(lengths > position, context[:, position], token)
         context[:, position] = token
-        position += 1
-        produced += new
-        running &= (produced < max_new_tokens) & ~(new & torch.isin(token, stops))
-        if not running.any():
+        if per_row:
+            silent = (lengths > position) | (ends <= position) | stopped
+            yield token.masked_fill(silent, NO_TOKEN)
+            stopped |= ~silent & torch.isin(token, stops)
+            if bool((stopped | (ends <= position + 1)).all()):
+                return
+        else:
+            yield token
+        if position + 1 == longest + max_new_tokens:
             return
         if cache is None:
-            logits = model(context[:, max(0, position - window) : position])[:, -1]
+            logits = model(context[:, max(0, position + 1 - window) : position + 1])[:, -1]
         elif cache.position >= cache.capacity:
             cache = model.new_cache(len(rows))
-            logits = model(context[:, position - window // 2 : position], cache)[:, -1]
+            logits = model(context[:, position + 1 - window // 2 : position + 1], cache)[:, -1]
         else:
-            logits = model(context[:, position - 1 : position], cache)[:, -1]
+            logits = model(context[:, position : position + 1], cache)[:, -1]
 
 
 def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
