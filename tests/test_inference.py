@@ -77,6 +77,8 @@ def test_a_seed_repeats_its_samples_and_stop_strings_end_them(trained, tmp_path)
         assert cut["completion"] == text[:end]
         assert cut["stop_reason"] == ("length" if end is None else "stop")
     assert any(cut["stop_reason"] == "stop" for cut in stopped)
+    lines = samples("seed=7", "stop='\\n'")
+    assert [r["completion"] for r in lines] == [r["completion"].split("\n")[0] for r in first]
 
 
 def test_evaluate_covers_the_whole_validation_split_deterministically(trained, capsys):

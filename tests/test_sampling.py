@@ -1,13 +1,16 @@
 """Each sampling control on hand-made logits, and the batch sampler on a model whose next token is known."""
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmzoo.models.base import LanguageModel
-from lmzoo.sampling import NO_TOKEN, TextStream, complete, generate, keep_top_p, penalize_repetition, sample_next
+from lmzoo.errors import UserError
+from lmzoo.sampling import (NO_TOKEN, TextStream, check_controls, complete, generate, keep_top_p, penalize_repetition,
+                             sample_next)
 from lmzoo.tokenizers import CharTokenizer
 
 
@@ -103,3 +106,16 @@ def test_complete_with_stop_strings_per_row():
     reasons = {row: reason for row, _, reason in pieces if reason}
     # Row 1 ends by length on a "d" that was held back as a possible start of "de", and keeps it.
     assert text == {0: "bc", 1: "fghabcd"} and reasons == {0: "stop", 1: "length"}
+
+
+@pytest.mark.parametrize("controls, message", [
+    ((-0.5, None, None, 1.0), "temperature must be >= 0"),
+    ((1.0, 0, None, 1.0), "top_k must be a positive integer or null"),
+    ((1.0, None, 0.0, 1.0), "top_p must lie in (0, 1] or be null"),
+    ((1.0, None, 1.5, 1.0), "top_p must lie in (0, 1] or be null"),
+    ((1.0, None, None, 0.0), "repetition_penalty must be > 0 (1 turns it off)"),
+])
+def test_meaningless_controls_are_refused_by_name(controls, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_controls(*controls)
+    check_controls(0.0, 1, 1.0, 1.0)

@@ -35,7 +35,7 @@ def sample(cfg: DictConfig) -> None:
     print(model_card(model, info), file=sys.stderr)
     pieces = complete(
         model, tokenizer, [prompt for prompt, _ in rows], cfg.max_new_tokens,
-        stop=[cfg.stop] if isinstance(cfg.stop, str) else list(cfg.stop), stop_at_eot=cfg.stop_at_eot,
+        stop=stop_strings(cfg.stop), stop_at_eot=cfg.stop_at_eot,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
         kv_cache=cfg.kv_cache, generator=torch.Generator(device).manual_seed(cfg.seed),
     )
@@ -55,6 +55,11 @@ def sample(cfg: DictConfig) -> None:
     ]
     Path(cfg.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
+
+
+def stop_strings(stop: str | ListConfig) -> list[str]:
+    """The stop strings; `\\n` in one stands for a newline, which is awkward to type on a command line."""
+    return [text.replace("\\n", "\n") for text in ([stop] if isinstance(stop, str) else stop)]
 
 
 def read_prompt(prompt: str) -> str:
