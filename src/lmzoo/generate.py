@@ -29,7 +29,7 @@ def sample(cfg: DictConfig) -> None:
     if cfg.max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
     prompts = [read_prompt(p) for p in (cfg.prompt if isinstance(cfg.prompt, ListConfig) else [cfg.prompt])]
-    rows = [(prompt, sample) for prompt in prompts for sample in range(cfg.num_samples)]
+    rows = [(prompt, index) for prompt in prompts for index in range(cfg.num_samples)]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model, tokenizer, info = load_model(cfg.ckpt, device)
     print(model_card(model, info), file=sys.stderr)
@@ -50,8 +50,8 @@ def sample(cfg: DictConfig) -> None:
         texts[row] += piece
         reasons[row] = reason
     records = [
-        {"prompt": prompt, "sample": sample, "completion": text, "stop_reason": reason}
-        for (prompt, sample), text, reason in zip(rows, texts, reasons)
+        {"prompt": prompt, "sample": index, "completion": text, "stop_reason": reason}
+        for (prompt, index), text, reason in zip(rows, texts, reasons)
     ]
     Path(cfg.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
