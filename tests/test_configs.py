@@ -66,5 +66,5 @@ def test_trainer_configs(tmp_path, name):
 def test_every_group_is_tested():
     assert {p.name for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
         "data", "tokenizer", "model", "optim", "finetune", "trainer", "callbacks", "logger"}
-    assert {p.name for p in Path(CONF).glob("*.yaml")} == {"train.yaml", "prepare.yaml", "generate.yaml",
-                                                          "export.yaml"}
+    assert {p.name for p in Path(CONF).glob("*.yaml")} == {
+        "train.yaml", "prepare.yaml", "generate.yaml", "evaluate.yaml", "inspect.yaml", "export.yaml"}

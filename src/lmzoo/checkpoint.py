@@ -66,3 +66,23 @@ def build_architecture(info: dict) -> LanguageModel:
     model = getattr(importlib.import_module(module_name), class_name)(**info["config"])
     model.tokenizer_spec = info["tokenizer"]
     return model
+
+
+def model_card(model: LanguageModel, info: dict) -> str:
+    """One line that says what a checkpoint is: architecture, size, tokenizer, training so far."""
+    config = info["config"]
+    shape = ", ".join(f"{key} {config[key]}" for key in ("n_layer", "n_head", "n_embd", "block_size") if key in config)
+    parameters = sum(p.numel() for p in model.parameters())
+    best = info["best_val_loss"]
+    return (
+        f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | {describe_tokenizer(info['tokenizer'])}"
+        f" | {info['global_step']:,} steps | best val loss {best:.4f}"
+    )
+
+
+def describe_tokenizer(spec: dict | None) -> str:
+    if spec is None:
+        return "no tokenizer"
+    if spec["kind"] == "char":
+        return f"char tokenizer ({len(spec['chars'])} symbols)"
+    return f"{spec['kind']} {spec.get('name', '')}".strip()

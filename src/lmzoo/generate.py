@@ -1,36 +1,118 @@
-"""python -m lmzoo.generate ckpt=PATH [prompt=...] [max_new_tokens=500] [temperature=0.8] [top_k=50] ..."""
+"""python -m lmzoo.generate ckpt=PATH [prompt=...|prompt=@FILE|prompt=[A,B]] [--out FILE.jsonl] [controls ...]"""
 
+import json
 import sys
+from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from lmzoo.checkpoint import load_model
+from lmzoo.checkpoint import load_model, model_card
 from lmzoo.errors import UserError, report_user_errors
-from lmzoo.sampling import generate, start_ids, stream_text
+from lmzoo.sampling import check_controls, complete
+
+SEPARATOR = "\n---------------\n"
 
 
 @hydra.main(config_path="pkg://lmzoo.conf", config_name="generate", version_base="1.3")
 @report_user_errors
-def main(cfg: DictConfig) -> None:
-    if cfg.temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
-    if cfg.top_k is not None and cfg.top_k <= 0:
-        raise UserError(f"top_k must be a positive integer or null, got {cfg.top_k}")
+def run(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+def sample(cfg: DictConfig) -> None:
+    """Sample as configured: stream the samples to stdout, or write them to cfg.out as JSON lines."""
+    check_controls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {cfg.num_samples}")
+    if cfg.max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
+    prompts = [read_prompt(p) for p in (cfg.prompt if isinstance(cfg.prompt, ListConfig) else [cfg.prompt])]
+    rows = [(prompt, index) for prompt in prompts for index in range(cfg.num_samples)]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model, tokenizer, _ = load_model(cfg.ckpt, device)
-    prompt = torch.tensor([start_ids(tokenizer, cfg.prompt)], device=device)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
-    for sample in range(cfg.num_samples):
-        if sample:
-            print("\n---------------")
-        sys.stdout.write(cfg.prompt)
-        tokens = generate(model, prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.kv_cache, generator)
-        for piece in stream_text(tokenizer, (token.item() for token in tokens)):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    print()
+    model, tokenizer, info = load_model(cfg.ckpt, device)
+    print(model_card(model, info), file=sys.stderr)
+    pieces = complete(
+        model, tokenizer, [prompt for prompt, _ in rows], cfg.max_new_tokens,
+        stop=stop_strings(cfg.stop), stop_at_eot=cfg.stop_at_eot,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+        kv_cache=cfg.kv_cache, generator=torch.Generator(device).manual_seed(cfg.seed),
+    )
+    if cfg.out is None:
+        printer = InOrder([prompt for prompt, _ in rows])
+        for row, piece, reason in pieces:
+            printer.write(row, piece, reason is not None)
+        print()
+        return
+    texts, reasons = [""] * len(rows), [None] * len(rows)
+    for row, piece, reason in pieces:
+        texts[row] += piece
+        reasons[row] = reason
+    records = [
+        {"prompt": prompt, "sample": index, "completion": text, "stop_reason": reason}
+        for (prompt, index), text, reason in zip(rows, texts, reasons)
+    ]
+    Path(cfg.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
+
+
+def stop_strings(stop: str | ListConfig) -> list[str]:
+    """The stop strings; `\\n` in one stands for a newline, which is awkward to type on a command line."""
+    return [text.replace("\\n", "\n") for text in ([stop] if isinstance(stop, str) else stop)]
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text; `@FILE` stands for the contents of FILE."""
+    if not prompt.startswith("@"):
+        return prompt
+    path = Path(prompt[1:]).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompt file {str(path)!r} does not exist; pass prompt=@PATH to a text file")
+    return path.read_text(encoding="utf-8")
+
+
+class InOrder:
+    """Prints samples one after another as they are generated together: the sample on screen streams
+    as its tokens arrive, and the text of later ones waits until their turn."""
+
+    def __init__(self, prompts: list[str]):
+        self.prompts = prompts
+        self.waiting = [""] * len(prompts)
+        self.ended = [False] * len(prompts)
+        self.current = -1
+
+    def write(self, row: int, piece: str, ended: bool) -> None:
+        self.waiting[row] += piece
+        self.ended[row] |= ended
+        while self.current < len(self.prompts):
+            if self.current >= 0:
+                sys.stdout.write(self.waiting[self.current])
+                self.waiting[self.current] = ""
+                if not self.ended[self.current]:
+                    break
+            self.current += 1
+            if self.current < len(self.prompts):
+                sys.stdout.write((SEPARATOR if self.current else "") + self.prompts[self.current])
+        sys.stdout.flush()
+
+
+def main() -> None:
+    """Entry point: `--out FILE` is accepted as well as Hydra's `out=FILE`."""
+    sys.argv = [sys.argv[0], *out_flag_as_override(sys.argv[1:])]
+    run()
+
+
+def out_flag_as_override(args: list[str]) -> list[str]:
+    result = []
+    for arg in args:
+        if result and result[-1] == "--out":
+            result[-1] = f"out={arg}"
+        elif arg.startswith("--out="):
+            result.append("out=" + arg.removeprefix("--out="))
+        else:
+            result.append(arg)
+    return result
 
 
 if __name__ == "__main__":
