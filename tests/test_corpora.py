@@ -14,7 +14,7 @@ from lmzoo.data import bins, corpus, prepare
 from lmzoo.data.bins import read_meta
 from lmzoo.data.source import check_hub_reachable
 from lmzoo.errors import UserError
-from lmzoo.sampling import stream_text
+from lmzoo.sampling import TextStream
 from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer, tokenizer_from_spec
 from lmzoo.training import build, train
 
@@ -231,7 +231,8 @@ def test_streamed_cl100k_chinese_never_prints_broken_characters():
     ids = tok.encode(text)
     # The test means something only if some tokens end inside a character.
     assert any(tok.decode([i]).endswith("\ufffd") for i in ids)
-    pieces = list(stream_text(tok, iter(ids)))
+    stream = TextStream(tok)
+    pieces = [stream.push(i) for i in ids] + [stream.finish()]
     assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
 
 
