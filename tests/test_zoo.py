@@ -6,12 +6,12 @@ from torch import nn
 
 from conftest import compose_train
 
-from lmzoo.checkpoint import load_model
+from lmzoo.checkpoint import load_model, read_checkpoint
 from lmzoo.models import GPT, Bigram, BlockScaling, GPTRope, MLPLanguageModel, MoAMoE, MoEGPT
 from lmzoo.models.block_scaling import layer_widths
 from lmzoo.models.routing import MoE, Router
 from lmzoo.sampling import generate
-from lmzoo.training import build
+from lmzoo.training import build, train
 
 V = 70
 ZOO = {
@@ -198,3 +198,17 @@ def test_sparse_models_count_active_parameters():
     assert total == sum(p.numel() for p in model.parameters())
     assert total - active == 2 * (4 - 2) * per_expert
     assert make("gpt").parameter_counts()[0] == make("gpt").parameter_counts()[1]
+
+
+@pytest.mark.parametrize("name", ["mlp", "moa_moe"])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, name):
+    """BatchNorm's running statistics and the routers come back with the checkpoint."""
+    common = [f"model={name}", *TINY_RUN, *TINY_WIDTHS[name], "trainer.max_steps=6", "trainer.val_check_interval=3",
+              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='step{step}'"]
+    train(compose_train(tmp_path / "straight", *common, tiny=False))
+    halfway = tmp_path / "straight" / "run" / "checkpoints" / "step3.ckpt"
+    train(compose_train(tmp_path / "resumed", *common, f"ckpt_path={halfway}", tiny=False))
+    expected, actual = (read_checkpoint(tmp_path / run / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+                        for run in ("straight", "resumed"))
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(actual[key], tensor) for key, tensor in expected.items())

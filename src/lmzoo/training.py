@@ -60,13 +60,13 @@ def train(cfg: DictConfig) -> dict:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": model.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        write_summary(cfg.paths.output_dir, run_summary(cfg, model, trainer, wall_time))
+        write_summary(cfg.paths.output_dir, run_summary(model, trainer, wall_time))
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         print(f"\nSample from {best}:\n{sample_text(best, cfg.sample_tokens, cfg.seed)}\n")
     return result
 
 
-def run_summary(cfg: DictConfig, model, trainer, wall_time: float) -> dict:
+def run_summary(model, trainer, wall_time: float) -> dict:
     """The run's row in a sweep's comparison table (see lmzoo.compare)."""
     total, active = model.parameter_counts()
     rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
