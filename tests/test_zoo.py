@@ -68,7 +68,8 @@ def test_a_few_steps_on_one_batch_drive_the_loss_down(name):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_checkpoint_round_trip_gives_identical_logits_and_generates(tmp_path, name):
-    cfg = compose_train(tmp_path, f"model={name}", *TINY_RUN, *TINY_WIDTHS.get(name, []), tiny=False)
+    cfg = compose_train(tmp_path, f"model={name}", *TINY_RUN, *TINY_WIDTHS.get(name, []),
+                        "trainer.log_every_n_steps=2", tiny=False)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
     if isinstance(model, (MoEGPT, MoAMoE)):

@@ -79,7 +79,8 @@ class LanguageModel(L.LightningModule):
         if auxiliary is not None:
             self.log("train/aux_loss", auxiliary)
             loss = loss + auxiliary
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        # Only on the steps whose metrics Lightning writes to the logger: routing stats cost a device sync.
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log_routing()
         return loss
 
