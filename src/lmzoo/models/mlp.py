@@ -26,7 +26,7 @@ class MLPLanguageModel(LanguageModel):
         widths = [context * n_embd] + [hidden * 2 ** (n_hidden - 1 - i) for i in range(n_hidden)]
         # Biases before BatchNorm would be subtracted away again by it.
         self.hidden = nn.Sequential(*(
-            nn.Sequential(nn.Linear(fan_in, fan_out, bias=False), nn.BatchNorm1d(fan_out), ACTIVATIONS[activation])
+            nn.Sequential(nn.Linear(fan_in, fan_out, bias=False), nn.BatchNorm1d(fan_out), ACTIVATIONS[activation]())
             for fan_in, fan_out in zip(widths, widths[1:])
         ))
         self.lm_head = nn.Linear(widths[-1], vocab_size)
