@@ -1,6 +1,9 @@
 """The seven-model sweep and its comparison table, as a user runs them."""
 
 import json
+import math
+
+import pytest
 
 from conftest import SHAKESPEARE
 from test_cli import run
@@ -25,6 +28,8 @@ def test_sweep_of_the_zoo_compares_every_model_and_each_samples(tmp_path):
     for row in rows:
         record = dict(zip(headers, row))
         assert record["status"] == "done" and record["steps"] == "3" and float(record["best val/loss"]) < 5
+        # tinyshakespeare is ASCII: one character token per byte, so bits per byte are nats / ln 2.
+        assert float(record["best val/bpb"]) == pytest.approx(float(record["best val/loss"]) / math.log(2), abs=1e-3)
         assert int(record["active parameters"].replace(",", "")) <= int(record["parameters"].replace(",", ""))
     moe = dict(zip(headers, rows[5]))
     assert int(moe["active parameters"].replace(",", "")) < int(moe["parameters"].replace(",", ""))
@@ -49,13 +54,13 @@ def test_table_shows_runs_without_metrics(tmp_path):
     (tmp_path / "0_model=gpt" / ".hydra").mkdir(parents=True)
     (tmp_path / "1_model=moe").mkdir()
     summary = {"run": "1_model=moe", "model": "moe", "parameters": 1234567, "active_parameters": 654321,
-               "best_val_loss": 1.23456, "steps": 2000, "tokens_per_sec": 12345.6, "wall_time_s": 61.23,
+               "best_val_loss": 1.23456, "best_val_bpb": 1.78109, "steps": 2000, "tokens_per_sec": 12345.6, "wall_time_s": 61.23,
                "status": "done"}
     (tmp_path / "1_model=moe" / "summary.json").write_text(json.dumps(summary))
     out = run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
     assert out == (tmp_path / "comparison.md").read_text()
-    assert "| moe | 1,234,567 | 654,321 | 1.2346 | 2,000 | 12,346 | 61.2 s | done | 1_model=moe |" in out
-    assert "| - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
+    assert "| moe | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 12,346 | 61.2 s | done | 1_model=moe |" in out
+    assert "| - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
     assert table([]).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr

@@ -42,6 +42,7 @@ COLUMNS = [
     Column("parameters", "parameters", thousands),
     Column("active parameters", "active_parameters", thousands),
     Column("best val/loss", "best_val_loss", loss),
+    Column("best val/bpb", "best_val_bpb", loss),
     Column("steps", "steps", thousands),
     Column("tokens/s", "tokens_per_sec", lambda v: f"{v:,.0f}"),
     Column("wall time", "wall_time_s", lambda v: f"{v:.1f} s"),

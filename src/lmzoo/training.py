@@ -77,11 +77,15 @@ def run_summary(model, trainer, wall_time: float) -> dict:
     """The run's row in a sweep's comparison table (see lmzoo.compare)."""
     total, active = model.parameter_counts()
     rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
+    best = None if math.isinf(model.best_val_loss) else model.best_val_loss
+    # Bits per byte put models with different tokenizers on one scale.
+    best_bpb = best / math.log(2) * model.val_tokens_per_byte if best is not None and model.val_tokens_per_byte else None
     return {
         "model": HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(model).__name__,
         "parameters": total,
         "active_parameters": active,
-        "best_val_loss": None if math.isinf(model.best_val_loss) else model.best_val_loss,
+        "best_val_loss": best,
+        "best_val_bpb": best_bpb,
         "steps": trainer.global_step,
         "tokens_per_sec": rates[0] if rates else None,
         "wall_time_s": wall_time,
