@@ -80,13 +80,14 @@ class LanguageModel(L.LightningModule):
         loss = self.loss(batch)
         # train/loss stays the cross-entropy, comparable with val/loss and across models.
         self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0])
         auxiliary = self.auxiliary_loss()
         if auxiliary is not None:
             self.log("train/aux_loss", auxiliary)
             loss = loss + auxiliary
-        # Only on the steps whose metrics Lightning writes to the logger: routing stats cost a device sync.
+        # The rest only on the steps whose metrics Lightning writes to the logger: each self.log call
+        # costs time, and routing statistics a device sync.
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("lr", self.lr_schedulers().get_last_lr()[0])
             self.log_routing()
         return loss
 
