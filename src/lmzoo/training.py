@@ -6,9 +6,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoint import load_model
+from lmzoo.checkpoint_io import AtomicCheckpointIO
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
 from lmzoo.sampling import generate, start_ids
@@ -43,9 +44,17 @@ def build(cfg: DictConfig):
         model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
     model.tokenizer_spec = datamodule.meta["tokenizer"]
     model.val_tokens_per_byte = datamodule.val_tokens_per_byte
+    model.skip_nonfinite = cfg.trainer.get("skip_nonfinite", False)
+    return datamodule, model, build_trainer(cfg)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Lightning's Trainer with lmzoo's callbacks, logger and atomic checkpoint writes."""
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
-    return datamodule, model, trainer
+    # skip_nonfinite is lmzoo's own trainer option: the model acts on it, Lightning's Trainer never sees it.
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options.pop("skip_nonfinite", None)
+    return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
 
 
 def train(cfg: DictConfig) -> dict:

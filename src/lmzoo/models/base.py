@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lmzoo import __version__
+from lmzoo.errors import UserError
 from lmzoo.optim import OptimConfig, configure_adamw
 
 
@@ -33,6 +34,9 @@ class LanguageModel(L.LightningModule):
         # How this model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}), or None.
         # A derived model's checkpoints hold only its trainable weights; loading rebuilds the base first.
         self.finetune: dict | None = None
+        # trainer.skip_nonfinite: skip an update whose loss is NaN or inf instead of stopping the run.
+        self.skip_nonfinite = False
+        self.nonfinite_skips = 0
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -54,9 +58,25 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
+        if not self.loss_is_finite(loss):
+            return None
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """False when this update must be skipped; stops the run on a non-finite loss unless told to skip."""
+        # All ranks decide together: DDP hangs if one rank skips a step the others take.
+        if not self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            return True
+        if not self.skip_nonfinite:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            kept = f"; the best checkpoint {best} is intact" if best else ""
+            raise UserError(f"loss is {loss.item()} at step {self.trainer.global_step}; lower optim.lr or pass "
+                            f"trainer.skip_nonfinite=true to skip such updates{kept}")
+        self.nonfinite_skips += 1
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips))
+        return False
 
     def validation_step(self, batch, batch_idx):
         loss = self.loss(batch)
