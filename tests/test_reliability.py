@@ -2,6 +2,7 @@
 
 import errno
 
+import lightning as L
 import pytest
 import torch
 
@@ -66,3 +67,25 @@ def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 5
+
+
+class LossCurve(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def loss_curve(tmp_path, *overrides):
+    datamodule, model, trainer = build(compose_train(tmp_path, "model.dropout=0.1", *overrides))
+    curve = LossCurve()
+    trainer.callbacks.append(curve)
+    trainer.fit(model, datamodule=datamodule)
+    return curve.losses
+
+
+def test_the_seed_makes_a_run_deterministic(tmp_path):
+    first = loss_curve(tmp_path / "first", "seed=7")
+    assert loss_curve(tmp_path / "second", "seed=7") == first
+    assert loss_curve(tmp_path / "other", "seed=8") != first
