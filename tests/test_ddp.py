@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, TINY, compose_train
+from conftest import REPO, SHAKESPEARE, TINY, compose_train
 
 from lmzoo.checkpoint import read_checkpoint
 from lmzoo.training import train
@@ -17,7 +17,7 @@ RUN = ["trainer.max_steps=6", "trainer.val_check_interval=3", "optim.warmup_step
 
 
 def run_ddp(tmp_path, *overrides):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lmzoo.train", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
                f"hydra.run.dir={tmp_path / 'run'}", *TINY, *RUN, "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", "data.batch_size=4", "data.val_batches=2", *overrides]
@@ -43,7 +43,11 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
 @pytest.mark.slow
 def test_two_process_resume_is_exact(tmp_path):
     assert run_ddp(tmp_path / "straight").returncode == 0
-    assert run_ddp(tmp_path / "resumed", "trainer.max_steps=3").returncode == 0
+    # Both ranks get SIGTERM after step 2, as under a preempting scheduler, and save at step 3 together.
+    stopped = run_ddp(tmp_path / "resumed", "+callbacks.fault._target_=fault_injection.SignalAt",
+                      "+callbacks.fault.step=2", "+callbacks.fault.signal=SIGTERM")
+    assert stopped.returncode == 128 + 15, stopped.stderr
+    assert read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3
     resumed = run_ddp(tmp_path / "resumed", "resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     expected = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")
