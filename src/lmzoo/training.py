@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.checkpoint import load_model
+from lmzoo.checkpoint import describe_tokenizer, load_model, read_checkpoint
 from lmzoo.checkpoint_io import AtomicCheckpointIO
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
@@ -28,6 +28,14 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.resume is not None:
         raise UserError(f"resume={cfg.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
     return None
+
+
+def check_resumable(ckpt_path: str, tokenizer_spec: dict) -> None:
+    """A readable lmzoo checkpoint of this release, trained on tokens of the same tokenizer as the data."""
+    trained_on = read_checkpoint(ckpt_path)["lmzoo"]["tokenizer"]
+    if trained_on != tokenizer_spec:
+        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(trained_on)}, but the data uses the "
+                        f"{describe_tokenizer(tokenizer_spec)}; resume with the data=/tokenizer= of that run")
 
 
 def build(cfg: DictConfig):
@@ -61,6 +69,8 @@ def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     ckpt_path = resume_path(cfg)
     datamodule, model, trainer = build(cfg)
+    if ckpt_path:
+        check_resumable(ckpt_path, datamodule.meta["tokenizer"])
     if cfg.compile:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()

@@ -97,6 +97,9 @@ class TokenDataModule(L.LightningDataModule):
         seed: int = 1337,
     ):
         super().__init__()
+        for key, value in (("block_size", block_size), ("data.batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"{key} must be an integer, got {value!r}")
         if block_size <= 0:
             raise UserError(f"block_size must be positive, got {block_size}")
         if batch_size <= 0:
