@@ -1,6 +1,7 @@
 """Faults inside one process: a non-finite loss, a full disk."""
 
 import errno
+import json
 
 import lightning as L
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from conftest import compose_train
 
-from lmzoo import checkpoint_io
+from lmzoo import __version__, checkpoint_io
 from lmzoo.checkpoint import read_checkpoint
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
@@ -89,3 +90,14 @@ def test_the_seed_makes_a_run_deterministic(tmp_path):
     first = loss_curve(tmp_path / "first", "seed=7")
     assert loss_curve(tmp_path / "second", "seed=7") == first
     assert loss_curve(tmp_path / "other", "seed=8") != first
+
+
+def test_run_folder_and_checkpoints_record_config_version_and_commit(tmp_path):
+    train(compose_train(tmp_path, "trainer.max_steps=5", "trainer.val_check_interval=5", "seed=11"))
+    on_disk = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    in_checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["lmzoo"]["run"]
+    for record in (on_disk, in_checkpoint):
+        assert record["version"] == __version__ and record["config"]["seed"] == 11
+        assert record["config"]["paths"]["output_dir"] == str(tmp_path / "run")
+    assert in_checkpoint["git_commit"] == on_disk["git_commit"]
+    assert on_disk["git_commit"] is None or len(on_disk["git_commit"].removesuffix("-dirty")) == 40

@@ -12,6 +12,7 @@ from lmzoo.checkpoint import describe_tokenizer, load_model, read_checkpoint
 from lmzoo.checkpoint_io import AtomicCheckpointIO
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
+from lmzoo.provenance import provenance, write_provenance
 from lmzoo.sampling import generate, start_ids
 
 
@@ -53,7 +54,11 @@ def build(cfg: DictConfig):
     model.tokenizer_spec = datamodule.meta["tokenizer"]
     model.val_tokens_per_byte = datamodule.val_tokens_per_byte
     model.skip_nonfinite = cfg.trainer.get("skip_nonfinite", False)
-    return datamodule, model, build_trainer(cfg)
+    model.provenance = provenance(cfg)
+    trainer = build_trainer(cfg)
+    if trainer.is_global_zero:
+        write_provenance(model.provenance, cfg.paths.output_dir)
+    return datamodule, model, trainer
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

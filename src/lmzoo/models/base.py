@@ -37,6 +37,8 @@ class LanguageModel(L.LightningModule):
         # trainer.skip_nonfinite: skip an update whose loss is NaN or inf instead of stopping the run.
         self.skip_nonfinite = False
         self.nonfinite_skips = 0
+        # The resolved config, lmzoo version and git commit of the run, saved in its checkpoints.
+        self.provenance: dict | None = None
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -105,6 +107,7 @@ class LanguageModel(L.LightningModule):
             "best_val_loss": self.best_val_loss,
             "rng": capture_rng(),
             "finetune": self.finetune,
+            "run": self.provenance,
         }
         if self.finetune:
             trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
