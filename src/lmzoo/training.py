@@ -1,15 +1,20 @@
 """Build data, model, callbacks, logger and Trainer from a composed config, train, and sample."""
 
 import dataclasses
+import math
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmzoo.callbacks import TokensPerSecond
 from lmzoo.checkpoint import describe_tokenizer, load_model, read_checkpoint
 from lmzoo.checkpoint_io import AtomicCheckpointIO
+from lmzoo.compare import write_summary
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
 from lmzoo.provenance import provenance, write_provenance
@@ -79,13 +84,37 @@ def train(cfg: DictConfig) -> dict:
     if cfg.compile:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()
+    started = time.perf_counter()
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    wall_time = time.perf_counter() - started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": model.best_val_loss, "steps": trainer.global_step}
+    if trainer.is_global_zero:
+        write_summary(cfg.paths.output_dir, run_summary(model, trainer, wall_time))
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         print(f"\nSample from {best}:\n{sample_text(best, cfg.sample_tokens, cfg.seed)}\n")
     return result
+
+
+def run_summary(model, trainer, wall_time: float) -> dict:
+    """The run's row in a sweep's comparison table (see lmzoo.compare)."""
+    total, active = model.parameter_counts()
+    rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
+    best = None if math.isinf(model.best_val_loss) else model.best_val_loss
+    # Bits per byte put models with different tokenizers on one scale.
+    best_bpb = best / math.log(2) * model.val_tokens_per_byte if best is not None and model.val_tokens_per_byte else None
+    return {
+        "model": HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(model).__name__,
+        "parameters": total,
+        "active_parameters": active,
+        "best_val_loss": best,
+        "best_val_bpb": best_bpb,
+        "steps": trainer.global_step,
+        "tokens_per_sec": rates[0] if rates else None,
+        "wall_time_s": wall_time,
+        "status": "interrupted" if trainer.interrupted else "done",
+    }
 
 
 def sample_text(ckpt: str, max_new_tokens: int, seed: int) -> str:

@@ -3,6 +3,11 @@
 It owns the loss, the training and validation steps, the optimizer and schedule, logging, and the
 self-describing part of checkpoints. An architecture only builds its layers and implements
 `forward(idx, cache=None) -> logits`.
+
+`block_size` is the context the model reads: the most tokens `forward` takes with a cache, and the
+window the sampler crops to. Attention models read the training window (the global `block_size`);
+fixed-context models (bigram: 1 token, MLP: `context` tokens) predict every position of a longer
+training window from its own few predecessors, so they train on all its targets.
 """
 
 import inspect
@@ -13,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelSummary
 
 from lmzoo import __version__
 from lmzoo.errors import UserError
@@ -24,7 +30,8 @@ class LanguageModel(L.LightningModule):
 
     def __init__(self, vocab_size: int, block_size: int, optim: dict | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # Transformer's layer factories are code that subclasses hand it, not hyper-parameters.
+        self.save_hyperparameters(ignore=["make_attention", "make_mlp"])
         self.vocab_size, self.block_size = vocab_size, block_size
         self.optim_config = OptimConfig(**(optim or {}))
         self.best_val_loss = float("inf")
@@ -53,6 +60,23 @@ class LanguageModel(L.LightningModule):
         """A KV cache for incremental decoding, or None for models that recompute their context."""
         return None
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A training-only loss recorded by the last forward (MoE load balancing), or None."""
+        return None
+
+    def log_routing(self) -> None:
+        """Log what the last training forward decided (MoE expert usage); nothing for dense models."""
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """Total parameters, and those active for one token (fewer in sparse models)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total, total
+
+    def describe(self) -> list[str]:
+        """Lines printed after Lightning's model summary."""
+        total, active = self.parameter_counts()
+        return [f"parameters: {total:,} total, {active:,} active per token"]
+
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -60,11 +84,18 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
-        if not self.loss_is_finite(loss):
-            return None
+        # train/loss stays the cross-entropy, comparable with val/loss and across models.
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
-        return loss
+        auxiliary = self.auxiliary_loss()
+        if auxiliary is not None:
+            self.log("train/aux_loss", auxiliary)
+            loss = loss + auxiliary
+        # Only on the steps whose metrics Lightning writes to the logger: routing stats cost a device sync.
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_routing()
+        # None skips the optimizer step.
+        return loss if self.loss_is_finite(loss) else None
 
     def loss_is_finite(self, loss: torch.Tensor) -> bool:
         """False when this update must be skipped; stops the run on a non-finite loss unless told to skip."""
@@ -94,6 +125,15 @@ class LanguageModel(L.LightningModule):
         val_loss = self.trainer.callback_metrics["val/loss"].item()
         self.best_val_loss = min(self.best_val_loss, val_loss)
         self.log("val/loss_best", self.best_val_loss, sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        # Lightning logs the initial hyper-parameters after this, so the counts reach TensorBoard's HPARAMS.
+        total, active = self.parameter_counts()
+        self.save_hyperparameters({**self.hparams, "parameters": total, "active_parameters": active})
+
+    def on_fit_start(self):
+        if self.trainer.is_global_zero and any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
+            print("\n".join(self.describe()))
 
     def configure_optimizers(self):
         return configure_adamw(self, self.optim_config, self.device)

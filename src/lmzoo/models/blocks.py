@@ -107,20 +107,28 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        start = cache.position if cache else 0
-        if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=causal_mask(start, T, x.device) if start > 0 and T > 1 else None,
-            is_causal=start == 0 and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        y = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary | None,
+                     cache: KVCache | None, layer: int, dropout: float) -> torch.Tensor:
+    """Causal attention of q (B, heads, T, head_dim) over k, v (B, kv_heads, T, head_dim) and the cached past:
+    RoPE at the tokens' positions, this step's k, v stored in the cache, kv heads shared by query groups."""
+    start = cache.position if cache else 0
+    T = q.size(-2)
+    if rotary is not None:
+        q, k = rotary(q, start), rotary(k, start)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)
+    return F.scaled_dot_product_attention(
+        q, k, v,
+        attn_mask=causal_mask(start, T, q.device) if start > 0 and T > 1 else None,
+        is_causal=start == 0 and T > 1,
+        dropout_p=dropout,
+        enable_gqa=k.size(1) != q.size(1),
+    )
 
 
 def causal_mask(start: int, length: int, device) -> torch.Tensor:

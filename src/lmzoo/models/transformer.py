@@ -1,5 +1,7 @@
 """A decoder-only transformer assembled from the shared blocks; GPT-2 and modern GPT differ only in choices."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -16,6 +18,9 @@ class Transformer(LanguageModel):
 
     The embedding table is padded to a multiple of `pad_vocab_to` for fast matmuls; the
     padded logits are cut off, so they never reach the loss or the sampler.
+
+    Architectures that vary the layers pass `make_attention(layer, rotary)` or `make_mlp(layer)`,
+    which build layer `layer`'s attention or feed-forward module in place of the uniform ones.
     """
 
     def __init__(
@@ -37,6 +42,8 @@ class Transformer(LanguageModel):
         tie_embeddings: bool = True,
         pad_vocab_to: int = 64,
         optim: dict | None = None,
+        make_attention: Callable[[int, Rotary | None], nn.Module] | None = None,
+        make_mlp: Callable[[int], nn.Module] | None = None,
     ):
         super().__init__(vocab_size, block_size, optim)
         if n_embd % n_head:
@@ -44,17 +51,16 @@ class Transformer(LanguageModel):
         head_dim = n_embd // n_head
         hidden = int(mlp_ratio * n_embd)
         rotary = Rotary(head_dim, block_size, rope_base) if positions == "rope" else None
+        make_attention = make_attention or (
+            lambda layer, rotary: Attention(n_embd, n_head, head_dim, n_kv_head, bias, dropout, rotary))
+        make_mlp = make_mlp or (lambda layer: MLP(n_embd, hidden, activation, gated_mlp, bias, dropout))
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(padded(vocab_size, pad_vocab_to), n_embd),
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(
-                Block(
-                    Attention(n_embd, n_head, head_dim, n_kv_head, bias, dropout, rotary),
-                    MLP(n_embd, hidden, activation, gated_mlp, bias, dropout),
-                    make_norm(norm, n_embd, bias),
-                    make_norm(norm, n_embd, bias),
-                )
-                for _ in range(n_layer)
+                Block(make_attention(layer, rotary), make_mlp(layer), make_norm(norm, n_embd, bias),
+                      make_norm(norm, n_embd, bias))
+                for layer in range(n_layer)
             ),
             ln_f=make_norm(norm, n_embd, bias),
         ))

@@ -1,0 +1,215 @@
+"""The model zoo: every architecture on the shared contract, and what makes each one different."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import compose_train
+
+from lmzoo.checkpoint import load_model, read_checkpoint
+from lmzoo.models import GPT, Bigram, BlockScaling, GPTRope, MLPLanguageModel, MoAMoE, MoEGPT
+from lmzoo.models.block_scaling import layer_widths
+from lmzoo.models.routing import MoE, Router
+from lmzoo.sampling import generate
+from lmzoo.training import build, train
+
+V = 70
+ZOO = {
+    "bigram": lambda: Bigram(V),
+    "mlp": lambda: MLPLanguageModel(V, context=4, n_embd=8, hidden=16),
+    "gpt": lambda: GPT(V, 24, n_layer=2, n_head=2, n_embd=32),
+    "gpt_rope": lambda: GPTRope(V, 24, n_layer=2, n_head=2, n_embd=32),
+    "block_scaling": lambda: BlockScaling(V, 24, n_layer=3, n_embd=32, head_dim=8, gqa_groups=2),
+    "moe": lambda: MoEGPT(V, 24, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=2),
+    "moa_moe": lambda: MoAMoE(V, 24, n_layer=2, n_embd=32, head_dim=8, n_att_experts=4, k_att=2),
+}
+ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+# The real configs, shrunk; bigram and mlp have no widths to shrink.
+TINY_WIDTHS = {
+    "mlp": ["model.n_embd=8", "model.hidden=16"],
+    "gpt": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "gpt_rope": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "block_scaling": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8"],
+    "moe": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "moa_moe": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8", "model.n_att_experts=4",
+                "model.k_att=2"],
+}
+TINY_RUN = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
+            "trainer.val_check_interval=4", "block_size=16", "sample_tokens=0"]
+
+
+def make(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return ZOO[name]()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_forward_gives_logits_for_every_position(name):
+    model = make(name).eval()
+    assert model(torch.randint(0, V, (3, 24))).shape == (3, 24, V)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_a_few_steps_on_one_batch_drive_the_loss_down(name):
+    model = make(name).train()
+    batch = torch.randint(0, V, (4, 25))
+    x, y = batch[:, :-1], batch[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2 if name == "bigram" else 1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model.loss((x, y))
+        auxiliary = model.auxiliary_loss()
+        optimizer.zero_grad()
+        (loss if auxiliary is None else loss + auxiliary).backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.5
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_checkpoint_round_trip_gives_identical_logits_and_generates(tmp_path, name):
+    cfg = compose_train(tmp_path, f"model={name}", *TINY_RUN, *TINY_WIDTHS.get(name, []),
+                        "trainer.log_every_n_steps=2", tiny=False)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    if isinstance(model, (MoEGPT, MoAMoE)):
+        assert {"train/aux_loss", "experts/0.mlp/0"} <= set(trainer.logged_metrics)
+    loaded, tokenizer, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    idx = torch.randint(0, datamodule.vocab_size, (2, 16))
+    assert torch.equal(model.eval()(idx), loaded(idx))
+    tokens = list(generate(loaded, idx[:1, :3], 40, temperature=1.0, top_k=10))
+    assert len(tokens) == 40 and all(0 <= t.item() < datamodule.vocab_size for t in tokens)
+    hparams = (tmp_path / "run" / "tensorboard" / "hparams.yaml").read_text()
+    total, active = model.parameter_counts()
+    assert f"parameters: {total}" in hparams and f"active_parameters: {active}" in hparams
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_greedy_decoding_with_the_cache_equals_without(name):
+    model = make(name).eval()
+    prompt = torch.randint(0, V, (2, 4))
+    cached = torch.stack(list(generate(model, prompt, 20, temperature=0, kv_cache=True)), dim=1)
+    uncached = torch.stack(list(generate(model, prompt, 20, temperature=0, kv_cache=False)), dim=1)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("name, context", [("bigram", 1), ("mlp", 4)])
+def test_fixed_context_models_read_only_their_context(name, context):
+    model = make(name).eval()
+    assert model.block_size == context
+    if name == "bigram":
+        nn.init.normal_(model.logits.weight)  # it starts from uniform predictions
+    idx = torch.randint(0, V, (1, 12))
+    changed = idx.clone()
+    changed[0, 5] = (idx[0, 5] + 1) % V
+    differs = (model(idx) - model(changed)).abs().amax(dim=-1)[0] > 0
+    assert differs.tolist() == [5 <= t < 5 + context for t in range(12)]
+
+
+def test_mlp_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
+    model = make("mlp")
+    idx = torch.randint(0, V, (4, 8))
+    model.train()
+    alone, together = model(idx[:2]), model(idx)
+    assert not torch.allclose(alone, together[:2])
+    model.eval()
+    assert torch.allclose(model(idx[:2]), model(idx)[:2])
+    assert all(bn.num_batches_tracked.item() == 2 for bn in model.modules() if isinstance(bn, nn.BatchNorm1d))
+
+
+def test_mlp_hidden_widths_shrink_geometrically():
+    model = MLPLanguageModel(V, context=3, n_embd=4, hidden=16, n_hidden=3, activation="gelu")
+    linears = [m for m in model.hidden.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(12, 64), (64, 32), (32, 16)]
+
+
+def test_block_scaling_widths_follow_openelm():
+    assert layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0)) == [(2, 2, 64), (3, 3, 224), (3, 3, 352), (4, 4, 512)]
+    assert layer_widths(3, 128, 32, (0.5, 1.0), (0.5, 4.0), gqa_groups=2) == [(2, 1, 64), (4, 2, 288), (4, 2, 512)]
+    model = BlockScaling(V, 16, n_layer=4, n_embd=128, head_dim=32)
+    built = [(b.attn.n_head, b.attn.n_kv_head, b.mlp.c_proj.in_features) for b in model.transformer.h]
+    assert built == layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0))
+    assert "    1       3        3       224" in model.describe()
+
+
+def expert_row_counts(moe: MoE) -> list[int]:
+    counts = [0] * len(moe.experts)
+    for index, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda module, args, out, i=index: counts.__setitem__(i, counts[i] + len(args[0])))
+    return counts
+
+
+def test_moe_sends_each_token_to_top_k_experts_and_computes_only_those():
+    torch.manual_seed(0)
+    moe = MoE(16, 32, n_experts=4, top_k=2)
+    x = torch.randn(3, 10, 16)
+    counts = expert_row_counts(moe)
+    out = moe(x)
+    weights, experts = moe.router(x.reshape(-1, 16))
+    assert experts.shape == (30, 2) and all(len(set(row)) == 2 for row in experts.tolist())
+    assert counts == torch.bincount(experts.flatten(), minlength=4).tolist() and sum(counts) == 60
+    expected = torch.stack([
+        sum(w * moe.experts[e](token) for w, e in zip(token_weights, token_experts.tolist()))
+        for token, token_weights, token_experts in zip(x.reshape(-1, 16), weights, experts)
+    ])
+    assert torch.allclose(out.reshape(-1, 16), expected, atol=1e-6)
+
+
+def test_moe_capacity_caps_the_tokens_of_each_expert():
+    torch.manual_seed(0)
+    moe = MoE(16, 32, n_experts=4, top_k=1, capacity_factor=1.0)
+    with torch.no_grad():
+        moe.router.gate.weight[0] += 5.0  # most tokens prefer expert 0
+    counts = expert_row_counts(moe)
+    moe(torch.randn(40, 16).abs())
+    assert max(counts) == 10
+
+
+def test_auxiliary_loss_reaches_the_router():
+    model = make("moe").train()
+    model(torch.randint(0, V, (2, 16)))
+    model.auxiliary_loss().backward()
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    assert routers and all(r.gate.weight.grad.abs().sum() > 0 for r in routers)
+
+
+def test_load_balancing_spreads_a_collapsed_router_over_every_expert():
+    torch.manual_seed(0)
+    router = Router(16, n_experts=4, top_k=1, balance_weight=1.0, z_weight=0.0)
+    x = torch.randn(256, 16)
+    x[:, 0] = 1.0  # a constant feature, through which expert 0 is favoured for every token
+    with torch.no_grad():
+        router.gate.weight[0, 0] = 5.0
+    router(x)
+    assert router.expert_fraction[0] > 0.9
+    optimizer = torch.optim.Adam(router.parameters(), lr=1e-2)
+    for _ in range(200):
+        router(x)
+        optimizer.zero_grad()
+        router.aux_loss.backward()
+        optimizer.step()
+    router(x)
+    assert (router.expert_fraction > 0.1).all()
+
+
+def test_sparse_models_count_active_parameters():
+    model = make("moe")
+    total, active = model.parameter_counts()
+    per_expert = sum(p.numel() for p in model.transformer.h[0].mlp.experts[0].parameters())
+    assert total == sum(p.numel() for p in model.parameters())
+    assert total - active == 2 * (4 - 2) * per_expert
+    assert make("gpt").parameter_counts()[0] == make("gpt").parameter_counts()[1]
+
+
+@pytest.mark.parametrize("name", ["mlp", "moa_moe"])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, name):
+    """BatchNorm's running statistics and the routers come back with the checkpoint."""
+    common = [f"model={name}", *TINY_RUN, *TINY_WIDTHS[name], "trainer.max_steps=6", "trainer.val_check_interval=3",
+              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='step{step}'"]
+    train(compose_train(tmp_path / "straight", *common, tiny=False))
+    halfway = tmp_path / "straight" / "run" / "checkpoints" / "step3.ckpt"
+    train(compose_train(tmp_path / "resumed", *common, f"ckpt_path={halfway}", tiny=False))
+    expected, actual = (read_checkpoint(tmp_path / run / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+                        for run in ("straight", "resumed"))
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(actual[key], tensor) for key, tensor in expected.items())
