@@ -52,6 +52,12 @@ def test_skip_nonfinite_skips_those_updates_and_counts_them(tmp_path, nan_loss_a
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*a_file/checkpoints/best.ckpt \(Not a directory\)"):
+        train(compose_train(tmp_path, *RUN, f"callbacks.model_checkpoint.dirpath={tmp_path / 'a_file' / 'checkpoints'}"))
+
+
 def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp_path, monkeypatch):
     save, saves = torch.save, []
 

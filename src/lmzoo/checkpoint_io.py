@@ -1,6 +1,7 @@
 """Checkpoints written atomically: a kill or a full disk during a save never leaves a half-written file
 under a checkpoint's name, so `last.ckpt` is always the previous complete one or the new complete one."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(temporary, path)
             sync_folder(path.parent)
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
             raise UserError(f"cannot write checkpoint {path} ({error.strerror or error}); free disk space or "
                             "choose a writable run folder with hydra.run.dir=PATH") from None
 
