@@ -117,14 +117,22 @@ def test_missing_data_file_names_the_fix(tmp_path):
 def test_training_windows_are_a_pure_function_of_the_batch_index(tmp_path, corpus):
     prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     path = tmp_path / "bins" / "train.bin"
-    from_start = iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, start=0))
+    from_start = iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, world_size=1, start=0))
     batches = [next(from_start) for _ in range(6)]
-    resumed = next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, start=5)))
+    resumed = next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, world_size=1, start=5)))
     assert torch.equal(resumed[0], batches[5][0]) and torch.equal(resumed[1], batches[5][1])
-    other_rank = next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=1, start=5)))
-    assert not torch.equal(other_rank[0], batches[5][0])
     x, y = batches[0]
     assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_ranks_share_out_the_global_batch_of_a_single_process(tmp_path, corpus):
+    prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    path = tmp_path / "bins" / "train.bin"
+    single = next(iter(RandomWindows(path, "uint16", 16, 8, seed=7, rank=0, world_size=1, start=3)))
+    shares = [next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=rank, world_size=2, start=3)))
+              for rank in (0, 1)]
+    assert not torch.equal(shares[0][0], shares[1][0])
+    assert torch.equal(torch.cat([shares[0][0], shares[1][0]]), single[0])
 
 
 def test_validation_windows_are_fixed(tmp_path, corpus):

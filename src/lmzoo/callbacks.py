@@ -1,6 +1,9 @@
 """Callbacks of lmzoo's own; the rest come from Lightning."""
 
+import signal
+import sys
 import time
+from pathlib import Path
 
 import lightning as L
 
@@ -39,3 +42,52 @@ class TokensPerSecond(L.Callback):
         # global_step has already counted this step here; log on the steps the logger writes.
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log("tokens_per_sec", self.rate, prog_bar=True)
+
+
+class SaveOnSignal(L.Callback):
+    """On SIGTERM (preemption) or SIGINT (Ctrl-C), saves last.ckpt at the current step and exits.
+
+    The signal handler only sets a flag: the save happens at the next batch end, where the step is
+    complete and the checkpoint resumes exactly. The handlers in place before training come back after it.
+    """
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous_handlers = {}
+
+    def on_train_start(self, trainer, pl_module):
+        # After Lightning's own SIGTERM handler is in place (it would stop without saving), so ours replaces it.
+        self.received = None
+        for signum in self.signals:
+            self.previous_handlers[signum] = signal.signal(signum, self.note)
+
+    def note(self, signum, frame):
+        self.received = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Every rank takes the same decision, so all of them join the save and stop together.
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        checkpoint = trainer.checkpoint_callback
+        path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        # ModelCheckpoint keeps writing last.ckpt after a resume only when its state names that file.
+        checkpoint.last_model_path = str(path)
+        trainer.save_checkpoint(path)
+        name = signal.Signals(self.received or signal.SIGTERM).name
+        if trainer.is_global_zero:
+            print(f"stopped by {name} at step {trainer.global_step}; saved {path}; continue with resume=auto "
+                  "and the same hydra.run.dir", file=sys.stderr)
+        raise SystemExit(128 + (self.received or signal.SIGTERM))
+
+    def on_train_end(self, trainer, pl_module):
+        self.restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.restore_handlers()
+
+    def restore_handlers(self):
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+        self.previous_handlers = {}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from lmzoo import lora
+from lmzoo import __version__, lora
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
 from lmzoo.tokenizers import Tokenizer, tokenizer_from_spec
@@ -22,7 +22,16 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated") from None
     if not isinstance(checkpoint, dict) or "lmzoo" not in checkpoint:
         raise UserError(f"{path} is not an lmzoo checkpoint; pass one written by python -m lmzoo.train")
+    written_by = checkpoint["lmzoo"].get("version", "unknown")
+    if not same_release(written_by, __version__):
+        raise UserError(f"{path} was written by lmzoo {written_by}, which this lmzoo {__version__} cannot read; "
+                        f"use lmzoo {written_by} (pip install lmzoo=={written_by}) or retrain")
     return checkpoint
+
+
+def same_release(version: str, other: str) -> bool:
+    """Checkpoints keep their format within a major.minor release."""
+    return version.split(".")[:2] == other.split(".")[:2]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer, dict]:

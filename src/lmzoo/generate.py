@@ -69,7 +69,15 @@ def read_prompt(prompt: str) -> str:
     path = Path(prompt[1:]).expanduser()
     if not path.is_file():
         raise UserError(f"prompt file {str(path)!r} does not exist; pass prompt=@PATH to a text file")
-    return path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"prompt file {str(path)!r} is not UTF-8 (byte {error.start}); convert it, "
+                        "for example with iconv") from None
+    if not text:
+        raise UserError(f"prompt file {str(path)!r} is empty; write a prompt into it, or pass prompt='' "
+                        "to sample from nothing")
+    return text
 
 
 class InOrder:

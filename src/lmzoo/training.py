@@ -9,13 +9,15 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.callbacks import TokensPerSecond
-from lmzoo.checkpoint import load_model
+from lmzoo.checkpoint import describe_tokenizer, load_model, read_checkpoint
+from lmzoo.checkpoint_io import AtomicCheckpointIO
 from lmzoo.compare import write_summary
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
+from lmzoo.provenance import provenance, write_provenance
 from lmzoo.sampling import generate, start_ids
 
 
@@ -34,6 +36,14 @@ def resume_path(cfg: DictConfig) -> str | None:
     return None
 
 
+def check_resumable(ckpt_path: str, tokenizer_spec: dict) -> None:
+    """A readable lmzoo checkpoint of this release, trained on tokens of the same tokenizer as the data."""
+    trained_on = read_checkpoint(ckpt_path)["lmzoo"]["tokenizer"]
+    if trained_on != tokenizer_spec:
+        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(trained_on)}, but the data uses the "
+                        f"{describe_tokenizer(tokenizer_spec)}; resume with the data=/tokenizer= of that run")
+
+
 def build(cfg: DictConfig):
     """The datamodule (prepared), model, and Trainer a config describes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -48,15 +58,29 @@ def build(cfg: DictConfig):
         model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, optim=optim, _convert_="all")
     model.tokenizer_spec = datamodule.meta["tokenizer"]
     model.val_tokens_per_byte = datamodule.val_tokens_per_byte
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    model.skip_nonfinite = cfg.trainer.get("skip_nonfinite", False)
+    model.provenance = provenance(cfg)
+    trainer = build_trainer(cfg)
+    if trainer.is_global_zero:
+        write_provenance(model.provenance, cfg.paths.output_dir)
     return datamodule, model, trainer
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Lightning's Trainer with lmzoo's callbacks, logger and atomic checkpoint writes."""
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    # skip_nonfinite is lmzoo's own trainer option: the model acts on it, Lightning's Trainer never sees it.
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options.pop("skip_nonfinite", None)
+    return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
 
 
 def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     ckpt_path = resume_path(cfg)
     datamodule, model, trainer = build(cfg)
+    if ckpt_path:
+        check_resumable(ckpt_path, datamodule.meta["tokenizer"])
     if cfg.compile:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()

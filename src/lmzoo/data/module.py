@@ -1,7 +1,7 @@
 """A LightningDataModule over memory-mapped token bins.
 
 Training batches are random windows, as in nanoGPT's get_batch, but each batch is drawn from a
-generator seeded by (seed, batch index, rank): the data stream is a pure function of the step, so
+generator seeded by (seed, batch index) of which each rank keeps its share: the data stream is a pure function of the step, so
 a resumed run sees exactly the batches an uninterrupted one would. Validation uses a fixed,
 evenly spaced set of windows, so val/loss is comparable across runs and models.
 """
@@ -29,12 +29,13 @@ def window_batch(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tu
 
 
 class RandomWindows(IterableDataset):
-    """An endless stream of training batches; batch i depends only on (seed, i, rank)."""
+    """An endless stream of training batches; batch i depends only on (seed, i, rank, world size)."""
 
-    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int, rank: int, start: int):
+    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int, rank: int,
+                 world_size: int, start: int):
         self.path, self.dtype = path, dtype
         self.block_size, self.batch_size = block_size, batch_size
-        self.seed, self.rank, self.start = seed, rank, start
+        self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
 
     def __iter__(self):
         tokens = open_tokens(self.path, self.dtype)
@@ -44,9 +45,13 @@ class RandomWindows(IterableDataset):
         index = self.start + (worker.id if worker else 0)
         stride = worker.num_workers if worker else 1
         high = len(tokens) - self.block_size
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         while True:
-            rng = np.random.default_rng([self.seed, index, self.rank])
-            yield window_batch(tokens, rng.integers(0, high, size=self.batch_size), self.block_size)
+            # Every rank draws the global batch of step `index` and keeps its own share: ranks see
+            # different windows, and N ranks train on what one process with N times the batch would.
+            rng = np.random.default_rng([self.seed, index])
+            offsets = rng.integers(0, high, size=self.batch_size * self.world_size)[mine]
+            yield window_batch(tokens, offsets, self.block_size)
             index += stride
 
 
@@ -92,6 +97,9 @@ class TokenDataModule(L.LightningDataModule):
         seed: int = 1337,
     ):
         super().__init__()
+        for key, value in (("block_size", block_size), ("data.batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"{key} must be an integer, got {value!r}")
         if block_size <= 0:
             raise UserError(f"block_size must be positive, got {block_size}")
         if batch_size <= 0:
@@ -145,10 +153,9 @@ class TokenDataModule(L.LightningDataModule):
         trainer = self.trainer
         # Resuming restores global_step before the dataloader is built, so the stream restarts where it stopped.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        rank = trainer.global_rank if trainer else 0
-        dataset = RandomWindows(
-            self.data_dir / "train.bin", self.meta["dtype"], self.block_size, self.batch_size, self.seed, rank, start
-        )
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        dataset = RandomWindows(self.data_dir / "train.bin", self.meta["dtype"], self.block_size, self.batch_size,
+                                self.seed, rank, world_size, start)
         return self.loader(dataset)
 
     def val_dataloader(self):

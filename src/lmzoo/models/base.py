@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelSummary
 
 from lmzoo import __version__
+from lmzoo.errors import UserError
 from lmzoo.optim import OptimConfig, configure_adamw
 
 
@@ -40,6 +41,11 @@ class LanguageModel(L.LightningModule):
         # How this model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}), or None.
         # A derived model's checkpoints hold only its trainable weights; loading rebuilds the base first.
         self.finetune: dict | None = None
+        # trainer.skip_nonfinite: skip an update whose loss is NaN or inf instead of stopping the run.
+        self.skip_nonfinite = False
+        self.nonfinite_skips = 0
+        # The resolved config, lmzoo version and git commit of the run, saved in its checkpoints.
+        self.provenance: dict | None = None
 
     def model_config(self) -> dict:
         """The arguments that rebuild this architecture: its constructor's share of the hyper-parameters."""
@@ -89,7 +95,22 @@ class LanguageModel(L.LightningModule):
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("lr", self.lr_schedulers().get_last_lr()[0])
             self.log_routing()
-        return loss
+        # None skips the optimizer step.
+        return loss if self.loss_is_finite(loss) else None
+
+    def loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """False when this update must be skipped; stops the run on a non-finite loss unless told to skip."""
+        # All ranks decide together: DDP hangs if one rank skips a step the others take.
+        if not self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            return True
+        if not self.skip_nonfinite:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            kept = f"; the best checkpoint {best} is intact" if best else ""
+            raise UserError(f"loss is {loss.item()} at step {self.trainer.global_step}; lower optim.lr or pass "
+                            f"trainer.skip_nonfinite=true to skip such updates{kept}")
+        self.nonfinite_skips += 1
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips))
+        return False
 
     def validation_step(self, batch, batch_idx):
         loss = self.loss(batch)
@@ -127,6 +148,7 @@ class LanguageModel(L.LightningModule):
             "best_val_loss": self.best_val_loss,
             "rng": capture_rng(),
             "finetune": self.finetune,
+            "run": self.provenance,
         }
         if self.finetune:
             trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}

@@ -1,0 +1,109 @@
+"""Faults inside one process: a non-finite loss, a full disk."""
+
+import errno
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import compose_train
+
+from lmzoo import __version__, checkpoint_io
+from lmzoo.checkpoint import read_checkpoint
+from lmzoo.errors import UserError
+from lmzoo.models.base import LanguageModel
+from lmzoo.training import build, train
+
+RUN = ["trainer.max_steps=12", "trainer.val_check_interval=5"]
+
+
+@pytest.fixture
+def nan_loss_at_steps(monkeypatch):
+    """The loss of the batches at the given steps becomes NaN, as after a bad batch."""
+
+    def inject(*steps):
+        loss = LanguageModel.loss
+
+        def poisoned(self, batch):
+            value = loss(self, batch)
+            return value * float("nan") if self.training and self.trainer.global_step in steps else value
+
+        monkeypatch.setattr(LanguageModel, "loss", poisoned)
+
+    return inject
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_step_and_keeps_the_best_checkpoint(tmp_path, nan_loss_at_steps):
+    nan_loss_at_steps(7)
+    with pytest.raises(UserError, match=r"loss is nan at step 7; .*trainer.skip_nonfinite=true.*best.ckpt is intact"):
+        train(compose_train(tmp_path, *RUN))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert read_checkpoint(checkpoints / "best.ckpt")["global_step"] == 5
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 5
+
+
+def test_skip_nonfinite_skips_those_updates_and_counts_them(tmp_path, nan_loss_at_steps):
+    nan_loss_at_steps(3, 7)
+    datamodule, model, trainer = build(compose_train(tmp_path, *RUN, "trainer.skip_nonfinite=true"))
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 12 and model.nonfinite_skips == 2
+    assert trainer.logged_metrics["train/nonfinite_skips"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*a_file/checkpoints/best.ckpt \(Not a directory\)"):
+        train(compose_train(tmp_path, *RUN, f"callbacks.model_checkpoint.dirpath={tmp_path / 'a_file' / 'checkpoints'}"))
+
+
+def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp_path, monkeypatch):
+    save, saves = torch.save, []
+
+    def save_until_disk_full(obj, file):
+        saves.append(file)
+        if len(saves) <= 2:  # best.ckpt and last.ckpt at step 5 fit; the disk fills up at step 10
+            return save(obj, file)
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", save_until_disk_full)
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*best.ckpt \(No space left on device\); free disk space"):
+        train(compose_train(tmp_path, *RUN))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 5
+
+
+class LossCurve(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def loss_curve(tmp_path, *overrides):
+    datamodule, model, trainer = build(compose_train(tmp_path, "model.dropout=0.1", *overrides))
+    curve = LossCurve()
+    trainer.callbacks.append(curve)
+    trainer.fit(model, datamodule=datamodule)
+    return curve.losses
+
+
+def test_the_seed_makes_a_run_deterministic(tmp_path):
+    first = loss_curve(tmp_path / "first", "seed=7")
+    assert loss_curve(tmp_path / "second", "seed=7") == first
+    assert loss_curve(tmp_path / "other", "seed=8") != first
+
+
+def test_run_folder_and_checkpoints_record_config_version_and_commit(tmp_path):
+    train(compose_train(tmp_path, "trainer.max_steps=5", "trainer.val_check_interval=5", "seed=11"))
+    on_disk = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    in_checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["lmzoo"]["run"]
+    for record in (on_disk, in_checkpoint):
+        assert record["version"] == __version__ and record["config"]["seed"] == 11
+        assert record["config"]["paths"]["output_dir"] == str(tmp_path / "run")
+    assert in_checkpoint["git_commit"] == on_disk["git_commit"]
+    assert on_disk["git_commit"] is None or len(on_disk["git_commit"].removesuffix("-dirty")) == 40
