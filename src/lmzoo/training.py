@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.callbacks import TokensPerSecond
@@ -69,6 +70,9 @@ def build(cfg: DictConfig):
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Lightning's Trainer with lmzoo's callbacks, logger and atomic checkpoint writes."""
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    if not cfg.trainer.enable_progress_bar:
+        # trainer.enable_progress_bar=false turns the bar off; Lightning refuses a bar callback alongside it.
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     # skip_nonfinite is lmzoo's own trainer option: the model acts on it, Lightning's Trainer never sees it.
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options.pop("skip_nonfinite", None)
