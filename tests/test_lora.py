@@ -126,7 +126,7 @@ def test_init_from_another_architecture_says_which_model_to_pass(tmp_path, pretr
 
 
 def test_init_from_with_another_tokenizer_says_so(tmp_path, pretrained):
-    with pytest.raises(UserError, match=r"uses the tokenizer char \(65 characters\) but the data uses tiktoken gpt2"):
+    with pytest.raises(UserError, match=r"uses the char tokenizer \(65 symbols\) but the data uses the tiktoken gpt2"):
         train(compose_train(tmp_path, "model=gpt", "data=shakespeare", f"init_from={pretrained}"))
 
 

@@ -18,7 +18,7 @@ from lmzoo.checkpoint import describe_tokenizer, load_model, model_card
 from lmzoo.data.bins import write_atomically
 from lmzoo.data.module import open_tokens, window_batch
 from lmzoo.errors import UserError
-from lmzoo.models.base import LanguageModel
+from lmzoo.models.base import LanguageModel, bits_per_byte
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "bytes": val["bytes"],
         "loss": loss,
         "perplexity": math.exp(loss),
-        "bits_per_byte": loss / math.log(2) * val["tokens"] / val["bytes"],
+        "bits_per_byte": bits_per_byte(loss, val["tokens"] / val["bytes"]),
     }
     out = ckpt.with_name(f"{ckpt.stem}.eval.{datamodule.name}.json")
     write_atomically(out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))

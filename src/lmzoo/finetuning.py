@@ -7,7 +7,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo import lora
-from lmzoo.checkpoint import build_from
+from lmzoo.checkpoint import build_from, describe_tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
 
@@ -22,8 +22,9 @@ def from_pretrained(cfg: DictConfig, tokenizer_spec: dict, optim: dict) -> Langu
         raise UserError(f"init_from={source} holds a {type(pretrained).__name__} but model= builds {wanted.__name__}; "
                         f"pass model={model_option(type(pretrained))}")
     if info["tokenizer"] != tokenizer_spec:
-        raise UserError(f"init_from={source} uses the tokenizer {describe(info['tokenizer'])} but the data uses "
-                        f"{describe(tokenizer_spec)}; pick data tokenized the same way (data=shakespeare for GPT-2)")
+        raise UserError(f"init_from={source} uses the {describe_tokenizer(info['tokenizer'])} but the data uses the "
+                        f"{describe_tokenizer(tokenizer_spec)}; pick data tokenized the same way "
+                        "(data=shakespeare for GPT-2)")
     if cfg.block_size > pretrained.block_size:
         raise UserError(f"block_size={cfg.block_size} exceeds the context of init_from={source}; "
                         f"pass block_size={pretrained.block_size} or less")
@@ -46,9 +47,3 @@ def model_option(cls: type) -> str:
         if path.name.endswith(".yaml") and get_class(OmegaConf.load(path)._target_) is cls:
             return path.name.removesuffix(".yaml")
     return f"NAME whose _target_ is {cls.__module__}.{cls.__qualname__}"
-
-
-def describe(spec: dict) -> str:
-    if spec["kind"] == "char":
-        return f"char ({len(spec['chars'])} characters)"
-    return f"{spec['kind']} {spec.get('name', '')}".strip()

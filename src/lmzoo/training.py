@@ -18,6 +18,7 @@ from lmzoo.checkpoint_io import AtomicCheckpointIO
 from lmzoo.compare import write_summary
 from lmzoo.errors import UserError
 from lmzoo.finetuning import from_pretrained
+from lmzoo.models.base import bits_per_byte
 from lmzoo.provenance import provenance, write_provenance
 from lmzoo.sampling import generate, start_ids
 
@@ -107,7 +108,7 @@ def run_summary(model, trainer, wall_time: float) -> dict:
     rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
     best = None if math.isinf(model.best_val_loss) else model.best_val_loss
     # Bits per byte put models with different tokenizers on one scale.
-    best_bpb = best / math.log(2) * model.val_tokens_per_byte if best is not None and model.val_tokens_per_byte else None
+    best_bpb = bits_per_byte(best, model.val_tokens_per_byte) if best is not None and model.val_tokens_per_byte else None
     return {
         "model": HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(model).__name__,
         "parameters": total,

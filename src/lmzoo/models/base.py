@@ -116,8 +116,7 @@ class LanguageModel(L.LightningModule):
         loss = self.loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
         if self.val_tokens_per_byte:
-            # Bits per byte of text: one scale for char, BPE and any other tokenizer.
-            bpb = loss / math.log(2) * self.val_tokens_per_byte
+            bpb = bits_per_byte(loss, self.val_tokens_per_byte)
             self.log("val/bpb", bpb, sync_dist=True, batch_size=batch[0].size(0))
 
     def on_validation_epoch_end(self):
@@ -159,6 +158,11 @@ class LanguageModel(L.LightningModule):
         self.best_val_loss = info["best_val_loss"]
         self.tokenizer_spec = info["tokenizer"]
         restore_rng(info["rng"])
+
+
+def bits_per_byte(nats_per_token, tokens_per_byte: float):
+    """Loss in bits per byte of the original text: one scale for char, BPE and any other tokenizer."""
+    return nats_per_token / math.log(2) * tokens_per_byte
 
 
 def capture_rng() -> dict:
