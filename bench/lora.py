@@ -7,10 +7,11 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 
-from lmzoo.lora import LoRA
-from lmzoo.models import GPT
-from lmzoo.optim import OptimConfig, configure_adamw
+from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models.lora import LoRA
+from lmzoo.training.optim import OptimConfig, configure_adamw
 
 
 def measure(model, batch, steps: int) -> dict:
@@ -19,7 +20,8 @@ def measure(model, batch, steps: int) -> dict:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model.loss(batch).backward()
+        x, y = batch
+        F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()).backward()
         optimizer.step()
 
     step()  # allocates the optimizer state
@@ -52,7 +54,9 @@ def main():
 
     def fresh():
         torch.manual_seed(0)
-        return GPT(50257, args.block_size, args.n_layer, max(1, args.n_embd // 64), args.n_embd).to(device)
+        config = TransformerConfig(vocab_size=50257, block_size=args.block_size, n_layer=args.n_layer,
+                                   n_head=max(1, args.n_embd // 64), n_embd=args.n_embd, **GPT2_CHOICES)
+        return config.build().to(device)
 
     x = torch.randint(0, 50257, (args.batch_size, args.block_size + 1), device=device)
     batch = (x[:, :-1], x[:, 1:])

@@ -1,6 +1,6 @@
 """Training throughput through lmzoo's Lightning Trainer versus a bare PyTorch loop.
 
-Both runs build the same model from the same config and seed (lmzoo.training.build), draw the
+Both runs build the same model from the same config and seed (lmzoo.training.run.build), draw the
 same batches from the datamodule's train_dataloader, and use the model's configure_optimizers()
 (AdamW + per-step warmup-cosine LambdaLR) with gradient-norm clipping at 1.0. The Lightning run
 is trainer.fit with the Trainer, callbacks, logger and progress bar exactly as lmzoo's config
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from common import train_config
 
-from lmzoo.training import build
+from lmzoo.training.run import build
 
 BAR = 0.95
 REPEATS = 5
@@ -49,21 +50,23 @@ class StepClock(L.Callback):
 
 
 def lightning_run(cfg):
-    datamodule, model, trainer = build(cfg)
+    datamodule, lit, trainer = build(cfg)
     clock = StepClock()
     trainer.callbacks.append(clock)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(lit, datamodule=datamodule)
     return clock.times, clock.losses
 
 
 def bare_run(cfg):
-    datamodule, model, _ = build(cfg)
-    optim = model.configure_optimizers()
+    datamodule, lit, _ = build(cfg)
+    model = lit.model
+    optim = lit.configure_optimizers()
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     model.train()
     times, losses = [], []
     for _, batch in zip(range(cfg.trainer.max_steps), datamodule.train_dataloader()):
-        loss = model.loss(batch)
+        x, y = batch
+        loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)

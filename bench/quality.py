@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import train_config
 
-from lmzoo.training import train
+from lmzoo.training.run import train
 
 GPT_BAR = 1.89
 RUN = ["trainer.max_steps=2000", "trainer.val_check_interval=250", "data.val_batches=200",

@@ -1,6 +1,7 @@
-"""Sampling speed: tokens/s at 500 new tokens, with the KV cache against without it, in one run.
+"""Sampling speed: tokens/s at 500 new tokens, with the KV cache against without it; and the cost of
+streaming text against generating the same tokens without decoding them. Each taken in one run.
 
-    python bench/sampling.py [--new-tokens 500] [--threads 1] [--repeats 5]
+    python bench/sampling.py [--new-tokens 500] [--stream-tokens 5000] [--threads 1] [--repeats 5]
 
 Random-init models are enough for speed. Two sizes: nanoGPT's CPU model (4 layers, width 128,
 block 64) and a larger one (6 layers, width 384, block 256), each at batch 1 and batch 8. Where
@@ -8,12 +9,15 @@ block 64) and a larger one (6 layers, width 384, block 256), each at batch 1 and
 """
 
 import argparse
+import os
 import time
+from pathlib import Path
 
 import torch
 
-from lmzoo.models import GPT
-from lmzoo.sampling import generate
+from lmzoo.data import CharTokenizer, TiktokenTokenizer
+from lmzoo.inference.sampling import SamplingSettings, complete, generate
+from lmzoo.models import GPT2_CHOICES, TransformerConfig
 
 SIZES = {
     "4 layers, width 128, block 64": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
@@ -40,7 +44,22 @@ def tokens_per_second(runs: dict, batch: int, new_tokens: int, repeats: int, bud
 def ours(model, batch: int, new_tokens: int, kv_cache: bool):
     prompt = torch.zeros(batch, 1, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
-    return lambda: [None for _ in generate(model, prompt, new_tokens, 1.0, kv_cache=kv_cache, generator=generator)]
+    settings = SamplingSettings(max_new_tokens=new_tokens, kv_cache=kv_cache)
+    return lambda: [None for _ in generate(model, prompt, settings, generator=generator)]
+
+
+def streaming(model, tokenizer, new_tokens: int):
+    """The same sampling twice: tokens only, and streamed as text (decoded as they come)."""
+    settings = SamplingSettings(max_new_tokens=new_tokens, stop_at_eot=False)
+    prompt = tokenizer.encode("\n")
+
+    def tokens():
+        return [None for _ in generate(model, [prompt], settings, generator=torch.Generator().manual_seed(0))]
+
+    def text():
+        return [None for _ in complete(model, tokenizer, ["\n"], settings, generator=torch.Generator().manual_seed(0))]
+
+    return {"tokens": tokens, "text": text}
 
 
 def hugging_face(size: dict, batch: int, new_tokens: int):
@@ -63,6 +82,7 @@ def hugging_face(size: dict, batch: int, new_tokens: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new-tokens", type=int, default=500)
+    parser.add_argument("--stream-tokens", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -77,7 +97,7 @@ def main():
     print("| --- | --- | --- | --- | --- |" + (" --- |" if with_hf else ""))
     for name, size in SIZES.items():
         torch.manual_seed(0)
-        model = GPT(vocab_size=VOCAB, **size).eval()
+        model = TransformerConfig(vocab_size=VOCAB, **size, **GPT2_CHOICES).build().eval()
         for batch in (1, 8):
             runs = {"cached": ours(model, batch, args.new_tokens, True), "uncached": ours(model, batch, args.new_tokens, False)}
             if with_hf:
@@ -86,6 +106,19 @@ def main():
             row = f"| {name} | {batch} | {rates['cached']:,.0f} | {rates['uncached']:,.0f} | "
             row += f"{rates['cached'] / rates['uncached']:.1f}x |" + (f" {rates['hf']:,.0f} |" if with_hf else "")
             print(row, flush=True)
+
+    print(f"\nStreaming {args.stream_tokens} tokens as text against generating them without text, batch 1, "
+          "4 layers, width 128, block 64, cached")
+    print("| tokenizer | tokens only, tok/s | streamed text, tok/s | text / tokens time |\n| --- | --- | --- | --- |")
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(Path(__file__).resolve().parents[2] / "shared/tiktoken-cache"))
+    for tokenizer in (CharTokenizer("\n" + "".join(chr(32 + i) for i in range(VOCAB - 1))), TiktokenTokenizer("gpt2")):
+        torch.manual_seed(0)
+        size = SIZES["4 layers, width 128, block 64"]
+        model = TransformerConfig(vocab_size=tokenizer.vocab_size, **size, **GPT2_CHOICES).build().eval()
+        rates = tokens_per_second(streaming(model, tokenizer, args.stream_tokens), 1, args.stream_tokens, args.repeats)
+        name = tokenizer.spec.get("name") or tokenizer.spec["kind"]
+        print(f"| {name} | {rates['tokens']:,.0f} | {rates['text']:,.0f} | {rates['tokens'] / rates['text']:.3f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lmzoo.compare import COLUMNS, Column, read_rows, table
+from lmzoo.reports.compare import COLUMNS, Column, read_rows, table
 
 ZOO = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
 ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]

@@ -4,11 +4,9 @@ import json
 import math
 
 import pytest
+from helpers import SHAKESPEARE, run
 
-from conftest import SHAKESPEARE
-from test_cli import run
-
-from lmzoo.compare import COLUMNS, table
+from lmzoo.reports.compare import COLUMNS, table
 
 ZOO = "bigram,mlp,gpt,gpt_rope,block_scaling,moe,moa_moe"
 TINY_SWEEP = [f"data.path={SHAKESPEARE}", "trainer=debug", "trainer.enable_progress_bar=false",
@@ -46,7 +44,7 @@ def test_a_failed_job_keeps_the_others_in_the_table(tmp_path):
                  check=False)
     assert result.returncode != 0
     failed, done = table_rows(tmp_path / "sweep" / "comparison.md")
-    assert failed[-2].startswith("failed: ") and "unknown activation 'nosuch'" in failed[-2]
+    assert failed[-2].startswith("failed: ") and "model.activation must be one of" in failed[-2]
     assert done[-2] == "done" and done[-1].startswith("1_")
 
 

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from conftest import SHAKESPEARE, SHARED, compose_train
+from helpers import SHAKESPEARE, SHARED, compose_train, prepare_at, run
 
-from lmzoo.data import bins, corpus, prepare
-from lmzoo.data.bins import read_meta
+from lmzoo.data import BPETokenizer, CharTokenizer, TiktokenTokenizer, bins, corpus, read_meta, tokenizer_from_spec
 from lmzoo.data.source import check_hub_reachable
 from lmzoo.errors import UserError
-from lmzoo.sampling import TextStream
-from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer, tokenizer_from_spec
-from lmzoo.training import build, train
+from lmzoo.inference.sampling import TextStream
+from lmzoo.training.datamodule import TokenDataModule
+from lmzoo.training.run import build, train
 
 HONGLOUMENG = SHARED / "data" / "hongloumeng.txt"
 TINYSTORIES = SHARED / "data" / "tinystories-valid.txt"
@@ -53,7 +52,7 @@ def test_streaming_bins_equal_a_one_shot_encode(tmp_path, monkeypatch, source, c
     text = source.read_text(encoding="utf-8")[:chars]
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
-    meta = prepare(tmp_path / "bins", tokenizer, path=str(path), document_separator=separator, workers=2, progress=False)
+    meta = prepare_at(tmp_path / "bins", tokenizer, path=str(path), document_separator=separator, prepare_workers=2)
     tok = tokenizer_from_spec(meta["tokenizer"])
     split_at = len(text.encode("utf-8")[: meta["splits"]["train"]["bytes"]].decode("utf-8"))
     expected = one_shot(tok, text[:split_at], separator) + one_shot(tok, text[split_at:], separator)
@@ -64,33 +63,35 @@ def test_streaming_bins_equal_a_one_shot_encode(tmp_path, monkeypatch, source, c
 @pytest.mark.parametrize("tokenizer", ["char", "cl100k_base"])
 def test_hongloumeng_round_trips_in_both_tokenizers(tmp_path, tokenizer):
     cfg = compose_train(tmp_path, "data=hongloumeng", f"data.path={HONGLOUMENG}", f"tokenizer={tokenizer}")
-    datamodule = instantiate(cfg.data)
+    datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
     text = HONGLOUMENG.read_text(encoding="utf-8")
-    assert datamodule.tokenizer.decode(all_tokens(datamodule.data_dir, datamodule.meta)) == text
+    tok = tokenizer_from_spec(datamodule.meta["tokenizer"])
+    assert tok.decode(all_tokens(datamodule.config.data_dir, datamodule.meta)) == text
     val = datamodule.meta["splits"]["val"]
     assert val["bytes"] == len(text.encode("utf-8")) - datamodule.meta["splits"]["train"]["bytes"]
     assert datamodule.meta["dtype"] == ("uint16" if tokenizer == "char" else "uint32")
 
 
 def test_tinystories_from_the_local_slice(tmp_path):
-    datamodule = instantiate(compose_train(tmp_path, "data=tinystories", f"data.path={TINYSTORIES}").data)
+    config = compose_train(tmp_path, "data=tinystories", f"data.path={TINYSTORIES}").data
+    datamodule = TokenDataModule(instantiate(config, _convert_="all"))
     datamodule.prepare_data()
     datamodule.setup("fit")
     assert datamodule.meta["tokenizer"] == {"kind": "tiktoken", "name": "gpt2"}
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (4, 32) and int(x.max()) < 50257
     # The slice has no <|endoftext|> markers: one document, closed by end-of-text in each split.
-    train = np.fromfile(datamodule.data_dir / "train.bin", dtype=np.uint16)
+    train = np.fromfile(datamodule.config.data_dir / "train.bin", dtype=np.uint16)
     assert train[-1] == 50256 and (train == 50256).sum() == 1
-    assert datamodule.tokenizer.decode(train[:-1].tolist()).startswith("Spot. Spot saw the shiny car")
+    assert TiktokenTokenizer("gpt2").decode(train[:-1].tolist()).startswith("Spot. Spot saw the shiny car")
 
 
 def test_bpe_is_trained_on_the_training_split_and_round_trips(tmp_path):
     text = SHAKESPEARE.read_text()[:200_000]
     path = tmp_path / "corpus.txt"
     path.write_text(text)
-    meta = prepare(tmp_path / "bins", {"kind": "bpe", "vocab_size": 512}, path=str(path), progress=False)
+    meta = prepare_at(tmp_path / "bins", {"kind": "bpe", "vocab_size": 512}, path=str(path))
     tok = tokenizer_from_spec(meta["tokenizer"])
     assert isinstance(tok, BPETokenizer) and meta["vocab_size"] == tok.vocab_size == 512
     assert tok.decode(all_tokens(tmp_path / "bins", meta)) == text
@@ -101,8 +102,7 @@ def test_bpe_is_trained_on_the_training_split_and_round_trips(tmp_path):
     assert BPETokenizer((tmp_path / "bins" / "tokenizer.json").read_text()).encode("ROMEO:") == tok.encode("ROMEO:")
     assert meta["splits"]["train"]["tokens"] < 0.5 * meta["splits"]["train"]["bytes"]
     # Trained on the training split only: the same corpus with a different split learns other merges.
-    other = prepare(tmp_path / "other", {"kind": "bpe", "vocab_size": 512}, path=str(path), train_fraction=0.5,
-                    progress=False)
+    other = prepare_at(tmp_path / "other", {"kind": "bpe", "vocab_size": 512}, path=str(path), train_fraction=0.5)
     assert other["tokenizer"] != meta["tokenizer"]
 
 
@@ -110,8 +110,8 @@ def test_validation_split_starts_at_a_document_boundary(tmp_path):
     documents = [f"story {i}: " + "once upon a time " * (i % 7 + 1) for i in range(100)]
     path = tmp_path / "stories.txt"
     path.write_text("<|endoftext|>".join(documents))
-    meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(path),
-                   document_separator="<|endoftext|>", progress=False)
+    meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(path),
+                   document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
     val = np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist()
     val_documents = tok.decode(val).split("<|endoftext|>")
@@ -125,8 +125,8 @@ def test_folder_and_glob_sources_read_every_text_file(tmp_path):
     folder.mkdir()
     for name, body in [("b.txt", "second book " * 50), ("a.txt", "first book " * 50), ("notes.md", "skipped")]:
         (folder / name).write_text(body)
-    from_folder = prepare(tmp_path / "f", {"kind": "char"}, path=str(folder), progress=False)
-    from_glob = prepare(tmp_path / "g", {"kind": "char"}, path=str(folder / "*.txt"), progress=False)
+    from_folder = prepare_at(tmp_path / "f", {"kind": "char"}, path=str(folder))
+    from_glob = prepare_at(tmp_path / "g", {"kind": "char"}, path=str(folder / "*.txt"))
     tok = CharTokenizer(from_folder["tokenizer"]["chars"])
     assert tok.decode(all_tokens(tmp_path / "f", from_folder)) == "first book " * 50 + "\n" + "second book " * 50
     assert all_tokens(tmp_path / "g", from_glob) == all_tokens(tmp_path / "f", from_folder)
@@ -141,8 +141,8 @@ def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(
         (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(row) for row in split_rows))
     dataset = {"name": str(folder), "config": None, "split": "train", "val_split": "validation",
                "text_column": "content"}
-    meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset,
-                   document_separator="<|endoftext|>", cache_dir=tmp_path / "downloads", progress=False)
+    meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset,
+                   document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
     for split, name in (("train", "train"), ("val", "validation")):
         decoded = tok.decode(np.fromfile(tmp_path / "bins" / f"{split}.bin", dtype=np.uint16).tolist())
@@ -154,7 +154,7 @@ def test_hugging_face_dataset_offline_fails_fast_naming_data_path(tmp_path):
     started = time.perf_counter()
     dataset = {"name": "roneneldan/TinyStories", "config": None, "split": "train", "text_column": "text"}
     with pytest.raises(UserError, match="offline, set data.path to local text files"):
-        prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset, cache_dir=tmp_path)
+        prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset)
     # Without HF_DATASETS_OFFLINE, an unreachable Hub is found before datasets starts retrying.
     with pytest.raises(UserError, match="could not reach hub.invalid .*; offline, set data.path to local text files"):
         check_hub_reachable("roneneldan/TinyStories", "https://hub.invalid")
@@ -162,7 +162,7 @@ def test_hugging_face_dataset_offline_fails_fast_naming_data_path(tmp_path):
 
 
 def bad_input(tmp_path, case):
-    """prepare() arguments for each bad-input case, with the message it must give."""
+    """prepare_at() arguments for each bad-input case, with the message it must give."""
     text_file = tmp_path / "good.txt"
     if case == "empty file":
         (tmp_path / "empty.txt").write_text("")
@@ -181,7 +181,7 @@ def bad_input(tmp_path, case):
         (tmp_path / "ds").mkdir()
         (tmp_path / "ds" / "train.jsonl").write_text('{"body": "some text"}\n' * 10)
         dataset = {"name": str(tmp_path / "ds"), "config": None, "split": "train", "text_column": "text"}
-        return {"dataset": dataset, "cache_dir": tmp_path / "downloads"}, r"has no column 'text'; set data.dataset.text_column to one of \['body'\]"
+        return {"dataset": dataset}, r"has no column 'text'; set data.dataset.text_column to one of \['body'\]"
     if case == "vocabulary too large for the dtype":
         return ({"path": str(text_file), "tokenizer": {"kind": "tiktoken", "name": "cl100k_base"}, "dtype": "uint16"},
                 "a vocabulary of 100,277 tokens does not fit uint16; set data.dtype=uint32")
@@ -201,12 +201,12 @@ def test_bad_input_gets_one_line_and_leaves_the_bins_untouched(tmp_path, monkeyp
     monkeypatch.setattr(bins, "PIECE_CHARS", 500)
     (tmp_path / "good.txt").write_text(TEXT)
     data_dir = tmp_path / "bins"
-    prepare(data_dir, {"kind": "char"}, path=str(tmp_path / "good.txt"), progress=False)
+    prepare_at(data_dir, {"kind": "char"}, path=str(tmp_path / "good.txt"))
     before = {p.name: p.read_bytes() for p in data_dir.iterdir()}
     arguments, message = bad_input(tmp_path, case)
-    arguments = {"tokenizer": {"kind": "char"}, "progress": False, **arguments}
+    arguments = {"tokenizer": {"kind": "char"}, **arguments}
     with pytest.raises(UserError, match=message) as error:
-        prepare(data_dir, **arguments)
+        prepare_at(data_dir, **arguments)
     assert "\n" not in str(error.value)
     assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before
     assert read_meta(data_dir) is not None
@@ -217,10 +217,10 @@ def test_val_bpb_equals_the_hand_computed_value(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     cfg = compose_train(tmp_path, f"data.path={path}", "block_size=16")
-    datamodule, model, trainer = build(cfg)
+    datamodule, lit, trainer = build(cfg)
     val_text = text.encode()[int(len(text.encode()) * 0.9):].decode("utf-8", errors="ignore")
     tokens_per_byte = len(val_text) / len(val_text.encode("utf-8"))
-    metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+    metrics = trainer.validate(lit, datamodule=datamodule, verbose=False)[0]
     assert metrics["val/bpb"] == pytest.approx(metrics["val/loss"] / math.log(2) * tokens_per_byte, rel=1e-5)
     assert tokens_per_byte < 0.95
 
@@ -239,8 +239,6 @@ def test_streamed_cl100k_chinese_never_prints_broken_characters():
 def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tmp_path):
     import shutil
 
-    from test_cli import run
-
     cfg = compose_train(tmp_path, "model=gpt_rope", "data=tinystories", f"data.path={TINYSTORIES}", "tokenizer=bpe",
                         "data.tokenizer.vocab_size=300")
     best = train(cfg)["best_checkpoint"]
@@ -254,8 +252,8 @@ def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tm
 def test_a_separate_validation_file(tmp_path):
     (tmp_path / "train.txt").write_text("<|endoftext|>".join(f"train story {i}" for i in range(50)))
     (tmp_path / "valid.txt").write_text("<|endoftext|>".join(f"valid story {i}" for i in range(10)))
-    meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(tmp_path / "train.txt"),
-                   val_path=str(tmp_path / "valid.txt"), document_separator="<|endoftext|>", progress=False)
+    meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(tmp_path / "train.txt"),
+                   val_path=str(tmp_path / "valid.txt"), document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
     val = tok.decode(np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist())
     assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, compose_train
+from helpers import SHAKESPEARE, compose_train, prepare_at
 from hydra.utils import instantiate
 
-from lmzoo.data import prepare
-from lmzoo.data import bins as prepare_module
-from lmzoo.data.module import FixedWindows, RandomWindows
-from lmzoo.data.bins import read_meta
+from lmzoo import files
+from lmzoo.data import CharTokenizer, TiktokenTokenizer, prepare, read_meta
+from lmzoo.data.windows import FixedWindows, RandomWindows
 from lmzoo.errors import UserError
-from lmzoo.tokenizers import CharTokenizer, TiktokenTokenizer
+from lmzoo.training.datamodule import TokenDataModule
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
 
@@ -25,7 +24,7 @@ def corpus(tmp_path):
 
 
 def test_prepare_writes_bins_and_meta(tmp_path, corpus):
-    meta = prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     assert meta["dtype"] == "uint16"
     assert meta["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(TEXT)))}
     train = np.fromfile(tmp_path / "bins" / "train.bin", dtype=np.uint16)
@@ -38,20 +37,20 @@ def test_prepare_writes_bins_and_meta(tmp_path, corpus):
 
 def test_prepare_is_idempotent_and_rebuilds_on_new_inputs(tmp_path, corpus):
     bins = tmp_path / "bins"
-    prepare(bins, {"kind": "char"}, path=str(corpus))
+    prepare_at(bins, {"kind": "char"}, path=str(corpus))
     stamps = {p.name: p.stat().st_mtime_ns for p in bins.iterdir()}
-    prepare(bins, {"kind": "char"}, path=str(corpus))
+    prepare_at(bins, {"kind": "char"}, path=str(corpus))
     assert {p.name: p.stat().st_mtime_ns for p in bins.iterdir()} == stamps
 
-    meta = prepare(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
+    meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
     assert meta["tokenizer"] == {"kind": "tiktoken", "name": "gpt2"}
     corpus.write_text(TEXT + "more text\n")
-    meta = prepare(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
+    meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
     assert TiktokenTokenizer("gpt2").decode(np.fromfile(bins / "val.bin", dtype=np.uint16).tolist()).endswith("more text\n")
 
 
 def test_cl100k_base_needs_uint32(tmp_path, corpus):
-    meta = prepare(tmp_path / "bins", {"kind": "tiktoken", "name": "cl100k_base"}, path=str(corpus))
+    meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "cl100k_base"}, path=str(corpus))
     assert meta["dtype"] == "uint32" and meta["vocab_size"] > 2**16
     ids = np.fromfile(tmp_path / "bins" / "train.bin", dtype=np.uint32)
     assert ids.max() < meta["vocab_size"]
@@ -68,29 +67,30 @@ def test_tiktoken_works_offline_from_the_shared_cache():
 
 def test_killed_prepare_leaves_no_bins_that_look_complete(tmp_path, corpus, monkeypatch):
     bins = tmp_path / "bins"
-    prepare(bins, {"kind": "char"}, path=str(corpus))
-    real_publish = prepare_module.publish
+    prepare_at(bins, {"kind": "char"}, path=str(corpus))
+    real_replace = files.os.replace
 
-    def killed_on_val(temporary, path):
+    def killed_on_val(partial, path):
         if path.name == "val.bin":
             raise KeyboardInterrupt
-        real_publish(temporary, path)
+        real_replace(partial, path)
 
-    monkeypatch.setattr(prepare_module, "publish", killed_on_val)
+    monkeypatch.setattr(files.os, "replace", killed_on_val)
     with pytest.raises(KeyboardInterrupt):
-        prepare(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
+        prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
     assert read_meta(bins) is None
+    assert sorted(p.name for p in bins.iterdir()) == ["train.bin", "val.bin"]
     monkeypatch.undo()
-    assert prepare(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))["tokenizer"]["kind"] == "tiktoken"
+    assert prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))["tokenizer"]["kind"] == "tiktoken"
 
 
 def test_truncated_bin_is_not_accepted(tmp_path, corpus):
     bins = tmp_path / "bins"
-    prepare(bins, {"kind": "char"}, path=str(corpus))
+    prepare_at(bins, {"kind": "char"}, path=str(corpus))
     with open(bins / "train.bin", "r+b") as file:
         file.truncate(10)
     assert read_meta(bins) is None
-    assert prepare(bins, {"kind": "char"}, path=str(corpus))["splits"]["train"]["tokens"] * 2 == (bins / "train.bin").stat().st_size
+    assert prepare_at(bins, {"kind": "char"}, path=str(corpus))["splits"]["train"]["tokens"] * 2 == (bins / "train.bin").stat().st_size
 
 
 def test_url_source_is_downloaded_once_and_checksum_verified(tmp_path, corpus):
@@ -98,24 +98,24 @@ def test_url_source_is_downloaded_once_and_checksum_verified(tmp_path, corpus):
 
     url = corpus.as_uri()
     cache = tmp_path / "downloads"
-    meta = prepare(tmp_path / "bins", {"kind": "char"}, url=url, sha256=sha256_of(corpus), cache_dir=cache)
+    meta = prepare_at(tmp_path / "bins", {"kind": "char"}, url=url, sha256=sha256_of(corpus))
     assert (cache / "corpus.txt").read_text() == TEXT and meta["splits"]["train"]["tokens"] > 0
     with pytest.raises(UserError, match="does not match the expected sha256"):
-        prepare(tmp_path / "other", {"kind": "char"}, url=url, sha256="0" * 64, cache_dir=cache)
+        prepare_at(tmp_path / "other", {"kind": "char"}, url=url, sha256="0" * 64)
 
 
 def test_unreachable_url_names_data_path(tmp_path):
     with pytest.raises(UserError, match="set data.path to a local copy"):
-        prepare(tmp_path / "bins", {"kind": "char"}, url="file:///nonexistent/input.txt", cache_dir=tmp_path)
+        prepare_at(tmp_path / "bins", {"kind": "char"}, url="file:///nonexistent/input.txt")
 
 
 def test_missing_data_file_names_the_fix(tmp_path):
     with pytest.raises(UserError, match="does not exist; point data.path at a text file"):
-        prepare(tmp_path / "bins", {"kind": "char"}, path=str(tmp_path / "missing.txt"))
+        prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(tmp_path / "missing.txt"))
 
 
 def test_training_windows_are_a_pure_function_of_the_batch_index(tmp_path, corpus):
-    prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     path = tmp_path / "bins" / "train.bin"
     from_start = iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, world_size=1, start=0))
     batches = [next(from_start) for _ in range(6)]
@@ -126,7 +126,7 @@ def test_training_windows_are_a_pure_function_of_the_batch_index(tmp_path, corpu
 
 
 def test_ranks_share_out_the_global_batch_of_a_single_process(tmp_path, corpus):
-    prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     path = tmp_path / "bins" / "train.bin"
     single = next(iter(RandomWindows(path, "uint16", 16, 8, seed=7, rank=0, world_size=1, start=3)))
     shares = [next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=rank, world_size=2, start=3)))
@@ -136,7 +136,7 @@ def test_ranks_share_out_the_global_batch_of_a_single_process(tmp_path, corpus):
 
 
 def test_validation_windows_are_fixed(tmp_path, corpus):
-    prepare(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     first = list(FixedWindows(tmp_path / "bins" / "val.bin", "uint16", 16, 4, max_batches=3))
     second = list(FixedWindows(tmp_path / "bins" / "val.bin", "uint16", 16, 4, max_batches=3))
     assert len(first) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
@@ -145,11 +145,11 @@ def test_validation_windows_are_fixed(tmp_path, corpus):
 def test_block_size_larger_than_validation_split_is_refused(tmp_path):
     cfg = compose_train(tmp_path, "block_size=200000")
     with pytest.raises(UserError, match="block_size 200000 is larger than the val split"):
-        instantiate(cfg.data).prepare_data()
+        prepare(instantiate(cfg.data, _convert_="all"), progress=False)
 
 
 def test_datamodule_serves_batches_from_the_real_config(tmp_path):
-    datamodule = instantiate(compose_train(tmp_path).data)
+    datamodule = TokenDataModule(instantiate(compose_train(tmp_path).data, _convert_="all"))
     datamodule.prepare_data()
     datamodule.setup("fit")
     x, y = next(iter(datamodule.train_dataloader()))

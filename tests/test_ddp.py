@@ -6,11 +6,10 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, SHAKESPEARE, TINY, compose_train
 
-from conftest import REPO, SHAKESPEARE, TINY, compose_train
-
-from lmzoo.checkpoint import read_checkpoint
-from lmzoo.training import train
+from lmzoo.checkpoints import read_checkpoint
+from lmzoo.training.run import train
 
 # Validation every 3 steps on 8 fixed windows: 2 batches of 4 split between the ranks, or one batch of 8.
 RUN = ["trainer.max_steps=6", "trainer.val_check_interval=3", "optim.warmup_steps=2"]
@@ -44,7 +43,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
 def test_two_process_resume_is_exact(tmp_path):
     assert run_ddp(tmp_path / "straight").returncode == 0
     # Both ranks get SIGTERM after step 2, as under a preempting scheduler, and save at step 3 together.
-    stopped = run_ddp(tmp_path / "resumed", "+callbacks.fault._target_=fault_injection.SignalAt",
+    stopped = run_ddp(tmp_path / "resumed", "+callbacks.fault._target_=helpers.fault_injection.SignalAt",
                       "+callbacks.fault.step=2", "+callbacks.fault.signal=SIGTERM")
     assert stopped.returncode == 128 + 15, stopped.stderr
     assert read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3

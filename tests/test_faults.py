@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, SHAKESPEARE, TINY, compose_train
 
-from conftest import REPO, SHAKESPEARE, TINY, compose_train
-
-from lmzoo.checkpoint import read_checkpoint
-from lmzoo.training import train
+from lmzoo.checkpoints import read_checkpoint
+from lmzoo.training.run import train
 
 # Dropout on, so the restored RNG state matters; validation (and a checkpoint) every 5 steps.
 RUN = ["trainer.max_steps=16", "trainer.val_check_interval=5", "model.dropout=0.1", "optim.warmup_steps=4",
@@ -26,7 +25,7 @@ def run_cli(tmp_path, *overrides):
 
 
 def fault(step, where="batch", signal="SIGKILL"):
-    return ["+callbacks.fault._target_=fault_injection.SignalAt", f"+callbacks.fault.step={step}",
+    return ["+callbacks.fault._target_=helpers.fault_injection.SignalAt", f"+callbacks.fault.step={step}",
             f"+callbacks.fault.where={where}", f"+callbacks.fault.signal={signal}", "resume=auto"]
 
 

@@ -8,17 +8,16 @@ import math
 import shutil
 
 import pytest
-from hydra import compose, initialize_config_module
+from helpers import SHAKESPEARE, compose_config, compose_train, run
 from omegaconf import OmegaConf
-from test_cli import run
 
-from conftest import SHAKESPEARE, compose_train
+from lmzoo.cli.describe import describe
+from lmzoo.cli.evaluate import evaluate_checkpoint as evaluate
+from lmzoo.cli.generate import sample
+from lmzoo.cli.plot import main as plot_main
 from lmzoo.errors import UserError
-from lmzoo.evaluation import evaluate
-from lmzoo.generate import sample
-from lmzoo.inspect import describe
-from lmzoo.plot import load_runs, main as plot_main, plot
-from lmzoo.training import train
+from lmzoo.reports.plot import load_runs, plot
+from lmzoo.training.run import train
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,7 @@ def trained(tmp_path_factory):
     return workdir / "run"
 
 
-def command_config(name, *overrides):
-    with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+
 
 
 def test_generate_command_line_takes_prompt_files_lists_and_out(trained, tmp_path):
@@ -47,12 +44,12 @@ def test_generate_command_line_takes_prompt_files_lists_and_out(trained, tmp_pat
     assert [(r["prompt"], r["sample"]) for r in records] == [("ROMEO:", 0), ("ROMEO:", 1), ("KING:\n", 0), ("KING:\n", 1)]
     assert all(len(r["completion"]) == 25 and r["stop_reason"] == "length" for r in records)
     assert result.stdout == ""
-    assert "GPTRope (n_layer 2, n_head 2, n_embd 32, block_size 32)" in result.stderr
+    assert "Transformer (n_layer 2, n_head 2, n_embd 32, block_size 32)" in result.stderr
     assert "char tokenizer (65 symbols) | 20 steps | best val loss" in result.stderr
 
 
 def test_generate_streams_every_sample_in_order(trained, capsys):
-    sample(command_config("generate", f"ckpt={trained}/checkpoints/best.ckpt", "prompt=[ROMEO:,JULIET:]",
+    sample(compose_config("generate", f"ckpt={trained}/checkpoints/best.ckpt", "prompt=[ROMEO:,JULIET:]",
                           "num_samples=2", "max_new_tokens=25", "temperature=0"))
     samples = capsys.readouterr().out.removesuffix("\n").split("\n---------------\n")
     assert [s.split(":")[0] for s in samples] == ["ROMEO", "ROMEO", "JULIET", "JULIET"]
@@ -63,7 +60,7 @@ def test_generate_streams_every_sample_in_order(trained, capsys):
 def test_a_seed_repeats_its_samples_and_stop_strings_end_them(trained, tmp_path):
     def samples(*overrides):
         out = tmp_path / "samples.jsonl"
-        sample(command_config("generate", f"ckpt={trained}/checkpoints/best.ckpt", "prompt=ROMEO:", "num_samples=4",
+        sample(compose_config("generate", f"ckpt={trained}/checkpoints/best.ckpt", "prompt=ROMEO:", "num_samples=4",
                               "max_new_tokens=60", "temperature=1.0", f"out={out}", *overrides))
         return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -82,32 +79,32 @@ def test_a_seed_repeats_its_samples_and_stop_strings_end_them(trained, tmp_path)
 
 
 def test_evaluate_covers_the_whole_validation_split_deterministically(trained, capsys):
-    first = evaluate(command_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt"))
+    first = evaluate(compose_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt"))
     printed = capsys.readouterr().out
     saved = json.loads((trained / "checkpoints/best.eval.shakespeare_char.json").read_text())
-    again = evaluate(command_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt"))
+    again = evaluate(compose_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt"))
     meta = json.loads((trained.parent / "data/shakespeare_char/meta.json").read_text())["splits"]["val"]
     assert saved == first == again
     assert saved["tokens"] == meta["tokens"] - 1 and saved["bytes"] == meta["bytes"]
     assert saved["perplexity"] == pytest.approx(math.exp(saved["loss"]))
     assert saved["bits_per_byte"] == pytest.approx(saved["loss"] / math.log(2) * meta["tokens"] / meta["bytes"])
-    assert "GPTRope" in printed and f"{saved['loss']:.4f}" in printed and "bits/byte" in printed
-    in_bigger_batches = evaluate(command_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt", "batch_size=100"))
+    assert "Transformer" in printed and f"{saved['loss']:.4f}" in printed and "bits/byte" in printed
+    in_bigger_batches = evaluate(compose_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt", "batch_size=100"))
     assert in_bigger_batches["loss"] == pytest.approx(saved["loss"], abs=1e-6)
 
 
 def test_evaluate_refuses_data_with_another_tokenizer(trained, tmp_path):
-    cfg = command_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt", "data=shakespeare",
+    cfg = compose_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt", "data=shakespeare",
                          f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}")
     with pytest.raises(UserError, match=r"^data set 'shakespeare' is tokenized differently from the checkpoint; "
                                         r"evaluate on data the model was trained with \(char tokenizer"):
         evaluate(cfg)
 
 
-def test_inspect_prints_the_full_hyper_parameters(trained):
+def test_describe_prints_the_full_hyper_parameters(trained):
     out = describe(str(trained / "checkpoints/best.ckpt"))
-    assert "architecture: lmzoo.models.gpt_rope.GPTRope" in out
-    assert all(line in out for line in ("  n_layer: 2", "  n_embd: 32", "  block_size: 32", "    warmup_steps: 2"))
+    assert "architecture: lmzoo.models.transformer.TransformerConfig" in out and "  positions: rope" in out
+    assert all(line in out for line in ("  n_layer: 2", "  n_embd: 32", "  block_size: 32", "  warmup_steps: 2"))
     assert "global_step: 20" in out
 
 

@@ -1,22 +1,20 @@
 """GPT-2 weights in from Hugging Face, models out to transformers, each proven equal on CPU in fp32."""
 
 import ast
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import REPO, SHAKESPEARE, compose_train, make, run
 
-from conftest import REPO, SHAKESPEARE, compose_train
-
-from lmzoo.checkpoint import load_model
+from lmzoo.checkpoints import load_model
+from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.checkpoints.folder import save_folder
+from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
+from lmzoo.data import BPETokenizer, CharTokenizer, TiktokenTokenizer
 from lmzoo.errors import UserError
-from lmzoo.interop import export_checkpoint, save_folder, save_tokenizer
-from lmzoo.models import GPT, GPTRope
-from lmzoo.sampling import generate
-from lmzoo.tokenizers import BPETokenizer, CharTokenizer, TiktokenTokenizer
-from lmzoo.training import train
+from lmzoo.inference.sampling import SamplingSettings, generate
+from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.training.run import train
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,11 +43,12 @@ def randomize(model):
 def test_gpt2_from_hugging_face_gives_its_logits(hf_gpt2):
     hf_model, folder = hf_gpt2
     model, tokenizer, info = load_model(folder)
-    assert type(model) is GPT and model.block_size == 64 and model.vocab_size == 50257
+    assert type(model.config) is TransformerConfig and model.config.positions == "learned"
+    assert model.block_size == 64 and model.vocab_size == 50257
     assert tokenizer.spec == {"kind": "tiktoken", "name": "gpt2"}
     idx = torch.randint(0, 50257, (2, 24))
     with torch.no_grad():
-        torch.testing.assert_close(model(idx), hf_model(idx).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(idx).logits, hf_model(idx).logits, atol=1e-5, rtol=0)
 
 
 def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
@@ -62,11 +61,12 @@ def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
 
 
 def lmzoo_models():
+    shape = dict(vocab_size=len(CHARS), block_size=32, n_layer=2, n_embd=32)
     return {
-        "gpt": GPT(len(CHARS), 32, n_layer=2, n_head=2, n_embd=32),
-        "gpt_no_bias": GPT(len(CHARS), 32, n_layer=2, n_head=2, n_embd=32, bias=False),
-        "gpt_rope_gqa_untied": GPTRope(len(CHARS), 32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                                       rope_base=500.0, tie_embeddings=False),
+        "gpt": TransformerConfig(**shape, n_head=2, **GPT2_CHOICES).build(),
+        "gpt_no_bias": TransformerConfig(**shape, n_head=2, **{**GPT2_CHOICES, "bias": False}).build(),
+        "gpt_rope_gqa_untied": TransformerConfig(**shape, n_head=4, n_kv_head=2, rope_base=500.0,
+                                                 tie_embeddings=False).build(),
     }
 
 
@@ -75,17 +75,16 @@ def test_export_gives_the_same_logits_and_greedy_text_in_transformers(tmp_path, 
     torch.manual_seed(0)
     model = lmzoo_models()[name].eval()
     randomize(model)
-    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
-    save_folder(model, tmp_path / "lmzoo")
+    save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "lmzoo")
     export_checkpoint(str(tmp_path / "lmzoo"), str(tmp_path / "hf"))
 
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(hf_model).__name__ == ("LlamaForCausalLM" if "rope" in name else "GPT2LMHeadModel")
     idx = torch.randint(0, len(CHARS), (2, 32))
     with torch.no_grad():
-        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf_model(idx).logits, model(idx).logits, atol=1e-5, rtol=0)
         prompt = idx[:, :4]
-        ours = torch.stack(list(generate(model, prompt, 20, temperature=0)), dim=1)
+        ours = torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=20, temperature=0))), dim=1)
         theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                    max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
     assert torch.equal(theirs[:, 4:], ours)
@@ -109,21 +108,18 @@ def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
     assert exported.encode(text) == ids and exported.decode(ids) == text
 
 
-class Untranslatable(GPT):
-    """Stands for an architecture that no transformers class describes."""
-
-
-def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path):
-    model = Untranslatable(len(CHARS), 16, n_layer=1, n_head=2, n_embd=16).eval()
-    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
-    save_folder(model, tmp_path / "source")
+@pytest.mark.parametrize("name", ["mlp", "block_scaling", "moe", "moa_moe"])
+def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path, name):
+    model = make(name).eval()
+    spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
+    save_folder(model, spec, tmp_path / "source")
     message = export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
-    assert "Untranslatable has no transformers class" in message
+    assert f"{type(model).__name__} has no transformers class" in message
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
     reloaded, tokenizer, _ = load_model(tmp_path / "out")
-    idx = torch.randint(0, len(CHARS), (1, 16))
-    assert type(reloaded) is Untranslatable and tokenizer.spec == model.tokenizer_spec
-    assert torch.equal(reloaded(idx), model(idx))
+    idx = torch.randint(0, model.vocab_size, (1, 16))
+    assert type(reloaded) is type(model) and tokenizer.spec == spec
+    assert torch.equal(reloaded(idx).logits, model(idx).logits)
 
 
 def test_export_refuses_to_write_into_a_folder_with_files(tmp_path):
@@ -134,15 +130,10 @@ def test_export_refuses_to_write_into_a_folder_with_files(tmp_path):
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, env=os.environ)
-
-
 def test_export_command(tmp_path):
-    model = GPTRope(len(CHARS), 16, n_layer=1, n_head=2, n_embd=16)
-    model.tokenizer_spec = {"kind": "char", "chars": CHARS}
-    save_folder(model, tmp_path / "source")
-    result = run("lmzoo.export", f"ckpt={tmp_path / 'source'}", "out=exported", cwd=tmp_path)
+    model = TransformerConfig(vocab_size=len(CHARS), block_size=16, n_layer=1, n_head=2, n_embd=16).build()
+    save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "source")
+    result = run("lmzoo.export", f"ckpt={tmp_path / 'source'}", "out=exported", cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert "wrote LlamaForCausalLM (character tokenizer) to exported" in result.stdout
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {

@@ -4,19 +4,20 @@ import math
 
 import pytest
 import torch
+from helpers import compose_train, make
 
-from conftest import compose_train
-
-from lmzoo.checkpoint import load_model, read_checkpoint
+from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.errors import UserError
-from lmzoo.lora import LoRA, LoRALinear, merge
-from lmzoo.models import GPT, GPTRope
-from lmzoo.training import build, train
+from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models.lora import LoRA, LoRALinear, merge
+from lmzoo.training.run import build, train
 
 
 def tiny_gpt(n_layer=2, n_embd=32):
     torch.manual_seed(0)
-    return GPT(vocab_size=65, block_size=16, n_layer=n_layer, n_head=2, n_embd=n_embd).eval()
+    config = TransformerConfig(vocab_size=65, block_size=16, n_layer=n_layer, n_head=2, n_embd=n_embd, **GPT2_CHOICES)
+    return config.build().eval()
 
 
 @pytest.mark.parametrize("targets, per_layer", [
@@ -38,24 +39,51 @@ def test_merged_model_gives_the_adapted_logits():
             if isinstance(module, LoRALinear):
                 module.lora_B.normal_(0.0, 0.1)
     idx = torch.randint(0, 65, (2, 16))
-    adapted = model(idx)
-    assert not torch.allclose(adapted, tiny_gpt()(idx), atol=1e-3)
+    adapted = model(idx).logits
+    assert not torch.allclose(adapted, tiny_gpt()(idx).logits, atol=1e-3)
     merged = merge(model)
     assert not any(isinstance(module, LoRALinear) for module in merged.modules())
-    torch.testing.assert_close(merged(idx), adapted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged(idx).logits, adapted, atol=1e-5, rtol=0)
 
 
-def test_adapters_start_at_zero_so_the_adapted_model_equals_its_base():
-    idx = torch.randint(0, 65, (2, 16))
-    model = GPTRope(vocab_size=65, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32).eval()
-    before = model(idx)
-    assert torch.equal(LoRA(r=2, alpha=4).apply(model)(idx), before)
+@pytest.mark.parametrize("name", ["gpt_rope", "block_scaling", "moe", "moa_moe"])
+def test_adapters_start_at_zero_so_the_adapted_model_equals_its_base(name):
+    idx = torch.randint(0, 70, (2, 16))
+    model = make(name).eval()
+    before = model(idx).logits
+    assert torch.equal(LoRA(r=2, alpha=4).apply(model)(idx).logits, before)
 
 
-def test_a_target_that_names_no_layer_lists_the_valid_names():
-    with pytest.raises(UserError, match=r"LoRA target 'attention' names no layer; choose finetune.targets from "
-                                        r"\['mlp', 'proj', 'qkv'\]"):
-        LoRA(targets=["qkv", "attention"])
+def adapted_layers(model) -> set[str]:
+    return {name for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
+    moe = LoRA(r=2, targets=["mlp"]).apply(make("moe"))
+    experts = {f"transformer.h.{layer}.mlp.experts.{e}.{linear}" for layer in range(2) for e in range(4)
+               for linear in ("c_fc", "c_proj")}
+    assert adapted_layers(moe) == experts
+    moa = LoRA(r=2, targets=["qkv", "proj"]).apply(make("moa_moe"))
+    assert {name.split(".", 4)[-1] for name in adapted_layers(moa)} == {
+        *(f"experts.{e}.{linear}" for e in range(4) for linear in ("c_q", "c_proj")), "c_kv"}
+    mlp = LoRA(r=2, targets=["hidden"]).apply(make("mlp"))
+    assert len(adapted_layers(mlp)) == 3
+
+
+@pytest.mark.parametrize("name, targets, message", [
+    ("gpt", ["qkv", "attention"], r"LoRA target 'attention' matches no layer of Transformer; choose finetune.targets "
+                                  r"from \['mlp', 'proj', 'qkv'\]"),
+    ("moa_moe", ["qkv", "c_attn"], r"LoRA target 'c_attn' matches no layer of MoAMoE; choose finetune.targets from "
+                                   r"\['mlp', 'proj', 'qkv'\]"),
+    ("mlp", ["qkv"], r"LoRA target 'qkv' matches no layer of MLPLanguageModel; choose finetune.targets from "
+                     r"\['head', 'hidden'\]"),
+    ("bigram", ["qkv"], r"LoRA target 'qkv' matches no layer of Bigram; LoRA cannot adapt it"),
+])
+def test_a_target_that_matches_nothing_is_one_line_naming_the_valid_ones(name, targets, message):
+    model = make(name)
+    with pytest.raises(UserError, match="^" + message + "$"):
+        LoRA(targets=targets).apply(model)
+    assert all(p.requires_grad for p in model.parameters()) and not adapted_layers(model)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +102,9 @@ def lora_run(tmp_path_factory, pretrained):
     cfg = compose_train(folder, "model=gpt", f"init_from={pretrained}", "finetune=lora", "finetune.r=8",
                         "finetune.alpha=32", "trainer.max_steps=100", "trainer.val_check_interval=100",
                         "data.batch_size=16", "optim.lr=2e-2")
-    datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, weights_only=False)
-    return model.best_val_loss, model, folder / "run" / "checkpoints" / "last.ckpt"
+    datamodule, lit, trainer = build(cfg)
+    trainer.fit(lit, datamodule=datamodule, weights_only=False)
+    return lit.best_val_loss, lit.model, folder / "run" / "checkpoints" / "last.ckpt"
 
 
 def test_lora_run_lowers_validation_loss_of_the_pretrained_model(pretrained, lora_run):
@@ -87,7 +115,7 @@ def test_lora_run_lowers_validation_loss_of_the_pretrained_model(pretrained, lor
 def test_lora_leaves_the_base_bit_for_bit_and_saves_only_the_adapters(pretrained, lora_run):
     _, trained, last = lora_run
     pretrained_state = read_checkpoint(pretrained)["state_dict"]
-    base = {name.replace(".base.", "."): tensor for name, tensor in trained.state_dict().items()}
+    base = {"model." + name.replace(".base.", "."): tensor for name, tensor in trained.state_dict().items()}
     assert all(torch.equal(base[name], tensor) for name, tensor in pretrained_state.items())
     checkpoint = read_checkpoint(last)
     assert checkpoint["state_dict"] and all("lora_" in name for name in checkpoint["state_dict"])
@@ -95,22 +123,20 @@ def test_lora_leaves_the_base_bit_for_bit_and_saves_only_the_adapters(pretrained
                                                "dropout": 0.0, "base": str(pretrained.resolve())}
     model, _, _ = load_model(last)
     idx = torch.randint(0, 65, (2, 32))
-    assert torch.equal(model(idx), trained.eval()(idx))
+    assert torch.equal(model(idx).logits, trained.eval()(idx).logits)
 
 
 def test_lora_checkpoint_exports_only_merged(tmp_path, lora_run):
     transformers = pytest.importorskip("transformers")
     _, _, last = lora_run
-    from lmzoo.interop import export_checkpoint
-
     with pytest.raises(UserError, match="holds LoRA adapters; pass merge=true"):
         export_checkpoint(str(last), str(tmp_path / "unmerged"))
-    export_checkpoint(str(last), str(tmp_path / "merged"), merge=True)
+    export_checkpoint(str(last), str(tmp_path / "merged"), merge_adapters=True)
     model, _, _ = load_model(last)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     idx = torch.randint(0, 65, (2, 32))
     with torch.no_grad():
-        torch.testing.assert_close(hf_model(idx).logits, model(idx), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hf_model(idx).logits, model(idx).logits, atol=1e-5, rtol=0)
 
 
 def test_full_fine_tuning_starts_from_the_pretrained_weights(tmp_path, pretrained):
@@ -121,7 +147,7 @@ def test_full_fine_tuning_starts_from_the_pretrained_weights(tmp_path, pretraine
 
 
 def test_init_from_another_architecture_says_which_model_to_pass(tmp_path, pretrained):
-    with pytest.raises(UserError, match=r"holds a GPT but model= builds GPTRope; pass model=gpt$"):
+    with pytest.raises(UserError, match=r"holds another architecture than model= builds; pass model=gpt$"):
         train(compose_train(tmp_path, "model=gpt_rope", f"init_from={pretrained}"))
 
 

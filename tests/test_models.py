@@ -1,25 +1,29 @@
+"""The transformer's shared pieces: causality, the KV cache, init, names, optimizer groups and schedule."""
+
 import pytest
 import torch
 
-from lmzoo.models import GPT, GPTRope
-from lmzoo.optim import OptimConfig, WarmupCosine
-from lmzoo.sampling import generate, sample_next
+from lmzoo.inference.sampling import SamplingSettings, generate, sample_next
+from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.training.optim import OptimConfig, WarmupCosine, configure_adamw
 
+SHAPE = dict(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 ARCHITECTURES = {
-    "gpt": lambda: GPT(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1),
-    "gpt_rope": lambda: GPTRope(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1),
-    "gpt_rope_gqa": lambda: GPTRope(vocab_size=70, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32),
+    "gpt": lambda: TransformerConfig(**SHAPE, **GPT2_CHOICES),
+    "gpt_rope": lambda: TransformerConfig(**SHAPE),
+    "gpt_rope_gqa": lambda: TransformerConfig(**{**SHAPE, "n_head": 4, "n_kv_head": 2, "dropout": 0.0}),
 }
+GREEDY = SamplingSettings(max_new_tokens=19, temperature=0)
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))
 def model(request):
     torch.manual_seed(0)
-    return ARCHITECTURES[request.param]().eval()
+    return ARCHITECTURES[request.param]().build().eval()
 
 
 def test_forward_gives_logits_over_the_true_vocabulary(model):
-    logits = model(torch.randint(0, 70, (3, 24)))
+    logits = model(torch.randint(0, 70, (3, 24))).logits
     assert logits.shape == (3, 24, 70)
     assert model.lm_head.weight.shape[0] == 128
 
@@ -28,49 +32,48 @@ def test_forward_is_causal(model):
     idx = torch.randint(0, 70, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 70
-    assert torch.allclose(model(idx)[:, :10], model(changed)[:, :10], atol=1e-6)
-    assert not torch.allclose(model(idx)[:, 10], model(changed)[:, 10])
+    assert torch.allclose(model(idx).logits[:, :10], model(changed).logits[:, :10], atol=1e-6)
+    assert not torch.allclose(model(idx).logits[:, 10], model(changed).logits[:, 10])
 
 
-def test_cached_logits_equal_uncached(model):
+def test_cached_logits_equal_uncached_and_the_cache_advances_itself(model):
     idx = torch.randint(0, 70, (2, 20))
-    full = model(idx)
-    cache = model.new_cache(2)
-    stepped = [model(idx[:, :8], cache)]
-    stepped += [model(idx[:, t : t + 1], cache) for t in range(8, 20)]
+    full = model(idx).logits
+    cache = model.new_cache()
+    stepped = [model(idx[:, :8], cache).logits]
+    assert cache.position == 8
+    stepped += [model(idx[:, t : t + 1], cache).logits for t in range(8, 20)]
+    assert cache.position == 20
     assert torch.allclose(torch.cat(stepped, dim=1), full, atol=1e-5)
 
 
 def test_greedy_decoding_with_cache_equals_without(model):
     prompt = torch.randint(0, 70, (2, 5))
-    cached = torch.stack(list(generate(model, prompt, 19, temperature=0, kv_cache=True)), dim=1)
-    uncached = torch.stack(list(generate(model, prompt, 19, temperature=0, kv_cache=False)), dim=1)
+    cached = torch.stack(list(generate(model, prompt, GREEDY)), dim=1)
+    uncached = torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=19, temperature=0,
+                                                                         kv_cache=False))), dim=1)
     assert torch.equal(cached, uncached)
-
-
-def test_generation_continues_past_the_context(model):
-    tokens = list(generate(model, torch.zeros(1, 3, dtype=torch.long), 60, temperature=1.0, top_k=5))
-    assert len(tokens) == 60 and all(0 <= t.item() < 70 for t in tokens)
 
 
 def test_top_k_samples_only_the_k_most_likely():
     logits = torch.tensor([[0.0, 5.0, 4.0, -1.0, 3.0]])
     generator = torch.Generator().manual_seed(0)
-    drawn = {sample_next(logits, 1.0, 2, generator).item() for _ in range(200)}
+    drawn = {sample_next(logits, SamplingSettings(top_k=2), generator).item() for _ in range(200)}
     assert drawn == {1, 2}
-    assert sample_next(logits, 0.0).item() == 1
+    assert sample_next(logits, SamplingSettings(temperature=0)).item() == 1
 
 
 def test_gpt_residual_projections_use_scaled_init():
     torch.manual_seed(0)
-    model = GPT(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256)
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, **GPT2_CHOICES).build()
     assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_gpt_parameter_names_follow_hugging_face_gpt2():
-    names = set(GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16).state_dict())
+    config = TransformerConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, **GPT2_CHOICES)
+    names = set(config.build().state_dict())
     assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
             "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
             "transformer.h.0.attn.c_proj.weight", "transformer.h.0.mlp.c_fc.weight",
@@ -79,16 +82,18 @@ def test_gpt_parameter_names_follow_hugging_face_gpt2():
 
 
 def test_gpt_rope_has_no_biases_and_no_learned_positions():
-    names = set(GPTRope(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16).state_dict())
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16).build()
+    names = set(model.state_dict())
     assert not any(name.endswith("bias") for name in names)
     assert "transformer.wpe.weight" not in names
 
 
 def test_weight_decay_applies_to_matrices_only():
-    model = GPT(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, optim={"weight_decay": 0.1})
-    decay, no_decay = model.configure_optimizers()["optimizer"].param_groups
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16).build()
+    decay, no_decay = configure_adamw(model, OptimConfig(weight_decay=0.1), torch.device("cpu"))["optimizer"].param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

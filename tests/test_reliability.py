@@ -6,14 +6,14 @@ import json
 import lightning as L
 import pytest
 import torch
+from helpers import compose_train
 
-from conftest import compose_train
-
-from lmzoo import __version__, checkpoint_io
-from lmzoo.checkpoint import read_checkpoint
+from lmzoo import __version__
+from lmzoo.checkpoints import read_checkpoint
 from lmzoo.errors import UserError
-from lmzoo.models.base import LanguageModel
-from lmzoo.training import build, train
+from lmzoo.training import checkpoint_io
+from lmzoo.training.module import LitLM
+from lmzoo.training.run import build, train
 
 RUN = ["trainer.max_steps=12", "trainer.val_check_interval=5"]
 
@@ -23,13 +23,15 @@ def nan_loss_at_steps(monkeypatch):
     """The loss of the batches at the given steps becomes NaN, as after a bad batch."""
 
     def inject(*steps):
-        loss = LanguageModel.loss
+        cross_entropy = LitLM.cross_entropy
 
         def poisoned(self, batch):
-            value = loss(self, batch)
-            return value * float("nan") if self.training and self.trainer.global_step in steps else value
+            value, output = cross_entropy(self, batch)
+            if self.training and self.trainer.global_step in steps:
+                value = value * float("nan")
+            return value, output
 
-        monkeypatch.setattr(LanguageModel, "loss", poisoned)
+        monkeypatch.setattr(LitLM, "cross_entropy", poisoned)
 
     return inject
 
@@ -45,16 +47,16 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step_and_keeps_the_best_
 
 def test_skip_nonfinite_skips_those_updates_and_counts_them(tmp_path, nan_loss_at_steps):
     nan_loss_at_steps(3, 7)
-    datamodule, model, trainer = build(compose_train(tmp_path, *RUN, "trainer.skip_nonfinite=true"))
-    trainer.fit(model, datamodule=datamodule)
-    assert trainer.global_step == 12 and model.nonfinite_skips == 2
+    datamodule, lit, trainer = build(compose_train(tmp_path, *RUN, "trainer.skip_nonfinite=true"))
+    trainer.fit(lit, datamodule=datamodule)
+    assert trainer.global_step == 12 and lit.nonfinite_skips == 2
     assert trainer.logged_metrics["train/nonfinite_skips"] == 2
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in lit.model.parameters())
 
 
 def test_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*a_file/checkpoints/best.ckpt \(Not a directory\)"):
+    with pytest.raises(UserError, match=r"cannot write .*a_file/checkpoints/best.ckpt \(Not a directory\)"):
         train(compose_train(tmp_path, *RUN, f"callbacks.model_checkpoint.dirpath={tmp_path / 'a_file' / 'checkpoints'}"))
 
 
@@ -69,7 +71,7 @@ def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", save_until_disk_full)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*best.ckpt \(No space left on device\); free disk space"):
+    with pytest.raises(UserError, match=r"cannot write .*best.ckpt \(No space left on device\); free disk space"):
         train(compose_train(tmp_path, *RUN))
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
@@ -85,10 +87,10 @@ class LossCurve(L.Callback):
 
 
 def loss_curve(tmp_path, *overrides):
-    datamodule, model, trainer = build(compose_train(tmp_path, "model.dropout=0.1", *overrides))
+    datamodule, lit, trainer = build(compose_train(tmp_path, "model.dropout=0.1", *overrides))
     curve = LossCurve()
     trainer.callbacks.append(curve)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(lit, datamodule=datamodule)
     return curve.losses
 
 

@@ -1,12 +1,13 @@
+import json
 import math
 
+import lightning as L
+import pytest
 import torch
-from hydra.utils import instantiate
+from helpers import FIXTURES, compose_train
 
-from conftest import compose_train
-
-from lmzoo.checkpoint import load_model, read_checkpoint
-from lmzoo.training import train
+from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.training.run import build, train
 
 
 def test_short_run_lowers_validation_loss(tmp_path):
@@ -18,19 +19,18 @@ def test_short_run_lowers_validation_loss(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_checkpoint_reloads_to_identical_logits_and_tokenizer(tmp_path):
-    cfg = compose_train(tmp_path)
-    train(cfg)
+def test_reloaded_checkpoint_gives_the_trained_models_logits_and_tokenizer(tmp_path):
+    datamodule, lit, trainer = build(compose_train(tmp_path))
+    trainer.fit(lit, datamodule=datamodule)
     model, tokenizer, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
     assert tokenizer.spec == datamodule.meta["tokenizer"]
-    assert info["global_step"] == 20 and type(model).__name__ == "GPTRope"
-    reloaded, _, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert info["global_step"] == 20
     idx = torch.randint(0, 65, (2, 32))
-    state = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-    assert torch.equal(model(idx), reloaded(idx))
+    with torch.no_grad():
+        trained = lit.model.eval()(idx).logits
+    assert torch.equal(model(idx).logits, trained)
+    # Training moved the weights: a fresh model of the same config does not give these logits.
+    assert not torch.allclose(type(model.config)(**model.config.as_dict()).build()(idx).logits, trained)
 
 
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
@@ -58,3 +58,24 @@ def test_resume_auto_continues_from_the_run_folder(tmp_path):
     result = train(compose_train(tmp_path, "trainer.max_steps=20", "resume=auto"))
     assert result["steps"] == 20
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 20
+
+
+class LossCurve(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+@pytest.mark.parametrize("name", ["gpt", "moe"])
+def test_the_seed_gives_the_loss_curve_of_lmzoo_0_1(tmp_path, name):
+    """The numbers in tests/fixtures/v0.1/loss_curves.json were written by lmzoo 0.1.0, before the redesign."""
+    pinned = json.loads((FIXTURES / "v0.1" / "loss_curves.json").read_text())[name]
+    datamodule, lit, trainer = build(compose_train(tmp_path, *pinned["overrides"], tiny=False))
+    curve = LossCurve()
+    trainer.callbacks.append(curve)
+    trainer.fit(lit, datamodule=datamodule)
+    assert len(curve.losses) == 50
+    assert curve.losses == pinned["train_loss"]
+    assert lit.best_val_loss == pinned["best_val_loss"]

@@ -2,28 +2,18 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import ATTENTION, V, ZOO, compose_train, make
 from torch import nn
 
-from conftest import compose_train
-
-from lmzoo.checkpoint import load_model, read_checkpoint
-from lmzoo.models import GPT, Bigram, BlockScaling, GPTRope, MLPLanguageModel, MoAMoE, MoEGPT
+from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.data import CharTokenizer
+from lmzoo.inference.sampling import SamplingSettings, generate
+from lmzoo.models import BlockScalingConfig, MLPConfig, MoAMoE, MoETransformer
 from lmzoo.models.block_scaling import layer_widths
 from lmzoo.models.routing import MoE, Router
-from lmzoo.sampling import generate
-from lmzoo.training import build, train
+from lmzoo.training.run import build, train
 
-V = 70
-ZOO = {
-    "bigram": lambda: Bigram(V),
-    "mlp": lambda: MLPLanguageModel(V, context=4, n_embd=8, hidden=16),
-    "gpt": lambda: GPT(V, 24, n_layer=2, n_head=2, n_embd=32),
-    "gpt_rope": lambda: GPTRope(V, 24, n_layer=2, n_head=2, n_embd=32),
-    "block_scaling": lambda: BlockScaling(V, 24, n_layer=3, n_embd=32, head_dim=8, gqa_groups=2),
-    "moe": lambda: MoEGPT(V, 24, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=2),
-    "moa_moe": lambda: MoAMoE(V, 24, n_layer=2, n_embd=32, head_dim=8, n_att_experts=4, k_att=2),
-}
-ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
 # The real configs, shrunk; bigram and mlp have no widths to shrink.
 TINY_WIDTHS = {
     "mlp": ["model.n_embd=8", "model.hidden=16"],
@@ -38,15 +28,10 @@ TINY_RUN = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.max_s
             "trainer.val_check_interval=4", "block_size=16", "sample_tokens=0"]
 
 
-def make(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    return ZOO[name]()
-
-
 @pytest.mark.parametrize("name", ZOO)
 def test_forward_gives_logits_for_every_position(name):
     model = make(name).eval()
-    assert model(torch.randint(0, V, (3, 24))).shape == (3, 24, V)
+    assert model(torch.randint(0, V, (3, 24))).logits.shape == (3, 24, V)
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -57,30 +42,30 @@ def test_a_few_steps_on_one_batch_drive_the_loss_down(name):
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2 if name == "bigram" else 1e-2)
     losses = []
     for _ in range(30):
-        loss = model.loss((x, y))
-        auxiliary = model.auxiliary_loss()
+        output = model(x)
+        loss = F.cross_entropy(output.logits.flatten(0, 1), y.flatten())
         optimizer.zero_grad()
-        (loss if auxiliary is None else loss + auxiliary).backward()
+        (loss if output.aux_loss is None else loss + output.aux_loss).backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.5
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_checkpoint_round_trip_gives_identical_logits_and_generates(tmp_path, name):
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, name):
     cfg = compose_train(tmp_path, f"model={name}", *TINY_RUN, *TINY_WIDTHS.get(name, []),
                         "trainer.log_every_n_steps=2", tiny=False)
-    datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule)
-    if isinstance(model, (MoEGPT, MoAMoE)):
+    datamodule, lit, trainer = build(cfg)
+    trainer.fit(lit, datamodule=datamodule)
+    if isinstance(lit.model, MoETransformer):
         assert {"train/aux_loss", "experts/0.mlp/0"} <= set(trainer.logged_metrics)
+    if isinstance(lit.model, MoAMoE):
+        assert "experts/0.attn/0" in trainer.logged_metrics
     loaded, tokenizer, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     idx = torch.randint(0, datamodule.vocab_size, (2, 16))
-    assert torch.equal(model.eval()(idx), loaded(idx))
-    tokens = list(generate(loaded, idx[:1, :3], 40, temperature=1.0, top_k=10))
-    assert len(tokens) == 40 and all(0 <= t.item() < datamodule.vocab_size for t in tokens)
+    assert torch.equal(lit.model.eval()(idx).logits, loaded(idx).logits)
     hparams = (tmp_path / "run" / "tensorboard" / "hparams.yaml").read_text()
-    total, active = model.parameter_counts()
+    total, active = lit.model.parameter_counts()
     assert f"parameters: {total}" in hparams and f"active_parameters: {active}" in hparams
 
 
@@ -88,9 +73,32 @@ def test_checkpoint_round_trip_gives_identical_logits_and_generates(tmp_path, na
 def test_greedy_decoding_with_the_cache_equals_without(name):
     model = make(name).eval()
     prompt = torch.randint(0, V, (2, 4))
-    cached = torch.stack(list(generate(model, prompt, 20, temperature=0, kv_cache=True)), dim=1)
-    uncached = torch.stack(list(generate(model, prompt, 20, temperature=0, kv_cache=False)), dim=1)
+    cached = torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=20, temperature=0))), dim=1)
+    uncached = torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=20, temperature=0,
+                                                                         kv_cache=False))), dim=1)
     assert torch.equal(cached, uncached)
+
+
+CHARS = "".join(chr(c) for c in range(ord("0"), ord("0") + V))
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_past_the_context_the_sliding_cache_gives_the_text_of_its_window(name):
+    """Greedy text past block_size: each character is what the uncached model predicts from the window the
+    cache holds. The cache fills to block_size tokens, then restarts from the last block_size // 2."""
+    model, tokenizer = make(name).eval(), CharTokenizer(CHARS)
+    prompt = tokenizer.encode("0123")
+    new = 3 * model.block_size
+    text = tokenizer.decode(torch.cat(list(generate(model, [prompt], SamplingSettings(max_new_tokens=new,
+                                                                                       temperature=0)))).tolist())
+    context, start, window = list(prompt), 0, model.block_size
+    with torch.no_grad():
+        for _ in range(new):
+            if len(context) - start > window:
+                start = len(context) - window // 2
+            logits = model(torch.tensor([context[start:]])).logits[0, -1]
+            context.append(int(logits.argmax()))
+    assert len(text) == new and text == tokenizer.decode(context[len(prompt):])
 
 
 @pytest.mark.parametrize("name, context", [("bigram", 1), ("mlp", 4)])
@@ -102,7 +110,7 @@ def test_fixed_context_models_read_only_their_context(name, context):
     idx = torch.randint(0, V, (1, 12))
     changed = idx.clone()
     changed[0, 5] = (idx[0, 5] + 1) % V
-    differs = (model(idx) - model(changed)).abs().amax(dim=-1)[0] > 0
+    differs = (model(idx).logits - model(changed).logits).abs().amax(dim=-1)[0] > 0
     assert differs.tolist() == [5 <= t < 5 + context for t in range(12)]
 
 
@@ -110,15 +118,15 @@ def test_mlp_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
     model = make("mlp")
     idx = torch.randint(0, V, (4, 8))
     model.train()
-    alone, together = model(idx[:2]), model(idx)
+    alone, together = model(idx[:2]).logits, model(idx).logits
     assert not torch.allclose(alone, together[:2])
     model.eval()
-    assert torch.allclose(model(idx[:2]), model(idx)[:2])
+    assert torch.allclose(model(idx[:2]).logits, model(idx).logits[:2])
     assert all(bn.num_batches_tracked.item() == 2 for bn in model.modules() if isinstance(bn, nn.BatchNorm1d))
 
 
 def test_mlp_hidden_widths_shrink_geometrically():
-    model = MLPLanguageModel(V, context=3, n_embd=4, hidden=16, n_hidden=3, activation="gelu")
+    model = MLPConfig(vocab_size=V, context=3, n_embd=4, hidden=16, n_hidden=3, activation="gelu").build()
     linears = [m for m in model.hidden.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(12, 64), (64, 32), (32, 16)]
 
@@ -126,7 +134,7 @@ def test_mlp_hidden_widths_shrink_geometrically():
 def test_block_scaling_widths_follow_openelm():
     assert layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0)) == [(2, 2, 64), (3, 3, 224), (3, 3, 352), (4, 4, 512)]
     assert layer_widths(3, 128, 32, (0.5, 1.0), (0.5, 4.0), gqa_groups=2) == [(2, 1, 64), (4, 2, 288), (4, 2, 512)]
-    model = BlockScaling(V, 16, n_layer=4, n_embd=128, head_dim=32)
+    model = BlockScalingConfig(vocab_size=V, block_size=16, n_layer=4, n_embd=128, head_dim=32).build()
     built = [(b.attn.n_head, b.attn.n_kv_head, b.mlp.c_proj.in_features) for b in model.transformer.h]
     assert built == layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0))
     assert "    1       3        3       224" in model.describe()
@@ -141,11 +149,11 @@ def expert_row_counts(moe: MoE) -> list[int]:
 
 def test_moe_sends_each_token_to_top_k_experts_and_computes_only_those():
     torch.manual_seed(0)
-    moe = MoE(16, 32, n_experts=4, top_k=2)
+    moe = MoE("0.mlp", 16, 32, n_experts=4, top_k=2)
     x = torch.randn(3, 10, 16)
     counts = expert_row_counts(moe)
     out = moe(x)
-    weights, experts = moe.router(x.reshape(-1, 16))
+    weights, experts, _, _ = moe.router(x.reshape(-1, 16))
     assert experts.shape == (30, 2) and all(len(set(row)) == 2 for row in experts.tolist())
     assert counts == torch.bincount(experts.flatten(), minlength=4).tolist() and sum(counts) == 60
     expected = torch.stack([
@@ -157,7 +165,7 @@ def test_moe_sends_each_token_to_top_k_experts_and_computes_only_those():
 
 def test_moe_capacity_caps_the_tokens_of_each_expert():
     torch.manual_seed(0)
-    moe = MoE(16, 32, n_experts=4, top_k=1, capacity_factor=1.0)
+    moe = MoE("0.mlp", 16, 32, n_experts=4, top_k=1, capacity_factor=1.0)
     with torch.no_grad():
         moe.router.gate.weight[0] += 5.0  # most tokens prefer expert 0
     counts = expert_row_counts(moe)
@@ -165,12 +173,16 @@ def test_moe_capacity_caps_the_tokens_of_each_expert():
     assert max(counts) == 10
 
 
-def test_auxiliary_loss_reaches_the_router():
-    model = make("moe").train()
-    model(torch.randint(0, V, (2, 16)))
-    model.auxiliary_loss().backward()
+@pytest.mark.parametrize("name", ["moe", "moa_moe"])
+def test_auxiliary_loss_reaches_every_router_in_training_only(name):
+    model = make(name).train()
+    output = model(torch.randint(0, V, (2, 16)))
+    output.aux_loss.backward()
     routers = [m for m in model.modules() if isinstance(m, Router)]
-    assert routers and all(r.gate.weight.grad.abs().sum() > 0 for r in routers)
+    assert len(routers) == len(output.expert_load) and all(r.gate.weight.grad.abs().sum() > 0 for r in routers)
+    assert all(load.sum().item() == pytest.approx(1.0) for load in output.expert_load.values())
+    evaluated = model.eval()(torch.randint(0, V, (2, 16)))
+    assert evaluated.aux_loss is None and evaluated.expert_load == {}
 
 
 def test_load_balancing_spreads_a_collapsed_router_over_every_expert():
@@ -180,16 +192,13 @@ def test_load_balancing_spreads_a_collapsed_router_over_every_expert():
     x[:, 0] = 1.0  # a constant feature, through which expert 0 is favoured for every token
     with torch.no_grad():
         router.gate.weight[0, 0] = 5.0
-    router(x)
-    assert router.expert_fraction[0] > 0.9
+    assert router(x).load[0] > 0.9
     optimizer = torch.optim.Adam(router.parameters(), lr=1e-2)
     for _ in range(200):
-        router(x)
         optimizer.zero_grad()
-        router.aux_loss.backward()
+        router(x).aux_loss.backward()
         optimizer.step()
-    router(x)
-    assert (router.expert_fraction > 0.1).all()
+    assert (router(x).load > 0.1).all()
 
 
 def test_sparse_models_count_active_parameters():
@@ -198,7 +207,7 @@ def test_sparse_models_count_active_parameters():
     per_expert = sum(p.numel() for p in model.transformer.h[0].mlp.experts[0].parameters())
     assert total == sum(p.numel() for p in model.parameters())
     assert total - active == 2 * (4 - 2) * per_expert
-    assert make("gpt").parameter_counts()[0] == make("gpt").parameter_counts()[1]
+    assert make("gpt").parameter_counts().total == make("gpt").parameter_counts().active
 
 
 @pytest.mark.parametrize("name", ["mlp", "moa_moe"])

@@ -1,3 +1,3 @@
 """lmzoo: train small language models from scratch and compare architectures side by side."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

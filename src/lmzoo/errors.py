@@ -1,7 +1,10 @@
 """User mistakes are reported as one line that names the fix, never as a traceback."""
 
+import dataclasses
 import functools
 import sys
+import types
+import typing
 
 
 class UserError(Exception):
@@ -32,3 +35,53 @@ def user_error_behind(error: BaseException | None) -> UserError | None:
             return error
         error = error.__cause__
     return None
+
+
+def check_field_types(config, section: str) -> None:
+    """Refuse a dataclass whose values do not have their annotated types, naming `section.key`.
+
+    Configs come from the command line, where `model.n_layer=abc` is a string: without this check it
+    would fail deep inside torch.
+    """
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        if field.init:
+            value = getattr(config, field.name)
+            if not matches(value, hints[field.name]):
+                raise UserError(f"{section}.{field.name} must be {describe_type(hints[field.name])}, got {value!r}")
+
+
+def matches(value, annotation) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(matches(v, a) for v, a in zip(value, args))
+        return all(matches(v, args[0]) for v in value) if args else True
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def describe_type(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)} {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin in (tuple, list):
+        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

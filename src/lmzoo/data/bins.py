@@ -12,14 +12,17 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
+from lmzoo.data.config import DataConfig
 from lmzoo.data.corpus import Corpus, pieces
 from lmzoo.data.source import export_dataset, resolve_files, resolve_source, sha256_of_files
+from lmzoo.data.tokenizer import Tokenizer, fit_tokenizer
 from lmzoo.errors import UserError
-from lmzoo.tokenizers import Tokenizer, fit_tokenizer
+from lmzoo.files import atomic_write, write_atomically
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "val")
@@ -68,65 +71,40 @@ def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: floa
     }
 
 
-def prepare(
-    data_dir: str | os.PathLike,
-    tokenizer: dict,
-    path: str | None = None,
-    url: str | None = None,
-    sha256: str | None = None,
-    val_path: str | None = None,
-    dataset: dict | None = None,
-    train_fraction: float = 0.9,
-    document_separator: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    dtype: str | None = None,
-    block_size: int = 0,
-    workers: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Build the bins in `data_dir` unless bins for the same inputs are already there; return meta.
+def prepare(config: DataConfig, progress: bool = True) -> dict:
+    """Build the bins in `config.data_dir` unless bins for the same inputs are already there; return meta.
 
-    `dataset` names a Hugging Face dataset ({name, config, split, val_split, text_column}) used when
-    there is no path or url. A validation source (`val_path`, or the dataset's `val_split`) replaces
-    the split by `train_fraction`. Both splits must hold more than `block_size` + 1 tokens, or the
-    existing bins stay as they are.
+    A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`.
+    Both splits must hold more than `block_size` + 1 tokens, or the existing bins stay as they are.
     """
-    data_dir = Path(data_dir)
-    if not 0.0 < train_fraction < 1.0:
-        raise UserError(f"data.train_fraction must lie strictly between 0 and 1, got {train_fraction}")
-    cache_dir = Path(cache_dir) if cache_dir else data_dir.parent / "downloads"
-    sources = source_files(path, url, sha256, val_path, dataset, document_separator, cache_dir)
+    c = config
+    sources = source_files(c.path, c.url, c.sha256, c.val_path, c.dataset, c.document_separator, c.cache_dir)
     checksum = "+".join(sha256_of_files(files) for files in sources.values())
-    wanted = fingerprint(checksum, dict(tokenizer), train_fraction, document_separator, dtype)
-    meta = read_meta(data_dir)
+    wanted = fingerprint(checksum, dict(c.tokenizer), c.train_fraction, c.document_separator, c.dtype)
+    meta = read_meta(c.data_dir)
     if meta is not None and meta["fingerprint"] == wanted:
-        check_block_size(meta["splits"], block_size)
+        check_block_size(meta["splits"], c.block_size)
         return meta
 
-    spans = split_spans(sources, train_fraction, document_separator)
+    spans = split_spans(sources, c.train_fraction, c.document_separator)
     tok = fit_tokenizer(
-        dict(tokenizer),
+        dict(c.tokenizer),
         lambda: (text for corpus, start, stop in spans.values() for text in corpus.texts(start, stop)),
-        lambda: (text for text, _ in pieces(spans["train"][0].texts(*spans["train"][1:]), document_separator,
+        lambda: (text for text, _ in pieces(spans["train"][0].texts(*spans["train"][1:]), c.document_separator,
                                             PIECE_CHARS)),
     )
-    token_type = token_dtype(tok.vocab_size, dtype)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staged = {split: data_dir / f"{split}.bin.tmp" for split in SPLITS}
-    try:
+    token_type = token_dtype(tok.vocab_size, c.dtype)
+    fix = "free disk space or choose a writable data folder with paths.data_dir=DIR"
+    # Both bins are published together, once both are complete and long enough; meta.json goes first.
+    with atomic_write(c.data_dir / "train.bin", fix) as train, atomic_write(c.data_dir / "val.bin", fix) as val:
         splits = {
-            split: encode_split(*spans[split], tok, staged[split], token_type, workers, progress)
-            for split in SPLITS
+            split: encode_split(*spans[split], tok, file, token_type, c.prepare_workers, progress)
+            for split, file in (("train", train), ("val", val))
         }
-        check_block_size(splits, block_size)
-        (data_dir / "meta.json").unlink(missing_ok=True)
-        for split, temporary in staged.items():
-            publish(temporary, data_dir / f"{split}.bin")
-    finally:
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
+        check_block_size(splits, c.block_size)
+        (c.data_dir / "meta.json").unlink(missing_ok=True)
     if tok.spec["kind"] == "bpe":
-        write_atomically(data_dir / "tokenizer.json", tok.json.encode("utf-8"))
+        write_atomically(c.data_dir / "tokenizer.json", tok.json.encode("utf-8"), fix)
     meta = {
         "fingerprint": wanted,
         "source": ", ".join(str(path) for files in sources.values() for path in files),
@@ -136,7 +114,7 @@ def prepare(
         "dtype": token_type.name,
         "splits": splits,
     }
-    write_atomically(data_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
+    write_atomically(c.data_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"), fix)
     return meta
 
 
@@ -174,15 +152,16 @@ def split_spans(sources: dict[str, list[Path]], train_fraction: float,
     return {"train": (corpus, 0, split_at), "val": (corpus, split_at, corpus.size)}
 
 
-def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, path: Path, dtype: np.dtype,
+def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: BinaryIO, dtype: np.dtype,
                  workers: int | None, progress: bool) -> dict:
-    """Tokenize bytes [start, stop) of the corpus into `path`; their token and byte counts."""
+    """Tokenize bytes [start, stop) of the corpus into `file`; their token and byte counts."""
     # Documents are split out and followed by end-of-text only for tokenizers that have it.
     separator = corpus.separator if tok.eot_id is not None else None
-    with tqdm(total=stop - start, desc=f"{path.parent.name} {path.name.split('.')[0]}", unit="B",
-              unit_scale=True, disable=not progress) as bar:
+    name = Path(file.name).name.removeprefix(".").split(".")[0]
+    with tqdm(total=stop - start, desc=f"{Path(file.name).parent.name} {name}", unit="B", unit_scale=True,
+              disable=not progress) as bar:
         texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
-        tokens = write_tokens(path, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
+        tokens = write_tokens(file, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
     return {"tokens": tokens, "bytes": stop - start}
 
 
@@ -218,10 +197,10 @@ def groups(texts, size: int):
         yield group
 
 
-def write_tokens(path: Path, tok: Tokenizer, texts, dtype: np.dtype, workers: int) -> int:
-    """Encode pieces on `workers` threads, appending their ids to `path` in order; return the count."""
+def write_tokens(file: BinaryIO, tok: Tokenizer, texts, dtype: np.dtype, workers: int) -> int:
+    """Encode pieces on `workers` threads, appending their ids to `file` in order; return the count."""
     count = 0
-    with open(path, "wb") as file, ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         pending = deque()
 
         def write_oldest():
@@ -237,19 +216,4 @@ def write_tokens(path: Path, tok: Tokenizer, texts, dtype: np.dtype, workers: in
                 write_oldest()
         while pending:
             write_oldest()
-        file.flush()
-        os.fsync(file.fileno())
     return count
-
-
-def publish(temporary: Path, path: Path) -> None:
-    os.replace(temporary, path)
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(payload)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)

@@ -3,7 +3,6 @@ Hugging Face dataset exported once to a text file."""
 
 import glob
 import hashlib
-import os
 import socket
 import urllib.error
 import urllib.parse
@@ -13,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmzoo.errors import UserError
+from lmzoo.files import atomic_write
 
 
 def sha256_of(path: Path) -> str:
@@ -65,19 +65,15 @@ def resolve_source(path: str | None, url: str | None, sha256: str | None, cache_
 
 
 def download(url: str, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as file:
-            while chunk := response.read(1 << 20):
-                file.write(chunk)
-    except (urllib.error.URLError, OSError) as error:
-        partial.unlink(missing_ok=True)
-        reason = getattr(error, "reason", error)
-        raise UserError(
-            f"could not download {url} ({reason}); offline, set data.path to a local copy of the text"
-        ) from None
-    os.replace(partial, destination)
+    with atomic_write(destination, "free disk space or choose a writable data folder with paths.data_dir=DIR") as file:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                while chunk := response.read(1 << 20):
+                    file.write(chunk)
+        except urllib.error.URLError as error:
+            raise UserError(
+                f"could not download {url} ({error.reason}); offline, set data.path to a local copy of the text"
+            ) from None
 
 
 def export_dataset(name: str, config: str | None, split: str, text_column: str, separator: str | None,
@@ -103,17 +99,13 @@ def export_dataset(name: str, config: str | None, split: str, text_column: str, 
     columns = rows.column_names or list(next(iter(rows)).keys())
     if text_column not in columns:
         raise UserError(f"dataset {name!r} has no column {text_column!r}; set data.dataset.text_column to one of {columns}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".part")
-    try:
-        with open(partial, "w", encoding="utf-8") as file:
+    with atomic_write(destination, "free disk space or choose a writable data folder with paths.data_dir=DIR") as file:
+        try:
             for index, row in enumerate(tqdm(rows, desc=f"export {name}:{split}", unit=" rows")):
-                file.write((joiner if index else "") + row[text_column])
-    except Exception as error:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"reading the dataset {name!r} failed ({type(error).__name__}: {error}); try again, "
-                        "or set data.path to local text files") from None
-    os.replace(partial, destination)
+                file.write(((joiner if index else "") + row[text_column]).encode("utf-8"))
+        except Exception as error:
+            raise UserError(f"reading the dataset {name!r} failed ({type(error).__name__}: {error}); try again, "
+                            "or set data.path to local text files") from None
     return [destination]
 
 

@@ -1,10 +1,16 @@
-from lmzoo.models.base import LanguageModel
-from lmzoo.models.bigram import Bigram
-from lmzoo.models.block_scaling import BlockScaling
-from lmzoo.models.gpt import GPT
-from lmzoo.models.gpt_rope import GPTRope
-from lmzoo.models.mlp import MLPLanguageModel
-from lmzoo.models.moa_moe import MoAMoE
-from lmzoo.models.moe import MoEGPT
+"""The zoo, as plain PyTorch: each architecture is an nn.Module built from its config dataclass."""
 
-__all__ = ["LanguageModel", "Bigram", "BlockScaling", "GPT", "GPTRope", "MLPLanguageModel", "MoAMoE", "MoEGPT"]
+from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts
+from lmzoo.models.bigram import Bigram, BigramConfig
+from lmzoo.models.block_scaling import BlockScaling, BlockScalingConfig
+from lmzoo.models.cache import KVCache
+from lmzoo.models.mlp import MLPConfig, MLPLanguageModel
+from lmzoo.models.moa_moe import MoAMoE, MoAMoEConfig
+from lmzoo.models.moe import MoEConfig, MoETransformer
+from lmzoo.models.transformer import GPT2_CHOICES, Transformer, TransformerConfig
+
+__all__ = [
+    "GPT2_CHOICES", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "KVCache",
+    "Bigram", "BigramConfig", "MLPLanguageModel", "MLPConfig", "Transformer", "TransformerConfig",
+    "BlockScaling", "BlockScalingConfig", "MoETransformer", "MoEConfig", "MoAMoE", "MoAMoEConfig",
+]

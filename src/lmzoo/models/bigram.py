@@ -1,17 +1,32 @@
 """Bigram: a vocab x vocab table whose row for token t holds the logits of the token after t."""
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from lmzoo.models.base import LanguageModel
+from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput
+from lmzoo.models.cache import KVCache
+
+
+@dataclasses.dataclass(kw_only=True)
+class BigramConfig(ModelConfig):
+    def build(self) -> "Bigram":
+        return Bigram(self)
 
 
 class Bigram(LanguageModel):
-    def __init__(self, vocab_size: int, optim: dict | None = None):
-        # It reads one token, so the sampler feeds it the last token only.
-        super().__init__(vocab_size, block_size=1, optim=optim)
-        self.logits = nn.Embedding(vocab_size, vocab_size)
+    config: BigramConfig
+
+    def __init__(self, config: BigramConfig):
+        super().__init__(config)
+        self.logits = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.zeros_(self.logits.weight)
 
-    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
-        return self.logits(idx)
+    @property
+    def block_size(self) -> int:
+        # It reads one token, so the sampler feeds it the last token only.
+        return 1
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+        return ModelOutput(self.logits(idx))

@@ -1,7 +1,32 @@
-"""OpenELM layer-wise scaling on the gpt_rope block: attention heads and FFN width grow linearly with depth."""
+"""OpenELM layer-wise scaling: attention heads and FFN width grow linearly with depth."""
 
-from lmzoo.models.blocks import MLP, Attention
-from lmzoo.models.transformer import Transformer
+import dataclasses
+
+from lmzoo.models.base import require
+from lmzoo.models.blocks import MLP, Attention, Rotary
+from lmzoo.models.transformer import HeadDimConfig, Transformer
+
+
+@dataclasses.dataclass(kw_only=True)
+class BlockScalingConfig(HeadDimConfig):
+    """Each layer's query heads and FFN width come from the multipliers; gqa_groups > 1 shares each
+    key/value head among that many query heads."""
+
+    # (first layer, last layer) multipliers of n_embd for the query width and the FFN width.
+    qkv_multipliers: tuple[float, float] = (0.5, 1.0)
+    ffn_multipliers: tuple[float, float] = (0.5, 4.0)
+    gqa_groups: int = 1
+    # Derived: the FFN multipliers replace it.
+    mlp_ratio: float = dataclasses.field(init=False, default=1.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.gqa_groups >= 1, "gqa_groups must be a positive integer", self.gqa_groups)
+        for name in ("qkv_multipliers", "ffn_multipliers"):
+            require(all(m > 0 for m in getattr(self, name)), f"{name} must be positive", getattr(self, name))
+
+    def build(self) -> "BlockScaling":
+        return BlockScaling(self)
 
 
 def make_divisible(value: float, divisor: int) -> int:
@@ -29,25 +54,22 @@ def layer_widths(n_layer: int, n_embd: int, head_dim: int, qkv_multipliers: tupl
 
 
 class BlockScaling(Transformer):
-    """gpt_rope (RoPE, RMSNorm, SwiGLU, no biases) with OpenELM's per-layer heads and FFN widths;
-    gqa_groups > 1 shares each key/value head among that many query heads."""
+    config: BlockScalingConfig
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 4, n_embd: int = 128, head_dim: int = 32,
-                 qkv_multipliers: tuple[float, float] = (0.5, 1.0), ffn_multipliers: tuple[float, float] = (0.5, 4.0),
-                 gqa_groups: int = 1, dropout: float = 0.0, rope_base: float = 10000.0, tie_embeddings: bool = True,
-                 pad_vocab_to: int = 64, optim: dict | None = None):
-        if n_embd % head_dim:
-            raise ValueError(f"n_embd {n_embd} must be divisible by head_dim {head_dim}")
-        widths = layer_widths(n_layer, n_embd, head_dim, tuple(qkv_multipliers), tuple(ffn_multipliers), gqa_groups)
-        super().__init__(
-            vocab_size, block_size, n_layer, n_embd // head_dim, n_embd, dropout=dropout, bias=False,
-            positions="rope", norm="rmsnorm", rope_base=rope_base, tie_embeddings=tie_embeddings,
-            pad_vocab_to=pad_vocab_to, optim=optim,
-            make_attention=lambda layer, rotary: Attention(
-                n_embd, widths[layer][0], head_dim, widths[layer][1], bias=False, dropout=dropout, rotary=rotary),
-            make_mlp=lambda layer: MLP(n_embd, widths[layer][2], "silu", gated=True, bias=False, dropout=dropout),
-        )
-        self.widths = widths
+    def __init__(self, config: BlockScalingConfig):
+        c = config
+        self.widths = layer_widths(c.n_layer, c.n_embd, c.head_dim, tuple(c.qkv_multipliers),
+                                   tuple(c.ffn_multipliers), c.gqa_groups)
+        super().__init__(config)
+
+    def attention(self, layer: int, rotary: Rotary | None) -> Attention:
+        c = self.config
+        n_head, n_kv_head, _ = self.widths[layer]
+        return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary)
+
+    def feed_forward(self, layer: int) -> MLP:
+        c = self.config
+        return MLP(c.n_embd, self.widths[layer][2], c.activation, c.gated_mlp, c.bias, c.dropout)
 
     def describe(self) -> list[str]:
         rows = [f"{layer:>5} {q:>7} {kv:>8} {ffn:>9}" for layer, (q, kv, ffn) in enumerate(self.widths)]

@@ -1,21 +1,29 @@
 """The building blocks every architecture shares: one norm, one MLP, one attention, one block.
 
 Parameter names follow Hugging Face GPT-2 (c_attn, c_proj, c_fc, ln_1, ln_2) so weights map across.
+
+A block's sublayers share two call signatures: attention is `attn(x, cache, layer, routing)` and the
+feed-forward layer `mlp(x, routing)`. `routing` collects what routed sublayers decided in this forward
+pass (see lmzoo.models.routing); dense sublayers ignore it.
 """
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmzoo.models.cache import KVCache
+
+if TYPE_CHECKING:
+    from lmzoo.models.routing import RoutingLog
+
+NORMS = ("layernorm", "rmsnorm")
+
 
 def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, bias=bias)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-5)
-    raise ValueError(f"unknown norm {kind!r}; use layernorm or rmsnorm")
+    return nn.LayerNorm(dim, bias=bias) if kind == "layernorm" else nn.RMSNorm(dim, eps=1e-5)
 
 
 ACTIVATIONS = {
@@ -38,7 +46,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor, routing: "RoutingLog | None" = None) -> torch.Tensor:
         h = self.c_fc(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
@@ -67,24 +75,6 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to the model's context."""
-
-    def __init__(self, n_layer: int, batch_size: int, n_kv_heads: list[int], head_dim: int, capacity: int,
-                 device, dtype):
-        self.keys = [torch.zeros(batch_size, h, capacity, head_dim, device=device, dtype=dtype) for h in n_kv_heads]
-        self.values = [torch.zeros_like(k) for k in self.keys]
-        self.capacity = capacity
-        self.position = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v for `layer`; return all keys and values so far."""
-        end = self.position + k.size(-2)
-        self.keys[layer][:, :, self.position : end] = k
-        self.values[layer][:, :, self.position : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads, optional RoPE, and an optional KV cache."""
 
@@ -99,7 +89,8 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                routing: "RoutingLog | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -144,9 +135,10 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                routing: "RoutingLog | None" = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, routing)
+        return x + self.mlp(self.ln_2(x), routing)
 
 
 def init_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:

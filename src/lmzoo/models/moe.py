@@ -1,21 +1,45 @@
-"""gpt_rope with every feed-forward layer a sparse mixture of experts (Switch / Mixtral style)."""
+"""A transformer whose every feed-forward layer is a sparse mixture of experts (Switch / Mixtral style)."""
 
-from lmzoo.models.routing import MoE, SparseTransformer
+import dataclasses
+
+from lmzoo.models.base import require
+from lmzoo.models.routing import MoE
+from lmzoo.models.transformer import Transformer, TransformerConfig
 
 
-class MoEGPT(SparseTransformer):
-    """Each expert is a SwiGLU MLP of width mlp_ratio * n_embd; a token uses top_k of n_experts."""
+@dataclasses.dataclass(kw_only=True)
+class MoEConfig(TransformerConfig):
+    """Each expert is an MLP of width mlp_ratio * n_embd, and a token uses top_k of n_experts."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-                 n_kv_head: int | None = None, n_experts: int = 4, top_k: int = 2, mlp_ratio: float = 8 / 3,
-                 capacity_factor: float | None = None, balance_weight: float = 0.01, z_weight: float = 0.001,
-                 dropout: float = 0.0, rope_base: float = 10000.0, tie_embeddings: bool = True,
-                 pad_vocab_to: int = 64, optim: dict | None = None):
-        hidden = int(mlp_ratio * n_embd)
-        super().__init__(
-            vocab_size, block_size, n_layer, n_head, n_embd, n_kv_head=n_kv_head, dropout=dropout, bias=False,
-            positions="rope", norm="rmsnorm", rope_base=rope_base, tie_embeddings=tie_embeddings,
-            pad_vocab_to=pad_vocab_to, optim=optim,
-            make_mlp=lambda layer: MoE(n_embd, hidden, n_experts, top_k, capacity_factor, balance_weight, z_weight,
-                                       dropout=dropout),
-        )
+    n_experts: int = 4
+    top_k: int = 2
+    # An expert takes at most capacity_factor * tokens * top_k / n_experts tokens per batch; null: no limit.
+    capacity_factor: float | None = None
+    # Weights of the Switch load-balancing loss and the router z-loss, added to the training loss.
+    balance_weight: float = 0.01
+    z_weight: float = 0.001
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.n_experts >= 1, "n_experts must be a positive integer", self.n_experts)
+        require(1 <= self.top_k <= self.n_experts, f"top_k must lie in 1..n_experts ({self.n_experts})", self.top_k)
+        require(self.capacity_factor is None or self.capacity_factor > 0, "capacity_factor must be positive or null",
+                self.capacity_factor)
+        require(self.balance_weight >= 0, "balance_weight must be >= 0", self.balance_weight)
+        require(self.z_weight >= 0, "z_weight must be >= 0", self.z_weight)
+
+    def build(self) -> "MoETransformer":
+        return MoETransformer(self)
+
+
+class MoETransformer(Transformer):
+    config: MoEConfig
+    lora_targets = {
+        **Transformer.lora_targets,
+        "mlp": ("transformer.h.*.mlp.experts.*.c_fc", "transformer.h.*.mlp.experts.*.c_proj"),
+    }
+
+    def feed_forward(self, layer: int) -> MoE:
+        c = self.config
+        return MoE(f"{layer}.mlp", c.n_embd, int(c.mlp_ratio * c.n_embd), c.n_experts, c.top_k, c.capacity_factor,
+                   c.balance_weight, c.z_weight, c.activation, c.gated_mlp, c.bias, c.dropout)

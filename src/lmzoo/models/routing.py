@@ -2,50 +2,72 @@
 grouped dispatch that runs each expert on its own tokens only, and an MoE feed-forward layer."""
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.models.blocks import MLP
-from lmzoo.models.transformer import Transformer
+
+
+class Routing(NamedTuple):
+    """A router's decision for N tokens: weights and expert ids (N, top_k); in training also its auxiliary
+    loss and the share of assignments each expert received (n_experts,); None in evaluation."""
+
+    weights: torch.Tensor
+    experts: torch.Tensor
+    aux_loss: torch.Tensor | None
+    load: torch.Tensor | None
+
+
+class RoutingLog:
+    """What the routers of one forward pass decided, gathered for the model's output: the sum of their
+    auxiliary losses, and each router's expert load by the name of its layer (`0.mlp`, `0.attn`, ...)."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.load: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, routing: Routing) -> None:
+        if routing.aux_loss is not None:
+            self.losses.append(routing.aux_loss)
+            self.load[name] = routing.load
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        return torch.stack(self.losses).sum() if self.losses else None
 
 
 class Router(nn.Module):
     """Picks the top_k experts per token, with softmax weights renormalized over the chosen ones.
 
-    In training it records `aux_loss`: the Switch Transformer load-balancing loss (n_experts times the
-    dot product of each expert's share of assignments and its mean router probability; 1 when
-    balanced) times `balance_weight`, plus the router z-loss (mean squared logsumexp of the logits)
-    times `z_weight`; and `expert_fraction`, the share of assignments each expert received.
+    Its auxiliary loss (training only) is the Switch Transformer load-balancing loss (n_experts times the
+    dot product of each expert's share of assignments and its mean router probability; 1 when balanced)
+    times `balance_weight`, plus the router z-loss (mean squared logsumexp of the logits) times `z_weight`.
     """
 
     def __init__(self, dim: int, n_experts: int, top_k: int, balance_weight: float = 0.01, z_weight: float = 0.001):
         super().__init__()
-        if not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be within 1..n_experts ({n_experts}), got {top_k}")
         self.n_experts, self.top_k = n_experts, top_k
         self.balance_weight, self.z_weight = balance_weight, z_weight
         self.gate = nn.Linear(dim, n_experts, bias=False)
-        self.aux_loss: torch.Tensor | None = None
-        self.expert_fraction: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights and expert ids, both (N, top_k), for tokens x of shape (N, dim)."""
+    def forward(self, x: torch.Tensor) -> Routing:
+        """The routing of tokens x of shape (N, dim)."""
         logits = self.gate(x).float()
         probs = logits.softmax(dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        if self.training:
-            fraction = F.one_hot(experts, self.n_experts).flatten(0, 1).float().mean(dim=0)
-            balance = self.n_experts * (fraction * probs.mean(dim=0)).sum()
-            z_loss = torch.logsumexp(logits, dim=-1).square().mean()
-            self.aux_loss = self.balance_weight * balance + self.z_weight * z_loss
-            self.expert_fraction = fraction.detach()
-        return weights.to(x.dtype), experts
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        if not self.training:
+            return Routing(weights, experts, None, None)
+        load = F.one_hot(experts, self.n_experts).flatten(0, 1).float().mean(dim=0)
+        balance = self.n_experts * (load * probs.mean(dim=0)).sum()
+        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        return Routing(weights, experts, self.balance_weight * balance + self.z_weight * z_loss, load.detach())
 
 
-def run_experts(experts: nn.ModuleList, inputs: torch.Tensor, expert_ids: torch.Tensor,
+def run_experts(experts: nn.ModuleList | list[nn.Module], inputs: torch.Tensor, expert_ids: torch.Tensor,
                 capacity: int | None = None) -> torch.Tensor:
     """Each expert applied to the rows routed to it, in one batch per expert.
 
@@ -68,29 +90,18 @@ def run_experts(experts: nn.ModuleList, inputs: torch.Tensor, expert_ids: torch.
     return result.index_copy(0, torch.cat(slots), outputs).view(*expert_ids.shape, -1)
 
 
-class MoE(nn.Module):
-    """Sparse feed-forward: a router sends each token to top_k expert MLPs and mixes their outputs.
+class RoutedLayer(nn.Module):
+    """A layer whose router sends each token to `top_k` of its `experts`; `name` labels its routing.
 
-    With a `capacity_factor`, an expert takes at most capacity_factor * tokens * top_k / n_experts
-    tokens of a batch; the rest skip it (the residual stream carries them on).
+    Only the chosen experts' parameters are active for a token.
     """
 
-    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int, capacity_factor: float | None = None,
-                 balance_weight: float = 0.01, z_weight: float = 0.001, activation: str = "silu",
-                 gated: bool = True, bias: bool = False, dropout: float = 0.0):
-        super().__init__()
-        self.router = Router(dim, n_experts, top_k, balance_weight, z_weight)
-        self.experts = nn.ModuleList(MLP(dim, hidden, activation, gated, bias, dropout) for _ in range(n_experts))
-        self.capacity_factor = capacity_factor
+    router: Router
+    experts: nn.ModuleList
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.size(-1))
-        weights, experts = self.router(flat)
-        capacity = None
-        if self.capacity_factor is not None:
-            capacity = math.ceil(self.capacity_factor * flat.size(0) * self.router.top_k / self.router.n_experts)
-        mixed = (run_experts(self.experts, flat, experts, capacity) * weights[..., None]).sum(dim=1)
-        return mixed.view_as(x)
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
 
     def inactive_parameters(self) -> int:
         """Parameters a token does not use: those of the experts it is not routed to."""
@@ -98,25 +109,28 @@ class MoE(nn.Module):
         return (self.router.n_experts - self.router.top_k) * per_expert
 
 
-class SparseTransformer(Transformer):
-    """A Transformer whose layers route tokens: adds the routers' auxiliary losses to training,
-    logs each router's expert usage, and counts the parameters active per token."""
+class MoE(RoutedLayer):
+    """Sparse feed-forward: a router sends each token to top_k expert MLPs and mixes their outputs.
 
-    def routers(self) -> list[tuple[str, Router]]:
-        return [(name, module) for name, module in self.named_modules() if isinstance(module, Router)]
+    With a `capacity_factor`, an expert takes at most capacity_factor * tokens * top_k / n_experts
+    tokens of a batch; the rest skip it (the residual stream carries them on).
+    """
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        losses = [router.aux_loss for _, router in self.routers() if router.aux_loss is not None]
-        return torch.stack(losses).sum() if losses else None
+    def __init__(self, name: str, dim: int, hidden: int, n_experts: int, top_k: int,
+                 capacity_factor: float | None = None, balance_weight: float = 0.01, z_weight: float = 0.001,
+                 activation: str = "silu", gated: bool = True, bias: bool = False, dropout: float = 0.0):
+        super().__init__(name)
+        self.router = Router(dim, n_experts, top_k, balance_weight, z_weight)
+        self.experts = nn.ModuleList(MLP(dim, hidden, activation, gated, bias, dropout) for _ in range(n_experts))
+        self.capacity_factor = capacity_factor
 
-    def log_routing(self) -> None:
-        for name, router in self.routers():
-            if router.expert_fraction is not None:
-                prefix = "experts/" + name.removeprefix("transformer.h.").removesuffix(".router")
-                for expert, fraction in enumerate(router.expert_fraction.tolist()):
-                    self.log(f"{prefix}/{expert}", fraction)
-
-    def parameter_counts(self) -> tuple[int, int]:
-        total, _ = super().parameter_counts()
-        inactive = sum(m.inactive_parameters() for m in self.modules() if hasattr(m, "inactive_parameters"))
-        return total, total - inactive
+    def forward(self, x: torch.Tensor, routing: RoutingLog | None = None) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        decision = self.router(flat)
+        if routing is not None:
+            routing.record(self.name, decision)
+        capacity = None
+        if self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * flat.size(0) * self.router.top_k / self.router.n_experts)
+        mixed = (run_experts(self.experts, flat, decision.experts, capacity) * decision.weights[..., None]).sum(dim=1)
+        return mixed.view_as(x)

@@ -1,12 +1,91 @@
-"""A decoder-only transformer assembled from the shared blocks; GPT-2 and modern GPT differ only in choices."""
+"""A decoder-only transformer assembled from the shared blocks. GPT-2 and a modern GPT are the same class
+with different choices (conf/model/gpt.yaml and gpt_rope.yaml); architectures that vary the layers
+subclass it and override `attention(layer, rotary)` or `feed_forward(layer)`, and their configs extend
+its config."""
 
-from collections.abc import Callable
+import dataclasses
 
 import torch
 from torch import nn
 
-from lmzoo.models.base import LanguageModel
-from lmzoo.models.blocks import MLP, Attention, Block, KVCache, Rotary, init_weights, make_norm
+from lmzoo.errors import check_field_types
+from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts, require
+from lmzoo.models.blocks import ACTIVATIONS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
+from lmzoo.models.cache import KVCache
+from lmzoo.models.routing import RoutedLayer, RoutingLog
+
+POSITIONS = ("learned", "rope")
+
+
+# GPT-2's choices, where the defaults below are a modern GPT's (gpt_rope: RoPE, RMSNorm, SwiGLU, no biases).
+GPT2_CHOICES = dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False, mlp_ratio=4.0, bias=True)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TransformerConfig(ModelConfig):
+    """A decoder-only transformer. The defaults make it a modern GPT (conf/model/gpt_rope.yaml);
+    `TransformerConfig(..., **GPT2_CHOICES)` is GPT-2 (conf/model/gpt.yaml)."""
+
+    block_size: int
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    # Key/value heads (grouped-query attention); null: as many as query heads.
+    n_kv_head: int | None = None
+    # Feed-forward width over n_embd; SwiGLU's 8/3 keeps the parameters of a 4x GELU MLP.
+    mlp_ratio: float = 8 / 3
+    dropout: float = 0.0
+    bias: bool = False
+    positions: str = "rope"
+    norm: str = "rmsnorm"
+    activation: str = "silu"
+    # A GLU feed-forward (SwiGLU with silu): act(gate) * up.
+    gated_mlp: bool = True
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    # The embedding table and head are padded to a multiple of this for fast matmuls.
+    pad_vocab_to: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.block_size >= 1, "block_size must be a positive integer", self.block_size)
+        require(self.n_layer >= 1, "n_layer must be a positive integer", self.n_layer)
+        require(self.n_head >= 1, "n_head must be a positive integer", self.n_head)
+        require(self.n_embd >= 1 and self.n_embd % self.n_head == 0,
+                f"n_embd must be a positive multiple of n_head ({self.n_head})", self.n_embd)
+        require(self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
+                f"n_kv_head must divide n_head ({self.n_head}), or be null", self.n_kv_head)
+        require(self.mlp_ratio > 0, "mlp_ratio must be positive", self.mlp_ratio)
+        require(0 <= self.dropout < 1, "dropout must lie in [0, 1)", self.dropout)
+        require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}", self.positions)
+        require(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}", self.norm)
+        require(self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}", self.activation)
+        require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
+        require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def build(self) -> "Transformer":
+        return Transformer(self)
+
+
+@dataclasses.dataclass(kw_only=True)
+class HeadDimConfig(TransformerConfig):
+    """For architectures whose attention is sized by head_dim and decides its own heads per layer:
+    n_head follows from n_embd / head_dim (it sets the rotary size), n_kv_head is not used."""
+
+    head_dim: int = 32
+    n_head: int = dataclasses.field(init=False, default=1)
+    n_kv_head: int | None = dataclasses.field(init=False, default=None)
+
+    def __post_init__(self):
+        check_field_types(self, "model")
+        require(self.head_dim >= 1 and self.n_embd % self.head_dim == 0,
+                f"n_embd must be a positive multiple of head_dim ({self.head_dim})", self.n_embd)
+        self.n_head = self.n_embd // self.head_dim
+        super().__post_init__()
 
 
 def padded(vocab_size: int, multiple: int) -> int:
@@ -14,66 +93,54 @@ def padded(vocab_size: int, multiple: int) -> int:
 
 
 class Transformer(LanguageModel):
-    """Token embedding (+ learned positions or RoPE), a stack of blocks, a final norm and the LM head.
+    """Token embedding (+ learned positions or RoPE), a stack of pre-norm blocks, a final norm and the LM head.
 
-    The embedding table is padded to a multiple of `pad_vocab_to` for fast matmuls; the
-    padded logits are cut off, so they never reach the loss or the sampler.
-
-    Architectures that vary the layers pass `make_attention(layer, rotary)` or `make_mlp(layer)`,
-    which build layer `layer`'s attention or feed-forward module in place of the uniform ones.
+    The padded logits past the true vocabulary are cut off, so they never reach the loss or the sampler.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        block_size: int,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        n_kv_head: int | None = None,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
-        bias: bool = True,
-        positions: str = "learned",
-        norm: str = "layernorm",
-        activation: str = "gelu",
-        gated_mlp: bool = False,
-        rope_base: float = 10000.0,
-        tie_embeddings: bool = True,
-        pad_vocab_to: int = 64,
-        optim: dict | None = None,
-        make_attention: Callable[[int, Rotary | None], nn.Module] | None = None,
-        make_mlp: Callable[[int], nn.Module] | None = None,
-    ):
-        super().__init__(vocab_size, block_size, optim)
-        if n_embd % n_head:
-            raise ValueError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
-        head_dim = n_embd // n_head
-        hidden = int(mlp_ratio * n_embd)
-        rotary = Rotary(head_dim, block_size, rope_base) if positions == "rope" else None
-        make_attention = make_attention or (
-            lambda layer, rotary: Attention(n_embd, n_head, head_dim, n_kv_head, bias, dropout, rotary))
-        make_mlp = make_mlp or (lambda layer: MLP(n_embd, hidden, activation, gated_mlp, bias, dropout))
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(padded(vocab_size, pad_vocab_to), n_embd),
-            drop=nn.Dropout(dropout),
-            h=nn.ModuleList(
-                Block(make_attention(layer, rotary), make_mlp(layer), make_norm(norm, n_embd, bias),
-                      make_norm(norm, n_embd, bias))
-                for layer in range(n_layer)
-            ),
-            ln_f=make_norm(norm, n_embd, bias),
-        ))
-        if positions == "learned":
-            self.transformer["wpe"] = nn.Embedding(block_size, n_embd)
-        elif positions != "rope":
-            raise ValueError(f"unknown positions {positions!r}; use learned or rope")
-        self.lm_head = nn.Linear(n_embd, padded(vocab_size, pad_vocab_to), bias=False)
-        if tie_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
-        init_weights(self, n_layer)
+    config: TransformerConfig
+    lora_targets = {
+        "qkv": ("transformer.h.*.attn.c_attn",),
+        "proj": ("transformer.h.*.attn.c_proj",),
+        "mlp": ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj"),
+    }
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        c = config
+        rotary = Rotary(c.head_dim, c.block_size, c.rope_base) if c.positions == "rope" else None
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(padded(c.vocab_size, c.pad_vocab_to), c.n_embd),
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList(
+                Block(self.attention(layer, rotary), self.feed_forward(layer), make_norm(c.norm, c.n_embd, c.bias),
+                      make_norm(c.norm, c.n_embd, c.bias))
+                for layer in range(c.n_layer)
+            ),
+            ln_f=make_norm(c.norm, c.n_embd, c.bias),
+        ))
+        if c.positions == "learned":
+            self.transformer["wpe"] = nn.Embedding(c.block_size, c.n_embd)
+        self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size, c.pad_vocab_to), bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        init_weights(self, c.n_layer)
+
+    def attention(self, layer: int, rotary: Rotary | None) -> nn.Module:
+        """Layer `layer`'s attention; the config's uniform one unless a subclass varies it."""
+        c = self.config
+        return Attention(c.n_embd, c.n_head, c.head_dim, c.n_kv_head, c.bias, c.dropout, rotary)
+
+    def feed_forward(self, layer: int) -> nn.Module:
+        """Layer `layer`'s feed-forward module; the config's uniform MLP unless a subclass varies it."""
+        c = self.config
+        return MLP(c.n_embd, int(c.mlp_ratio * c.n_embd), c.activation, c.gated_mlp, c.bias, c.dropout)
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
         start = cache.position if cache else 0
         if start + idx.size(1) > self.block_size:
             raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {self.block_size}")
@@ -81,15 +148,16 @@ class Transformer(LanguageModel):
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
         x = self.transformer.drop(x)
+        routing = RoutingLog()
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
-        if cache is not None:
-            cache.position += idx.size(1)
-        return self.lm_head(self.transformer.ln_f(x))[..., : self.vocab_size]
+            x = block(x, cache, layer, routing)
+        logits = self.lm_head(self.transformer.ln_f(x))[..., : self.vocab_size]
+        return ModelOutput(logits, routing.aux_loss, routing.load)
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        attns = [block.attn for block in self.transformer.h]
-        return KVCache(
-            len(attns), batch_size, [a.n_kv_head for a in attns], attns[0].head_dim, self.block_size,
-            self.lm_head.weight.device, self.lm_head.weight.dtype,
-        )
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.transformer.h), self.block_size)
+
+    def parameter_counts(self) -> ParameterCounts:
+        total, _ = super().parameter_counts()
+        inactive = sum(m.inactive_parameters() for m in self.modules() if isinstance(m, RoutedLayer))
+        return ParameterCounts(total, total - inactive)

@@ -1,0 +1,44 @@
+"""lmzoo's training checkpoints: Lightning's checkpoint file with the lmzoo record under "lmzoo".
+
+The model's weights sit in the state dict under the prefix "model." (the Lightning module holds the
+model as `.model`); lmzoo 0.1 wrote them without it.
+"""
+
+from pathlib import Path
+
+import torch
+
+from lmzoo.checkpoints.record import check_readable, upgrade_record
+from lmzoo.errors import UserError
+
+PREFIX = "model."
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file, upgraded in memory to this release's layout."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist; pass a .ckpt file from a run's checkpoints/, "
+                        "a folder written by python -m lmzoo.export, or hf:NAME")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated") from None
+    if not isinstance(checkpoint, dict) or "lmzoo" not in checkpoint:
+        raise UserError(f"{path} is not an lmzoo checkpoint; pass one written by python -m lmzoo.train")
+    check_readable(checkpoint["lmzoo"].get("version", "unknown"), path)
+    upgrade_checkpoint(checkpoint)
+    return checkpoint
+
+
+def upgrade_checkpoint(checkpoint: dict) -> None:
+    """Bring a checkpoint of lmzoo 0.1 to this release's layout, in place (also as Lightning resumes it)."""
+    if "target" in checkpoint["lmzoo"]:
+        checkpoint["state_dict"] = {PREFIX + name: tensor for name, tensor in checkpoint["state_dict"].items()}
+    checkpoint["lmzoo"] = upgrade_record(checkpoint["lmzoo"])
+
+
+def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The model's own state dict, as `LanguageModel.load_state_dict` takes it."""
+    return {name.removeprefix(PREFIX): tensor for name, tensor in checkpoint["state_dict"].items()
+            if name.startswith(PREFIX)}

@@ -1,0 +1,26 @@
+"""python -m lmzoo.describe ckpt=PATH: the model card and every hyper-parameter a checkpoint holds."""
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmzoo.checkpoints.load import load_model, model_card
+from lmzoo.cli.hydra_command import hydra_command
+
+
+@hydra_command("describe")
+def main(cfg: DictConfig) -> None:
+    print(describe(cfg.ckpt), end="")
+
+
+def describe(ckpt: str) -> str:
+    """The model card, then the checkpoint's architecture, hyper-parameters and training record as YAML."""
+    model, _, info = load_model(ckpt)
+    record = {
+        "architecture": info["architecture"],
+        "hyper_parameters": info["config"],
+        "optim": info.get("optim"),
+        "tokenizer": info["tokenizer"],
+        "global_step": info["global_step"],
+        "best_val_loss": info["best_val_loss"],
+        "lmzoo_version": info.get("version"),
+    }
+    return model_card(model, info) + "\n" + OmegaConf.to_yaml(record)

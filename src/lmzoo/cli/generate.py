@@ -1,0 +1,125 @@
+"""python -m lmzoo.generate ckpt=PATH [prompt=...|prompt=@FILE|prompt=[A,B]] [--out FILE.jsonl] [controls ...]"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lmzoo.checkpoints.load import load_model, model_card
+from lmzoo.cli.hydra_command import hydra_command
+from lmzoo.errors import UserError
+from lmzoo.files import write_atomically
+from lmzoo.inference.sampling import SamplingSettings, complete
+
+SEPARATOR = "\n---------------\n"
+
+
+@hydra_command("generate")
+def run(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+def sampling_settings(cfg: DictConfig) -> SamplingSettings:
+    """The sampling keys of the generate config, checked."""
+    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop_at_eot", "kv_cache")
+    values = OmegaConf.to_container(cfg, resolve=True)
+    return SamplingSettings(**{key: values[key] for key in keys}, stop=stop_strings(cfg.stop))
+
+
+def sample(cfg: DictConfig) -> None:
+    """Sample as configured: stream the samples to stdout, or write them to cfg.out as JSON lines."""
+    settings = sampling_settings(cfg)
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples must be >= 1, got {cfg.num_samples}")
+    prompts = [read_prompt(p) for p in (cfg.prompt if isinstance(cfg.prompt, ListConfig) else [cfg.prompt])]
+    rows = [(prompt, index) for prompt in prompts for index in range(cfg.num_samples)]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    model, tokenizer, info = load_model(cfg.ckpt, device)
+    print(model_card(model, info), file=sys.stderr)
+    pieces = complete(model, tokenizer, [prompt for prompt, _ in rows], settings,
+                      generator=torch.Generator(device).manual_seed(cfg.seed))
+    if cfg.out is None:
+        printer = InOrder([prompt for prompt, _ in rows])
+        for row, piece, reason in pieces:
+            printer.write(row, piece, reason is not None)
+        print()
+        return
+    texts, reasons = [""] * len(rows), [None] * len(rows)
+    for row, piece, reason in pieces:
+        texts[row] += piece
+        reasons[row] = reason
+    records = [
+        {"prompt": prompt, "sample": index, "completion": text, "stop_reason": reason}
+        for (prompt, index), text, reason in zip(rows, texts, reasons)
+    ]
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomically(Path(cfg.out), payload.encode("utf-8"), "choose a writable path with out=FILE.jsonl")
+    print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
+
+
+def stop_strings(stop: str | ListConfig) -> tuple[str, ...]:
+    """The stop strings; `\\n` in one stands for a newline, which is awkward to type on a command line."""
+    return tuple(text.replace("\\n", "\n") for text in ([stop] if isinstance(stop, str) else stop))
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text; `@FILE` stands for the contents of FILE."""
+    if not prompt.startswith("@"):
+        return prompt
+    path = Path(prompt[1:]).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompt file {str(path)!r} does not exist; pass prompt=@PATH to a text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"prompt file {str(path)!r} is not UTF-8 (byte {error.start}); convert it, "
+                        "for example with iconv") from None
+    if not text:
+        raise UserError(f"prompt file {str(path)!r} is empty; write a prompt into it, or pass prompt='' "
+                        "to sample from nothing")
+    return text
+
+
+class InOrder:
+    """Prints samples one after another as they are generated together: the sample on screen streams
+    as its tokens arrive, and the text of later ones waits until their turn."""
+
+    def __init__(self, prompts: list[str]):
+        self.prompts = prompts
+        self.waiting = [""] * len(prompts)
+        self.ended = [False] * len(prompts)
+        self.current = -1
+
+    def write(self, row: int, piece: str, ended: bool) -> None:
+        self.waiting[row] += piece
+        self.ended[row] |= ended
+        while self.current < len(self.prompts):
+            if self.current >= 0:
+                sys.stdout.write(self.waiting[self.current])
+                self.waiting[self.current] = ""
+                if not self.ended[self.current]:
+                    break
+            self.current += 1
+            if self.current < len(self.prompts):
+                sys.stdout.write((SEPARATOR if self.current else "") + self.prompts[self.current])
+        sys.stdout.flush()
+
+
+def main() -> None:
+    """Entry point: `--out FILE` is accepted as well as Hydra's `out=FILE`."""
+    sys.argv = [sys.argv[0], *out_flag_as_override(sys.argv[1:])]
+    run()
+
+
+def out_flag_as_override(args: list[str]) -> list[str]:
+    result = []
+    for arg in args:
+        if result and result[-1] == "--out":
+            result[-1] = f"out={arg}"
+        elif arg.startswith("--out="):
+            result.append("out=" + arg.removeprefix("--out="))
+        else:
+            result.append(arg)
+    return result

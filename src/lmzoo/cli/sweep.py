@@ -1,0 +1,33 @@
+"""The Hydra callback of sweeps (`python -m lmzoo.train -m ...`): after every job, failed ones included,
+the comparison table of the sweep so far, written to SWEEP_DIR/comparison.md and printed."""
+
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lmzoo.reports.compare import SUMMARY, TABLE, compare, write_summary
+
+
+def failure(job_return: JobReturn) -> str:
+    """'failed: ' and the first line of the error at the root of a failed job (under Hydra's wrapping)."""
+    # The public return_value re-raises the job's exception; the sweep raises it once every job has run.
+    error = job_return._return_value
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"failed: {type(error).__name__}: {error}".splitlines()[0]
+
+
+class SweepComparison(Callback):
+    """After each sweep job, records a failed job's error as its summary and prints the updated table."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        run_dir = Path(config.hydra.runtime.output_dir)
+        if job_return.status == JobStatus.FAILED and not (run_dir / SUMMARY).is_file():
+            write_summary(run_dir, {"status": failure(job_return)})
+        sweep_dir = Path(config.hydra.sweep.dir)
+        print(f"\nComparison so far ({sweep_dir / TABLE}):\n{compare(sweep_dir)}\n")

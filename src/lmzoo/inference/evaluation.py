@@ -1,0 +1,68 @@
+"""Loss, perplexity and bits per byte of a model on a whole validation split.
+
+Every token of the split but the first is predicted exactly once, from non-overlapping windows of
+the model's context taken in order, so the numbers are the same every time.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmzoo.data import DataConfig, prepare
+from lmzoo.data.tokenizer import describe_tokenizer
+from lmzoo.data.windows import open_tokens, window_batch
+from lmzoo.errors import UserError
+from lmzoo.models import LanguageModel
+
+
+def bits_per_byte(nats_per_token, tokens_per_byte: float):
+    """Loss in bits per byte of the original text: one scale for char, BPE and any other tokenizer."""
+    return nats_per_token / math.log(2) * tokens_per_byte
+
+
+@torch.no_grad()
+def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int) -> tuple[float, int]:
+    """Mean cross-entropy in nats over every token of `tokens` but the first, and how many that is."""
+    block_size = model.block_size
+    full = (len(tokens) - 1) // block_size
+    offsets = np.arange(full) * block_size
+    batches = [(offsets[i : i + batch_size], block_size) for i in range(0, full, batch_size)]
+    rest = len(tokens) - 1 - full * block_size
+    if rest:
+        batches.append((np.array([full * block_size]), rest))
+    total = torch.zeros((), dtype=torch.float64)
+    for batch_offsets, length in batches:
+        x, y = (t.to(model.device) for t in window_batch(tokens, batch_offsets, length))
+        logits = model(x).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").double().cpu()
+    return total.item() / (len(tokens) - 1), len(tokens) - 1
+
+
+def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int) -> dict:
+    """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
+    meta = prepare(data)
+    if meta["tokenizer"] != tokenizer_spec:
+        raise UserError(
+            f"data set {data.name!r} is tokenized differently from the checkpoint; "
+            f"evaluate on data the model was trained with ({describe_tokenizer(tokenizer_spec)})"
+        )
+    val = meta["splits"]["val"]
+    loss, predicted = split_loss(model, open_tokens(data.data_dir / "val.bin", meta["dtype"]), batch_size)
+    return {
+        "data": data.name,
+        "split": "val",
+        "tokens": predicted,
+        "bytes": val["bytes"],
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": bits_per_byte(loss, val["tokens"] / val["bytes"]),
+    }
+
+
+def table(result: dict) -> str:
+    header = f"{'data':<20} {'split':<6} {'tokens':>12} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}"
+    row = (f"{result['data']:<20} {result['split']:<6} {result['tokens']:>12,} {result['loss']:>8.4f} "
+           f"{result['perplexity']:>11.3f} {result['bits_per_byte']:>10.4f}")
+    return f"{header}\n{row}"

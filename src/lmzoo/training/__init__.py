@@ -1,0 +1,1 @@
+"""Training: the Lightning module that wraps any model, its data, optimizer, callbacks and run."""

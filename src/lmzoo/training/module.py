@@ -1,0 +1,150 @@
+"""LitLM: the one LightningModule, wrapping any model of the zoo.
+
+It owns what training adds to a model: the loss, the training and validation steps, the optimizer and
+schedule, logging, non-finite handling, RNG capture and the checkpoint schema. The model stays a plain
+`LanguageModel` (lmzoo.models.base holds the contract between the two).
+"""
+
+import random
+import warnings
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelSummary
+
+from lmzoo import __version__
+from lmzoo.checkpoints.ckpt import upgrade_checkpoint
+from lmzoo.checkpoints.record import architecture_record
+from lmzoo.errors import UserError
+from lmzoo.inference.evaluation import bits_per_byte
+from lmzoo.models import LanguageModel, ModelOutput
+from lmzoo.training.optim import OptimConfig, configure_adamw
+
+# Lightning 2.6 builds a torch LeafSpec, which torch 2.13 deprecates, on every step of its loops.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+class LitLM(L.LightningModule):
+    def __init__(self, model: LanguageModel, optim: OptimConfig, tokenizer: dict, val_tokens_per_byte: float | None = None,
+                 skip_nonfinite: bool = False, finetune: dict | None = None, provenance: dict | None = None):
+        """`tokenizer` is the data's tokenizer spec, saved with every checkpoint. `finetune` describes how the
+        model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}); such a model's
+        checkpoints hold only its trainable weights. `provenance` is the run's config, version and commit."""
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.tokenizer = tokenizer
+        self.val_tokens_per_byte = val_tokens_per_byte
+        self.skip_nonfinite = skip_nonfinite
+        self.finetune = finetune
+        self.provenance = provenance
+        self.best_val_loss = float("inf")
+        self.nonfinite_skips = 0
+        # A fine-tuned model's checkpoints hold only the adapters, loaded over the base built before.
+        self.strict_loading = finetune is None
+
+    def forward(self, idx: torch.Tensor) -> ModelOutput:
+        return self.model(idx)
+
+    def cross_entropy(self, batch) -> tuple[torch.Tensor, ModelOutput]:
+        x, y = batch
+        output = self.model(x)
+        logits = output.logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1)), output
+
+    def training_step(self, batch, batch_idx):
+        loss, output = self.cross_entropy(batch)
+        # train/loss stays the cross-entropy, comparable with val/loss and across models.
+        self.log("train/loss", loss, prog_bar=True)
+        if output.aux_loss is not None:
+            self.log("train/aux_loss", output.aux_loss)
+            loss = loss + output.aux_loss
+        # The rest only on the steps whose metrics Lightning writes to the logger: each self.log call
+        # costs time, and expert loads a device sync.
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("lr", self.lr_schedulers().get_last_lr()[0])
+            for name, load in output.expert_load.items():
+                for expert, share in enumerate(load.tolist()):
+                    self.log(f"experts/{name}/{expert}", share)
+        # None skips the optimizer step.
+        return loss if self.loss_is_finite(loss) else None
+
+    def loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """False when this update must be skipped; stops the run on a non-finite loss unless told to skip."""
+        # All ranks decide together: DDP hangs if one rank skips a step the others take.
+        if not self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            return True
+        if not self.skip_nonfinite:
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            kept = f"; the best checkpoint {best} is intact" if best else ""
+            raise UserError(f"loss is {loss.item()} at step {self.trainer.global_step}; lower optim.lr or pass "
+                            f"trainer.skip_nonfinite=true to skip such updates{kept}")
+        self.nonfinite_skips += 1
+        self.log("train/nonfinite_skips", float(self.nonfinite_skips))
+        return False
+
+    def validation_step(self, batch, batch_idx):
+        loss, _ = self.cross_entropy(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
+        if self.val_tokens_per_byte:
+            bpb = bits_per_byte(loss, self.val_tokens_per_byte)
+            self.log("val/bpb", bpb, sync_dist=True, batch_size=batch[0].size(0))
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        val_loss = self.trainer.callback_metrics["val/loss"].item()
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.log("val/loss_best", self.best_val_loss, sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        # Lightning logs these after setup, so they reach TensorBoard's HPARAMS.
+        total, active = self.model.parameter_counts()
+        self.save_hyperparameters({"model": architecture_record(self.model), "optim": vars(self.optim),
+                                   "parameters": total, "active_parameters": active})
+
+    def on_fit_start(self):
+        if self.trainer.is_global_zero and any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
+            print("\n".join(self.model.describe()))
+
+    def configure_optimizers(self):
+        return configure_adamw(self.model, self.optim, self.device)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["lmzoo"] = {
+            "version": __version__,
+            **architecture_record(self.model),
+            "optim": vars(self.optim),
+            "tokenizer": self.tokenizer,
+            "best_val_loss": self.best_val_loss,
+            "rng": capture_rng(),
+            "finetune": self.finetune,
+            "run": self.provenance,
+        }
+        if self.finetune:
+            trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint):
+        # Lightning loads the state dict after this hook, so a checkpoint of lmzoo 0.1 is upgraded first.
+        upgrade_checkpoint(checkpoint)
+        info = checkpoint["lmzoo"]
+        self.best_val_loss = info["best_val_loss"]
+        restore_rng(info["rng"])
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

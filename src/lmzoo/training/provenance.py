@@ -1,0 +1,34 @@
+"""What a run was: its resolved config, the lmzoo version and the git commit of the code that ran it."""
+
+import json
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmzoo import __version__
+from lmzoo.files import write_atomically
+
+
+def provenance(cfg: DictConfig) -> dict:
+    return {"version": __version__, "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def git_commit() -> str | None:
+    """The commit of lmzoo's source, with `-dirty` when it has changes; None outside a git checkout."""
+    source = Path(__file__).parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if changes.stdout.strip() else "")
+
+
+def write_provenance(record: dict, folder: str | Path) -> None:
+    payload = json.dumps(record, indent=2, default=str) + "\n"
+    write_atomically(Path(folder) / "provenance.json", payload.encode("utf-8"),
+                     "choose a writable run folder with hydra.run.dir=PATH")

@@ -1,0 +1,78 @@
+"""What the tests share: paths, tiny configs and models, and running the commands as a user does."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from lmzoo.models import GPT2_CHOICES, BigramConfig, BlockScalingConfig, MLPConfig, MoAMoEConfig, MoEConfig, TransformerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+FIXTURES = REPO / "tests" / "fixtures"
+
+TINY = [
+    "trainer=debug",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "block_size=32",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "sample_tokens=0",
+]
+
+V = 70
+# The zoo, tiny, on a vocabulary of V tokens; attention models read 24 tokens.
+ZOO = {
+    "bigram": lambda: BigramConfig(vocab_size=V),
+    "mlp": lambda: MLPConfig(vocab_size=V, context=4, n_embd=8, hidden=16),
+    "gpt": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, **GPT2_CHOICES),
+    "gpt_rope": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32),
+    "block_scaling": lambda: BlockScalingConfig(vocab_size=V, block_size=24, n_layer=3, n_embd=32, head_dim=8,
+                                                gqa_groups=2),
+    "moe": lambda: MoEConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=2),
+    "moa_moe": lambda: MoAMoEConfig(vocab_size=V, block_size=24, n_layer=2, n_embd=32, head_dim=8, n_att_experts=4,
+                                    k_att=2),
+}
+ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+
+
+def make(name: str, seed: int = 0):
+    """A tiny model of the zoo, seeded."""
+    torch.manual_seed(seed)
+    return ZOO[name]().build()
+
+
+def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):
+    """The real train config with tiny, offline overrides, writing under tmp_path."""
+    base = [f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'run'}"]
+    return compose_config("train", *base, *(TINY if tiny else []), *overrides)
+
+
+def compose_config(name: str, *overrides: str):
+    with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def run(*args, cwd, check=True, env=None):
+    """`python -m ARGS` in a subprocess, as a user types it."""
+    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def prepare_at(data_dir: Path, tokenizer: dict, **source):
+    """lmzoo.data.prepare into `data_dir` (downloads beside it, in its parent's downloads/), quietly; the
+    splits need only 3 tokens unless `block_size` is given."""
+    from lmzoo.data import DataConfig, prepare
+
+    config = DataConfig(name=data_dir.name, root=str(data_dir.parent), tokenizer=tokenizer,
+                        **{"block_size": 1, **source})
+    return prepare(config, progress=False)

@@ -1,0 +1,87 @@
+"""Checkpoints written by lmzoo 0.1.0 (tests/fixtures/v0.1, see its README) load, sample, evaluate and resume."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from helpers import FIXTURES, SHAKESPEARE, compose_config, compose_train
+
+from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.cli.evaluate import evaluate_checkpoint
+from lmzoo.data import CharTokenizer
+from lmzoo.inference.sampling import SamplingSettings, sample_text
+from lmzoo.training.run import train
+
+LEGACY = FIXTURES / "v0.1"
+RECORDED = json.loads((LEGACY / "checkpoints.json").read_text())
+# Two steps more than the fixtures were trained for.
+RESUME = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0",
+          "trainer.max_steps=6", "trainer.val_check_interval=2"]
+KINDS = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+
+
+def recorded_logits_match(model, name):
+    torch.manual_seed(0)
+    idx = torch.randint(0, 65, (1, 16))
+    with torch.no_grad():
+        logits = model(idx).logits
+    assert logits.double().sum().item() == pytest.approx(RECORDED[name]["logits_sum"], abs=1e-4)
+    assert logits[0, -1, :4].tolist() == pytest.approx(RECORDED[name]["logits_00"], abs=1e-6)
+
+
+@pytest.fixture
+def lora_checkpoint(tmp_path):
+    """The LoRA fixture, pointed at the gpt fixture as its base (it names the folder it was written in)."""
+    checkpoint = torch.load(LEGACY / "gpt_lora.ckpt", weights_only=False)
+    checkpoint["lmzoo"]["finetune"]["base"] = str(LEGACY / "gpt.ckpt")
+    torch.save(checkpoint, tmp_path / "gpt_lora.ckpt")
+    return tmp_path / "gpt_lora.ckpt"
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_a_0_1_checkpoint_loads_to_its_logits_and_samples(name):
+    model, tokenizer, info = load_model(LEGACY / f"{name}.ckpt")
+    recorded_logits_match(model, name)
+    assert info["global_step"] == 4 and info["version"] == "0.1.0" and math.isfinite(info["best_val_loss"])
+    text = sample_text(model, tokenizer, "ROMEO:", SamplingSettings(max_new_tokens=30, temperature=0))
+    assert len(text) == 30 and set(text) <= set(tokenizer.chars)
+
+
+def test_a_0_1_lora_checkpoint_and_a_0_1_folder_load_to_their_logits(lora_checkpoint):
+    model, _, info = load_model(lora_checkpoint)
+    recorded_logits_match(model, "gpt_lora")
+    assert info["finetune"]["targets"] == ["qkv", "proj", "mlp"]
+    folder, _, _ = load_model(LEGACY / "moe_folder")
+    recorded_logits_match(folder, "moe_folder")
+
+
+@pytest.mark.parametrize("name", ["mlp", "moa_moe"])
+def test_a_0_1_checkpoint_evaluates(tmp_path, name):
+    shutil.copy(LEGACY / f"{name}.ckpt", tmp_path / "last.ckpt")
+    result = evaluate_checkpoint(compose_config("evaluate", f"ckpt={tmp_path / 'last.ckpt'}", "data=shakespeare_char",
+                                                f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}"))
+    # The whole split gives about what the run's validation windows gave.
+    assert result["loss"] == pytest.approx(read_checkpoint(tmp_path / "last.ckpt")["lmzoo"]["best_val_loss"], abs=0.05)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_a_0_1_checkpoint_resumes_and_is_saved_in_the_current_layout(tmp_path, name):
+    shutil.copy(LEGACY / f"{name}.ckpt", tmp_path / "old.ckpt")
+    result = train(compose_train(tmp_path, *RESUME, *RECORDED[name]["overrides"], f"ckpt_path={tmp_path / 'old.ckpt'}",
+                                 tiny=False))
+    assert result["steps"] == 6
+    resumed = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 6 and resumed["lmzoo"]["version"] != "0.1.0"
+    old = read_checkpoint(tmp_path / "old.ckpt")
+    assert resumed["state_dict"].keys() == old["state_dict"].keys()
+    assert any(not torch.equal(resumed["state_dict"][k], v) for k, v in old["state_dict"].items())
+
+
+def test_a_0_1_lora_checkpoint_resumes(tmp_path, lora_checkpoint):
+    result = train(compose_train(tmp_path, *RESUME, *RECORDED["gpt_lora"]["overrides"], f"init_from={LEGACY / 'gpt.ckpt'}",
+                                 f"ckpt_path={lora_checkpoint}", tiny=False))
+    assert result["steps"] == 6
+    model, tokenizer, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert isinstance(tokenizer, CharTokenizer) and any("lora_" in name for name, _ in model.named_parameters())
