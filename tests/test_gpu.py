@@ -180,7 +180,8 @@ def test_fsdp_on_one_gpu_trains_and_its_checkpoint_loads_samples_and_evaluates_o
     decay = checkpoint["optimizer_states"][0]["param_groups"][0]
     assert decay["weight_decay"] > 0 and decay["params"]
     model, tokenizer, _ = load_model(last, device="cpu")
-    text = sample_text(model, tokenizer, "ROMEO:", SamplingSettings(max_new_tokens=20), torch.Generator().manual_seed(0))
+    settings = SamplingSettings(max_new_tokens=20)
+    text = sample_text(model, tokenizer, "ROMEO:", settings, torch.Generator().manual_seed(0))
     assert len(text) == 20
     run("lmzoo.evaluate", f"ckpt={last}", "device=cpu", cwd=tmp_path)
     (evaluation,) = last.parent.glob("last.eval.*.json")

@@ -70,7 +70,8 @@ class MixtureOfAttention(RoutedLayer):
         k, v = self.c_kv(x).view(B, T, 1, 2 * self.head_dim).transpose(1, 2).chunk(2, dim=-1)
         y = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B * T, self.k_att, self.head_dim)
-        out = (self.dispatch([e.c_proj for e in self.experts], y, decision.experts) * decision.weights[..., None]).sum(dim=1)
+        out = self.dispatch([e.c_proj for e in self.experts], y, decision.experts)
+        out = (out * decision.weights[..., None]).sum(dim=1)
         return self.resid_dropout(out.view_as(x))
 
 
