@@ -15,6 +15,7 @@ from helpers import ATTENTION, V, ZOO, assert_same_weights, compose_train, compo
 from helpers.fault_injection import fault
 from helpers.recording import StepRecorder
 from lightning.pytorch.plugins.precision import MixedPrecision
+from torch._dynamo.utils import counters
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.inference.sampling import SamplingSettings, generate, sample_text
@@ -55,10 +56,10 @@ def test_every_zoo_model_trains_on_cuda_with_a_falling_finite_loss(tmp_path, nam
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_fp16_gradient_scaler_and_skip_nonfinite_each_skip_their_own_steps(tmp_path, nan_loss_at_steps, device):
     """Every step is exactly one of: an update, a NaN loss skipped by skip_nonfinite, or an overflow the scaler
-    skipped (halving its scale). The scaler starts from a huge scale, so the first steps overflow. Lightning runs
-    fp16 on CUDA only; the scaler works the same on CPU, where it stands in for CUDA's."""
+    skipped (halving its scale). The scaler starts from a huge scale, so the first steps (about 7) overflow.
+    Lightning runs fp16 on CUDA only; the scaler works the same on CPU, where it stands in for CUDA's."""
     nan_loss_at_steps(3, 7)
-    datamodule, lit, trainer = build(compose_train(tmp_path, "trainer.max_steps=12", "trainer.val_check_interval=6",
+    datamodule, lit, trainer = build(compose_train(tmp_path, "trainer.max_steps=16", "trainer.val_check_interval=8",
                                                    f"trainer.accelerator={device}", "trainer.skip_nonfinite=true"))
     scaler = torch.amp.GradScaler(device, init_scale=2.0**24)
     trainer.strategy.precision_plugin = MixedPrecision("16-mixed", device, scaler)
@@ -66,7 +67,7 @@ def test_fp16_gradient_scaler_and_skip_nonfinite_each_skip_their_own_steps(tmp_p
 
     overflows = math.log2(2.0**24 / scaler.get_scale())
     updates = int(trainer.optimizers[0].state[next(lit.model.parameters())]["step"])
-    assert trainer.global_step == 12 and lit.nonfinite_skips == 2
+    assert trainer.global_step == 16 and lit.nonfinite_skips == 2
     assert overflows >= 1 and updates >= 1
     assert updates + lit.nonfinite_skips + overflows == trainer.global_step
     assert all(torch.isfinite(p).all() for p in lit.model.parameters())
@@ -98,6 +99,7 @@ def test_compiled_training_settles_after_the_first_steps(tmp_path, monkeypatch, 
     # Past the limit Dynamo would silently leave a frame uncompiled: make that an error.
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     torch._dynamo.reset()
+    counters.clear()
     precision = "bf16-mixed" if device == "cuda" else "32-true"
     try:
         _, trainer, recorder = fit(compose_zoo(tmp_path, name, *STEPS, "compile=true", f"trainer.accelerator={device}",
