@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 # The shared data folder sits beside the repository; the text is never copied into it.
-TINYSHAKESPEARE = REPO.parent / "shared/data/tinyshakespeare.txt"
+SHARED = REPO.parent / "shared"
+TINYSHAKESPEARE = SHARED / "data/tinyshakespeare.txt"
 
 # nanoGPT's documented CPU run (README, "I only have a macbook"): a baby GPT on shakespeare_char.
 NANOGPT_CPU = [
@@ -29,17 +30,19 @@ NANOGPT_CPU = [
 ]
 
 
+def compose_train(overrides: list[str]):
+    """The checkout's `train` config with `overrides`."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
 def train_config(workdir: Path, overrides: list[str]):
     """The `train` config with data and outputs under `workdir`, nanoGPT's CPU settings, then `overrides`."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"data.path={TINYSHAKESPEARE}",
-                f"paths.data_dir={workdir / 'data'}",
-                f"paths.output_dir={workdir / 'run'}",
-                "sample_tokens=0",
-                *NANOGPT_CPU,
-                *overrides,
-            ],
-        )
+    return compose_train([
+        f"data.path={TINYSHAKESPEARE}",
+        f"paths.data_dir={workdir / 'data'}",
+        f"paths.output_dir={workdir / 'run'}",
+        "sample_tokens=0",
+        *NANOGPT_CPU,
+        *overrides,
+    ])

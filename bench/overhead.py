@@ -58,7 +58,9 @@ def lightning_run(cfg):
 
 
 def bare_run(cfg):
-    datamodule, lit, _ = build(cfg)
+    datamodule, lit, trainer = build(cfg)
+    # configure_optimizers reads the Trainer's precision and clipping.
+    lit.trainer = trainer
     model = lit.model
     optim = lit.configure_optimizers()
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]

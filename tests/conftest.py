@@ -16,3 +16,33 @@ os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken-cache")
 def shared_files_present():
     if not SHAKESPEARE.is_file():
         pytest.exit(f"{SHAKESPEARE} is missing: the tests read data from ../shared beside the repository")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need CUDA: without it they are skipped (select them with -m gpu on a GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture
+def nan_loss_at_steps(monkeypatch):
+    """The loss of the batches at the given steps becomes NaN, as after a bad batch."""
+    from lmzoo.training.module import LitLM
+
+    def inject(*steps):
+        cross_entropy = LitLM.cross_entropy
+
+        def poisoned(self, batch):
+            value, output = cross_entropy(self, batch)
+            if self.training and self.trainer.global_step in steps:
+                value = value * float("nan")
+            return value, output
+
+        monkeypatch.setattr(LitLM, "cross_entropy", poisoned)
+
+    return inject

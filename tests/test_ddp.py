@@ -1,12 +1,8 @@
 """Lightning DDP on 2 CPU processes (gloo) trains exactly as one process with the same global batch."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from helpers import REPO, SHAKESPEARE, TINY, compose_train
+from helpers import compose_train, train_process
 
 from lmzoo.checkpoints import read_checkpoint
 from lmzoo.training.run import train
@@ -16,11 +12,8 @@ RUN = ["trainer.max_steps=6", "trainer.val_check_interval=3", "optim.warmup_step
 
 
 def run_ddp(tmp_path, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmzoo.train", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
-               f"hydra.run.dir={tmp_path / 'run'}", *TINY, *RUN, "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2", "data.batch_size=4", "data.val_batches=2", *overrides]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return train_process(tmp_path, *RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                         "data.batch_size=4", "data.val_batches=2", *overrides)
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):

@@ -1,13 +1,9 @@
 """Faults really happen here: training runs in a subprocess that gets SIGKILL, SIGTERM or SIGINT at a
 chosen moment, then resumes with resume=auto; it must end bit-identical to an uninterrupted run."""
 
-import os
-import subprocess
-import sys
-
 import pytest
-import torch
-from helpers import REPO, SHAKESPEARE, TINY, compose_train
+from helpers import assert_same_weights, compose_train, train_process
+from helpers.fault_injection import fault
 
 from lmzoo.checkpoints import read_checkpoint
 from lmzoo.training.run import train
@@ -18,15 +14,7 @@ RUN = ["trainer.max_steps=16", "trainer.val_check_interval=5", "model.dropout=0.
 
 
 def run_cli(tmp_path, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmzoo.train", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
-               f"hydra.run.dir={tmp_path / 'run'}", *TINY, *RUN, *overrides]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
-def fault(step, where="batch", signal="SIGKILL"):
-    return ["+callbacks.fault._target_=helpers.fault_injection.SignalAt", f"+callbacks.fault.step={step}",
-            f"+callbacks.fault.where={where}", f"+callbacks.fault.signal={signal}", "resume=auto"]
+    return train_process(tmp_path, *RUN, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +22,6 @@ def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("straight")
     train(compose_train(folder, *RUN))
     return read_checkpoint(folder / "run" / "checkpoints" / "last.ckpt")
-
-
-def assert_same_weights(path, expected):
-    actual = read_checkpoint(path)
-    assert actual["global_step"] == expected["global_step"]
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(actual["state_dict"][name], tensor), name
 
 
 def test_kill_9_anywhere_then_resume_auto_ends_bit_identical(tmp_path, uninterrupted):

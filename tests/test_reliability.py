@@ -12,28 +12,9 @@ from lmzoo import __version__
 from lmzoo.checkpoints import read_checkpoint
 from lmzoo.errors import UserError
 from lmzoo.training import checkpoint_io
-from lmzoo.training.module import LitLM
 from lmzoo.training.run import build, train
 
 RUN = ["trainer.max_steps=12", "trainer.val_check_interval=5"]
-
-
-@pytest.fixture
-def nan_loss_at_steps(monkeypatch):
-    """The loss of the batches at the given steps becomes NaN, as after a bad batch."""
-
-    def inject(*steps):
-        cross_entropy = LitLM.cross_entropy
-
-        def poisoned(self, batch):
-            value, output = cross_entropy(self, batch)
-            if self.training and self.trainer.global_step in steps:
-                value = value * float("nan")
-            return value, output
-
-        monkeypatch.setattr(LitLM, "cross_entropy", poisoned)
-
-    return inject
 
 
 def test_non_finite_loss_stops_with_one_line_naming_the_step_and_keeps_the_best_checkpoint(tmp_path, nan_loss_at_steps):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ATTENTION, V, ZOO, compose_train, make
+from helpers import ATTENTION, TINY_WIDTHS, V, ZOO, compose_train, make
 from torch import nn
 
 from lmzoo.checkpoints import load_model, read_checkpoint
@@ -14,16 +14,6 @@ from lmzoo.models.block_scaling import layer_widths
 from lmzoo.models.routing import MoE, Router
 from lmzoo.training.run import build, train
 
-# The real configs, shrunk; bigram and mlp have no widths to shrink.
-TINY_WIDTHS = {
-    "mlp": ["model.n_embd=8", "model.hidden=16"],
-    "gpt": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "gpt_rope": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "block_scaling": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8"],
-    "moe": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "moa_moe": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8", "model.n_att_experts=4",
-                "model.k_att=2"],
-}
 TINY_RUN = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
             "trainer.val_check_interval=4", "block_size=16", "sample_tokens=0"]
 

@@ -11,20 +11,20 @@ from hydra import compose, initialize_config_module
 from lmzoo.models import GPT2_CHOICES, BigramConfig, BlockScalingConfig, MLPConfig, MoAMoEConfig, MoEConfig, TransformerConfig
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+# The shared data folder beside the repository; LMZOO_SHARED names another (a GPU machine gets a copy of it).
+SHARED = Path(os.environ.get("LMZOO_SHARED", REPO.parent / "shared"))
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 FIXTURES = REPO / "tests" / "fixtures"
 
-TINY = [
+# A quiet smoke run of any model; TINY adds the widths of a tiny gpt_rope (the default model).
+SMOKE = [
     "trainer=debug",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "block_size=32",
-    "model.n_layer=2",
-    "model.n_head=2",
-    "model.n_embd=32",
     "sample_tokens=0",
 ]
+TINY = [*SMOKE, "model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
 
 V = 70
 # The zoo, tiny, on a vocabulary of V tokens; attention models read 24 tokens.
@@ -40,6 +40,16 @@ ZOO = {
                                     k_att=2),
 }
 ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+# The real model configs (conf/model/), shrunk; bigram and mlp have no widths to shrink.
+TINY_WIDTHS = {
+    "mlp": ["model.n_embd=8", "model.hidden=16"],
+    "gpt": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "gpt_rope": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "block_scaling": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8"],
+    "moe": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "moa_moe": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8", "model.n_att_experts=4",
+                "model.k_att=2"],
+}
 
 
 def make(name: str, seed: int = 0):
@@ -54,9 +64,34 @@ def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):
     return compose_config("train", *base, *(TINY if tiny else []), *overrides)
 
 
+def compose_zoo(tmp_path: Path, name: str, *overrides: str):
+    """The real train config of zoo model `name`, tiny (TINY_WIDTHS), as compose_train writes it."""
+    return compose_train(tmp_path, f"model={name}", *SMOKE, *TINY_WIDTHS.get(name, []), *overrides, tiny=False)
+
+
 def compose_config(name: str, *overrides: str):
     with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
         return compose(config_name=name, overrides=list(overrides))
+
+
+def train_process(tmp_path: Path, *overrides: str, timeout: float = 300):
+    """`python -m lmzoo.train` with the tiny offline settings in a subprocess, its run folder tmp_path/run;
+    test-only callbacks (helpers.fault_injection) can be added to it from the command line."""
+    path = [str(REPO / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lmzoo.train", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
+               f"hydra.run.dir={tmp_path / 'run'}", *TINY, *overrides]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_weights(path: Path, expected: dict) -> None:
+    """The checkpoint at `path` holds exactly the step and weights of the checkpoint `expected`."""
+    from lmzoo.checkpoints import read_checkpoint
+
+    actual = read_checkpoint(path)
+    assert actual["global_step"] == expected["global_step"]
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][name], tensor), name
 
 
 def run(*args, cwd, check=True, env=None):

@@ -43,3 +43,7 @@ class SignalAt(L.Callback):
         torch.save = save_half_then_signal
 
 
+def fault(step: int, where: str = "batch", signal: str = "SIGKILL") -> list[str]:
+    """The overrides that add SignalAt to a run resumed with resume=auto."""
+    return ["+callbacks.fault._target_=helpers.fault_injection.SignalAt", f"+callbacks.fault.step={step}",
+            f"+callbacks.fault.where={where}", f"+callbacks.fault.signal={signal}", "resume=auto"]

@@ -9,7 +9,7 @@ from lmzoo.models.base import require
 from lmzoo.models.blocks import Rotary, causal_attention
 from lmzoo.models.cache import KVCache
 from lmzoo.models.moe import MoEConfig, MoETransformer
-from lmzoo.models.routing import RoutedLayer, Router, RoutingLog, run_experts
+from lmzoo.models.routing import RoutedLayer, Router, RoutingLog
 from lmzoo.models.transformer import HeadDimConfig
 
 
@@ -65,12 +65,13 @@ class MixtureOfAttention(RoutedLayer):
         decision = self.router(flat)
         if routing is not None:
             routing.record(self.name, decision)
-        q = run_experts([e.c_q for e in self.experts], flat, decision.experts)
+        q = self.dispatch([e.c_q for e in self.experts], flat, decision.experts)
         q = q.view(B, T, self.k_att, self.head_dim).transpose(1, 2)
         k, v = self.c_kv(x).view(B, T, 1, 2 * self.head_dim).transpose(1, 2).chunk(2, dim=-1)
         y = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B * T, self.k_att, self.head_dim)
-        out = (run_experts([e.c_proj for e in self.experts], y, decision.experts) * decision.weights[..., None]).sum(dim=1)
+        out = self.dispatch([e.c_proj for e in self.experts], y, decision.experts)
+        out = (out * decision.weights[..., None]).sum(dim=1)
         return self.resid_dropout(out.view_as(x))
 
 

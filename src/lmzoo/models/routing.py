@@ -102,6 +102,14 @@ class RoutedLayer(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.name = name
+        # How the layer runs its experts on their tokens: run_experts, kept eager under torch.compile.
+        self.dispatch = run_experts
+
+    def keep_dispatch_eager(self) -> None:
+        """For torch.compile. Which rows reach which expert depends on the data, so a compiled dispatch builds a
+        graph for each new count of tokens per expert, for each call site (MoA's queries and outputs and the MoE
+        FFN share run_experts), until Dynamo's recompile limit. It runs eagerly between the compiled parts."""
+        self.dispatch = torch.compiler.disable(run_experts)
 
     def inactive_parameters(self) -> int:
         """Parameters a token does not use: those of the experts it is not routed to."""
@@ -132,5 +140,5 @@ class MoE(RoutedLayer):
         capacity = None
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * flat.size(0) * self.router.top_k / self.router.n_experts)
-        mixed = (run_experts(self.experts, flat, decision.experts, capacity) * decision.weights[..., None]).sum(dim=1)
+        mixed = (self.dispatch(self.experts, flat, decision.experts, capacity) * decision.weights[..., None]).sum(dim=1)
         return mixed.view_as(x)

@@ -154,6 +154,13 @@ class Transformer(LanguageModel):
         logits = self.lm_head(self.transformer.ln_f(x))[..., : self.vocab_size]
         return ModelOutput(logits, routing.aux_loss, routing.load)
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the forward in place; routed layers keep their token dispatch eager."""
+        for module in self.modules():
+            if isinstance(module, RoutedLayer):
+                module.keep_dispatch_eager()
+        super().compile(*args, **kwargs)
+
     def new_cache(self) -> KVCache:
         return KVCache(len(self.transformer.h), self.block_size)
 

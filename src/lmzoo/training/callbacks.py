@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 
 class TokensPerSecond(L.Callback):
@@ -42,6 +43,20 @@ class TokensPerSecond(L.Callback):
         # global_step has already counted this step here; log on the steps the logger writes.
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log("tokens_per_sec", self.rate, prog_bar=True)
+
+
+class PeakMemory(L.Callback):
+    """Logs `perf/max_memory_gb`: the most GPU memory allocated during a training batch (forward, backward
+    and, on the batch that ends a step, the optimizer), in GB (10^9 bytes). Does nothing off CUDA."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Logged on the steps the logger writes, as tokens_per_sec; reading the peak does not sync the device.
+        if pl_module.device.type == "cuda" and trainer.global_step % trainer.log_every_n_steps == 0:
+            pl_module.log("perf/max_memory_gb", torch.cuda.max_memory_allocated(pl_module.device) / 1e9)
 
 
 class SaveOnSignal(L.Callback):

@@ -110,7 +110,10 @@ class LitLM(L.LightningModule):
             print("\n".join(self.model.describe()))
 
     def configure_optimizers(self):
-        return configure_adamw(self.model, self.optim, self.device)
+        # fp16 mixed precision scales the loss; Lightning unscales the gradients before it clips them.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        return configure_adamw(self.model, self.optim, self.device,
+                               clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lmzoo"] = {

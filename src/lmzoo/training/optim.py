@@ -42,15 +42,22 @@ class WarmupCosine:
         return self.floor + 0.5 * (1.0 - self.floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def configure_adamw(model: torch.nn.Module, config: OptimConfig, device: torch.device):
-    """AdamW (fused on CUDA) plus a per-step warmup-cosine scheduler, in Lightning's return format."""
+def configure_adamw(model: torch.nn.Module, config: OptimConfig, device: torch.device,
+                    clips_scaled_gradients: bool = False):
+    """AdamW (fused on CUDA) plus a per-step warmup-cosine scheduler, in Lightning's return format.
+
+    A fused AdamW unscales fp16 gradients inside its own step, after clipping would have seen them still
+    scaled, so Lightning refuses it under a gradient scaler with clipping (`clips_scaled_gradients`): that
+    case takes PyTorch's default implementation instead.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=device.type == "cuda"
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        fused=device.type == "cuda" and not clips_scaled_gradients,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

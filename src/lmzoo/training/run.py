@@ -62,7 +62,8 @@ def check_resumable(ckpt_path: str, tokenizer_spec: dict) -> None:
 
 
 def build(cfg: DictConfig) -> tuple[TokenDataModule, LitLM, L.Trainer]:
-    """The datamodule (prepared), the model wrapped for training, and the Trainer a config describes."""
+    """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer
+    a config describes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
@@ -76,6 +77,9 @@ def build(cfg: DictConfig) -> tuple[TokenDataModule, LitLM, L.Trainer]:
         model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all").build()
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg))
+    if cfg.compile:
+        # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
+        model.compile()
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         write_provenance(lit.provenance, cfg.paths.output_dir)
@@ -100,9 +104,6 @@ def train(cfg: DictConfig) -> dict:
     datamodule, lit, trainer = build(cfg)
     if ckpt_path:
         check_resumable(ckpt_path, datamodule.meta["tokenizer"])
-    if cfg.compile:
-        # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
-        lit.model.compile()
     started = time.perf_counter()
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
