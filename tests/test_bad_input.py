@@ -107,7 +107,9 @@ CASES = [
      []),
     ("train", [*TRAIN, "trainer.devices=0"], "Lightning refuses the trainer settings: `Trainer(devices=0)`", []),
     pytest.param("train", [*TRAIN, "trainer.accelerator=gpu"], "trainer.accelerator=gpu needs a CUDA GPU", [],
-                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here")),
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"), id="train:trainer.accelerator=gpu"),
+    ("train", [*TRAIN, "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience must be an integer "
+     ">= 0", []),
     ("train", [*TRAIN, "trainer.precision=16-true"], "trainer.precision=16-true has no loss scaling and overflows", []),
     # train: the data
     ("train", [*TRAIN, "data.batch_size=-1"], "data.batch_size must be positive", []),
@@ -190,7 +192,7 @@ CASES = [
     ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/adir"], "prompt file '{tmp}/adir' is a folder; pass prompt=@PATH", []),
     ("generate", ["ckpt={ckpt}", "device=tpu9"], "device='tpu9' is not a device; use auto, cpu, cuda or cuda:N", []),
     pytest.param("generate", ["ckpt={ckpt}", "device=cuda"], "device=cuda needs a CUDA GPU, and torch sees none", [],
-                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here")),
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"), id="generate:device=cuda"),
     ("generate", ["ckpt={ckpt}", "out={tmp}/adir"], "out={tmp}/adir is a folder; pass a file to write", []),
     ("generate", ["ckpt={ckpt}", "max_new_tokens=2", "out={unwritable}/samples.jsonl"],
      "cannot write {unwritable}/samples.jsonl", []),

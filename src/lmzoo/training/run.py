@@ -88,6 +88,14 @@ def check_trainer(trainer: dict) -> None:
                         "use trainer.accelerator=auto (or cpu)")
 
 
+def check_callbacks(callbacks: dict) -> None:
+    """Refuse callback settings Lightning takes as they come and trips over mid-run."""
+    patience = (callbacks.get("early_stopping") or {}).get("patience", 0)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise UserError(f"callbacks.early_stopping.patience must be an integer >= 0 (validation checks without "
+                        f"improvement before stopping), got {patience!r}")
+
+
 def as_list(value):
     """Tuples as lists: a config read from a checkpoint and one from the command line hold sequences either way."""
     return list(value) if isinstance(value, tuple) else value
@@ -126,9 +134,10 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
     if kept:
         theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
         asked = ", ".join(f"optim.{key}={vars(lit.optim)[key]}" for key in kept)
+        decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
+                 "optim.min_lr)") if "decay_steps" in kept else ""
         print(f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
-              f"command's {asked} (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay "
-              "run at optim.min_lr)", file=sys.stderr)
+              f"command's {asked}{decay}", file=sys.stderr)
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModule, LitLM, L.Trainer]:
@@ -178,6 +187,7 @@ def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     RunSettings.of(cfg)
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path)
     if cfg.compile:
