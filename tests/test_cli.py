@@ -1,7 +1,9 @@
 """The command lines as a user types them, each in a subprocess."""
 
 import pytest
-from helpers import SHAKESPEARE, TINY, run
+from helpers import SHAKESPEARE, TINY, compose_train, run
+
+from lmzoo.training.run import train
 
 
 def test_train_then_generate(tmp_path):
@@ -41,10 +43,9 @@ def test_sweep_runs_each_job_in_its_own_folder_whose_path_generate_takes_unquote
 
 def test_prompts_are_taken_as_typed(tmp_path):
     """Chinese, emoji, commas, '=' and quotes in a prompt, typed without quoting for Hydra (one argument each, as
-    the shell passes `prompt="Hello, world"`); a GPT-2 BPE model takes any text."""
-    run("lmzoo.train", *TINY, "data=shakespeare", f"data.path={SHAKESPEARE}", "hydra.run.dir=run",
-        "trainer.max_steps=2", "trainer.val_check_interval=2", cwd=tmp_path)
-    ckpt = "ckpt=run/checkpoints/best.ckpt"
+    the shell passes `prompt="Hello, world"`); a GPT-2 BPE model, trained here in-process, takes any text."""
+    best = train(compose_train(tmp_path, "data=shakespeare", "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    ckpt = f"ckpt={best['best_checkpoint']}"
     typed = "宝玉道 🙂 Hello, world: a=b 'it''s' \"quoted\" ${seed} \\n"
     out = run("lmzoo.generate", ckpt, f"prompt={typed}", "max_new_tokens=3", "temperature=0", cwd=tmp_path).stdout
     assert out.startswith(typed)
