@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import REPO, compose_train
-from gpu_data import NANOGPT_FILES, corpus_overrides
+from gpu_data import NANOGPT_FILES, corpus_bins, corpus_overrides
 from hydra.utils import instantiate
 from sampling import tokens_per_second
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -227,7 +227,8 @@ def timed_run(args, overrides: list[str], micro_batch: int, workdir: Path) -> li
     steps = args.warmup + args.steps
     return [*overrides, f"data.batch_size={micro_batch}", f"trainer.accumulate_grad_batches={accumulation}",
             f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps * accumulation + 1}",
-            "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "sample_tokens=0",
+            # A few timed steps: the schedule's warmup would outlast the run, which lmzoo refuses.
+            "optim.warmup_steps=0", "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "sample_tokens=0",
             f"paths.output_dir={workdir}"]
 
 
@@ -236,6 +237,7 @@ def eager_step_peak(overrides: list[str], micro_batch: int) -> float:
     with tempfile.TemporaryDirectory(prefix="lmzoo-gpu-probe-") as workdir:
         cfg = compose_train([*overrides, "compile=false", f"data.batch_size={micro_batch}", "data.num_workers=0",
                              "trainer.max_steps=1", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2",
+                             "optim.warmup_steps=0",
                              "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "sample_tokens=0",
                              "trainer.enable_progress_bar=false", f"paths.output_dir={workdir}"])
         try:
@@ -479,7 +481,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      "(bench/gpu_data.py --nanogpt copies one into .gpu-data/nanogpt)")
     for name in set(args.models) - {"gpt", *ZOO}:
         parser.error(f"--models takes gpt, {', '.join(ZOO)}; not {name}")
-    if args.data == "corpus" and not (args.data_dir / "corpus" / "meta.json").is_file():
+    if args.data == "corpus" and not (corpus_bins(args.data_dir) / "meta.json").is_file():
         parser.error(f"no prepared corpus in {args.data_dir}; run python bench/gpu_data.py first, "
                      "or pass --data random")
     if args.profile and not args.out:
@@ -501,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data_dir = Path(scratch)
             bins = write_random_tokens(args.data_dir)
         else:
-            bins = args.data_dir / "corpus"
+            bins = corpus_bins(args.data_dir)
         results = {"data": args.data, "torch": torch.__version__, "warmup": args.warmup, "steps": args.steps}
         if "nanogpt" in args.parts:
             results["gpt2"] = compare_with_nanogpt(args, bins)

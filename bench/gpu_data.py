@@ -5,7 +5,7 @@ no ../shared. Run it here, on CPU; the folder travels with the checkout (git ign
 
 Under OUT (default .gpu-data/ in the checkout):
 - corpus.txt: the shared corpora (tinyshakespeare, the TinyStories slice, 红楼梦), one after another;
-- corpus/: its GPT-2 tokens, prepared by lmzoo (train.bin and val.bin, flat uint16 token ids, which is nanoGPT's
+- corpus/gpt2/: its GPT-2 tokens, prepared by lmzoo (train.bin and val.bin, flat uint16 token ids, which is nanoGPT's
   format too, and meta.json), so lmzoo and nanoGPT read the same tokens and nothing is tokenized there;
 - shared/: what the tests read (LMZOO_SHARED=OUT/shared): data/tinyshakespeare.txt and the tiktoken cache;
 - nanogpt/: train.py, model.py and configurator.py of a nanoGPT checkout (--nanogpt DIR), nothing else of it;
@@ -33,6 +33,11 @@ MISSING_THERE = ["hydra-core", "omegaconf", "antlr4-python3-runtime"]
 def corpus_overrides(out: Path) -> list[str]:
     """The data settings of every lmzoo run on the corpus: prepared here, found complete there."""
     return ["data=text", "data.name=corpus", f"data.path={out / 'corpus.txt'}", f"paths.data_dir={out}"]
+
+
+def corpus_bins(out: Path) -> Path:
+    """The folder of the corpus's GPT-2 bins (lmzoo keeps each tokenizer's bins apart: DATA_DIR/NAME/TOKENIZER)."""
+    return instantiate(compose_train(corpus_overrides(out)).data, _convert_="all").data_dir
 
 
 def prepare_corpus(out: Path, shared: Path) -> dict:

@@ -1,98 +1,384 @@
-"""Every entry point refuses bad input with one line, no traceback, and leaves the user's files alone.
+"""Every entry point refuses bad input with one line, no traceback, exit status 2, and leaves the user's files
+alone: every checkpoint, bin, weights file and summary in the test's folder is byte-identical afterwards.
 
-Each row: the entry point, its arguments, a piece of the expected line, and the files that must stay
-unchanged. `{tmp}` stands for the test's folder, `{ckpt}` for a trained checkpoint.
+Each row: the entry point, its arguments, a piece of the expected line, and paths (relative to the test's
+folder) that must not come to exist. `{tmp}` stands for the test's folder, `{ckpt}` for a trained
+checkpoint, `{unwritable}` for a folder nothing can be written into. Each row runs the entry point's main()
+in this process, as the command line would.
 """
 
+import contextlib
 import hashlib
 import importlib
+import json
+import logging
+import os
+import shutil
+import struct
+import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 from helpers import SHAKESPEARE, TINY, compose_train
 
+from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.files import hold_folder
 from lmzoo.training.run import train
 
-TRAIN = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir={tmp}/run", *TINY]
+BASE = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir={tmp}/run", "trainer=debug",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "block_size=32", "sample_tokens=0"]
+TRAIN = [*BASE, "model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
 RESUME = [*TRAIN, "ckpt_path={ckpt}"]
+BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.head_dim=8"]
+MOE = [*TRAIN, "model=moe"]
+EVALUATE = ["ckpt={ckpt}", "paths.data_dir={tmp}/data"]
+PREPARE = ["paths.data_dir={tmp}/data"]
+NO_CUDA = not torch.cuda.is_available()
 
 CASES = [
-    # train
+    # train: the command line and the config
     ("train", [*TRAIN, "model.n_layr=2"], "model has no key n_layr (did you mean n_layer?)", []),
     ("train", [*TRAIN, "n_layer=2"], "the config has no key n_layer", []),
-    ("train", [*TRAIN, "block_size=many"], "block_size must be an integer", []),
     ("train", [*TRAIN, "model=transformer9"], "model=transformer9 is not an option; choose one of bigram,", []),
-    ("train", [*TRAIN, "model.n_layer=abc"], "model.n_layer must be an integer, got 'abc'", []),
-    ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)",
-     []),
+    ("train", [*TRAIN, "trainer=gpu9"], "trainer=gpu9 is not an option", []),
+    ("train", [*TRAIN, "block_size=many"], "block_size must be an integer", []),
     ("train", [*TRAIN, "block_size=0"], "block_size must be positive, got 0", []),
-    ("train", [*TRAIN, "data.batch_size=-1"], "data.batch_size must be positive", []),
+    ("train", [*TRAIN, "seed=abc"], "seed must be an integer, got 'abc'", []),
+    ("train", [*TRAIN, "seed=-1"], "seed must lie in [0, 2**32)", []),
+    ("train", [*TRAIN, "sample_tokens=-5"], "sample_tokens must be >= 0", []),
+    ("train", [*TRAIN, "compile=maybe"], "compile must be true or false", []),
     ("train", [*TRAIN, "resume=sometimes"], "resume='sometimes' is not understood", []),
-    ("train", [*TRAIN, "ckpt_path={tmp}/missing.ckpt"], "does not exist; pass ckpt_path=PATH", []),
-    ("train", [*TRAIN, "ckpt_path={tmp}/truncated.ckpt"], "not a readable checkpoint", ["truncated.ckpt"]),
-    ("train", [*TRAIN, "ckpt_path={tmp}/old.ckpt"], "was written by lmzoo 0.0.1", ["old.ckpt"]),
-    ("train", [*RESUME, "tokenizer=gpt2"], "was trained with the char tokenizer (65 symbols), but the data uses the tiktoken gpt2",
-     ["ckpt/last.ckpt"]),
+    ("train", [*TRAIN, "finetune=lora"], "a finetune recipe needs pretrained weights", []),
+    # train: the model
+    ("train", [*TRAIN, "model.n_layer=abc"], "model.n_layer must be an integer, got 'abc'", []),
+    ("train", [*TRAIN, "model.n_layer=2.5"], "model.n_layer must be an integer, got 2.5", []),
+    ("train", [*TRAIN, "model.n_layer=0"], "model.n_layer must be a positive integer, got 0", []),
+    ("train", [*TRAIN, "model.n_head=0"], "model.n_head must be a positive integer, got 0", []),
+    ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)", []),
+    ("train", [*TRAIN, "model.n_kv_head=3"], "model.n_kv_head must divide n_head (2)", []),
+    ("train", [*TRAIN, "model.pad_vocab_to=0"], "model.pad_vocab_to must be a positive integer, got 0", []),
+    ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
+    ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
+    ("train", [*TRAIN, "model.activation=tanh9"], "model.activation must be one of", []),
+    ("train", [*TRAIN, "model.positions=alibi"], "model.positions must be one of learned, rope", []),
+    ("train", [*TRAIN, "model.rope_base=0"], "model.rope_base must be positive, got 0", []),
+    ("train", [*TRAIN, "model.mlp_ratio=0"], "model.mlp_ratio must be positive", []),
+    ("train", [*TRAIN, "model.bias=maybe"], "model.bias must be true or false", []),
+    ("train", [*MOE, "model.capacity_factor=0"], "model.capacity_factor must be positive or null, got 0", []),
+    ("train", [*MOE, "model.capacity_factor=-1"], "model.capacity_factor must be positive or null, got -1", []),
+    ("train", [*MOE, "model.top_k=5"], "model.top_k must lie in 1..n_experts (4), got 5", []),
+    ("train", [*MOE, "model.top_k=0"], "model.top_k must lie in 1..n_experts (4), got 0", []),
+    ("train", [*MOE, "model.n_experts=0"], "model.n_experts must be a positive integer, got 0", []),
+    ("train", [*MOE, "model.balance_weight=-1"], "model.balance_weight must be >= 0", []),
+    ("train", [*BASE, "model=moa_moe", "model.n_embd=32", "model.head_dim=8", "model.k_att=9"],
+     "model.k_att must lie in 1..n_att_experts (8), got 9", []),
+    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[1]"], "model.qkv_multipliers must be a list of 2 numbers", []),
+    ("train", [*BLOCK_SCALING, "model.ffn_multipliers=[1,2,3]"], "model.ffn_multipliers must be a list of 2 numbers", []),
+    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[0,1]"], "model.qkv_multipliers must be positive", []),
+    ("train", [*BLOCK_SCALING, "model.gqa_groups=0"], "model.gqa_groups must be a positive integer", []),
+    ("train", [*BLOCK_SCALING, "model.head_dim=5"], "model.n_embd must be a positive multiple of head_dim (5)", []),
+    ("train", [*BASE, "model=mlp", "model.context=0"], "model.context must be a positive integer, got 0", []),
+    ("train", [*BASE, "model=mlp", "model.n_layer=2"], "model has no key n_layer; its keys are context,", []),
+    ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
+    ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
+     "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
+    ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; it has no keys to set", []),
+    # train: the optimizer and the trainer
+    ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),
+    ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
+    ("train", [*TRAIN, "optim.weight_decay=-1"], "optim.weight_decay must be >= 0, got -1", []),
+    ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
+    ("train", [*TRAIN, "optim.beta2=1"], "optim.beta2 must lie in [0, 1), got 1", []),
+    ("train", [*TRAIN, "optim.eps=0"], "optim.eps must be positive", []),
+    ("train", [*TRAIN, "trainer.max_steps=-5"], "trainer.max_steps must be a positive integer, got -5", []),
+    ("train", [*TRAIN, "trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive integer, got 0",
+     []),
+    ("train", [*TRAIN, "trainer.val_check_interval=50"], "trainer.val_check_interval=50 exceeds the run's 20 batches: "
+     "it would never validate", []),
+    ("train", [*TRAIN, "trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be a positive "
+     "integer, got 0", []),
+    ("train", [*TRAIN, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a positive integer", []),
+    ("train", [*TRAIN, "trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 or null", []),
+    ("train", [*TRAIN, "trainer.skip_nonfinite=maybe"], "trainer.skip_nonfinite must be true or false, got 'maybe'", []),
+    ("train", [*TRAIN, "trainer.precision=fp8"], "Lightning refuses the trainer settings: Precision 'fp8' is invalid",
+     []),
+    ("train", [*TRAIN, "trainer.devices=0"], "Lightning refuses the trainer settings: `Trainer(devices=0)`", []),
+    pytest.param("train", [*TRAIN, "trainer.accelerator=gpu"], "trainer.accelerator=gpu needs a CUDA GPU", [],
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"), id="train:trainer.accelerator=gpu"),
+    ("train", [*TRAIN, "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience must be an integer "
+     ">= 0", []),
+    ("train", [*TRAIN, "trainer.precision=16-true"], "trainer.precision=16-true has no loss scaling and overflows", []),
+    # train: the data
+    ("train", [*TRAIN, "data.batch_size=-1"], "data.batch_size must be positive", []),
+    ("train", [*TRAIN, "data.val_batches=0"], "data.val_batches must be positive, got 0", []),
+    ("train", [*TRAIN, "data.num_workers=-1"], "data.num_workers must be >= 0", []),
+    ("train", [*TRAIN, "data.prepare_workers=-3"], "data.prepare_workers must be positive or null", []),
+    ("train", [*TRAIN, "data.prepare_workers=0"], "data.prepare_workers must be positive or null", []),
+    ("train", [*TRAIN, "data.train_fraction=1.5"], "data.train_fraction must lie strictly between 0 and 1", []),
+    ("train", [*TRAIN, "data.dtype=float7"], "data.dtype must be uint16, uint32 or null", []),
+    ("train", [*TRAIN, "data.tokenizer=cl100k_base"], "data.tokenizer=cl100k_base does not pick a tokenizer; pass "
+     "tokenizer=cl100k_base", []),
+    ("train", [*TRAIN, "data.tokenizer.vocab_size=abc"], "data.tokenizer.vocab_size must be an integer", []),
+    ("train", [*TRAIN, "tokenizer=bpe", "data.tokenizer.vocab_size=abc"], "data.tokenizer.vocab_size must be an integer",
+     []),
+    ("train", [*TRAIN, "data.tokenizer.kind=wordpiece"], "data.tokenizer.kind must be one of char, tiktoken, bpe", []),
+    ("train", [*TRAIN, "data.path={tmp}/nothing.txt"], "data file '{tmp}/nothing.txt' does not exist", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/baddata"], "holds token id 65535, outside the vocabulary of 65", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/afile.txt"], "cannot use {tmp}/afile.txt/shakespeare_char/char as a folder",
+     []),
+    ("train", [*TRAIN, "paths.data_dir={unwritable}/data"], "cannot use {unwritable}/data/shakespeare_char/char as a "
+     "folder", []),
+    # train: the run folder and resuming
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/afile.txt"], "cannot use {tmp}/afile.txt as a folder (File exists); "
+     "choose another folder with hydra.run.dir=PATH", []),
+    ("train", [*TRAIN, "hydra.run.dir={unwritable}/run"], "cannot use {unwritable}/run as a folder", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/trained/run"], "{tmp}/trained/run is a folder, not a checkpoint; pass one of "
+     "its checkpoints, such as {tmp}/trained/run/checkpoints/best.ckpt", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/truncated.ckpt"], "not a readable checkpoint", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/old.ckpt"], "was written by lmzoo 0.0.1", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged: archive/data/", []),
+    ("train", [*TRAIN, "ckpt_path={tmp}/nan.ckpt"], "{tmp}/nan.ckpt holds non-finite weights", []),
+    ("train", [*RESUME, "tokenizer=gpt2"], "was trained with the char tokenizer (65 symbols), but the data uses the "
+     "tiktoken gpt2", []),
+    ("train", [*RESUME, "model.n_embd=64"], "holds a model of other settings than the run builds; resume with "
+     "model.n_embd=32", []),
+    ("train", [*RESUME, "model=gpt"], "holds a model=gpt_rope model, not what model= builds; resume with model=gpt_rope",
+     []),
+    ("train", [*TRAIN, "init_from={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
+    ("train", [*TRAIN, "init_from={tmp}/nan.ckpt"], "{tmp}/nan.ckpt holds non-finite weights", []),
+    ("train", [*TRAIN, "init_from={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
+    ("train", [*TRAIN, "init_from={ckpt}", "model=gpt"], "holds another architecture than model= builds; pass "
+     "model=gpt_rope", []),
     # generate
-    ("generate", ["ckpt={tmp}/missing.ckpt"], "does not exist; pass a .ckpt file", []),
-    ("generate", ["ckpt={tmp}/truncated.ckpt"], "it may be truncated", ["truncated.ckpt"]),
-    ("generate", ["ckpt={tmp}/old.ckpt"], "which this lmzoo 0.2.0 cannot read", ["old.ckpt"]),
     ("generate", [], "ckpt is required; pass ckpt=...", []),
-    ("generate", ["ckpt={tmp}/prompt.txt"], "not a readable checkpoint", ["prompt.txt"]),
+    ("generate", ["ckpt={tmp}/missing.ckpt"], "does not exist; pass a .ckpt file", []),
+    ("generate", ["ckpt={tmp}/truncated.ckpt"], "it may be truncated", []),
+    ("generate", ["ckpt={tmp}/old.ckpt"], "which this lmzoo 0.2.0 cannot read", []),
+    ("generate", ["ckpt={tmp}/prompt.txt"], "not a readable checkpoint", []),
+    ("generate", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint; pass one of its checkpoints", []),
+    ("generate", ["ckpt={tmp}/adir"], "{tmp}/adir is a folder, not a checkpoint; pass a .ckpt file", []),
+    ("generate", ["ckpt={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged: archive/data/", []),
+    ("generate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights (NaN or inf in model.transformer.h.0.attn.c_attn.weight)", []),
+    ("generate", ["ckpt={tmp}/exported"], "{tmp}/exported/model.safetensors is damaged: its sha256 is not the one "
+     "recorded", []),
+    ("generate", ["ckpt=hf:gpt2"], "could not fetch 'gpt2' from the Hugging Face Hub", []),
+    ("generate", ["ckpt={ckpt}", "tmperature=1"], "the config has no key tmperature (did you mean temperature?)", []),
     ("generate", ["ckpt={ckpt}", "top_k=0"], "top_k must be a positive integer or null, got 0", []),
-    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0, got -0.5", []),
     ("generate", ["ckpt={ckpt}", "top_p=0"], "top_p must lie in (0, 1] or be null, got 0", []),
     ("generate", ["ckpt={ckpt}", "top_p=1.5"], "top_p must lie in (0, 1] or be null, got 1.5", []),
+    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0, got -0.5", []),
+    ("generate", ["ckpt={ckpt}", "temperature=abc"], "temperature must be a number, got 'abc'", []),
+    ("generate", ["ckpt={ckpt}", "repetition_penalty=0"], "repetition_penalty must be > 0", []),
     ("generate", ["ckpt={ckpt}", "max_new_tokens=-1"], "max_new_tokens must be >= 0", []),
-    ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/empty.txt"], "is empty; write a prompt into it", ["empty.txt"]),
-    ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/latin1.txt"], "is not UTF-8 (byte 3); convert it", ["latin1.txt"]),
+    ("generate", ["ckpt={ckpt}", "max_new_tokens=abc"], "max_new_tokens must be an integer, got 'abc'", []),
+    ("generate", ["ckpt={ckpt}", "max_new_tokens=2.5"], "max_new_tokens must be an integer, got 2.5", []),
+    ("generate", ["ckpt={ckpt}", "max_new_tokens=1e12"], "max_new_tokens must be an integer", []),
+    ("generate", ["ckpt={ckpt}", "kv_cache=maybe"], "kv_cache must be true or false, got 'maybe'", []),
+    ("generate", ["ckpt={ckpt}", "stop_at_eot=maybe"], "stop_at_eot must be true or false", []),
+    ("generate", ["ckpt={ckpt}", "stop=[1,2]"], "stop must be a string or a list of strings, got [1, 2]", []),
+    ("generate", ["ckpt={ckpt}", "seed=1e20"], "seed must be an integer", []),
+    ("generate", ["ckpt={ckpt}", "seed=-1"], "seed must lie in [0, 2**63), got -1", []),
+    ("generate", ["ckpt={ckpt}", "num_samples=0"], "num_samples must be >= 1, got 0", []),
+    ("generate", ["ckpt={ckpt}", "num_samples=abc"], "num_samples must be an integer, got 'abc'", []),
+    ("generate", ["ckpt={ckpt}", "prompt=[]"], "prompt=[] holds no prompt; pass prompt=''", []),
+    ("generate", ["ckpt={ckpt}", "prompt=宝玉道"], "text has characters outside the char vocabulary: '宝玉道'", []),
+    ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/empty.txt"], "is empty; write a prompt into it", []),
+    ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/latin1.txt"], "is not UTF-8 (byte 3); convert it", []),
     ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/nothing.txt"], "does not exist; pass prompt=@PATH", []),
-    ("generate", ["ckpt={ckpt}", "tmperature=1"], "the config has no key tmperature (did you mean temperature?)", []),
-    # evaluate, inspect, export
-    ("evaluate", ["ckpt={tmp}/truncated.ckpt"], "it may be truncated", ["truncated.ckpt"]),
-    ("evaluate", ["ckpt={ckpt}", "data=shakespeare", "data.path=" + str(SHAKESPEARE), "paths.data_dir={tmp}/data"],
-     "is tokenized differently from the checkpoint", ["ckpt/last.ckpt"]),
-    ("describe", ["ckpt={tmp}/old.ckpt"], "was written by lmzoo 0.0.1", ["old.ckpt"]),
-    ("export", ["ckpt={ckpt}", "out={tmp}/ckpt"], "already exists and is not an empty folder", ["ckpt/last.ckpt"]),
+    ("generate", ["ckpt={ckpt}", "prompt=@{tmp}/adir"], "prompt file '{tmp}/adir' is a folder; pass prompt=@PATH", []),
+    ("generate", ["ckpt={ckpt}", "device=tpu9"], "device='tpu9' is not a device; use auto, cpu, cuda or cuda:N", []),
+    pytest.param("generate", ["ckpt={ckpt}", "device=cuda"], "device=cuda needs a CUDA GPU, and torch sees none", [],
+                 marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"), id="generate:device=cuda"),
+    ("generate", ["ckpt={ckpt}", "out={tmp}/adir"], "out={tmp}/adir is a folder; pass a file to write", []),
+    ("generate", ["ckpt={ckpt}", "max_new_tokens=2", "out={unwritable}/samples.jsonl"],
+     "cannot write {unwritable}/samples.jsonl", []),
+    # evaluate
+    ("evaluate", [], "ckpt is required; pass ckpt=...", []),
+    ("evaluate", ["ckpt={tmp}/truncated.ckpt"], "it may be truncated", []),
+    ("evaluate", ["ckpt={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
+    ("evaluate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights", []),
+    ("evaluate", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint", []),
+    ("evaluate", [*EVALUATE, "data=shakespeare", f"data.path={SHAKESPEARE}"], "data set 'shakespeare' is tokenized "
+     "differently from the checkpoint", ["data/shakespeare"]),
+    ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
+     []),
+    ("evaluate", EVALUATE, "no training config beside {ckpt}; name the data: data.path=FILE or data=NAME", []),
+    ("evaluate", [*EVALUATE, "batch_size=0"], "batch_size must be a positive integer, got 0", []),
+    ("evaluate", [*EVALUATE, "batch_size=abc"], "batch_size must be a positive integer, got 'abc'", []),
+    ("evaluate", [*EVALUATE, "device=tpu9"], "device='tpu9' is not a device", []),
+    ("evaluate", [*EVALUATE, "data.path={tmp}/nothing.txt"], "data file '{tmp}/nothing.txt' does not exist", []),
+    ("evaluate", [*EVALUATE, "data.path={tmp}/latin1.txt"], "{tmp}/latin1.txt is not UTF-8 text (bad byte at offset 3)",
+     []),
+    ("evaluate", [*EVALUATE, "data.path={tmp}/prompt.txt"], "is larger than the train split", []),
+    ("evaluate", [*EVALUATE, "data.path={tmp}/greek.txt"], "text has characters outside the char vocabulary", []),
+    ("evaluate", ["ckpt={unwritable}/last.ckpt", "paths.data_dir={tmp}/data", f"data.path={SHAKESPEARE}"],
+     "cannot write {unwritable}/last.eval.tinyshakespeare.json", []),
+    # describe
+    ("describe", [], "ckpt is required; pass ckpt=...", []),
+    ("describe", ["ckpt={tmp}/old.ckpt"], "was written by lmzoo 0.0.1", []),
+    ("describe", ["ckpt={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
+    ("describe", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint", []),
+    ("describe", ["ckpt={ckpt}", "extra=1"], "the config has no key extra; its keys are ckpt", []),
+    # export
+    ("export", ["ckpt={ckpt}"], "out is required; pass out=...", []),
+    ("export", ["ckpt={ckpt}", "out={tmp}/ckpt"], "already exists and is not an empty folder", []),
+    ("export", ["ckpt={ckpt}", "out={tmp}/afile.txt"], "already exists and is not an empty folder", []),
+    ("export", ["ckpt={tmp}/corrupt.ckpt", "out={tmp}/new"], "{tmp}/corrupt.ckpt is damaged", ["new"]),
+    ("export", ["ckpt={tmp}/nan.ckpt", "out={tmp}/new"], "holds non-finite weights", ["new"]),
+    ("export", ["ckpt={ckpt}", "out={tmp}/new", "merge=maybe"], "merge must be true or false, got 'maybe'", ["new"]),
+    ("export", ["ckpt={ckpt}", "out={unwritable}/out"], "cannot write {unwritable}/out", []),
     # prepare
-    ("prepare", ["data.path={tmp}/empty.txt", "paths.data_dir={tmp}/data"], "is empty; point data.path at a file", ["empty.txt"]),
-    ("prepare", ["data.path={tmp}/latin1.txt", "paths.data_dir={tmp}/data"], "UTF-8", ["latin1.txt"]),
+    ("prepare", [*PREPARE, "data.path={tmp}/empty.txt"], "is empty; point data.path at a file", []),
+    ("prepare", [*PREPARE, "data.path={tmp}/latin1.txt"], "is not UTF-8 text (bad byte at offset 3)", []),
+    ("prepare", [*PREPARE, "data.path={tmp}/adir"], "folder '{tmp}/adir' holds no .txt files", []),
+    ("prepare", [*PREPARE, "data.path={tmp}/*.nomatch"], "matches no file; check the pattern", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "data.val_path={tmp}/nothing.txt"],
+     "data file '{tmp}/nothing.txt' does not exist; point data.val_path", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "data.dtype=float7"], "data.dtype must be uint16, uint32 or null",
+     []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "data.tokenizer=cl100k_base"], "pass tokenizer=cl100k_base", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "tokenizer=cl100k_base", "data.dtype=uint16"],
+     "a vocabulary of 100,277 tokens does not fit uint16", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "tokenizer=bpe", "data.tokenizer.vocab_size=100"],
+     "tokenizer.vocab_size 100 is too small", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "data.tokenizer.name=gpt9", "data=shakespeare"],
+     "unknown tiktoken encoding 'gpt9'", []),
+    ("prepare", ["paths.data_dir={tmp}/afile.txt", f"data.path={SHAKESPEARE}"], "cannot use {tmp}/afile.txt/", []),
+    ("prepare", [*PREPARE, f"data.path={SHAKESPEARE}", "data=nosuch"], "data=nosuch is not an option", []),
+    # plot
+    ("plot", [], "the following arguments are required: RUN_OR_SWEEP_DIR; usage: python -m lmzoo.plot", []),
+    ("plot", ["{tmp}/trained/run", "--out", "{tmp}/loss.xyz"], "cannot write a .xyz image; end the name with one of", []),
+    ("plot", ["{tmp}/trained/run", "--out", "{tmp}/adir"], "--out {tmp}/adir is a folder; pass an image file", []),
+    ("plot", ["{tmp}/trained/run", "--out", "{unwritable}/loss.png"], "cannot write {unwritable}/loss.png", []),
+    ("plot", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
+    ("plot", ["{tmp}/adir"], "no TensorBoard logs under", []),
+    ("plot", ["{tmp}/trained/run", "--bogus"], "unrecognized arguments: --bogus", []),
+    # compare
+    ("compare", [], "usage: python -m lmzoo.compare SWEEP_DIR", []),
+    ("compare", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
+    ("compare", ["{tmp}/adir"], "no runs in {tmp}/adir", []),
+    ("compare", ["{tmp}/sweep_json"], "{tmp}/sweep_json/0_a/summary.json is not valid JSON", []),
+    ("compare", ["{tmp}/sweep_list"], "{tmp}/sweep_list/0_a/summary.json holds list, not a run's summary", []),
+    ("compare", ["{tmp}/sweep_type"], "{tmp}/sweep_type/0_a/summary.json has a steps of 'x'", []),
 ]
+
+
+def corrupt_a_tensor(source, target):
+    """A copy of the checkpoint `source` with bytes of its first tensor overwritten, as a bad disk would."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        member = next(info for info in archive.infolist() if "/data/" in info.filename)
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26: member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length
+    data[start: start + 64] = b"\xff" * 64
+    target.write_bytes(data)
+
+
+@contextlib.contextmanager
+def unwritable_folder(folder):
+    """`folder`, made a folder no file can be created in, even by root (chmod for a user, the immutable flag
+    for root); None where neither works."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        yield None
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Bad and good files the cases point at, and a checkpoint trained for 10 steps."""
+    """Bad and good files the cases point at, a checkpoint trained for 10 steps, and the data it trained on."""
     tmp = tmp_path_factory.mktemp("bad_input")
+    trained = tmp / "trained" / "run"
     train(compose_train(tmp / "trained", "trainer.max_steps=10", "trainer.val_check_interval=10"))
+    shutil.copytree(tmp / "trained" / "data", tmp / "data")
     ckpt = tmp / "ckpt" / "last.ckpt"
     ckpt.parent.mkdir()
-    ckpt.write_bytes((tmp / "trained" / "run" / "checkpoints" / "last.ckpt").read_bytes())
+    shutil.copy(trained / "checkpoints" / "last.ckpt", ckpt)
     checkpoint = torch.load(ckpt, weights_only=False)
     (tmp / "truncated.ckpt").write_bytes(ckpt.read_bytes()[:1000])
-    checkpoint["lmzoo"]["version"] = "0.0.1"
-    torch.save(checkpoint, tmp / "old.ckpt")
+    corrupt_a_tensor(ckpt, tmp / "corrupt.ckpt")
+    torch.save({**checkpoint, "lmzoo": {**checkpoint["lmzoo"], "version": "0.0.1"}}, tmp / "old.ckpt")
+    diverged = dict(checkpoint["state_dict"])
+    diverged["model.transformer.h.0.attn.c_attn.weight"] = diverged["model.transformer.h.0.attn.c_attn.weight"] * np.nan
+    torch.save({**checkpoint, "state_dict": diverged}, tmp / "nan.ckpt")
+    export_checkpoint(str(ckpt), str(tmp / "exported"))
+    weights = tmp / "exported" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x7f" * 8)
+    # Bins whose meta.json fits them, but holding ids outside the vocabulary.
+    shutil.copytree(tmp / "data", tmp / "baddata")
+    bins = tmp / "baddata" / "shakespeare_char" / "char" / "train.bin"
+    bins.write_bytes(np.full(bins.stat().st_size // 2, 65535, dtype=np.uint16).tobytes())
     (tmp / "empty.txt").write_text("")
     (tmp / "latin1.txt").write_bytes("Caf\u00e9 au lait".encode("latin-1"))
     (tmp / "prompt.txt").write_text("To be")
-    return tmp
+    (tmp / "greek.txt").write_text("\u03b1\u03b2\u03b3 " * 2000)
+    (tmp / "afile.txt").write_text("a file, not a folder")
+    (tmp / "adir").mkdir()
+    for sweep, summary in (("sweep_json", "{bad"), ("sweep_list", "[1, 2]"), ("sweep_type", json.dumps({"steps": "x"}))):
+        (tmp / sweep / "0_a").mkdir(parents=True)
+        (tmp / sweep / "0_a" / "summary.json").write_text(summary)
+    (tmp / "unwritable").mkdir()
+    shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
+    with unwritable_folder(tmp / "unwritable") as unwritable:
+        yield tmp, unwritable
 
 
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@pytest.fixture(autouse=True)
+def logging_as_it_was():
+    """Hydra points the root logger at the stderr of the row that ran it, which pytest closes after that row."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
 
 
-@pytest.mark.parametrize("entry, args, expected, unchanged", CASES, ids=[f"{c[0]}:{c[1][-1] if c[1] else ''}" for c in CASES])
-def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, entry, args, expected, unchanged):
-    before = {name: digest(folder / name) for name in unchanged}
-    argv = [arg.format(tmp=folder, ckpt=folder / "ckpt" / "last.ckpt") for arg in args]
+def protected(tmp):
+    """Every checkpoint, bin, weights file, meta.json and summary under `tmp`, with its digest."""
+    paths = [p for pattern in ("*.ckpt", "*.bin", "*.safetensors", "meta.json", "summary.json") for p in tmp.rglob(pattern)]
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+
+
+def run_main(entry, argv, monkeypatch):
     monkeypatch.setattr(sys, "argv", [entry, *argv])
     with pytest.raises(SystemExit) as stopped:
         importlib.import_module(f"lmzoo.{entry}").main()
+    return stopped.value.code
+
+
+@pytest.mark.parametrize("entry, args, expected, absent", CASES,
+                         ids=[f"{c[0]}:{c[1][-1] if c[1] else ''}" if isinstance(c, tuple) else None for c in CASES])
+def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, entry, args, expected, absent):
+    tmp, unwritable = folder
+    places = {"tmp": tmp, "ckpt": tmp / "ckpt" / "last.ckpt", "unwritable": unwritable}
+    if unwritable is None and any("{unwritable}" in arg for arg in args):
+        pytest.skip("no folder here that root cannot write into")
+    before = protected(tmp)
+    code = run_main(entry, [arg.format(**places) for arg in args], monkeypatch)
     err = capsys.readouterr().err
-    assert stopped.value.code == 2
+    assert code == 2, err
     assert "Traceback" not in err
     ours = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(ours) == 1 and expected in ours[0], err
-    assert {name: digest(folder / name) for name in unchanged} == before
+    assert len(ours) == 1 and expected.format(**places) in ours[0], err
+    # New files may appear (the bins of data refused after preparing them); none that was there changed.
+    after = protected(tmp)
+    assert {path: after.get(path) for path in before} == before
+    assert not [path for path in absent if (tmp / path).exists()]
+
+
+def test_a_second_training_in_a_held_run_folder_stops_naming_the_holder(folder, monkeypatch, capsys):
+    tmp, _ = folder
+    run_dir = tmp / "held"
+    with hold_folder(run_dir, "training in", wait=False, fix="choose another"):
+        code = run_main("train", [arg.format(tmp=tmp) for arg in TRAIN] + [f"hydra.run.dir={run_dir}"], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: PID {os.getpid()} is training in {run_dir}; wait for it to end" in err
+    # Refused before Hydra wrote its config into the folder.
+    assert not (run_dir / ".hydra").exists()

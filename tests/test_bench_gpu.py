@@ -52,7 +52,8 @@ def test_the_data_folder_holds_gpt2_tokens_that_lmzoo_takes_as_they_are(tmp_path
     corpus = (out / "corpus.txt").read_text(encoding="utf-8")
     assert corpus == "\n\n".join(texts)
     # Flat uint16 ids, as nanoGPT's get_batch reads them; together they are the whole corpus.
-    train, val = (np.memmap(out / "corpus" / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val"))
+    bins = gpu_data.corpus_bins(out)
+    train, val = (np.memmap(bins / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val"))
     encoding = tiktoken.get_encoding("gpt2")
     assert encoding.decode(train.tolist()) + encoding.decode(val.tolist()) == corpus
     assert (out / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8") == texts[0]
@@ -61,9 +62,9 @@ def test_the_data_folder_holds_gpt2_tokens_that_lmzoo_takes_as_they_are(tmp_path
     assert sorted(path.name for path in (out / "nanogpt").iterdir()) == sorted(gpu_data.NANOGPT_FILES)
 
     # The runs on the GPU machine compose the same data settings and find the bins complete.
-    before = (out / "corpus" / "train.bin").stat()
+    before = (bins / "train.bin").stat()
     meta = prepare(instantiate(compose_train(gpu_data.corpus_overrides(out)).data, _convert_="all"))
-    assert meta["splits"]["train"]["tokens"] == len(train) and same_file(out / "corpus" / "train.bin", before)
+    assert meta["splits"]["train"]["tokens"] == len(train) and same_file(bins / "train.bin", before)
 
 
 def test_random_tokens_are_bins_that_lmzoo_and_nanogpt_read(tmp_path):

@@ -1,14 +1,16 @@
 """The command lines as a user types them, each in a subprocess."""
 
 import pytest
-from helpers import SHAKESPEARE, TINY, run
+from helpers import SHAKESPEARE, TINY, compose_train, run
+
+from lmzoo.training.run import train
 
 
 def test_train_then_generate(tmp_path):
     trained = run("lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", "hydra.run.dir=run", "sample_tokens=20", cwd=tmp_path)
     # Lightning's advert and torch's deprecation of Lightning's LeafSpec are noise on every run.
     assert "litlogger" not in trained.stderr + trained.stdout and "LeafSpec" not in trained.stderr
-    assert (tmp_path / "data" / "shakespeare_char" / "train.bin").is_file()
+    assert (tmp_path / "data" / "shakespeare_char" / "char" / "train.bin").is_file()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     out = run("lmzoo.generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=40", "num_samples=2",
@@ -21,17 +23,35 @@ def test_train_then_generate(tmp_path):
 def test_prepare_command(tmp_path):
     out = run("lmzoo.prepare", "data=shakespeare", f"data.path={SHAKESPEARE}", cwd=tmp_path).stdout
     assert "vocab 50,257 (uint16)" in out
-    assert (tmp_path / "data" / "shakespeare" / "meta.json").is_file()
+    assert (tmp_path / "data" / "shakespeare" / "gpt2" / "meta.json").is_file()
     assert not (tmp_path / "outputs").exists()
 
 
-def test_sweep_runs_each_job_in_its_own_folder(tmp_path):
+def test_sweep_runs_each_job_in_its_own_folder_whose_path_generate_takes_unquoted(tmp_path):
     run("lmzoo.train", "-m", "model=gpt,gpt_rope", *TINY, f"data.path={SHAKESPEARE}", "trainer.max_steps=10",
-        "hydra.sweep.dir=sweep", cwd=tmp_path)
+        "+tags=[a,b]", "hydra.sweep.dir=sweep", cwd=tmp_path)
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert len(jobs) == 2 and jobs[0].startswith("0_") and "model=gpt" in jobs[0]
+    assert len(jobs) == 2 and jobs[0].startswith("0_+tags-a+b_") and "_model-gpt_" in jobs[0]
+    assert not any(char in job for job in jobs for char in "=,[]'\"")
     for job in jobs:
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
+    # The path as the comparison table prints it, pasted into the next command as it is.
+    row = (tmp_path / "sweep" / "comparison.md").read_text().splitlines()[2]
+    pasted = f"ckpt=sweep/{row.split(' | ')[-1].removesuffix(' |')}/checkpoints/best.ckpt"
+    assert run("lmzoo.generate", pasted, "max_new_tokens=5", cwd=tmp_path).returncode == 0
+
+
+def test_prompts_are_taken_as_typed(tmp_path):
+    """Chinese, emoji, commas, '=' and quotes in a prompt, typed without quoting for Hydra (one argument each, as
+    the shell passes `prompt="Hello, world"`); a GPT-2 BPE model, trained here in-process, takes any text."""
+    best = train(compose_train(tmp_path, "data=shakespeare", "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    ckpt = f"ckpt={best['best_checkpoint']}"
+    typed = "宝玉道 🙂 Hello, world: a=b 'it''s' \"quoted\" ${seed} \\n"
+    out = run("lmzoo.generate", ckpt, f"prompt={typed}", "max_new_tokens=3", "temperature=0", cwd=tmp_path).stdout
+    assert out.startswith(typed)
+    several = run("lmzoo.generate", ckpt, "prompt=[宝玉道,'Hello, world']", "max_new_tokens=3", "temperature=0",
+                  cwd=tmp_path).stdout.split("\n---------------\n")
+    assert several[0].startswith("宝玉道") and several[1].startswith("Hello, world")
 
 
 @pytest.mark.parametrize("args, message", [

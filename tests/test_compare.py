@@ -33,9 +33,9 @@ def test_sweep_of_the_zoo_compares_every_model_and_each_samples(tmp_path):
     assert int(moe["active parameters"].replace(",", "")) < int(moe["parameters"].replace(",", ""))
     assert (tmp_path / "sweep" / "comparison.md").read_text().strip() in out
     # A fixed-context model samples with the same command (the others do in tests/test_zoo.py, in-process).
-    # Sweep folders are named after overrides, so the path is quoted for Hydra.
-    (ckpt,) = (tmp_path / "sweep").glob("1_*model=mlp*/checkpoints/last.ckpt")
-    text = run("lmzoo.generate", f"ckpt='{ckpt}'", "prompt=ROMEO:", "max_new_tokens=30", cwd=tmp_path).stdout
+    # Sweep folders are named after their overrides, with no character of Hydra's grammar: the path goes as it is.
+    (ckpt,) = (tmp_path / "sweep").glob("1_*model-mlp*/checkpoints/last.ckpt")
+    text = run("lmzoo.generate", f"ckpt={ckpt}", "prompt=ROMEO:", "max_new_tokens=30", cwd=tmp_path).stdout
     assert text.startswith("ROMEO:") and len(text.rstrip("\n")) >= len("ROMEO:") + 25
 
 

@@ -1,11 +1,12 @@
 """Every file in conf/ composes and builds what its group promises."""
 
 import pytest
-from helpers import REPO, compose_train
+from helpers import REPO, compose_config, compose_train
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lmzoo.cli.hydra_command import quote_literal_values
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.models import LanguageModel, ModelConfig
@@ -27,16 +28,16 @@ def test_data_configs_prepare_their_named_bins(tmp_path, name):
     config = instantiate(compose_train(tmp_path, f"data={name}").data, _convert_="all")
     assert isinstance(config, DataConfig) and config.name == name
     meta = prepare(config, progress=False)
-    assert (tmp_path / "data" / name / "train.bin").is_file()
+    assert config.data_dir.parent == tmp_path / "data" / name and (config.data_dir / "train.bin").is_file()
     # tinyshakespeare has 65 distinct characters; the BPE data sets use GPT-2's vocabulary.
     assert meta["vocab_size"] == (65 if meta["tokenizer"]["kind"] == "char" else 50257)
 
 
 @pytest.mark.parametrize("name", options("tokenizer"))
 def test_tokenizer_configs_build_their_kind_and_round_trip(tmp_path, name):
-    # A small vocabulary keeps the BPE quick; the other tokenizers ignore it.
-    config = instantiate(compose_train(tmp_path, f"tokenizer={name}", "data.tokenizer.vocab_size=300").data,
-                         _convert_="all")
+    # A small vocabulary keeps the BPE quick; the other tokenizers' vocabularies are fixed.
+    small = ["data.tokenizer.vocab_size=300"] if name == "bpe" else []
+    config = instantiate(compose_train(tmp_path, f"tokenizer={name}", *small).data, _convert_="all")
     meta = prepare(config, progress=False)
     assert meta["tokenizer"]["kind"] == TOKENIZER_KINDS[name]
     tokenizer = tokenizer_from_spec(meta["tokenizer"])
@@ -91,3 +92,16 @@ def test_commands_that_only_read_share_one_hydra_block(name):
         cfg = compose(config_name=name, return_hydra_config=True)
     assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
     assert cfg.hydra.job_logging == {"version": 1, "root": None, "disable_existing_loggers": False}
+
+
+@pytest.mark.parametrize("typed", ["宝玉道", "🙂", "Hello, world", "a=b", "it's", 'say "hi"', "back\\slash", "ends\\",
+                                   "${seed}", "\\${seed}", "[verse]x", "", "null", "1e5", "~/notes", "@FILE"])
+def test_literal_values_reach_the_config_as_typed(typed):
+    """generate, evaluate, describe and export quote the values of their path and prompt keys for Hydra."""
+    cfg = compose_config("generate", *quote_literal_values(["ckpt=x", f"prompt={typed}"], ("ckpt", "prompt")))
+    assert cfg.prompt == typed and cfg.ckpt == "x"
+
+
+def test_literal_lists_quote_each_item():
+    args = quote_literal_values(["prompt=[宝玉道,'Hello, world', a=b]"], ("prompt",))
+    assert list(compose_config("generate", "ckpt=x", *args).prompt) == ["宝玉道", "Hello, world", "a=b"]

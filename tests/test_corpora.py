@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from helpers import SHAKESPEARE, SHARED, compose_train, prepare_at, run
 
 from lmzoo.data import BPETokenizer, CharTokenizer, TiktokenTokenizer, bins, corpus, read_meta, tokenizer_from_spec
+from lmzoo.data.config import tokenizer_folder
 from lmzoo.data.source import check_hub_reachable
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import TextStream
@@ -56,7 +57,7 @@ def test_streaming_bins_equal_a_one_shot_encode(tmp_path, monkeypatch, source, c
     tok = tokenizer_from_spec(meta["tokenizer"])
     split_at = len(text.encode("utf-8")[: meta["splits"]["train"]["bytes"]].decode("utf-8"))
     expected = one_shot(tok, text[:split_at], separator) + one_shot(tok, text[split_at:], separator)
-    assert all_tokens(tmp_path / "bins", meta) == expected
+    assert all_tokens(tmp_path / "bins" / tokenizer_folder(tokenizer), meta) == expected
     assert meta["splits"]["train"]["tokens"] == len(one_shot(tok, text[:split_at], separator))
 
 
@@ -94,12 +95,12 @@ def test_bpe_is_trained_on_the_training_split_and_round_trips(tmp_path):
     meta = prepare_at(tmp_path / "bins", {"kind": "bpe", "vocab_size": 512}, path=str(path))
     tok = tokenizer_from_spec(meta["tokenizer"])
     assert isinstance(tok, BPETokenizer) and meta["vocab_size"] == tok.vocab_size == 512
-    assert tok.decode(all_tokens(tmp_path / "bins", meta)) == text
+    assert tok.decode(all_tokens(tmp_path / "bins" / "bpe-512", meta)) == text
     for sample in ("ROMEO: O, she doth teach the torches!", "红楼梦 🙂 ünïcode", "<|endoftext|>"):
         assert tok.decode(tok.encode(sample)) == sample
     assert tok.encode("<|endoftext|>") == [tok.eot_id]
     # Saved beside the bins; fewer tokens than characters: merges were learnt.
-    assert BPETokenizer((tmp_path / "bins" / "tokenizer.json").read_text()).encode("ROMEO:") == tok.encode("ROMEO:")
+    assert BPETokenizer((tmp_path / "bins" / "bpe-512" / "tokenizer.json").read_text()).encode("ROMEO:") == tok.encode("ROMEO:")
     assert meta["splits"]["train"]["tokens"] < 0.5 * meta["splits"]["train"]["bytes"]
     # Trained on the training split only: the same corpus with a different split learns other merges.
     other = prepare_at(tmp_path / "other", {"kind": "bpe", "vocab_size": 512}, path=str(path), train_fraction=0.5)
@@ -113,7 +114,7 @@ def test_validation_split_starts_at_a_document_boundary(tmp_path):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(path),
                    document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
-    val = np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist()
+    val = np.fromfile(tmp_path / "bins" / "gpt2" / "val.bin", dtype=np.uint16).tolist()
     val_documents = tok.decode(val).split("<|endoftext|>")
     assert val_documents[-1] == "" and set(val_documents[:-1]) <= set(documents)
     assert val_documents[0] == documents[100 - len(val_documents) + 1]
@@ -128,8 +129,9 @@ def test_folder_and_glob_sources_read_every_text_file(tmp_path):
     from_folder = prepare_at(tmp_path / "f", {"kind": "char"}, path=str(folder))
     from_glob = prepare_at(tmp_path / "g", {"kind": "char"}, path=str(folder / "*.txt"))
     tok = CharTokenizer(from_folder["tokenizer"]["chars"])
-    assert tok.decode(all_tokens(tmp_path / "f", from_folder)) == "first book " * 50 + "\n" + "second book " * 50
-    assert all_tokens(tmp_path / "g", from_glob) == all_tokens(tmp_path / "f", from_folder)
+    in_folder, in_glob = all_tokens(tmp_path / "f" / "char", from_folder), all_tokens(tmp_path / "g" / "char", from_glob)
+    assert tok.decode(in_folder) == "first book " * 50 + "\n" + "second book " * 50
+    assert in_glob == in_folder
 
 
 def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(tmp_path):
@@ -145,7 +147,7 @@ def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(
                    document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
     for split, name in (("train", "train"), ("val", "validation")):
-        decoded = tok.decode(np.fromfile(tmp_path / "bins" / f"{split}.bin", dtype=np.uint16).tolist())
+        decoded = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / f"{split}.bin", dtype=np.uint16).tolist())
         assert decoded == "".join(row["content"] + "<|endoftext|>" for row in rows[name])
     assert meta["splits"]["train"]["tokens"] > 0
 
@@ -200,15 +202,17 @@ def test_bad_input_gets_one_line_and_leaves_the_bins_untouched(tmp_path, monkeyp
     monkeypatch.setattr(corpus, "BLOCK_BYTES", 1000)
     monkeypatch.setattr(bins, "PIECE_CHARS", 500)
     (tmp_path / "good.txt").write_text(TEXT)
-    data_dir = tmp_path / "bins"
-    prepare_at(data_dir, {"kind": "char"}, path=str(tmp_path / "good.txt"))
-    before = {p.name: p.read_bytes() for p in data_dir.iterdir()}
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(tmp_path / "good.txt"))
     arguments, message = bad_input(tmp_path, case)
     arguments = {"tokenizer": {"kind": "char"}, **arguments}
+    # The bins of the tokenizer the bad input asks for, made good first.
+    data_dir = tmp_path / "bins" / tokenizer_folder(arguments["tokenizer"])
+    prepare_at(tmp_path / "bins", arguments["tokenizer"], path=str(tmp_path / "good.txt"))
+    before = {p.name: p.read_bytes() for p in data_dir.glob("[!.]*")}
     with pytest.raises(UserError, match=message) as error:
-        prepare_at(data_dir, **arguments)
+        prepare_at(tmp_path / "bins", **arguments)
     assert "\n" not in str(error.value)
-    assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in data_dir.glob("[!.]*")} == before
     assert read_meta(data_dir) is not None
 
 
@@ -242,8 +246,8 @@ def test_design_card_command_trains_on_tinystories_and_generate_needs_no_data(tm
     cfg = compose_train(tmp_path, "model=gpt_rope", "data=tinystories", f"data.path={TINYSTORIES}", "tokenizer=bpe",
                         "data.tokenizer.vocab_size=300")
     best = train(cfg)["best_checkpoint"]
-    assert json.loads((tmp_path / "data" / "tinystories" / "meta.json").read_text())["vocab_size"] == 300
-    assert (tmp_path / "data" / "tinystories" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "data" / "tinystories" / "bpe-300" / "meta.json").read_text())["vocab_size"] == 300
+    assert (tmp_path / "data" / "tinystories" / "bpe-300" / "tokenizer.json").is_file()
     shutil.rmtree(tmp_path / "data")
     out = run("lmzoo.generate", f"ckpt={best}", "prompt=Once upon a time", "max_new_tokens=30", cwd=tmp_path).stdout
     assert out.startswith("Once upon a time") and len(out) > len("Once upon a time") + 10
@@ -255,7 +259,7 @@ def test_a_separate_validation_file(tmp_path):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(tmp_path / "train.txt"),
                    val_path=str(tmp_path / "valid.txt"), document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
-    val = tok.decode(np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16).tolist())
+    val = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / "val.bin", dtype=np.uint16).tolist())
     assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
     assert meta["splits"]["val"]["bytes"] == (tmp_path / "valid.txt").stat().st_size
 

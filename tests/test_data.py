@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from lmzoo import files
 from lmzoo.data import CharTokenizer, TiktokenTokenizer, prepare, read_meta
 from lmzoo.data.windows import FixedWindows, RandomWindows
-from lmzoo.errors import UserError
+from lmzoo.errors import Interrupted, UserError
 from lmzoo.training.datamodule import TokenDataModule
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
@@ -27,32 +27,35 @@ def test_prepare_writes_bins_and_meta(tmp_path, corpus):
     meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     assert meta["dtype"] == "uint16"
     assert meta["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(TEXT)))}
-    train = np.fromfile(tmp_path / "bins" / "train.bin", dtype=np.uint16)
-    val = np.fromfile(tmp_path / "bins" / "val.bin", dtype=np.uint16)
+    train = np.fromfile(tmp_path / "bins" / "char" / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "bins" / "char" / "val.bin", dtype=np.uint16)
     tokenizer = CharTokenizer(meta["tokenizer"]["chars"])
     assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == TEXT
     assert len(train) == meta["splits"]["train"]["tokens"] == int(len(TEXT) * 0.9)
     assert meta["splits"]["val"]["bytes"] == len(TEXT) - int(len(TEXT) * 0.9)
 
 
-def test_prepare_is_idempotent_and_rebuilds_on_new_inputs(tmp_path, corpus):
+def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokenizer(tmp_path, corpus):
     bins = tmp_path / "bins"
     prepare_at(bins, {"kind": "char"}, path=str(corpus))
-    stamps = {p.name: p.stat().st_mtime_ns for p in bins.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")}
     prepare_at(bins, {"kind": "char"}, path=str(corpus))
-    assert {p.name: p.stat().st_mtime_ns for p in bins.iterdir()} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")} == stamps
 
     meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
     assert meta["tokenizer"] == {"kind": "tiktoken", "name": "gpt2"}
+    # Each tokenizer of a data set has its own bins: a sweep over tokenizers never rebuilds another's.
+    assert {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")} == stamps
     corpus.write_text(TEXT + "more text\n")
     meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
-    assert TiktokenTokenizer("gpt2").decode(np.fromfile(bins / "val.bin", dtype=np.uint16).tolist()).endswith("more text\n")
+    val = np.fromfile(bins / "gpt2" / "val.bin", dtype=np.uint16).tolist()
+    assert TiktokenTokenizer("gpt2").decode(val).endswith("more text\n")
 
 
 def test_cl100k_base_needs_uint32(tmp_path, corpus):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "cl100k_base"}, path=str(corpus))
     assert meta["dtype"] == "uint32" and meta["vocab_size"] > 2**16
-    ids = np.fromfile(tmp_path / "bins" / "train.bin", dtype=np.uint32)
+    ids = np.fromfile(tmp_path / "bins" / "cl100k_base" / "train.bin", dtype=np.uint32)
     assert ids.max() < meta["vocab_size"]
     assert TEXT.startswith(TiktokenTokenizer("cl100k_base").decode(ids.tolist()))
 
@@ -65,9 +68,9 @@ def test_tiktoken_works_offline_from_the_shared_cache():
     assert TiktokenTokenizer("gpt2").vocab_size == 50257
 
 
-def test_killed_prepare_leaves_no_bins_that_look_complete(tmp_path, corpus, monkeypatch):
-    bins = tmp_path / "bins"
-    prepare_at(bins, {"kind": "char"}, path=str(corpus))
+def test_interrupted_prepare_says_so_in_one_line_and_leaves_no_bins_that_look_complete(tmp_path, corpus, monkeypatch):
+    bins = tmp_path / "bins" / "char"
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     real_replace = files.os.replace
 
     def killed_on_val(partial, path):
@@ -76,21 +79,32 @@ def test_killed_prepare_leaves_no_bins_that_look_complete(tmp_path, corpus, monk
         real_replace(partial, path)
 
     monkeypatch.setattr(files.os, "replace", killed_on_val)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
+    corpus.write_text(TEXT + "more text\n")
+    with pytest.raises(Interrupted, match=f"stopped by Ctrl-C while preparing {bins}; its bins are as they were"):
+        prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     assert read_meta(bins) is None
-    assert sorted(p.name for p in bins.iterdir()) == ["train.bin", "val.bin"]
+    assert sorted(p.name for p in bins.iterdir()) == [".lmzoo.lock", "train.bin", "val.bin"]
     monkeypatch.undo()
-    assert prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))["tokenizer"]["kind"] == "tiktoken"
+    assert prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))["splits"]["val"]["bytes"] > 0
 
 
 def test_truncated_bin_is_not_accepted(tmp_path, corpus):
-    bins = tmp_path / "bins"
-    prepare_at(bins, {"kind": "char"}, path=str(corpus))
+    bins = tmp_path / "bins" / "char"
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     with open(bins / "train.bin", "r+b") as file:
         file.truncate(10)
     assert read_meta(bins) is None
-    assert prepare_at(bins, {"kind": "char"}, path=str(corpus))["splits"]["train"]["tokens"] * 2 == (bins / "train.bin").stat().st_size
+    meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    assert meta["splits"]["train"]["tokens"] * 2 == (bins / "train.bin").stat().st_size
+
+
+def test_bins_holding_ids_outside_the_vocabulary_are_refused(tmp_path, corpus):
+    bins = tmp_path / "bins" / "char"
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    with open(bins / "val.bin", "r+b") as file:
+        file.write(np.array([40000], dtype=np.uint16).tobytes())
+    with pytest.raises(UserError, match=f"{bins / 'val.bin'} holds token id 40000, outside the vocabulary of 27"):
+        prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
 
 
 def test_url_source_is_downloaded_once_and_checksum_verified(tmp_path, corpus):
@@ -116,7 +130,7 @@ def test_missing_data_file_names_the_fix(tmp_path):
 
 def test_training_windows_are_a_pure_function_of_the_batch_index(tmp_path, corpus):
     prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
-    path = tmp_path / "bins" / "train.bin"
+    path = tmp_path / "bins" / "char" / "train.bin"
     from_start = iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, world_size=1, start=0))
     batches = [next(from_start) for _ in range(6)]
     resumed = next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=0, world_size=1, start=5)))
@@ -127,7 +141,7 @@ def test_training_windows_are_a_pure_function_of_the_batch_index(tmp_path, corpu
 
 def test_ranks_share_out_the_global_batch_of_a_single_process(tmp_path, corpus):
     prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
-    path = tmp_path / "bins" / "train.bin"
+    path = tmp_path / "bins" / "char" / "train.bin"
     single = next(iter(RandomWindows(path, "uint16", 16, 8, seed=7, rank=0, world_size=1, start=3)))
     shares = [next(iter(RandomWindows(path, "uint16", 16, 4, seed=7, rank=rank, world_size=2, start=3)))
               for rank in (0, 1)]
@@ -137,8 +151,8 @@ def test_ranks_share_out_the_global_batch_of_a_single_process(tmp_path, corpus):
 
 def test_validation_windows_are_fixed(tmp_path, corpus):
     prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
-    first = list(FixedWindows(tmp_path / "bins" / "val.bin", "uint16", 16, 4, max_batches=3))
-    second = list(FixedWindows(tmp_path / "bins" / "val.bin", "uint16", 16, 4, max_batches=3))
+    first = list(FixedWindows(tmp_path / "bins" / "char" / "val.bin", "uint16", 16, 4, max_batches=3))
+    second = list(FixedWindows(tmp_path / "bins" / "char" / "val.bin", "uint16", 16, 4, max_batches=3))
     assert len(first) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
 
 
@@ -155,7 +169,8 @@ def test_datamodule_serves_batches_from_the_real_config(tmp_path):
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (4, 32) and x.dtype == torch.int64
     assert datamodule.vocab_size == 65
-    assert json.loads((tmp_path / "data" / "shakespeare_char" / "meta.json").read_text())["source"] == str(SHAKESPEARE)
+    meta = tmp_path / "data" / "shakespeare_char" / "char" / "meta.json"
+    assert json.loads(meta.read_text())["source"] == str(SHAKESPEARE)
 
 
 def test_char_prompt_outside_vocabulary_names_the_characters():

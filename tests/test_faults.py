@@ -30,12 +30,15 @@ def test_kill_9_anywhere_then_resume_auto_ends_bit_identical(tmp_path, uninterru
     assert read_checkpoint(last)["global_step"] == 5
     assert run_cli(tmp_path, *fault(10, "validation")).returncode == -9
     assert read_checkpoint(last)["global_step"] == 5
-    # Killed halfway through writing step 10's checkpoints: the complete previous last.ckpt is still there.
+    # Killed halfway through writing step 10's checkpoints: the complete previous last.ckpt is still there,
+    # beside the half-written file, which the next run cleans.
     assert run_cli(tmp_path, *fault(10, "save")).returncode == -9
     assert read_checkpoint(last)["global_step"] == 5
+    assert list(last.parent.glob(".*.partial"))
     finished = run_cli(tmp_path, "resume=auto")
     assert finished.returncode == 0, finished.stderr
     assert_same_weights(last, uninterrupted)
+    assert sorted(path.name for path in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_sigterm_and_sigint_save_last_checkpoint_mid_interval_and_resume_exactly(tmp_path, uninterrupted):

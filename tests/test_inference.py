@@ -6,6 +6,7 @@ The commands run in-process on the composed real configs; one test runs generate
 import json
 import math
 import shutil
+import sys
 
 import pytest
 from helpers import SHAKESPEARE, compose_config, compose_train, run
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 
 from lmzoo.cli.describe import describe
 from lmzoo.cli.evaluate import evaluate_checkpoint as evaluate
+from lmzoo.cli.evaluate import main as evaluate_main
 from lmzoo.cli.generate import sample
 from lmzoo.cli.plot import main as plot_main
 from lmzoo.errors import UserError
@@ -83,7 +85,7 @@ def test_evaluate_covers_the_whole_validation_split_deterministically(trained, c
     printed = capsys.readouterr().out
     saved = json.loads((trained / "checkpoints/best.eval.shakespeare_char.json").read_text())
     again = evaluate(compose_config("evaluate", f"ckpt={trained}/checkpoints/best.ckpt"))
-    meta = json.loads((trained.parent / "data/shakespeare_char/meta.json").read_text())["splits"]["val"]
+    meta = json.loads((trained.parent / "data/shakespeare_char/char/meta.json").read_text())["splits"]["val"]
     assert saved == first == again
     assert saved["tokens"] == meta["tokens"] - 1 and saved["bytes"] == meta["bytes"]
     assert saved["perplexity"] == pytest.approx(math.exp(saved["loss"]))
@@ -99,6 +101,20 @@ def test_evaluate_refuses_data_with_another_tokenizer(trained, tmp_path):
     with pytest.raises(UserError, match=r"^data set 'shakespeare' is tokenized differently from the checkpoint; "
                                         r"evaluate on data the model was trained with \(char tokenizer"):
         evaluate(cfg)
+    # Refused before any data was prepared.
+    assert not (tmp_path / "shakespeare").exists()
+
+
+def test_evaluate_on_a_text_file_alone_uses_the_checkpoints_tokenizer(trained, tmp_path, monkeypatch, capsys):
+    text = SHAKESPEARE.read_text()[:30_000]
+    (tmp_path / "act.txt").write_text(text)
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"ckpt={trained}/checkpoints/best.ckpt", f"data.path={tmp_path / 'act.txt'}",
+                                      f"paths.data_dir={tmp_path / 'data'}"])
+    evaluate_main()
+    saved = json.loads((trained / "checkpoints/best.eval.act.json").read_text())
+    val_bytes = len(text) - int(len(text) * 0.9)
+    assert saved["data"] == "act" and saved["bytes"] == val_bytes and saved["tokens"] == val_bytes - 1
+    assert (tmp_path / "data" / "act" / "char" / "meta.json").is_file()
 
 
 def test_describe_prints_the_full_hyper_parameters(trained):

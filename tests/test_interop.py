@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import REPO, SHAKESPEARE, compose_train, make, run
 
-from lmzoo.checkpoints import load_model
+from lmzoo.checkpoints import load_model, model_card
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.folder import save_folder
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
@@ -46,6 +46,8 @@ def test_gpt2_from_hugging_face_gives_its_logits(hf_gpt2):
     assert type(model.config) is TransformerConfig and model.config.positions == "learned"
     assert model.block_size == 64 and model.vocab_size == 50257
     assert tokenizer.spec == {"kind": "tiktoken", "name": "gpt2"}
+    # Its card says where the weights came from, having no steps or validation loss of its own.
+    assert model_card(model, info).endswith(f"tiktoken gpt2 | weights from {folder}")
     idx = torch.randint(0, 50257, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(model(idx).logits, hf_model(idx).logits, atol=1e-5, rtol=0)
@@ -71,7 +73,7 @@ def lmzoo_models():
 
 
 @pytest.mark.parametrize("name", sorted(lmzoo_models()))
-def test_export_gives_the_same_logits_and_greedy_text_in_transformers(tmp_path, name):
+def test_export_gives_the_same_logits_and_greedy_text_in_transformers_and_back_in_lmzoo(tmp_path, name):
     torch.manual_seed(0)
     model = lmzoo_models()[name].eval()
     randomize(model)
@@ -88,6 +90,11 @@ def test_export_gives_the_same_logits_and_greedy_text_in_transformers(tmp_path, 
         theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                    max_new_tokens=20, min_new_tokens=20, pad_token_id=0)
     assert torch.equal(theirs[:, 4:], ours)
+    # lmzoo loads what it exported (a char GPT-2 and a Llama alike) as the model it was.
+    reloaded, tokenizer, info = load_model(tmp_path / "hf")
+    assert reloaded.config == model.config and tokenizer.spec == {"kind": "char", "chars": CHARS}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, model(idx).logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("tokenizer", [
@@ -108,7 +115,7 @@ def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
     assert exported.encode(text) == ids and exported.decode(ids) == text
 
 
-@pytest.mark.parametrize("name", ["mlp", "block_scaling", "moe", "moa_moe"])
+@pytest.mark.parametrize("name", ["bigram", "mlp", "block_scaling", "moe", "moa_moe"])
 def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path, name):
     model = make(name).eval()
     spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
@@ -120,6 +127,20 @@ def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp
     idx = torch.randint(0, model.vocab_size, (1, 16))
     assert type(reloaded) is type(model) and tokenizer.spec == spec
     assert torch.equal(reloaded(idx).logits, model(idx).logits)
+
+
+def test_a_trained_gpt_rope_exported_as_llama_samples_evaluates_and_trains_on_in_lmzoo(tmp_path):
+    best = train(compose_train(tmp_path / "first", "trainer.max_steps=4", "trainer.val_check_interval=4"))["best_checkpoint"]
+    export_checkpoint(best, str(tmp_path / "llama"))
+    model, _, info = load_model(best)
+    exported, _, exported_info = load_model(tmp_path / "llama")
+    idx = torch.randint(0, model.vocab_size, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(idx).logits, model(idx).logits, atol=1e-6, rtol=0)
+    assert model_card(exported, exported_info) == model_card(model, info)
+    result = train(compose_train(tmp_path / "second", f"init_from={tmp_path / 'llama'}", "trainer.max_steps=2",
+                                 "trainer.val_check_interval=2"))
+    assert result["steps"] == 2
 
 
 def test_export_refuses_to_write_into_a_folder_with_files(tmp_path):

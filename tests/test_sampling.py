@@ -125,8 +125,8 @@ def test_complete_with_stop_strings_per_row():
     (dict(top_p=1.5), "top_p must lie in (0, 1] or be null, got 1.5"),
     (dict(repetition_penalty=0.0), "repetition_penalty must be > 0 (1 turns it off), got 0.0"),
     (dict(max_new_tokens=-1), "max_new_tokens must be >= 0, got -1"),
-    (dict(max_new_tokens="abc"), "sampling.max_new_tokens must be an integer, got 'abc'"),
-    (dict(top_k=2.5), "sampling.top_k must be an integer or null, got 2.5"),
+    (dict(max_new_tokens="abc"), "max_new_tokens must be an integer, got 'abc'"),
+    (dict(top_k=2.5), "top_k must be an integer or null, got 2.5"),
 ])
 def test_meaningless_settings_from_python_are_refused_by_name(settings, message):
     with pytest.raises(UserError, match="^" + re.escape(message) + "$"):

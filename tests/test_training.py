@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import lightning as L
 import pytest
@@ -53,11 +54,33 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert actual["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
 
 
-def test_resume_auto_continues_from_the_run_folder(tmp_path):
+def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_segment(tmp_path, capsys):
+    summary, last = tmp_path / "run" / "summary.json", tmp_path / "run" / "checkpoints" / "last.ckpt"
     train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
+    first = json.loads(summary.read_text())
+    # As if the first segment had taken 1000 s: the later summaries must count them.
+    checkpoint = torch.load(last, weights_only=False)
+    checkpoint["lmzoo"]["wall_time_s"] = 1000.0
+    torch.save(checkpoint, last)
+    # resume=auto on a finished run trains nothing, and reports the run as it was.
+    started = time.perf_counter()
+    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", "resume=auto"))
+    again = json.loads(summary.read_text())
+    assert again["tokens_per_sec"] == first["tokens_per_sec"] and again["steps"] == 10
+    assert 1000 < again["wall_time_s"] < 1000 + time.perf_counter() - started
+
+    capsys.readouterr()
     result = train(compose_train(tmp_path, "trainer.max_steps=20", "resume=auto"))
-    assert result["steps"] == 20
-    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 20
+    assert result["steps"] == 20 and read_checkpoint(last)["global_step"] == 20
+    # Tokens/s and wall time carry over: 20 steps' tokens, and the first segments' time plus this one's.
+    (rate,) = [state for key, state in read_checkpoint(last)["callbacks"].items() if key.startswith("TokensPerSecond")]
+    assert rate["tokens"] == 20 * 4 * 32
+    both = json.loads(summary.read_text())
+    assert both["tokens_per_sec"] == pytest.approx(rate["tokens"] / rate["seconds"])
+    assert both["wall_time_s"] > again["wall_time_s"]
+    # The schedule stays the checkpoint's, and the command says so.
+    assert ("warning: resuming keeps the checkpoint's optimizer and learning-rate schedule (decay_steps=10), not this "
+            "command's optim.decay_steps=20") in capsys.readouterr().err
 
 
 class LossCurve(L.Callback):

@@ -8,6 +8,7 @@ from torch import nn
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.data import CharTokenizer
+from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import BlockScalingConfig, MLPConfig, MoAMoE, MoETransformer
 from lmzoo.models.block_scaling import layer_widths
@@ -119,6 +120,36 @@ def test_mlp_hidden_widths_shrink_geometrically():
     model = MLPConfig(vocab_size=V, context=3, n_embd=4, hidden=16, n_hidden=3, activation="gelu").build()
     linears = [m for m in model.hidden.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(12, 64), (64, 32), (32, 16)]
+
+
+def test_mlp_permutation_codes_are_distinct_half_ones_and_seeded():
+    config = MLPConfig(vocab_size=V, context=3, n_embd=4, hidden=16, input_encoding="permutation", code_bits=8)
+    model = config.build()
+    codes = model.codes[:V]
+    assert codes.shape == (V, 8) and (codes.sum(dim=1) == 4).all() and len({tuple(c) for c in codes.tolist()}) == V
+    # The padding token before a window's start is all zeros, which no token's code is.
+    assert not model.codes[V].any()
+    assert torch.equal(config.build().codes, model.codes)
+    assert model.hidden[0][0].in_features == 3 * 8 and not hasattr(model, "wte")
+    # C(8, 4) = 70 codes fit a vocabulary of 70; C(7, 3) = 35 do not.
+    with pytest.raises(UserError, match=r"^model.code_bits gives only C\(7, 3\) = 35 codes for a vocabulary of 70; "
+                                        r"use code_bits=8 or more, got 7$"):
+        MLPConfig(vocab_size=V, input_encoding="permutation", code_bits=7)
+
+
+def test_mlp_permutation_codes_come_back_from_the_checkpoint(tmp_path):
+    cfg = compose_train(tmp_path, "model=mlp", *TINY_RUN, *TINY_WIDTHS["mlp"], "model.input_encoding=permutation",
+                        tiny=False)
+    datamodule, lit, trainer = build(cfg)
+    trainer.fit(lit, datamodule=datamodule)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    assert torch.equal(checkpoint["state_dict"]["model.codes"], lit.model.codes)
+    # Codes other than a fresh model would draw: the loaded model takes the checkpoint's.
+    checkpoint["state_dict"]["model.codes"] = checkpoint["state_dict"]["model.codes"].flip(0)
+    torch.save(checkpoint, path)
+    loaded, _, _ = load_model(path)
+    assert torch.equal(loaded.codes, lit.model.codes.flip(0))
 
 
 def test_block_scaling_widths_follow_openelm():

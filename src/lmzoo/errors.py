@@ -10,6 +10,14 @@ import typing
 class UserError(Exception):
     """A mistake the user can fix: bad input, a missing file, a mismatched checkpoint."""
 
+    exit_status = 2
+
+
+class Interrupted(UserError):
+    """Ctrl-C while lmzoo was working; the message says what was kept. Exits as a process killed by SIGINT does."""
+
+    exit_status = 130
+
 
 def report_user_errors(main):
     """Wrap an entry point so that a UserError prints `error: ...` and exits with status 2."""
@@ -23,7 +31,11 @@ def report_user_errors(main):
             if cause is None:
                 raise
             print(f"error: {cause}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(cause.exit_status)
+        except KeyboardInterrupt:
+            # Every file lmzoo writes is written atomically, so stopping anywhere leaves no half-written file.
+            print("error: stopped by Ctrl-C; files being written were discarded and earlier ones kept", file=sys.stderr)
+            sys.exit(Interrupted.exit_status)
 
     return wrapper
 
@@ -37,8 +49,9 @@ def user_error_behind(error: BaseException | None) -> UserError | None:
     return None
 
 
-def check_field_types(config, section: str) -> None:
-    """Refuse a dataclass whose values do not have their annotated types, naming `section.key`.
+def check_field_types(config, section: str | None) -> None:
+    """Refuse a dataclass whose values do not have their annotated types, naming `section.key` (`key` when
+    the keys are at the top of the command line's config).
 
     Configs come from the command line, where `model.n_layer=abc` is a string: without this check it
     would fail deep inside torch.
@@ -48,7 +61,8 @@ def check_field_types(config, section: str) -> None:
         if field.init:
             value = getattr(config, field.name)
             if not matches(value, hints[field.name]):
-                raise UserError(f"{section}.{field.name} must be {describe_type(hints[field.name])}, got {value!r}")
+                key = f"{section}.{field.name}" if section else field.name
+                raise UserError(f"{key} must be {describe_type(hints[field.name])}, got {value!r}")
 
 
 def matches(value, annotation) -> bool:

@@ -1,13 +1,19 @@
 """The one atomic write: checkpoints, token bins, downloads and evaluation output all go through it, so a
-kill or a full disk never leaves a half-written file under a final name."""
+kill or a full disk never leaves a half-written file under a final name. And the one folder lock, so that
+two processes never write into one data or run folder at the same time."""
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from filelock import FileLock, Timeout
+
 from lmzoo.errors import UserError
+
+LOCK = ".lmzoo.lock"
 
 
 @contextlib.contextmanager
@@ -32,9 +38,16 @@ def atomic_write(path: str | os.PathLike, fix: str = "free disk space or choose 
         with contextlib.suppress(OSError):
             partial.unlink()
         # An OSError about another file (a source being read, say) is not a failure to write this one.
-        if isinstance(error, OSError) and error.filename in (None, str(partial), str(path), str(path.parent)):
+        if isinstance(error, OSError) and is_on_path(error.filename, partial, path):
             raise UserError(f"cannot write {path} ({error.strerror or error}); {fix}") from None
         raise
+
+
+def is_on_path(filename, *paths: Path) -> bool:
+    """Whether an OSError's filename is one of `paths` or a folder above them (None: unknown, so yes)."""
+    if filename is None:
+        return True
+    return any(str(filename) in (str(path), *map(str, path.parents)) for path in paths)
 
 
 def write_atomically(path: str | os.PathLike, payload: bytes, fix: str = "free disk space or choose a writable folder") -> None:
@@ -54,3 +67,45 @@ def sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike, doing: str, wait: bool, fix: str) -> Iterator[Path]:
+    """Hold `folder` for this process while the block runs; `doing` says what for ("preparing", "training in").
+
+    A second process waits for the holder when `wait`, else stops with a UserError naming the holder's PID
+    and `fix`. The holder removes the `.NAME.partial` files a killed holder left in it.
+    The lock is the operating system's (flock, through filelock), so it dies with its process, even on kill -9.
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot use {folder} as a folder ({error.strerror or error}); {fix}") from None
+    lock = FileLock(folder / LOCK)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        pid = lock_holder(folder)
+        holder = f"PID {pid}" if pid else "another process"
+        if not wait:
+            raise UserError(f"{holder} is {doing} {folder}; wait for it to end, or {fix}") from None
+        print(f"waiting for {holder}, which is {doing} {folder}", file=sys.stderr)
+        lock.acquire()
+    except OSError as error:
+        raise UserError(f"cannot lock {folder} ({error.strerror or error}); {fix}") from None
+    try:
+        (folder / LOCK).write_text(str(os.getpid()))
+        # Only here and one folder down (a run's checkpoints/): other processes may be writing deeper below.
+        for partial in [*folder.glob(".*.partial"), *folder.glob("*/.*.partial")]:
+            partial.unlink(missing_ok=True)
+        yield folder
+    finally:
+        lock.release()
+
+
+def lock_holder(folder: Path) -> str | None:
+    """The PID the holder of `folder` wrote into its lock file, if it did yet."""
+    with contextlib.suppress(OSError):
+        return (folder / LOCK).read_text().strip() or None
+    return None

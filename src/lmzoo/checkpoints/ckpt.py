@@ -8,18 +8,31 @@ from pathlib import Path
 
 import torch
 
+from lmzoo.checkpoints.integrity import check_archive, check_finite
 from lmzoo.checkpoints.record import check_readable, upgrade_record
 from lmzoo.errors import UserError
 
 PREFIX = "model."
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint file, upgraded in memory to this release's layout."""
+def checkpoint_file(path: str | Path) -> Path:
+    """`path` as a checkpoint file that exists; a missing path or a folder is a UserError saying what to pass."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = path / "checkpoints" / "best.ckpt"
+        hint = (f"pass one of its checkpoints, such as {inside}" if inside.is_file() else
+                "pass a .ckpt file from a run's checkpoints/, or a folder written by python -m lmzoo.export")
+        raise UserError(f"{path} is a folder, not a checkpoint; {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist; pass a .ckpt file from a run's checkpoints/, "
                         "a folder written by python -m lmzoo.export, or hf:NAME")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file, checked for damage and upgraded in memory to this release's layout."""
+    path = checkpoint_file(path)
+    check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
@@ -28,6 +41,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(f"{path} is not an lmzoo checkpoint; pass one written by python -m lmzoo.train")
     check_readable(checkpoint["lmzoo"].get("version", "unknown"), path)
     upgrade_checkpoint(checkpoint)
+    check_finite(checkpoint["state_dict"], path)
     return checkpoint
 
 

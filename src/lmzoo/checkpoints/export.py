@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from lmzoo.checkpoints.folder import INSTALL_HINT, save_folder
-from lmzoo.checkpoints.gpt2 import CONV1D_WEIGHTS
+from lmzoo.checkpoints.folder import INSTALL_HINT, save_folder, write_record
+from lmzoo.checkpoints.hf import CONV1D_WEIGHTS, VOCAB_ROWS, llama_layout
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
 from lmzoo.checkpoints.load import load_model
 from lmzoo.data.tokenizer import Tokenizer
@@ -33,24 +33,32 @@ def converter_for(model: LanguageModel):
 
 
 def export_checkpoint(ckpt: str, out: str, merge_adapters: bool = False) -> str:
-    """Write the model of `ckpt` into the new folder `out`; return a line saying what was written."""
+    """Write the model of `ckpt` into the new folder `out`; return a line saying what was written.
+
+    Beside the weights goes lmzoo.json: the model's config, tokenizer and training so far, so that every
+    lmzoo command loads the folder back as the model it was.
+    """
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"out={out} already exists and is not an empty folder; pass a new folder")
-    model, tokenizer, _ = load_model(ckpt)
+    model, tokenizer, info = load_model(ckpt)
     if any(isinstance(module, LoRALinear) for module in model.modules()):
         if not merge_adapters:
             raise UserError(f"{ckpt} holds LoRA adapters; pass merge=true to fold them into the exported weights")
         merge(model)
+    trained = {key: info[key] for key in ("global_step", "best_val_loss")}
     converter = converter_for(model)
-    if converter is None:
-        save_folder(model, tokenizer.spec, out)
-        return (f"{type(model).__name__} has no transformers class; wrote lmzoo safetensors and lmzoo.json to "
-                f"{out}, which python -m lmzoo.generate ckpt={out} loads")
-    return export_hf(model, converter, tokenizer, out)
+    try:
+        if converter is None:
+            save_folder(model, tokenizer.spec, out, trained)
+            return (f"{type(model).__name__} has no transformers class; wrote lmzoo safetensors and lmzoo.json to "
+                    f"{out}, which python -m lmzoo.generate ckpt={out} loads")
+        return export_hf(model, converter, tokenizer, out, trained)
+    except OSError as error:
+        raise UserError(f"cannot write {out} ({error.strerror or error}); pass out= a writable new folder") from None
 
 
-def export_hf(model, converter, tokenizer: Tokenizer, out: Path) -> str:
+def export_hf(model, converter, tokenizer: Tokenizer, out: Path, trained: dict) -> str:
     try:
         from transformers import GenerationConfig
     except ImportError:
@@ -59,6 +67,7 @@ def export_hf(model, converter, tokenizer: Tokenizer, out: Path) -> str:
     hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
     hf_model.save_pretrained(out)
     saved = save_tokenizer(tokenizer, out)
+    write_record(model, tokenizer.spec, out, trained)
     return f"wrote {type(hf_model).__name__} ({saved}) to {out}; load it with AutoModelForCausalLM.from_pretrained"
 
 
@@ -89,28 +98,12 @@ def to_llama(model: Transformer, eot_id: int | None):
         rope_theta=hp.rope_base, hidden_act="silu", attention_bias=False, mlp_bias=False,
         tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
     )
-    vocab = model.vocab_size
-    state = {"model.embed_tokens.weight": model.transformer.wte.weight[:vocab],
-             "model.norm.weight": model.transformer.ln_f.weight}
-    if not hp.tie_embeddings:
-        state["lm_head.weight"] = model.lm_head.weight[:vocab]
-    for i, block in enumerate(model.transformer.h):
-        a = block.attn
-        q, k, v = a.c_attn.weight.split([a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim])
-        # c_fc computes [gate, up] in one matmul; the MLP splits its output with chunk(2).
-        gate, up = block.mlp.c_fc.weight.chunk(2)
-        layer = f"model.layers.{i}."
-        state |= {
-            layer + "input_layernorm.weight": block.ln_1.weight,
-            layer + "self_attn.q_proj.weight": q,
-            layer + "self_attn.k_proj.weight": k,
-            layer + "self_attn.v_proj.weight": v,
-            layer + "self_attn.o_proj.weight": a.c_proj.weight,
-            layer + "post_attention_layernorm.weight": block.ln_2.weight,
-            layer + "mlp.gate_proj.weight": gate,
-            layer + "mlp.up_proj.weight": up,
-            layer + "mlp.down_proj.weight": block.mlp.c_proj.weight,
-        }
+    ours = model.state_dict()
+    for key in VOCAB_ROWS:
+        ours[key] = ours[key][: model.vocab_size]
+    state = {}
+    for name, theirs, rows in llama_layout(model):
+        state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
     return load_into(LlamaForCausalLM(config), state)
 
 

@@ -1,19 +1,24 @@
-"""lmzoo's own folder format: model.safetensors plus lmzoo.json (architecture, config, tokenizer).
+"""lmzoo's own folder format: model.safetensors plus lmzoo.json (architecture, config, tokenizer, training so
+far, and the sha256 of the weights).
 
-`python -m lmzoo.export` writes it for architectures that no transformers class describes; every lmzoo
-command loads it. safetensors is imported only here, inside the functions that need it.
+`python -m lmzoo.export` writes it for architectures that no transformers class describes, and writes the
+same lmzoo.json beside the Hugging Face files of the others, so that lmzoo loads those back as they were;
+every lmzoo command loads both. safetensors is imported only here, inside the functions that need it.
 """
 
 import json
 from pathlib import Path
 
 from lmzoo import __version__
+from lmzoo.checkpoints.integrity import check_digest
 from lmzoo.checkpoints.record import architecture_record, build_model, check_readable, upgrade_record
+from lmzoo.data.source import sha256_of
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.models import LanguageModel
 
 FOLDER_RECORD = "lmzoo.json"
+WEIGHTS = "model.safetensors"
 INSTALL_HINT = "pip install 'lmzoo[hf]'"
 
 
@@ -29,18 +34,37 @@ def is_lmzoo_folder(source: str) -> bool:
     return (Path(source).expanduser() / FOLDER_RECORD).is_file()
 
 
-def save_folder(model: LanguageModel, tokenizer_spec: dict, out: Path) -> None:
+def save_folder(model: LanguageModel, tokenizer_spec: dict, out: Path, trained: dict | None = None) -> None:
+    """model.safetensors and lmzoo.json in `out`; `trained` holds the source's global_step and best_val_loss."""
     out.mkdir(parents=True, exist_ok=True)
-    safetensors_torch().save_model(model, str(out / "model.safetensors"))
-    record = {"version": __version__, **architecture_record(model), "tokenizer": tokenizer_spec}
+    safetensors_torch().save_model(model, str(out / WEIGHTS))
+    write_record(model, tokenizer_spec, out, trained)
+
+
+def write_record(model: LanguageModel, tokenizer_spec: dict, out: Path, trained: dict | None = None) -> None:
+    """lmzoo.json for the weights already in `out`: what rebuilds the model, and their sha256."""
+    record = {"version": __version__, **architecture_record(model), "tokenizer": tokenizer_spec, **(trained or {}),
+              "weights_sha256": sha256_of(out / WEIGHTS)}
     write_atomically(out / FOLDER_RECORD, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+
+
+def read_record(folder: Path) -> dict:
+    """lmzoo.json of `folder`, upgraded to this release's layout, its weights checked against their sha256."""
+    try:
+        record = json.loads((folder / FOLDER_RECORD).read_text())
+    except ValueError as error:
+        raise UserError(f"{folder / FOLDER_RECORD} is damaged ({error}); export the model again") from None
+    check_readable(record.get("version", "unknown"), folder)
+    check_digest(folder / WEIGHTS, record.get("weights_sha256"))
+    return upgrade_record(record)
 
 
 def load_folder(source: str) -> tuple[LanguageModel, dict]:
     folder = Path(source).expanduser()
-    record = json.loads((folder / FOLDER_RECORD).read_text())
-    check_readable(record.get("version", "unknown"), folder)
-    record = upgrade_record(record)
+    record = read_record(folder)
     model = build_model(record)
-    safetensors_torch().load_model(model, str(folder / "model.safetensors"))
-    return model, {**record, "best_val_loss": float("inf"), "global_step": 0}
+    try:
+        safetensors_torch().load_model(model, str(folder / WEIGHTS))
+    except Exception as error:
+        raise UserError(f"{folder / WEIGHTS} does not load ({type(error).__name__}); export the model again") from None
+    return model, {"global_step": None, "best_val_loss": None, **record, "origin": str(folder)}

@@ -1,7 +1,8 @@
-"""The one loader: an lmzoo checkpoint, an lmzoo folder, or GPT-2 from Hugging Face, to a model ready to use.
+"""The one loader: an lmzoo checkpoint, an lmzoo folder, or a Hugging Face folder, to a model ready to use.
 
 A checkpoint holds the architecture, its hyper-parameters and the tokenizer, so no training config or
-data is needed. It only imports downwards: from the format modules beside it and from models and data.
+data is needed. Damaged weights (changed bytes, NaN or inf) are refused. It only imports downwards: from
+the format modules beside it and from models and data.
 """
 
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 
 from lmzoo.checkpoints.ckpt import model_state, read_checkpoint
 from lmzoo.checkpoints.folder import is_lmzoo_folder, load_folder
-from lmzoo.checkpoints.gpt2 import is_hf_source, load_gpt2
+from lmzoo.checkpoints.hf import is_hf_source, load_hf
+from lmzoo.checkpoints.integrity import check_finite
 from lmzoo.checkpoints.record import build_model
 from lmzoo.data.tokenizer import Tokenizer, describe_tokenizer, tokenizer_from_spec
 from lmzoo.errors import UserError
@@ -23,15 +25,40 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
 
     `source` is an lmzoo checkpoint, a folder written by python -m lmzoo.export, or GPT-2 from Hugging Face
     (`hf:NAME` or a local folder holding its config.json). The record also gives `global_step` and
-    `best_val_loss`.
+    `best_val_loss` (None where the weights do not say, with `origin` naming where they came from).
     """
+    device = resolve_device(device)
     model, info = build_from(str(source))
     return model.to(device).eval(), tokenizer_from_spec(info["tokenizer"]), info
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A torch device by name; `auto` is CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device={name} is not here: torch sees {torch.cuda.device_count()} CUDA GPUs; use "
+                        "device=auto or device=cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} needs a CUDA GPU, and torch sees none; use device=auto or device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device={name} is not one lmzoo runs on; use auto, cpu, cuda or cuda:N")
+    return device
+
+
 def build_from(source: str) -> tuple[LanguageModel, dict]:
+    model, info = build_unchecked(source)
+    check_finite(model.state_dict(), source)
+    return model, info
+
+
+def build_unchecked(source: str) -> tuple[LanguageModel, dict]:
     if is_hf_source(source):
-        return load_gpt2(source)
+        return load_hf(source)
     if is_lmzoo_folder(source):
         return load_folder(source)
     checkpoint = read_checkpoint(source)
@@ -52,12 +79,15 @@ def build_from(source: str) -> tuple[LanguageModel, dict]:
 
 
 def model_card(model: LanguageModel, info: dict) -> str:
-    """One line that says what a checkpoint is: architecture, size, tokenizer, training so far."""
+    """One line that says what a checkpoint is: architecture, size, tokenizer, training so far (or where the
+    weights came from, when they do not say)."""
     config = info["config"]
     shape = ", ".join(f"{key} {config[key]}" for key in ("n_layer", "n_head", "n_embd", "block_size") if key in config)
     parameters = sum(p.numel() for p in model.parameters())
-    best = info["best_val_loss"]
-    return (
-        f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | {describe_tokenizer(info['tokenizer'])}"
-        f" | {info['global_step']:,} steps | best val loss {best:.4f}"
-    )
+    steps, best = info.get("global_step"), info.get("best_val_loss")
+    if steps is None:
+        trained = f"weights from {info['origin']}"
+    else:
+        trained = f"{steps:,} steps | best val loss " + ("-" if best is None or best == float("inf") else f"{best:.4f}")
+    return (f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | "
+            f"{describe_tokenizer(info['tokenizer'])} | {trained}")

@@ -33,11 +33,15 @@ def architecture_record(model: LanguageModel) -> dict:
     return {"architecture": f"{config.__module__}.{config.__qualname__}", "config": model.config.as_dict()}
 
 
+def build_config(record: dict) -> ModelConfig:
+    """The recorded architecture's config."""
+    module_name, class_name = record["architecture"].rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), class_name)(**record["config"])
+
+
 def build_model(record: dict) -> LanguageModel:
     """A freshly initialised model of the recorded architecture and config."""
-    module_name, class_name = record["architecture"].rsplit(".", 1)
-    config_class = getattr(importlib.import_module(module_name), class_name)
-    return config_class(**record["config"]).build()
+    return build_config(record).build()
 
 
 def release(version: str) -> str:

@@ -6,7 +6,7 @@ from lmzoo.checkpoints.load import load_model, model_card
 from lmzoo.cli.hydra_command import hydra_command
 
 
-@hydra_command("describe")
+@hydra_command("describe", literal=("ckpt",))
 def main(cfg: DictConfig) -> None:
     print(describe(cfg.ckpt), end="")
 
@@ -19,8 +19,10 @@ def describe(ckpt: str) -> str:
         "hyper_parameters": info["config"],
         "optim": info.get("optim"),
         "tokenizer": info["tokenizer"],
-        "global_step": info["global_step"],
-        "best_val_loss": info["best_val_loss"],
+        "global_step": info.get("global_step"),
+        "best_val_loss": info.get("best_val_loss"),
         "lmzoo_version": info.get("version"),
     }
+    if "origin" in info:
+        record["origin"] = info["origin"]
     return model_card(model, info) + "\n" + OmegaConf.to_yaml(record)

@@ -1,31 +1,53 @@
-"""python -m lmzoo.evaluate ckpt=PATH [data=NAME data.path=FILE]: loss, perplexity and bits per byte on validation."""
+"""python -m lmzoo.evaluate ckpt=PATH [data=NAME] [data.path=FILE]: loss, perplexity and bits per byte on validation.
+
+Without data=, the data set the checkpoint's run trained on; with only data.path=FILE, that text, tokenized
+with the checkpoint's own tokenizer.
+"""
 
 import json
+import sys
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.checkpoints.load import load_model, model_card
+from lmzoo.checkpoints.load import load_model, model_card, resolve_device
 from lmzoo.cli.hydra_command import hydra_command
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.inference.evaluation import evaluate, table
 
+# The data preset for any text: evaluated with the checkpoint's own tokenizer.
+ANY_TEXT = "text"
 
-@hydra_command("evaluate")
-def main(cfg: DictConfig) -> None:
+
+@hydra_command("evaluate", literal=("ckpt",))
+def run(cfg: DictConfig) -> None:
     evaluate_checkpoint(cfg)
 
 
-def data_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
+def main() -> None:
+    """Entry point: data.path=FILE (or any data.KEY) without data=NAME evaluates on that text (data=text)."""
+    args = sys.argv[1:]
+    if any(arg.lstrip("+").startswith("data.") for arg in args) and not any(
+            arg.lstrip("+").startswith("data=") for arg in args):
+        args = [f"data={ANY_TEXT}", *args]
+    sys.argv = [sys.argv[0], *args]
+    run()
+
+
+def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig:
     """The data set to evaluate on: `data=...` from the command line, else the one the run trained on."""
     if cfg.get("data") is not None:
-        return cfg.data
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+        if data.name == ANY_TEXT:
+            data.tokenizer = tokenizer_spec
+            if data.path and Path(data.path).expanduser().is_file():
+                data.name = Path(data.path).stem
+        return data
     run_config = ckpt.parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():
-        raise UserError(f"no training config beside {ckpt}; name the data set: data=NAME [data.path=FILE]")
+        raise UserError(f"no training config beside {ckpt}; name the data: data.path=FILE or data=NAME")
     # Resolved in the run's own config, so its data folder and block size are the ones it trained with.
     return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(run_config).data, resolve=True))
 
@@ -33,10 +55,12 @@ def data_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Evaluate cfg.ckpt on the validation split; print a table and write it as JSON beside the checkpoint."""
     ckpt = Path(cfg.ckpt).expanduser()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model, _, info = load_model(ckpt, device)
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    model, _, info = load_model(ckpt, resolve_device(cfg.device))
     print(model_card(model, info))
-    data = instantiate(data_config(cfg, ckpt), block_size=model.block_size, batch_size=cfg.batch_size, _convert_="all")
+    data = instantiate(data_config(cfg, ckpt, info["tokenizer"]), block_size=model.block_size,
+                       batch_size=cfg.batch_size, _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, info["tokenizer"], data, cfg.batch_size)}
     out = ckpt.with_name(f"{ckpt.stem}.eval.{data.name}.json")
     write_atomically(out, (json.dumps(result, indent=2) + "\n").encode("utf-8"),

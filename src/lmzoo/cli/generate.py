@@ -1,46 +1,75 @@
-"""python -m lmzoo.generate ckpt=PATH [prompt=...|prompt=@FILE|prompt=[A,B]] [--out FILE.jsonl] [controls ...]"""
+"""python -m lmzoo.generate ckpt=PATH [prompt=...|prompt=@FILE|prompt=[A,B]] [--out FILE.jsonl] [controls ...]
 
+The values of ckpt, prompt and out are taken as typed: `prompt=宝玉道` or `prompt="Hello, world"` need no
+quoting for Hydra.
+"""
+
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.checkpoints.load import load_model, model_card
+from lmzoo.checkpoints.load import load_model, model_card, resolve_device
 from lmzoo.cli.hydra_command import hydra_command
-from lmzoo.errors import UserError
+from lmzoo.errors import UserError, check_field_types
 from lmzoo.files import write_atomically
 from lmzoo.inference.sampling import SamplingSettings, complete
 
 SEPARATOR = "\n---------------\n"
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop_at_eot", "kv_cache")
 
 
-@hydra_command("generate")
+@hydra_command("generate", literal=("ckpt", "prompt", "out"))
 def run(cfg: DictConfig) -> None:
     sample(cfg)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Request:
+    """The keys of the generate command besides the sampling settings, checked before the model loads."""
+
+    ckpt: str
+    prompt: str | list[str]
+    stop: str | list[str]
+    seed: int
+    num_samples: int
+    out: str | None
+    device: str
+
+    def __post_init__(self):
+        check_field_types(self, None)
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"seed must lie in [0, 2**63), got {self.seed}")
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.prompt == []:
+            raise UserError("prompt=[] holds no prompt; pass prompt='' to sample from nothing, or prompt=[A,B]")
+        if self.out is not None and Path(self.out).expanduser().is_dir():
+            raise UserError(f"out={self.out} is a folder; pass a file to write, such as out=samples.jsonl")
+
+
 def sampling_settings(cfg: DictConfig) -> SamplingSettings:
     """The sampling keys of the generate config, checked."""
-    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop_at_eot", "kv_cache")
-    values = OmegaConf.to_container(cfg, resolve=True)
-    return SamplingSettings(**{key: values[key] for key in keys}, stop=stop_strings(cfg.stop))
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return SamplingSettings(**{key: values[key] for key in SAMPLING_KEYS}, stop=stop_strings(values["stop"]))
 
 
 def sample(cfg: DictConfig) -> None:
     """Sample as configured: stream the samples to stdout, or write them to cfg.out as JSON lines."""
+    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    request = Request(**{key: values[key] for key in (field.name for field in dataclasses.fields(Request))})
     settings = sampling_settings(cfg)
-    if cfg.num_samples < 1:
-        raise UserError(f"num_samples must be >= 1, got {cfg.num_samples}")
-    prompts = [read_prompt(p) for p in (cfg.prompt if isinstance(cfg.prompt, ListConfig) else [cfg.prompt])]
-    rows = [(prompt, index) for prompt in prompts for index in range(cfg.num_samples)]
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    model, tokenizer, info = load_model(cfg.ckpt, device)
+    prompts = [read_prompt(p) for p in (request.prompt if isinstance(request.prompt, list) else [request.prompt])]
+    rows = [(prompt, index) for prompt in prompts for index in range(request.num_samples)]
+    device = resolve_device(request.device)
+    model, tokenizer, info = load_model(request.ckpt, device)
     print(model_card(model, info), file=sys.stderr)
     pieces = complete(model, tokenizer, [prompt for prompt, _ in rows], settings,
-                      generator=torch.Generator(device).manual_seed(cfg.seed))
-    if cfg.out is None:
+                      generator=torch.Generator(device).manual_seed(request.seed))
+    if request.out is None:
         printer = InOrder([prompt for prompt, _ in rows])
         for row, piece, reason in pieces:
             printer.write(row, piece, reason is not None)
@@ -55,11 +84,11 @@ def sample(cfg: DictConfig) -> None:
         for (prompt, index), text, reason in zip(rows, texts, reasons)
     ]
     payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    write_atomically(Path(cfg.out), payload.encode("utf-8"), "choose a writable path with out=FILE.jsonl")
-    print(f"wrote {len(records)} samples to {cfg.out}", file=sys.stderr)
+    write_atomically(Path(request.out).expanduser(), payload.encode("utf-8"), "choose a writable path with out=FILE.jsonl")
+    print(f"wrote {len(records)} samples to {request.out}", file=sys.stderr)
 
 
-def stop_strings(stop: str | ListConfig) -> tuple[str, ...]:
+def stop_strings(stop: str | list[str]) -> tuple[str, ...]:
     """The stop strings; `\\n` in one stands for a newline, which is awkward to type on a command line."""
     return tuple(text.replace("\\n", "\n") for text in ([stop] if isinstance(stop, str) else stop))
 
@@ -69,6 +98,8 @@ def read_prompt(prompt: str) -> str:
     if not prompt.startswith("@"):
         return prompt
     path = Path(prompt[1:]).expanduser()
+    if path.is_dir():
+        raise UserError(f"prompt file {str(path)!r} is a folder; pass prompt=@PATH to a text file")
     if not path.is_file():
         raise UserError(f"prompt file {str(path)!r} does not exist; pass prompt=@PATH to a text file")
     try:

@@ -3,24 +3,51 @@
 Hydra reports a bad override in several lines (and a page of grammar for a bad value). lmzoo asks Hydra
 for its errors as exceptions and prints one line, `error: ...`, naming the fix, with exit status 2;
 HYDRA_FULL_ERROR=1 still shows Hydra's whole text.
+
+Values of the keys a command names as literal (paths, prompts) are taken as typed: the command quotes them
+for Hydra, so `prompt=宝玉道` or a path holding '=' needs no quoting of its own.
 """
 
+import contextlib
 import difflib
 import functools
+import hashlib
 import os
+import re
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from lmzoo.errors import UserError, report_user_errors
+from lmzoo.files import hold_folder
+
+# Set by Lightning, torchrun and SLURM in every process but the first of a distributed run.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+# Longer sweep job folder names are cut, and end in a digest of the whole name (file systems allow 255 bytes).
+FOLDER_NAME_CHARS = 100
 
 
-def hydra_command(config_name: str):
-    """Turn `task(cfg)` into a command line whose config is conf/CONFIG_NAME.yaml plus the arguments."""
+def folder_name(overrides: str) -> str:
+    """A sweep job's folder name from its overrides (conf/train.yaml joins them as model-mlp_trainer.max_steps-20):
+    no character of Hydra's override grammar, so a path into it is typed as it is, and not too long."""
+    name = re.sub(r"[^\w.+@-]", "-", re.sub(r"[\[\](){}'\"]", "", overrides).replace(",", "+"))
+    if len(name) <= FOLDER_NAME_CHARS:
+        return name
+    return f"{name[: FOLDER_NAME_CHARS - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("lmzoo.folder_name", folder_name, replace=True)
+
+
+def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
+    """Turn `task(cfg)` into a command line whose config is conf/CONFIG_NAME.yaml plus the arguments; the
+    values of the `literal` keys are taken as typed."""
 
     def decorate(task):
         # True from the start of the task until it returns: its errors are not Hydra's, and keep their tracebacks.
@@ -54,14 +81,24 @@ def hydra_command(config_name: str):
             asked = os.environ.get("HYDRA_FULL_ERROR")
             # Hydra then raises its errors instead of printing them.
             os.environ["HYDRA_FULL_ERROR"] = "1"
+            sys.argv = [sys.argv[0], *quote_literal_values(sys.argv[1:], literal)]
             try:
                 return run()
             except (HydraException, OmegaConfBaseException) as error:
                 if asked == "1" or running:
                     raise
-                print(f"error: {explain(error)}", file=sys.stderr)
+                print(f"error: {explain(error, config_name)}", file=sys.stderr)
                 sys.exit(2)
+            except Refused as refused:
+                raise refused.error from None
+            except OSError as error:
+                # Before the task: Hydra making the run folder or writing its .hydra/ there.
+                if running:
+                    raise
+                raise UserError(f"cannot write {error.filename} ({error.strerror or error}); "
+                                "choose a writable folder with hydra.run.dir=PATH") from None
             finally:
+                RunFolderLock.held.close()
                 if asked is None:
                     del os.environ["HYDRA_FULL_ERROR"]
                 else:
@@ -76,7 +113,7 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def explain(error: Exception) -> str:
+def explain(error: Exception, command: str) -> str:
     """One line for an error Hydra met while composing the config."""
     cause = error.__cause__
     if isinstance(error, MissingConfigException) and error.options is not None:
@@ -85,13 +122,14 @@ def explain(error: Exception) -> str:
     if isinstance(cause, ConfigKeyError) or type(cause).__name__ == "ConfigAttributeError":
         section, _, key = (cause.full_key or cause.key or "").rpartition(".")
         keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+        keys = [k for k in keys if k not in ("hydra", "_target_")]
         where = section or "the config"
-        hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "")
+        hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "; it has no keys to set")
         return f"{where} has no key {key}{hint}"
     first = str(error).strip().splitlines()[0]
     if "Could not override" in first and "No match in the defaults list" in first:
         group = first.split("'")[1]
-        return f"there is no option group {group}; see python -m lmzoo.train --help for the groups"
+        return f"there is no option group {group}; see python -m lmzoo.{command} --help for the groups"
     if type(error).__name__ == "OverrideParseException" or first.startswith("Ambiguous value"):
         return f"{first.rstrip('.')}: quote a value that holds spaces, commas, brackets or '=': key='value'"
     return first
@@ -100,3 +138,84 @@ def explain(error: Exception) -> str:
 def nearest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def quote_literal_values(args: list[str], keys: tuple[str, ...]) -> list[str]:
+    """The arguments with the values of `keys` quoted for Hydra, so that they mean what was typed.
+
+    A value already in quotes is left as it is, as is `[A,B]` (a list) whose unquoted items are quoted one
+    by one: `prompt=[宝玉道,'Hello, world']`.
+    """
+    quoted = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if equals and key in keys and value and not is_quoted(value):
+            if value.startswith("[") and value.endswith("]"):
+                items = [item.strip() for item in split_items(value[1:-1])]
+                value = "[" + ",".join(item if is_quoted(item) else hydra_quote(item) for item in items if item) + "]"
+            else:
+                value = hydra_quote(value)
+        quoted.append(f"{key}{equals}{value}")
+    return quoted
+
+
+def is_quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted Hydra value: quotes, interpolations (`${`) and the backslashes before them
+    (or at the end) escaped, every other character as it is."""
+    escaped = re.sub(r"(\\*)('|\$\{|$)", lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), text)
+    return f"'{escaped}'"
+
+
+def split_items(text: str) -> list[str]:
+    """`text` split at the commas outside quotes."""
+    items, current, quote = [], "", None
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    return [*items, current]
+
+
+class Refused(BaseException):
+    """A UserError raised in a Hydra callback, which Hydra would turn into a warning and go on: as a
+    BaseException it stops the command, and hydra_command's main reports the error in it."""
+
+    def __init__(self, error: UserError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunFolderLock(Callback):
+    """Holds the run folder (a sweep's folder) from before Hydra writes .hydra/ into it until the command
+    ends, so a second command on the same folder stops in one line instead of overwriting the first one's
+    config, checkpoints and summary. Only the first process of a distributed run holds it."""
+
+    # What this process holds; released when the command ends, however it ends (hydra_command's main).
+    held = contextlib.ExitStack()
+
+    def __init__(self, hold: bool = True):
+        self.hold = hold
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.take(OmegaConf.select(config, "hydra.run.dir"), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.take(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+
+    def take(self, folder: str, key: str) -> None:
+        if self.hold and all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES):
+            try:
+                self.held.enter_context(hold_folder(folder, "training in", wait=False,
+                                                    fix=f"choose another folder with {key}=PATH"))
+            except UserError as error:
+                raise Refused(error) from None

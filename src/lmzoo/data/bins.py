@@ -21,8 +21,8 @@ from lmzoo.data.config import DataConfig
 from lmzoo.data.corpus import Corpus, pieces
 from lmzoo.data.source import export_dataset, resolve_files, resolve_source, sha256_of_files
 from lmzoo.data.tokenizer import Tokenizer, fit_tokenizer
-from lmzoo.errors import UserError
-from lmzoo.files import atomic_write, write_atomically
+from lmzoo.errors import Interrupted, UserError
+from lmzoo.files import atomic_write, hold_folder, write_atomically
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "val")
@@ -32,12 +32,10 @@ GROUP_CHARS = 1 << 20
 
 
 def token_dtype(vocab_size: int, name: str | None = None) -> np.dtype:
-    """uint16 when the vocabulary fits, else uint32; or the dtype asked for, if it holds every id."""
+    """uint16 when the vocabulary fits, else uint32; or the dtype asked for (uint16 or uint32), if it holds every id."""
     if name is None:
         return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
     dtype = np.dtype(name)
-    if dtype not in (np.uint16, np.uint32):
-        raise UserError(f"data.dtype {name!r} is not supported; use uint16, uint32 or null (automatic)")
     if vocab_size > np.iinfo(dtype).max + 1:
         raise UserError(f"a vocabulary of {vocab_size:,} tokens does not fit {dtype.name}; "
                         "set data.dtype=uint32, or null to choose automatically")
@@ -75,8 +73,19 @@ def prepare(config: DataConfig, progress: bool = True) -> dict:
     """Build the bins in `config.data_dir` unless bins for the same inputs are already there; return meta.
 
     A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`.
-    Both splits must hold more than `block_size` + 1 tokens, or the existing bins stay as they are.
+    Both splits must hold more than `block_size` + 1 tokens, or the existing bins stay as they are. One
+    process at a time prepares a data folder: another one waits, then finds the bins ready.
     """
+    fix = "free disk space or choose a writable data folder with paths.data_dir=DIR"
+    with hold_folder(config.data_dir, "preparing", wait=True, fix="choose a writable data folder with paths.data_dir=DIR"):
+        try:
+            return prepare_held(config, fix, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped by Ctrl-C while preparing {config.data_dir}; its bins are as they were "
+                              "before (none were replaced); run the command again to prepare them") from None
+
+
+def prepare_held(config: DataConfig, fix: str, progress: bool) -> dict:
     c = config
     sources = source_files(c.path, c.url, c.sha256, c.val_path, c.dataset, c.document_separator, c.cache_dir)
     checksum = "+".join(sha256_of_files(files) for files in sources.values())
@@ -84,6 +93,7 @@ def prepare(config: DataConfig, progress: bool = True) -> dict:
     meta = read_meta(c.data_dir)
     if meta is not None and meta["fingerprint"] == wanted:
         check_block_size(meta["splits"], c.block_size)
+        check_token_ids(c.data_dir, meta)
         return meta
 
     spans = split_spans(sources, c.train_fraction, c.document_separator)
@@ -94,7 +104,6 @@ def prepare(config: DataConfig, progress: bool = True) -> dict:
                                             PIECE_CHARS)),
     )
     token_type = token_dtype(tok.vocab_size, c.dtype)
-    fix = "free disk space or choose a writable data folder with paths.data_dir=DIR"
     # Both bins are published together, once both are complete and long enough; meta.json goes first.
     with atomic_write(c.data_dir / "train.bin", fix) as train, atomic_write(c.data_dir / "val.bin", fix) as val:
         splits = {
@@ -158,11 +167,25 @@ def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: Bi
     # Documents are split out and followed by end-of-text only for tokenizers that have it.
     separator = corpus.separator if tok.eot_id is not None else None
     name = Path(file.name).name.removeprefix(".").split(".")[0]
-    with tqdm(total=stop - start, desc=f"{Path(file.name).parent.name} {name}", unit="B", unit_scale=True,
+    folder = Path(file.name).parent
+    with tqdm(total=stop - start, desc=f"{folder.parent.name}/{folder.name} {name}", unit="B", unit_scale=True,
               disable=not progress) as bar:
         texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
         tokens = write_tokens(file, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
     return {"tokens": tokens, "bytes": stop - start}
+
+
+def check_token_ids(data_dir: Path, meta: dict) -> None:
+    """Refuse bins holding an id outside the vocabulary (overwritten by something else than lmzoo): training
+    on them would fail deep inside torch, or learn from garbage."""
+    for split in SPLITS:
+        tokens = np.memmap(data_dir / f"{split}.bin", dtype=meta["dtype"], mode="r")
+        # In blocks, so that a bin of gigabytes is never read into memory at once.
+        largest = max((int(tokens[i : i + (1 << 24)].max()) for i in range(0, len(tokens), 1 << 24)), default=0)
+        if largest >= meta["vocab_size"]:
+            raise UserError(f"{data_dir / f'{split}.bin'} holds token id {largest}, outside the vocabulary of "
+                            f"{meta['vocab_size']} in its meta.json: the bins are damaged; delete {data_dir} "
+                            "and run the command again to prepare them anew")
 
 
 def check_block_size(splits: dict, block_size: int) -> None:

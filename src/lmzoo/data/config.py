@@ -4,7 +4,12 @@ training reads it. `prepare` builds its bins; the trainer's DataModule serves it
 import dataclasses
 from pathlib import Path
 
+from lmzoo.data.tokenizer import BPE_VOCAB_SIZE
 from lmzoo.errors import UserError, check_field_types
+
+TOKENIZER_KINDS = ("char", "tiktoken", "bpe")
+# What a tokenizer config may hold: how to build one, or (chars, json) a built one's spec, as checkpoints record it.
+TOKENIZER_KEYS = ("kind", "name", "vocab_size", "chars", "json")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -12,7 +17,7 @@ class DataConfig:
     # The bins go to ROOT/NAME.
     name: str
     root: str = "data"
-    # {kind: char | tiktoken | bpe, name: tiktoken's encoding, vocab_size: for bpe}
+    # {kind: char | tiktoken | bpe, name: tiktoken's encoding, vocab_size: for bpe}, or a tokenizer's spec
     tokenizer: dict = dataclasses.field(default_factory=lambda: {"kind": "char"})
     # Local text: a file, a folder of .txt files, or a glob; used instead of the URL.
     path: str | None = None
@@ -37,6 +42,9 @@ class DataConfig:
     seed: int = 1337
 
     def __post_init__(self):
+        if isinstance(self.tokenizer, str):
+            raise UserError(f"data.tokenizer={self.tokenizer} does not pick a tokenizer; pass tokenizer={self.tokenizer} "
+                            "(char, gpt2, cl100k_base or bpe), or data.tokenizer.name=NAME for another tiktoken encoding")
         # block_size is shared by the data and the model, so it is set at the top level of the config.
         for key, value in (("block_size", self.block_size), ("data.batch_size", self.batch_size)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -44,14 +52,46 @@ class DataConfig:
             if value <= 0:
                 raise UserError(f"{key} must be positive, got {value}")
         check_field_types(self, "data")
+        check_tokenizer_config(self.tokenizer)
         if not 0.0 < self.train_fraction < 1.0:
             raise UserError(f"data.train_fraction must lie strictly between 0 and 1, got {self.train_fraction}")
+        if self.dtype not in (None, "uint16", "uint32"):
+            raise UserError(f"data.dtype must be uint16, uint32 or null (the smallest that fits), got {self.dtype!r}")
+        for key, least in (("prepare_workers", 1), ("val_batches", 1), ("num_workers", 0)):
+            value = getattr(self, key)
+            if value is not None and value < least:
+                raise UserError(f"data.{key} must be {'positive' if least else '>= 0'}"
+                                f"{' or null (every core, up to 8)' if key == 'prepare_workers' else ''}, got {value}")
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.root).expanduser() / self.name
+        """ROOT/NAME/TOKENIZER: each tokenizer of a data set has its own bins."""
+        return Path(self.root).expanduser() / self.name / tokenizer_folder(self.tokenizer)
 
     @property
     def cache_dir(self) -> Path:
         """Where downloads and exported datasets are kept, shared by every data set under the root."""
         return Path(self.root).expanduser() / "downloads"
+
+
+def check_tokenizer_config(tokenizer: dict) -> None:
+    unknown = [key for key in tokenizer if key not in TOKENIZER_KEYS]
+    if unknown:
+        raise UserError(f"data.tokenizer has no key {unknown[0]}; its keys are kind, name and vocab_size")
+    kind, name, vocab_size = tokenizer.get("kind"), tokenizer.get("name"), tokenizer.get("vocab_size")
+    if kind not in TOKENIZER_KINDS:
+        raise UserError(f"data.tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {kind!r}")
+    if kind == "tiktoken" and not isinstance(name, str):
+        raise UserError(f"data.tokenizer.name must name a tiktoken encoding (gpt2, cl100k_base, ...), got {name!r}")
+    if vocab_size is not None and (kind != "bpe" or not isinstance(vocab_size, int) or isinstance(vocab_size, bool)):
+        raise UserError(f"data.tokenizer.vocab_size must be an integer, for tokenizer=bpe only (the {kind} vocabulary "
+                        f"is fixed), got {vocab_size!r}")
+
+
+def tokenizer_folder(tokenizer: dict) -> str:
+    """The folder name of a tokenizer's bins: char, gpt2, cl100k_base, bpe-4096."""
+    if tokenizer["kind"] == "tiktoken":
+        return tokenizer["name"]
+    if tokenizer["kind"] == "bpe" and "json" not in tokenizer:
+        return f"bpe-{tokenizer.get('vocab_size') or BPE_VOCAB_SIZE}"
+    return tokenizer["kind"]

@@ -12,6 +12,8 @@ import numpy as np
 from lmzoo.errors import UserError
 
 END_OF_TEXT = "<|endoftext|>"
+# The vocabulary of a trained byte-level BPE when the config names none.
+BPE_VOCAB_SIZE = 4096
 
 
 class Tokenizer(Protocol):
@@ -166,15 +168,14 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
 def fit_tokenizer(config: dict, corpus_texts: Callable[[], Iterator[str]],
                   train_texts: Callable[[], Iterator[str]]) -> Tokenizer:
     """Build the tokenizer a data config asks for, learning a char vocabulary from the whole corpus or
-    a BPE from the training split (each given as a function returning a fresh text stream)."""
-    kind = config.get("kind")
+    a BPE from the training split (each given as a function returning a fresh text stream). A config that
+    holds a built tokenizer's spec (its chars, or its json) is that tokenizer."""
+    kind = config["kind"]
+    if kind == "tiktoken" or "chars" in config or "json" in config:
+        return tokenizer_from_spec(config)
     if kind == "char":
         return CharTokenizer.fit(corpus_texts())
-    if kind == "tiktoken":
-        return TiktokenTokenizer(config["name"])
-    if kind == "bpe":
-        return BPETokenizer.train(train_texts(), int(config.get("vocab_size", 4096)))
-    raise UserError(f"unknown tokenizer kind {kind!r}; set data.tokenizer.kind to char, tiktoken or bpe")
+    return BPETokenizer.train(train_texts(), config.get("vocab_size") or BPE_VOCAB_SIZE)
 
 
 def describe_tokenizer(spec: dict | None) -> str:

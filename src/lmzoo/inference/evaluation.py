@@ -40,14 +40,28 @@ def split_loss(model: LanguageModel, tokens: np.ndarray, batch_size: int) -> tup
     return total.item() / (len(tokens) - 1), len(tokens) - 1
 
 
+def check_tokenizer(data: DataConfig, tokenizer_spec: dict) -> None:
+    """Refuse, before any data is prepared, data whose tokenizer cannot be the checkpoint's."""
+    config = data.tokenizer
+    differs = config["kind"] != tokenizer_spec["kind"] or (
+        config["kind"] == "tiktoken" and config["name"] != tokenizer_spec["name"]) or (
+        config["kind"] == "bpe" and config.get("json", tokenizer_spec["json"]) != tokenizer_spec["json"])
+    if differs:
+        raise tokenized_differently(data, tokenizer_spec)
+
+
+def tokenized_differently(data: DataConfig, tokenizer_spec: dict) -> UserError:
+    return UserError(f"data set {data.name!r} is tokenized differently from the checkpoint; evaluate on data the "
+                     f"model was trained with ({describe_tokenizer(tokenizer_spec)}), or on any text with "
+                     "data.path=FILE alone")
+
+
 def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int) -> dict:
     """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
+    check_tokenizer(data, tokenizer_spec)
     meta = prepare(data)
     if meta["tokenizer"] != tokenizer_spec:
-        raise UserError(
-            f"data set {data.name!r} is tokenized differently from the checkpoint; "
-            f"evaluate on data the model was trained with ({describe_tokenizer(tokenizer_spec)})"
-        )
+        raise tokenized_differently(data, tokenizer_spec)
     val = meta["splits"]["val"]
     loss, predicted = split_loss(model, open_tokens(data.data_dir / "val.bin", meta["dtype"]), batch_size)
     return {

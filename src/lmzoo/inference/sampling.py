@@ -43,7 +43,7 @@ class SamplingSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop) if isinstance(self.stop, (list, tuple)) else self.stop)
-        check_field_types(self, "sampling")
+        check_field_types(self, None)
         if self.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:

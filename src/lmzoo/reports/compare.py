@@ -58,9 +58,27 @@ def read_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in job_dirs(sweep_dir):
         path = job / SUMMARY
-        rows.append(json.loads(path.read_text()) if path.is_file()
-                    else {"run": job.name, "status": "no summary (running, or killed)"})
+        rows.append(read_summary(path) if path.is_file() else {"run": job.name, "status": "no summary (running, or killed)"})
     return rows
+
+
+def read_summary(path: Path) -> dict:
+    """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file."""
+    fix = "delete it (the run's row then says 'no summary') or train the run again"
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
+    for column in COLUMNS:
+        try:
+            if row.get(column.key) is not None:
+                column.format(row[column.key])
+        except (TypeError, ValueError):
+            raise UserError(f"{path} has a {column.key} of {row[column.key]!r}, which is not a value of that "
+                            f"column; {fix}") from None
+    return row
 
 
 def table(rows: list[dict], columns: list[Column] = COLUMNS) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmzoo.errors import UserError
+from lmzoo.files import atomic_write
 
 Series = tuple[list[int], list[float]]
 
@@ -76,6 +77,26 @@ def load_runs(folders: list[Path]) -> list[Run]:
             name = str(run_dir.relative_to(folder.parent if run_dir == folder else folder))
             runs.append(Run(name, read_scalars(run_dir / "tensorboard"), tokens_per_step(run_dir)))
     return runs
+
+
+def image_format(path: Path) -> str:
+    """The format matplotlib writes `path` in, from its suffix; a folder or an unknown suffix is a UserError."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; pass an image file, such as --out {path / 'loss.png'}")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.removeprefix(".").lower()
+    if suffix not in formats:
+        raise UserError(f"--out {path}: cannot write a {'.' + suffix if suffix else 'suffix-less'} image; end the name "
+                        f"with one of .{', .'.join(sorted(formats))} (--out loss.png)")
+    return suffix
+
+
+def save(figure, path: Path) -> None:
+    image = image_format(path)
+    with atomic_write(path, "choose a writable path with --out FILE.png") as file:
+        figure.savefig(file, format=image, dpi=120)
 
 
 def plot(runs: list[Run]):

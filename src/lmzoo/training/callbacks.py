@@ -13,7 +13,8 @@ class TokensPerSecond(L.Callback):
     """Logs `tokens_per_sec`: training tokens per second of wall time between batch ends, over all ranks.
 
     Data loading and every hook between steps count; validation does not. The logged rate is smoothed;
-    `mean_rate` is the average over the whole fit, for the run's summary.
+    `mean_rate` is the average over the whole run, for its summary: its counts are kept in checkpoints, so a
+    resumed run's rate covers its earlier segments too.
     """
 
     def __init__(self, smoothing: float = 0.9):
@@ -25,6 +26,12 @@ class TokensPerSecond(L.Callback):
     @property
     def mean_rate(self) -> float | None:
         return self.tokens / self.seconds if self.seconds else None
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens, self.seconds = state_dict["tokens"], state_dict["seconds"]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.last_end is None:

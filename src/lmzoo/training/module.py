@@ -6,6 +6,7 @@ schedule, logging, non-finite handling, RNG capture and the checkpoint schema. T
 """
 
 import random
+import time
 import warnings
 
 import lightning as L
@@ -42,6 +43,9 @@ class LitLM(L.LightningModule):
         self.provenance = provenance
         self.best_val_loss = float("inf")
         self.nonfinite_skips = 0
+        # Wall time of the run's earlier segments (from the checkpoint resumed), and when this one's fit began and ended.
+        self.earlier_wall_time = 0.0
+        self.fit_started = self.fit_ended = None
         # A fine-tuned model's checkpoints hold only the adapters, loaded over the base built before.
         self.strict_loading = finetune is None
 
@@ -77,10 +81,14 @@ class LitLM(L.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
             return True
         if not self.skip_nonfinite:
-            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-            kept = f"; the best checkpoint {best} is intact" if best else ""
-            raise UserError(f"loss is {loss.item()} at step {self.trainer.global_step}; lower optim.lr or pass "
-                            f"trainer.skip_nonfinite=true to skip such updates{kept}")
+            checkpoint = self.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint else ""
+            # After a resume from another folder, the best checkpoint Lightning remembers is that run's.
+            kept = f"; the best checkpoint {best} is intact" if best and checkpoint.dirpath in best else ""
+            fix = ("trainer.precision=16-true has no loss scaling and overflows: use 16-mixed (CUDA) or bf16-mixed"
+                   if str(self.trainer.precision) == "16-true" else
+                   "lower optim.lr or pass trainer.skip_nonfinite=true to skip such updates")
+            raise UserError(f"loss is {loss.item()} at step {self.trainer.global_step}; {fix}{kept}")
         self.nonfinite_skips += 1
         self.log("train/nonfinite_skips", float(self.nonfinite_skips))
         return False
@@ -105,7 +113,18 @@ class LitLM(L.LightningModule):
         self.save_hyperparameters({"model": architecture_record(self.model), "optim": vars(self.optim),
                                    "parameters": total, "active_parameters": active})
 
+    @property
+    def wall_time_s(self) -> float:
+        """Wall time of the whole run so far: earlier segments and this fit."""
+        if self.fit_started is None:
+            return self.earlier_wall_time
+        return self.earlier_wall_time + (self.fit_ended or time.perf_counter()) - self.fit_started
+
+    def on_fit_end(self):
+        self.fit_ended = time.perf_counter()
+
     def on_fit_start(self):
+        self.fit_started, self.fit_ended = time.perf_counter(), None
         if self.trainer.is_global_zero and any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
             print("\n".join(self.model.describe()))
 
@@ -122,6 +141,7 @@ class LitLM(L.LightningModule):
             "optim": vars(self.optim),
             "tokenizer": self.tokenizer,
             "best_val_loss": self.best_val_loss,
+            "wall_time_s": self.wall_time_s,
             "rng": capture_rng(),
             "finetune": self.finetune,
             "run": self.provenance,
@@ -135,6 +155,10 @@ class LitLM(L.LightningModule):
         upgrade_checkpoint(checkpoint)
         info = checkpoint["lmzoo"]
         self.best_val_loss = info["best_val_loss"]
+        self.earlier_wall_time = info.get("wall_time_s", 0.0)
+        # Lightning restores the checkpoint's optimizer and schedule, so its settings are the run's from now on.
+        if info.get("optim"):
+            self.optim = OptimConfig(**info["optim"])
         restore_rng(info["rng"])
 
 

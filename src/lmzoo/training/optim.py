@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmzoo.errors import UserError
+from lmzoo.errors import UserError, check_field_types
 
 
 @dataclass
@@ -20,10 +20,21 @@ class OptimConfig:
     eps: float = 1e-8
 
     def __post_init__(self):
+        check_field_types(self, "optim")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise UserError(f"optim.lr must be positive and optim.min_lr within [0, lr]; got {self.lr}, {self.min_lr}")
         if self.warmup_steps < 0:
             raise UserError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps > self.decay_steps:
+            raise UserError(f"optim.warmup_steps={self.warmup_steps} exceeds optim.decay_steps={self.decay_steps} "
+                            "(trainer.max_steps unless set): the run would end still warming up; lower optim.warmup_steps")
+        if self.weight_decay < 0:
+            raise UserError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"optim.{key} must lie in [0, 1), got {getattr(self, key)}")
+        if self.eps <= 0:
+            raise UserError(f"optim.eps must be positive, got {self.eps}")
 
 
 class WarmupCosine:

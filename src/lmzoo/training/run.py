@@ -1,28 +1,32 @@
 """Build data, model, callbacks, logger and Trainer from a composed config, train, and sample."""
 
+import dataclasses
 import logging
 import math
-import time
+import sys
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.checkpoints.ckpt import read_checkpoint
+from lmzoo.checkpoints.ckpt import checkpoint_file, read_checkpoint
 from lmzoo.checkpoints.load import load_model
+from lmzoo.checkpoints.record import architecture_record, build_config
 from lmzoo.data.tokenizer import describe_tokenizer
-from lmzoo.errors import UserError
+from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.reports.compare import write_summary
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
 from lmzoo.training.datamodule import TokenDataModule
-from lmzoo.training.finetune import from_pretrained
+from lmzoo.training.finetune import CHOICES, from_pretrained, model_option
 from lmzoo.training.module import LitLM
 from lmzoo.training.provenance import provenance, write_provenance
 
@@ -38,32 +42,107 @@ for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilitie
     logging.getLogger(name).addFilter(DropAdverts())
 
 
+@dataclasses.dataclass(kw_only=True)
+class RunSettings:
+    """The top-level keys of conf/train.yaml that the run itself reads, checked before anything starts."""
+
+    seed: int
+    compile: bool
+    ckpt_path: str | None
+    resume: str | None
+    init_from: str | None
+    sample_tokens: int
+
+    def __post_init__(self):
+        check_field_types(self, None)
+        # Lightning's seed_everything takes 32-bit seeds, and would replace any other by a random one.
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must lie in [0, 2**32), got {self.seed}")
+        if self.sample_tokens < 0:
+            raise UserError(f"sample_tokens must be >= 0 (0 samples nothing), got {self.sample_tokens}")
+        if self.resume not in (None, "auto"):
+            raise UserError(f"resume={self.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "RunSettings":
+        return cls(**{field.name: cfg[field.name] for field in dataclasses.fields(cls)})
+
+
+def check_trainer(trainer: dict) -> None:
+    """Refuse the trainer settings Lightning accepts but fails on later, or that make a run that never validates."""
+    for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"trainer.{key} must be a positive integer, got {value!r}")
+    if trainer["val_check_interval"] > trainer["max_steps"] * trainer["accumulate_grad_batches"]:
+        raise UserError(f"trainer.val_check_interval={trainer['val_check_interval']} exceeds the run's "
+                        f"{trainer['max_steps'] * trainer['accumulate_grad_batches']} batches: it would never validate, "
+                        "keep a best checkpoint or sample; lower trainer.val_check_interval")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
+        raise UserError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
+    if not isinstance(trainer.get("skip_nonfinite", False), bool):
+        raise UserError(f"trainer.skip_nonfinite must be true or false, got {trainer['skip_nonfinite']!r}")
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={trainer['accelerator']} needs a CUDA GPU, and torch sees none; "
+                        "use trainer.accelerator=auto (or cpu)")
+
+
+def check_callbacks(callbacks: dict) -> None:
+    """Refuse callback settings Lightning takes as they come and trips over mid-run."""
+    patience = (callbacks.get("early_stopping") or {}).get("patience", 0)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise UserError(f"callbacks.early_stopping.patience must be an integer >= 0 (validation checks without "
+                        f"improvement before stopping), got {patience!r}")
+
+
+def as_list(value):
+    """Tuples as lists: a config read from a checkpoint and one from the command line hold sequences either way."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to continue from: ckpt_path, or with resume=auto the run folder's last.ckpt."""
     if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path).expanduser()
-        if not path.is_file():
-            raise UserError(f"checkpoint {str(path)!r} does not exist; pass ckpt_path=PATH to a .ckpt file")
-        return str(path)
+        return str(checkpoint_file(cfg.ckpt_path))
     if cfg.resume == "auto":
         last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
         return str(last) if last.is_file() else None
-    if cfg.resume is not None:
-        raise UserError(f"resume={cfg.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
     return None
 
 
-def check_resumable(ckpt_path: str, tokenizer_spec: dict) -> None:
-    """A readable lmzoo checkpoint of this release, trained on tokens of the same tokenizer as the data."""
-    trained_on = read_checkpoint(ckpt_path)["lmzoo"]["tokenizer"]
-    if trained_on != tokenizer_spec:
-        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(trained_on)}, but the data uses the "
-                        f"{describe_tokenizer(tokenizer_spec)}; resume with the data=/tokenizer= of that run")
+def check_resumable(ckpt_path: str, lit: LitLM) -> None:
+    """A sound lmzoo checkpoint of this release, of the model the run builds, trained on tokens of the same
+    tokenizer as the data. Optimizer settings that differ from the checkpoint's are reported: the
+    checkpoint's optimizer and learning-rate schedule are the ones that continue."""
+    record = read_checkpoint(ckpt_path)["lmzoo"]
+    if record["tokenizer"] != lit.tokenizer:
+        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record['tokenizer'])}, but the data uses "
+                        f"the {describe_tokenizer(lit.tokenizer)}; resume with the data=/tokenizer= of that run")
+    ours = architecture_record(lit.model)
+    # Dropout does not change the weights' shapes: a resumed run may change it.
+    changed = {key: value for key, value in record["config"].items()
+               if key != "dropout" and as_list(ours["config"].get(key)) != as_list(value)}
+    if record["architecture"] != ours["architecture"] or set(changed) & set(CHOICES):
+        config = build_config(record)
+        raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
+                        f"with model={model_option(config)} and that run's model settings")
+    if changed:
+        settings = " ".join(f"model.{key}={value}" for key, value in changed.items())
+        raise UserError(f"{ckpt_path} holds a model of other settings than the run builds; resume with {settings}")
+    kept = {key: value for key, value in (record.get("optim") or {}).items() if vars(lit.optim).get(key) != value}
+    if kept:
+        theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
+        asked = ", ".join(f"optim.{key}={vars(lit.optim)[key]}" for key in kept)
+        decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
+                 "optim.min_lr)") if "decay_steps" in kept else ""
+        print(f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
+              f"command's {asked}{decay}", file=sys.stderr)
 
 
-def build(cfg: DictConfig) -> tuple[TokenDataModule, LitLM, L.Trainer]:
+def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModule, LitLM, L.Trainer]:
     """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer
-    a config describes."""
+    a config describes; with `ckpt_path`, checked to resume that checkpoint before anything is written."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
@@ -77,6 +156,8 @@ def build(cfg: DictConfig) -> tuple[TokenDataModule, LitLM, L.Trainer]:
         model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all").build()
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg))
+    if ckpt_path:
+        check_resumable(ckpt_path, lit)
     if cfg.compile:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()
@@ -95,23 +176,29 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     # skip_nonfinite is lmzoo's own trainer option: the model acts on it, Lightning's Trainer never sees it.
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options.pop("skip_nonfinite", None)
-    return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
+    try:
+        return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
+    except InstantiationException as error:
+        # Lightning checks the rest of its settings itself (precision, devices, strategy, ...).
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError)):
+            raise UserError(f"Lightning refuses the trainer settings: {str(error.__cause__).splitlines()[0]}; "
+                            "see conf/trainer/") from None
+        raise
 
 
 def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
+    RunSettings.of(cfg)
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     ckpt_path = resume_path(cfg)
-    datamodule, lit, trainer = build(cfg)
-    if ckpt_path:
-        check_resumable(ckpt_path, datamodule.meta["tokenizer"])
-    started = time.perf_counter()
+    datamodule, lit, trainer = build(cfg, ckpt_path)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    wall_time = time.perf_counter() - started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        write_summary(cfg.paths.output_dir, run_summary(lit, trainer, wall_time))
+        write_summary(cfg.paths.output_dir, run_summary(lit, trainer))
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         model, tokenizer, _ = load_model(best)
         settings = SamplingSettings(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
@@ -120,8 +207,9 @@ def train(cfg: DictConfig) -> dict:
     return result
 
 
-def run_summary(lit: LitLM, trainer: L.Trainer, wall_time: float) -> dict:
-    """The run's row in a sweep's comparison table (see lmzoo.reports.compare)."""
+def run_summary(lit: LitLM, trainer: L.Trainer) -> dict:
+    """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
+    when it was resumed: tokens/s and wall time are carried in its checkpoints."""
     total, active = lit.model.parameter_counts()
     rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
     best = None if math.isinf(lit.best_val_loss) else lit.best_val_loss
@@ -135,6 +223,6 @@ def run_summary(lit: LitLM, trainer: L.Trainer, wall_time: float) -> dict:
         "best_val_bpb": best_bpb,
         "steps": trainer.global_step,
         "tokens_per_sec": rates[0] if rates else None,
-        "wall_time_s": wall_time,
+        "wall_time_s": lit.wall_time_s,
         "status": "interrupted" if trainer.interrupted else "done",
     }

@@ -1,0 +1,158 @@
+"""Hugging Face folders in: GPT-2 (`hf:NAME` from the Hub, or a local folder holding its config.json), and the
+GPT-2 and Llama folders `python -m lmzoo.export` writes, whose lmzoo.json gives their exact config and tokenizer.
+
+The model is lmzoo's transformer: GPT-2's Conv1D weights are transposed into nn.Linear's layout, Llama's
+separate q/k/v and gate/up projections joined into lmzoo's fused ones. Loading needs only safetensors (and
+huggingface_hub for `hf:NAME`), imported inside the functions.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from lmzoo.checkpoints.folder import FOLDER_RECORD, WEIGHTS, read_record, safetensors_torch
+from lmzoo.checkpoints.record import architecture_record, build_model
+from lmzoo.errors import UserError
+from lmzoo.models import GPT2_CHOICES, Transformer, TransformerConfig
+
+GPT2_VOCAB_SIZE = 50257
+# GPT-2 stores these as Conv1D (in, out) matrices; nn.Linear holds (out, in).
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The embedding and head rows past the true vocabulary (lmzoo pads them for speed; Hugging Face does not).
+VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
+
+def is_hf_source(source: str) -> bool:
+    """`hf:NAME`, or a folder holding a Hugging Face config.json."""
+    return source.startswith("hf:") or (Path(source).expanduser() / "config.json").is_file()
+
+
+def load_hf(source: str) -> tuple[Transformer, dict]:
+    """The model of a Hugging Face folder (or `hf:NAME`) and its lmzoo record."""
+    folder = fetch(source)
+    config = json.loads((folder / "config.json").read_text())
+    record = read_record(folder) if (folder / FOLDER_RECORD).is_file() else None
+    kind = config.get("model_type")
+    if kind == "gpt2":
+        model = build_model(record) if record else gpt2_shape(config, source).build()
+        state = gpt2_state_dict(read_weights(folder), model, source)
+    elif kind == "llama" and record:
+        model = build_model(record)
+        state = llama_state_dict(read_weights(folder), model, source)
+    else:
+        raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama folders "
+                        "python -m lmzoo.export writes (with their lmzoo.json)")
+    model.load_state_dict(state)
+    if record:
+        return model, {"global_step": None, "best_val_loss": None, **record, "origin": source}
+    return model, {**architecture_record(model), "tokenizer": {"kind": "tiktoken", "name": "gpt2"},
+                   "global_step": None, "best_val_loss": None, "origin": source}
+
+
+def gpt2_shape(config: dict, source: str) -> TransformerConfig:
+    """lmzoo's config for a Hugging Face GPT-2 config, which must be GPT-2's own shape."""
+    if config["vocab_size"] != GPT2_VOCAB_SIZE or config.get("activation_function", "gelu_new") != "gelu_new":
+        raise UserError(f"{source} is not GPT-2's shape (vocabulary {GPT2_VOCAB_SIZE}, gelu_new); it cannot load")
+    if config.get("n_inner") not in (None, 4 * config["n_embd"]) or config.get("layer_norm_epsilon", 1e-5) != 1e-5:
+        raise UserError(f"{source} changes GPT-2's MLP width or LayerNorm epsilon, which lmzoo's gpt does not")
+    return TransformerConfig(vocab_size=GPT2_VOCAB_SIZE, block_size=config["n_positions"], n_layer=config["n_layer"],
+                             n_head=config["n_head"], n_embd=config["n_embd"], **GPT2_CHOICES)
+
+
+def fetch(source: str) -> Path:
+    if not source.startswith("hf:"):
+        return Path(source).expanduser()
+    name = source.removeprefix("hf:")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["config.json", WEIGHTS, FOLDER_RECORD]))
+    except Exception as error:
+        raise UserError(
+            f"could not fetch {name!r} from the Hugging Face Hub ({type(error).__name__}); offline, pass a local "
+            "folder holding its config.json and model.safetensors instead of hf:NAME"
+        ) from None
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    try:
+        if (folder / WEIGHTS).is_file():
+            return safetensors_torch().load_file(folder / WEIGHTS)
+        if (folder / "pytorch_model.bin").is_file():
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"the weights in {folder} do not load ({type(error).__name__}); they may be damaged") from None
+    raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin; pass a folder holding GPT-2's weights")
+
+
+def gpt2_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source: str) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT-2 weights renamed, transposed and padded into `model`'s state dict."""
+    expected = model.state_dict()
+    state = {}
+    for name, tensor in weights.items():
+        # The causal-mask buffers (attn.bias, attn.masked_bias) and the tied head carry no weights of their own.
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+            continue
+        key = "transformer." + name.removeprefix("transformer.")
+        # A model without biases was exported with zero ones (same function).
+        if key not in expected and key.endswith(".bias") and not tensor.any():
+            continue
+        state[key] = tensor.T if key.endswith(CONV1D_WEIGHTS) else tensor
+    state = padded_vocabulary(state, expected)
+    if "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return checked(state, expected, source)
+
+
+def llama_layout(model: Transformer) -> list[tuple[str, list[str], list[int]]]:
+    """Each lmzoo weight, the Llama weights it is made of, and their rows in it (None: all of them)."""
+    layout = [("transformer.wte.weight", ["model.embed_tokens.weight"], None),
+              ("transformer.ln_f.weight", ["model.norm.weight"], None)]
+    if not model.config.tie_embeddings:
+        layout.append(("lm_head.weight", ["lm_head.weight"], None))
+    for i, block in enumerate(model.transformer.h):
+        a, ours, theirs = block.attn, f"transformer.h.{i}.", f"model.layers.{i}."
+        # c_attn computes [q, k, v] in one matmul, c_fc [gate, up]; Llama has a projection for each.
+        qkv = [a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim]
+        width = block.mlp.c_proj.in_features
+        layout += [
+            (ours + "ln_1.weight", [theirs + "input_layernorm.weight"], None),
+            (ours + "attn.c_attn.weight", [theirs + f"self_attn.{p}_proj.weight" for p in "qkv"], qkv),
+            (ours + "attn.c_proj.weight", [theirs + "self_attn.o_proj.weight"], None),
+            (ours + "ln_2.weight", [theirs + "post_attention_layernorm.weight"], None),
+            (ours + "mlp.c_fc.weight", [theirs + "mlp.gate_proj.weight", theirs + "mlp.up_proj.weight"], [width, width]),
+            (ours + "mlp.c_proj.weight", [theirs + "mlp.down_proj.weight"], None),
+        ]
+    return layout
+
+
+def llama_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source: str) -> dict[str, torch.Tensor]:
+    """Llama weights (as lmzoo exports them) joined and padded into `model`'s state dict."""
+    expected = model.state_dict()
+    try:
+        state = {ours: torch.cat([weights[name] for name in theirs]) for ours, theirs, _ in llama_layout(model)}
+    except KeyError as error:
+        raise UserError(f"{source} has no weight {error.args[0]}; it does not match its lmzoo.json") from None
+    state = padded_vocabulary(state, expected)
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return checked(state, expected, source)
+
+
+def padded_vocabulary(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The embedding and head padded with zero rows to lmzoo's padded vocabulary (rows no token id reaches)."""
+    for key in VOCAB_ROWS:
+        if key in state and key in expected and state[key].size(0) < expected[key].size(0):
+            tensor = state[key]
+            state[key] = torch.cat([tensor, tensor.new_zeros(expected[key].size(0) - tensor.size(0), tensor.size(1))])
+    return state
+
+
+def checked(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    wrong = sorted(key for key in expected if key not in state or state[key].shape != expected[key].shape)
+    if wrong:
+        raise UserError(f"{source} does not match its config.json: {wrong[0]} is missing or misshapen")
+    return state
