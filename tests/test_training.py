@@ -100,5 +100,7 @@ def test_the_seed_gives_the_loss_curve_of_lmzoo_0_1(tmp_path, name):
     trainer.callbacks.append(curve)
     trainer.fit(lit, datamodule=datamodule)
     assert len(curve.losses) == 50
-    assert curve.losses == pinned["train_loss"]
-    assert lit.best_val_loss == pinned["best_val_loss"]
+    # Not bit for bit: another CPU's kernels (AVX-512 against AVX2, say) round float32 sums differently, by
+    # about 1e-7 a step. A change of behaviour moves the curve by far more than the tolerance.
+    assert curve.losses == pytest.approx(pinned["train_loss"], abs=1e-4)
+    assert lit.best_val_loss == pytest.approx(pinned["best_val_loss"], abs=1e-4)
