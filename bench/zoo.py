@@ -60,7 +60,7 @@ def main() -> None:
     dense = efficiency(rows["gpt_rope"]) if "gpt_rope" in rows else None
     for row in rows.values():
         row["efficiency"] = efficiency(row) / dense if dense else None
-    columns = [Column("model", "model"), *(c for c in RUN_COLUMNS if c.key not in ("setting", "run")),
+    columns = [Column("model", "model"), *(c for c in RUN_COLUMNS if c.key not in ("setting", "seed", "run")),
                Column("tokens/s x active params vs gpt_rope", "efficiency", lambda v: f"{v:.2f}")]
     print(f"{args.steps} steps each, batch {args.batch_size} x 64 tokens, lr 3e-3, one CPU thread:\n")
     print(table([rows[name] for name in names if name in rows], columns))
