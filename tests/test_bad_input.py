@@ -264,6 +264,7 @@ CASES = [
     ("compare", ["{tmp}/sweep_json"], "{tmp}/sweep_json/0_a/summary.json is not valid JSON", []),
     ("compare", ["{tmp}/sweep_list"], "{tmp}/sweep_list/0_a/summary.json holds list, not a run's summary", []),
     ("compare", ["{tmp}/sweep_type"], "{tmp}/sweep_type/0_a/summary.json has a steps of 'x'", []),
+    ("compare", ["{tmp}/sweep_model"], "{tmp}/sweep_model/0_a/summary.json has a model of 5, which is not text", []),
     ("compare", ["{tmp}/sweep_provenance"], "{tmp}/sweep_provenance/0_a/provenance.json is not the provenance.json", []),
     # plot against tokens, FLOPs or time
     ("plot", ["{tmp}/trained/run", "--x", "watts"], "argument --x: invalid choice: 'watts'", []),
@@ -338,7 +339,8 @@ def folder(tmp_path_factory):
     (tmp / "greek.txt").write_text("\u03b1\u03b2\u03b3 " * 2000)
     (tmp / "afile.txt").write_text("a file, not a folder")
     (tmp / "adir").mkdir()
-    for sweep, summary in (("sweep_json", "{bad"), ("sweep_list", "[1, 2]"), ("sweep_type", json.dumps({"steps": "x"}))):
+    for sweep, summary in (("sweep_json", "{bad"), ("sweep_list", "[1, 2]"), ("sweep_type", json.dumps({"steps": "x"})),
+                           ("sweep_model", json.dumps({"model": 5}))):
         (tmp / sweep / "0_a").mkdir(parents=True)
         (tmp / sweep / "0_a" / "summary.json").write_text(summary)
     (tmp / "sweep_provenance" / "0_a").mkdir(parents=True)

@@ -20,7 +20,7 @@ from lmzoo.reports.runs import RunFolder, pool, read_run
 
 Series = tuple[list[int], list[float]]
 # --x: what each choice puts on the x axis.
-X_AXES = {"tokens": "training tokens", "flops": "training FLOPs", "time": "wall-clock seconds since the first logged step"}
+X_AXES = {"tokens": "training tokens", "flops": "training FLOPs", "time": "wall-clock time"}
 
 
 @dataclass
@@ -76,7 +76,11 @@ def read_events(event_dir: Path) -> dict[str, list]:
 
 def read_scalars(event_dir: Path) -> dict[str, Series]:
     """Every scalar tag of a run, as steps and values (see read_events)."""
-    return {tag: ([e.step for e in events], [e.value for e in events]) for tag, events in read_events(event_dir).items()}
+    return as_series(read_events(event_dir))
+
+
+def as_series(events: dict[str, list]) -> dict[str, Series]:
+    return {tag: ([e.step for e in tag_events], [e.value for e in tag_events]) for tag, tag_events in events.items()}
 
 
 def tokens_per_step(config: dict | None) -> int | None:
@@ -98,9 +102,8 @@ def load_run(run_dir: Path, name: str) -> Run:
     events = read_events(run_dir / "tensorboard")
     start = min((e.wall_time for tag_events in events.values() for e in tag_events), default=0.0)
     folder = read_run(run_dir)
-    return Run(name, {tag: ([e.step for e in es], [e.value for e in es]) for tag, es in events.items()},
-               {tag: [e.wall_time - start for e in es] for tag, es in events.items()}, tokens_per_step(folder.config),
-               folder)
+    return Run(name, as_series(events), {tag: [e.wall_time - start for e in es] for tag, es in events.items()},
+               tokens_per_step(folder.config), folder)
 
 
 def load_runs(folders: list[Path]) -> list[Run]:
@@ -216,7 +219,8 @@ def plot_settings(runs: list[Run], x: str, y: str = "loss"):
         if len(drawn) > 1:
             axis.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
                               gid=f"{setting.label}:band")
-    axis.set(xlabel=X_AXES[x], ylabel=tag, title=f"{tag} against {X_AXES[x].split(' since')[0]} (mean of seeds, band: min to max)")
+    xlabel = "seconds since each run's first logged step" if x == "time" else X_AXES[x]
+    axis.set(xlabel=xlabel, ylabel=tag, title=f"{tag} against {X_AXES[x]} (mean of seeds, band: min to max)")
     axis.legend(fontsize="small")
     figure.tight_layout()
     return figure, left_out

@@ -43,17 +43,25 @@ class RunFolder:
 class Setting:
     """Runs whose configs differ only in their seeds, and the label that tells this setting from the others."""
 
-    label: str
+    # The config the runs share, flat (see setting_of); None for a run without a config, a setting of its own.
+    config: dict | None
     runs: list[RunFolder] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def model(self) -> str | None:
+        return next((model for run in self.runs if (model := run.value("model"))), None)
 
     def values(self, key: str) -> list:
         """The summaries' values of `key`, of the runs that have one (a failed run has no loss)."""
-        return [v for run in self.runs if (v := run.value(key)) is not None and not (isinstance(v, float) and math.isinf(v))]
+        values = [run.value(key) for run in self.runs]
+        return [v for v in values if v is not None and not (isinstance(v, float) and math.isinf(v))]
 
 
 def read_run(folder: Path) -> RunFolder:
     path = folder / SUMMARY
-    summary = read_summary(path) if path.is_file() else {"run": folder.name, "status": "no summary (running, or killed)"}
+    summary = (read_summary(path) if path.is_file()
+               else {"run": folder.name, "status": "no summary (running, or killed)"})
     return RunFolder(folder, summary, read_config(folder))
 
 
@@ -69,6 +77,9 @@ def read_summary(path: Path) -> dict:
     for key in NUMBERS:
         if row.get(key) is not None and (isinstance(row[key], bool) or not isinstance(row[key], (int, float))):
             raise UserError(f"{path} has a {key} of {row[key]!r}, which is not a number; {fix}")
+    for key in ("model", "status", "run"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise UserError(f"{path} has a {key} of {row[key]!r}, which is not text; {fix}")
     return row
 
 
@@ -78,7 +89,8 @@ def read_config(folder: Path) -> dict | None:
         try:
             config = json.loads(provenance.read_text(encoding="utf-8")).get("config")
         except (ValueError, UnicodeDecodeError, AttributeError):
-            raise UserError(f"{provenance} is not the provenance.json lmzoo writes; delete it or train the run again") from None
+            raise UserError(f"{provenance} is not the provenance.json lmzoo writes; delete it or train the run "
+                            "again") from None
         return config if isinstance(config, dict) else None
     hydra_config = folder / ".hydra" / "config.yaml"
     if hydra_config.is_file():
@@ -114,25 +126,24 @@ def setting_of(run: RunFolder) -> dict | None:
 
 
 def pool(runs: list[RunFolder]) -> list[Setting]:
-    """The settings of `runs`, in the order of their first run; each labelled by its model and, where several
-    settings share a model, by the keys in which they differ."""
-    keys, settings, model_of = {}, [], []
+    """The settings of `runs`, in the order of their first runs, labelled (see label)."""
+    settings = {}
     for run in runs:
-        setting = setting_of(run)
-        # A run without a config cannot be matched with any other: it is a setting of its own.
-        key = json.dumps(setting, sort_keys=True, default=str) if setting is not None else f"run:{run.folder}"
-        if key not in keys:
-            keys[key] = len(settings)
-            settings.append((setting, Setting("", [])))
-        settings[keys[key]][1].runs.append(run)
-    for _, group in settings:
-        model_of.append(next((r.value("model") for r in group.runs if r.value("model")), None))
-    for index, (setting, group) in enumerate(settings):
-        model = model_of[index]
-        if model is None or setting is None:
-            group.label = f"{model} ({group.runs[0].name})" if model else group.runs[0].name
-            continue
-        siblings = [s for i, (s, _) in enumerate(settings) if model_of[i] == model and s is not None]
-        differing = sorted(k for k in set().union(*siblings) if len({json.dumps(s.get(k), default=str) for s in siblings}) > 1)
-        group.label = model + (f" ({', '.join(f'{k}={setting.get(k)}' for k in differing)})" if differing else "")
-    return [group for _, group in settings]
+        config = setting_of(run)
+        key = json.dumps(config, sort_keys=True, default=str) if config is not None else f"run:{run.folder}"
+        settings.setdefault(key, Setting(config)).runs.append(run)
+    for setting in settings.values():
+        setting.label = label(setting, list(settings.values()))
+    return list(settings.values())
+
+
+def label(setting: Setting, settings: list[Setting]) -> str:
+    """The setting's model; where other settings have that model too, with the keys in which they differ,
+    `gpt (optim.lr=0.003)`. A run without a config, or without a model (it failed early), is named by its folder."""
+    model = setting.model
+    if setting.config is None or model is None:
+        return f"{model} ({setting.runs[0].name})" if model else setting.runs[0].name
+    siblings = [s.config for s in settings if s.config is not None and s.model == model]
+    differing = sorted(key for key in set().union(*siblings)
+                       if len({json.dumps(sibling.get(key), default=str) for sibling in siblings}) > 1)
+    return model + (f" ({', '.join(f'{key}={setting.config.get(key)}' for key in differing)})" if differing else "")

@@ -69,7 +69,8 @@ def read_points(sweep_dir: str | Path, y: str = "loss") -> dict[str, dict[float,
         points.setdefault(run.value("model") or "?", {}).setdefault(float(budget), []).append(
             Point(run.value("parameters"), value))
     if not points:
-        raise UserError(f"no finished run in {sweep_dir} has a best val/{y}; wait for the sweep, or see its comparison.md")
+        raise UserError(f"no finished run in {sweep_dir} has a best val/{y}; wait for the sweep, or see its "
+                        "comparison.md")
     return points
 
 
@@ -78,12 +79,14 @@ def fit(model: str, budgets: dict[float, list[Point]]) -> ScalingFit:
     for budget, points in sorted(budgets.items()):
         sizes = sorted({p.parameters for p in points})
         if len(sizes) < 3:
-            raise UserError(f"{model}: budget {budget:.3g} FLOPs has {len(sizes)} size(s) ({', '.join(map(str, sizes))}); "
-                            "the IsoFLOP parabola needs at least 3: sweep model.target_params over 3 or more values")
+            raise UserError(f"{model}: budget {budget:.3g} FLOPs has {len(sizes)} size(s) "
+                            f"({', '.join(map(str, sizes))}); the IsoFLOP parabola needs at least 3: sweep "
+                            "model.target_params over 3 or more values")
         coefficients = np.polyfit([math.log(p.parameters) for p in points], [p.loss for p in points], 2)
         if coefficients[0] <= 0:
-            raise UserError(f"{model}: at budget {budget:.3g} FLOPs the loss does not curve upwards in log N over sizes "
-                            f"{sizes[0]:,}..{sizes[-1]:,}, so it has no best size; add sizes on both sides of the best")
+            raise UserError(f"{model}: at budget {budget:.3g} FLOPs the loss does not curve upwards in log N over "
+                            f"sizes {sizes[0]:,}..{sizes[-1]:,}, so it has no best size; add sizes on both sides of "
+                            "the best")
         isoflops.append(IsoFLOP(budget, points, coefficients))
     law = None
     if len(isoflops) > 1:
@@ -137,10 +140,11 @@ def plot_scaling(results: list[ScalingFit], y: str = "loss"):
             sizes = [p.parameters for p in isoflop.points]
             grid = np.geomspace(min(sizes + [isoflop.optimum]) / 1.3, max(sizes + [isoflop.optimum]) * 1.3, 100)
             isoflop_axis.scatter(sizes, [p.loss for p in isoflop.points], color=colour, s=14)
-            isoflop_axis.plot(grid, [isoflop.fitted(n) for n in grid], color=colour, label=f"{isoflop.budget:.2g} FLOPs",
-                              gid=f"{result.model}:{isoflop.budget:g}")
+            isoflop_axis.plot(grid, [isoflop.fitted(n) for n in grid], color=colour,
+                              label=f"{isoflop.budget:.2g} FLOPs", gid=f"{result.model}:{isoflop.budget:g}")
             isoflop_axis.plot([isoflop.optimum], [isoflop.fitted(isoflop.optimum)], "*", color=colour, markersize=12)
-        isoflop_axis.set(xscale="log", xlabel="parameters N", ylabel=f"best val/{y}", title=f"{result.model}: IsoFLOP curves")
+        isoflop_axis.set(xscale="log", xlabel="parameters N", ylabel=f"best val/{y}",
+                         title=f"{result.model}: IsoFLOP curves")
         isoflop_axis.legend(fontsize="small")
         budgets = [i.budget for i in result.isoflops]
         law_axis.scatter(budgets, [i.optimum for i in result.isoflops], color="black", label="N* of each budget")
