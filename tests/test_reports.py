@@ -13,6 +13,7 @@ from lmzoo.cli.plot import main as plot_main
 from lmzoo.cli.scaling import main as scaling_main
 from lmzoo.reports.compare import compare
 from lmzoo.reports.plot import load_runs, plot_settings
+from lmzoo.reports.report import write_report
 from lmzoo.reports.scaling import fit_sweep
 from lmzoo.reports.stats import regularized_incomplete_beta, welch_t_test
 
@@ -180,3 +181,20 @@ def test_scaling_recovers_the_exponent_of_a_known_law(tmp_path, capsys):
     assert [row["budget (FLOPs)"] for row in budgets] == ["1.00e+14", "3.00e+14", "1.00e+15"]
     assert len(points) == 36 and all(abs(float(row["residual"])) < 0.01 for row in points)
     assert (tmp_path / "sweep" / "scaling.png").stat().st_size > 10_000
+
+
+def test_the_report_gives_the_command_as_typed_and_draws_against_flops(curves):
+    overrides = {"hydra": ["hydra.sweep.dir=sweep", "hydra.mode=MULTIRUN"],
+                 "task": ["model=gpt", "seed=1,2", "optim.decay_steps=${trainer.max_steps}", "prompt=Hello, world"]}
+    hydra = {"overrides": overrides, "job": {"config_name": "train"},
+             "runtime": {"cwd": "/home/me/lmzoo", "config_sources": [{"path": "lmzoo.conf", "provider": "main"}]}}
+    (curves / "multirun.yaml").write_text(json.dumps({"hydra": hydra}))  # JSON is YAML
+    write_report(curves)
+    report = (curves / "report.md").read_text()
+    command = ("python -m lmzoo.train -m hydra.sweep.dir=sweep model=gpt seed=1,2 "
+               "'optim.decay_steps=${trainer.max_steps}' 'prompt=Hello, world'")
+    assert f"In `/home/me/lmzoo`:\n\n```bash\n{command}\n```" in report
+    assert (curves / "comparison.md").read_text().strip() in report
+    assert "![val/loss against training FLOPs](val_loss.png)" in report
+    assert "Left out, for lack of their training FLOPs: 2_mlp." in report
+    assert (curves / "val_loss.png").stat().st_size > 10_000

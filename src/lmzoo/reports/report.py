@@ -27,8 +27,10 @@ def sweep_command(sweep_dir: Path) -> tuple[str, str] | None:
         options += ["--config-name", hydra.job.config_name]
     options += [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
                 if source.provider == "command-line"]
+    # Unresolved: an override may hold an interpolation, `optim.decay_steps=${trainer.max_steps}`, as typed.
+    overrides = OmegaConf.to_container(hydra.overrides, resolve=False)
     # -m is Hydra's own hydra.mode=MULTIRUN.
-    overrides = [o for o in hydra.overrides.hydra if o != "hydra.mode=MULTIRUN"] + list(hydra.overrides.task)
+    overrides = [o for o in overrides["hydra"] if o != "hydra.mode=MULTIRUN"] + overrides["task"]
     return hydra.runtime.cwd, shlex.join(["python", "-m", "lmzoo.train", *options, *overrides])
 
 
