@@ -48,7 +48,7 @@ def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(t
     sweep = tmp_path / "sweep"
     (ranked,), runs = markdown_tables((sweep / "comparison.md").read_text())
     assert [r["status"][:7] for r in runs] == ["failed:", "failed:", "done", "done"]
-    assert "model.activation must be one of" in runs[0]["status"]
+    assert "model.activation must be one of" in runs[0]["status"] and runs[0]["model"].startswith("mlp (0_")
     assert [r["seed"] for r in runs[2:]] == ["1", "2"] and all(r["model"] == "mlp" for r in runs[2:])
     # The two seeds of relu are one row: their mean and standard deviation; no other setting to test against.
     losses = [float(r["best val/loss"]) for r in runs[2:]]

@@ -108,9 +108,10 @@ def test_a_lone_best_setting_claims_no_significance(tmp_path):
 def curves(tmp_path):
     """Two seeds of gpt (FLOPs per token known), one of mlp (a run of an older release: none)."""
     sweep = tmp_path / "sweep"
-    write_run(sweep / "0_gpt", "gpt", 1, {"flops_per_token": 600}, curve={10: 3.0, 20: 2.0, 30: 1.5}, bpb=2)
-    write_run(sweep / "1_gpt", "gpt", 2, {"flops_per_token": 600}, curve={10: 3.2, 20: 2.4, 30: 1.7}, bpb=2)
-    write_run(sweep / "2_mlp", "mlp", 1, curve={10: 3.5, 20: 3.0})
+    # Lightning logs the validation after step n at step n - 1.
+    write_run(sweep / "0_gpt", "gpt", 1, {"flops_per_token": 600}, curve={9: 3.0, 19: 2.0, 29: 1.5}, bpb=2)
+    write_run(sweep / "1_gpt", "gpt", 2, {"flops_per_token": 600}, curve={9: 3.2, 19: 2.4, 29: 1.7}, bpb=2)
+    write_run(sweep / "2_mlp", "mlp", 1, curve={9: 3.5, 19: 3.0})
     return sweep
 
 
@@ -141,7 +142,7 @@ def test_curves_pool_seeds_into_a_mean_and_a_band(curves, tmp_path):
     assert "mlp" not in lines and left_out == []  # mlp logged no val/bpb: not a run of this figure
     figure, left_out = plot_settings(runs, "flops")
     assert left_out == ["2_mlp"] and "mlp" not in drawn(figure)[0]
-    # Time: seconds since each run's first event (1 s, 2 s, 3 s at steps 10, 20, 30).
+    # Time: seconds since each run's first event (at 1000 + step / 10 seconds).
     lines, _ = drawn(plot_settings(runs, "time")[0])
     assert lines["gpt"][0] == pytest.approx([0, 1, 2]) and lines["gpt"][1] == pytest.approx([3.1, 2.2, 1.6])
     plot_main([str(curves), "--x", "flops", "--out", str(tmp_path / "flops.png")])

@@ -30,6 +30,6 @@ class SweepComparison(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and not (run_dir / SUMMARY).is_file():
-            write_summary(run_dir, {"status": failure(job_return)})
+            write_summary(run_dir, {"model": config.hydra.runtime.choices.get("model"), "status": failure(job_return)})
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\nComparison so far ({sweep_dir / TABLE}):\n{write_report(sweep_dir)}\n")

@@ -38,16 +38,21 @@ class Run:
         values = self.scalars.get(tag, ([], []))[1]
         return min(values) if values else None
 
+    def tokens(self, tag: str) -> list[int] | None:
+        """The training tokens seen at each value of `tag`. Lightning logs the loss of the n-th optimizer step,
+        and the validation after it, at step n - 1."""
+        if self.tokens_per_step is None:
+            return None
+        return [(step + 1) * self.tokens_per_step for step in self.scalars[tag][0]]
+
     def x_values(self, tag: str, x: str) -> list[float] | None:
         """The x of each value of `tag`: training tokens, FLOPs (tokens x the summary's flops_per_token) or
         seconds; None when the run does not record what that takes."""
-        steps = self.scalars[tag][0]
         if x == "time":
             return self.seconds[tag]
         per_token = 1 if x == "tokens" else self.folder.value("flops_per_token")
-        if self.tokens_per_step is None or per_token is None:
-            return None
-        return [step * self.tokens_per_step * per_token for step in steps]
+        tokens = self.tokens(tag)
+        return None if tokens is None or per_token is None else [n * per_token for n in tokens]
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -164,8 +169,8 @@ def plot(runs: list[Run]):
             line = by_steps.plot(steps, values, style, color=colour, markersize=3, label=label)[0]
             line.set_gid(f"{run.name}:{tag}")
             if run.tokens_per_step:
-                tokens = [step * run.tokens_per_step for step in steps]
-                by_tokens.plot(tokens, values, style, color=colour, markersize=3)[0].set_gid(f"{run.name}:{tag}")
+                line = by_tokens.plot(run.tokens(tag), values, style, color=colour, markersize=3)[0]
+                line.set_gid(f"{run.name}:{tag}")
     by_steps.set(xlabel="step", ylabel="loss", title="loss (solid: train, dashed: val)")
     by_tokens.set(xlabel="training tokens", ylabel="loss", title="loss against tokens seen")
     by_steps.legend(fontsize="small")
