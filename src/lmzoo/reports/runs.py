@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lmzoo.errors import UserError
 
@@ -93,10 +94,17 @@ def read_config(folder: Path) -> dict | None:
                             "again") from None
         return config if isinstance(config, dict) else None
     hydra_config = folder / ".hydra" / "config.yaml"
-    if hydra_config.is_file():
-        # Unresolved: interpolations (the run folder, data.seed) stay as they were written.
-        return OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=False)
-    return None
+    if not hydra_config.is_file():
+        return None
+    # A job that failed before writing provenance.json: its config as Hydra saved it, resolved as provenance.json
+    # is. The run folder, ${hydra:runtime.output_dir}, is known only while Hydra runs: it is this folder.
+    config = OmegaConf.load(hydra_config)
+    if "output_dir" in config.get("paths", {}):
+        config.paths.output_dir = str(folder)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(config, resolve=False)
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
