@@ -1,8 +1,9 @@
 """What a finished (or running) run left in its folder, and runs pooled by setting.
 
 Runs are pooled into one setting when their configs differ in nothing but seeds (any key named `seed`:
-`seed`, and `data.seed`, which follows it) and what names the run's own folder: its output path, and
-`ckpt_path` and `resume`, which say where a run continued from, not what it trained.
+`seed`, and `data.seed`, which follows it) and what names the run's own folder: its output path (and the
+log and checkpoint folders in it), and `ckpt_path` and `resume`, which say where a run continued from, not
+what it trained.
 """
 
 import json
