@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lmzoo.reports.compare import COLUMNS, Column, read_rows, table
+from lmzoo.reports.compare import RUN_COLUMNS, Column, read_sweep, table
 
 ZOO = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
 # Settings of a model of the zoo, run and reported under their own name.
@@ -48,7 +48,7 @@ def main() -> None:
                 f"data.batch_size={args.batch_size}", "callbacks.early_stopping.patience=100",
                 "trainer.enable_progress_bar=false", "sample_tokens=0",
             ], check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            return read_rows(folder)
+            return [run.summary for run in read_sweep(folder)]
 
         rows = {row["model"]: row for row in sweep(Path(work) / "sweep", [f"model={','.join(models)}"])} if models else {}
         for name in (name for name in names if name in VARIANTS):
@@ -60,8 +60,8 @@ def main() -> None:
     dense = efficiency(rows["gpt_rope"]) if "gpt_rope" in rows else None
     for row in rows.values():
         row["efficiency"] = efficiency(row) / dense if dense else None
-    columns = [c for c in COLUMNS if c.key != "run"] + [
-        Column("tokens/s x active params vs gpt_rope", "efficiency", lambda v: f"{v:.2f}")]
+    columns = [Column("model", "model"), *(c for c in RUN_COLUMNS if c.key not in ("setting", "seed", "run")),
+               Column("tokens/s x active params vs gpt_rope", "efficiency", lambda v: f"{v:.2f}")]
     print(f"{args.steps} steps each, batch {args.batch_size} x 64 tokens, lr 3e-3, one CPU thread:\n")
     print(table([rows[name] for name in names if name in rows], columns))
     if not set(ZOO) <= set(rows):

@@ -264,6 +264,22 @@ CASES = [
     ("compare", ["{tmp}/sweep_json"], "{tmp}/sweep_json/0_a/summary.json is not valid JSON", []),
     ("compare", ["{tmp}/sweep_list"], "{tmp}/sweep_list/0_a/summary.json holds list, not a run's summary", []),
     ("compare", ["{tmp}/sweep_type"], "{tmp}/sweep_type/0_a/summary.json has a steps of 'x'", []),
+    ("compare", ["{tmp}/sweep_model"], "{tmp}/sweep_model/0_a/summary.json has a model of 5, which is not text", []),
+    ("compare", ["{tmp}/sweep_provenance"], "{tmp}/sweep_provenance/0_a/provenance.json is not the provenance.json", []),
+    # plot against tokens, FLOPs or time
+    ("plot", ["{tmp}/trained/run", "--x", "watts"], "argument --x: invalid choice: 'watts'", []),
+    ("plot", ["{tmp}/trained/run", "--y", "perplexity"], "argument --y: invalid choice: 'perplexity'", []),
+    ("plot", ["{tmp}/old_run", "--x", "flops"], "--x flops: no run records its FLOPs per token", []),
+    # scaling
+    ("scaling", [], "the following arguments are required: SWEEP_DIR; usage: python -m lmzoo.scaling", []),
+    ("scaling", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
+    ("scaling", ["{tmp}/adir"], "no runs in {tmp}/adir", []),
+    ("scaling", ["{tmp}/sweep_failed"], "no finished run in {tmp}/sweep_failed has a best val/loss", []),
+    ("scaling", ["{tmp}/scaling_two_sizes"], "gpt_rope: budget 1e+14 FLOPs has 2 size(s) (100000, 200000); the IsoFLOP "
+     "parabola needs at least 3", ["scaling_two_sizes/scaling.png"]),
+    ("scaling", ["{tmp}/scaling_no_budget"], "has no budget.flops; scaling reads a sweep over sizes and budgets", []),
+    ("scaling", ["{tmp}/scaling_concave"], "at budget 1e+14 FLOPs the loss does not curve upwards in log N", []),
+    ("scaling", ["{tmp}/scaling_two_sizes", "--out", "{tmp}/s.xyz"], "cannot write a .xyz image", []),
 ]
 
 
@@ -323,9 +339,28 @@ def folder(tmp_path_factory):
     (tmp / "greek.txt").write_text("\u03b1\u03b2\u03b3 " * 2000)
     (tmp / "afile.txt").write_text("a file, not a folder")
     (tmp / "adir").mkdir()
-    for sweep, summary in (("sweep_json", "{bad"), ("sweep_list", "[1, 2]"), ("sweep_type", json.dumps({"steps": "x"}))):
+    for sweep, summary in (("sweep_json", "{bad"), ("sweep_list", "[1, 2]"), ("sweep_type", json.dumps({"steps": "x"})),
+                           ("sweep_model", json.dumps({"model": 5}))):
         (tmp / sweep / "0_a").mkdir(parents=True)
         (tmp / sweep / "0_a" / "summary.json").write_text(summary)
+    (tmp / "sweep_provenance" / "0_a").mkdir(parents=True)
+    (tmp / "sweep_provenance" / "0_a" / "provenance.json").write_text("[]")
+    (tmp / "sweep_provenance" / "0_a" / "summary.json").write_text(json.dumps({"status": "done"}))
+    (tmp / "sweep_failed" / "0_a").mkdir(parents=True)
+    (tmp / "sweep_failed" / "0_a" / "summary.json").write_text(json.dumps({"status": "failed: ValueError: boom"}))
+    # A run of an older release: no FLOPs per token in its summary.
+    shutil.copytree(trained, tmp / "old_run")
+    summary = json.loads((trained / "summary.json").read_text())
+    (tmp / "old_run" / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "flops_per_token"}))
+    for sweep, budget, losses in (("scaling_two_sizes", 1e14, {1e5: 2.0, 2e5: 1.9}),
+                                  ("scaling_no_budget", None, {1e5: 2.0, 2e5: 1.9, 4e5: 2.0}),
+                                  ("scaling_concave", 1e14, {1e5: 2.0, 2e5: 2.1, 4e5: 2.0})):
+        for index, (size, loss) in enumerate(losses.items()):
+            job = tmp / sweep / f"{index}_run"
+            job.mkdir(parents=True)
+            (job / "summary.json").write_text(json.dumps({"model": "gpt_rope", "parameters": int(size), "best_val_loss": loss}))
+            config = {"seed": 1, "budget": {"flops": budget}, "model": {"target_params": size}}
+            (job / "provenance.json").write_text(json.dumps({"config": config}))
     (tmp / "unwritable").mkdir()
     shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
     with unwritable_folder(tmp / "unwritable") as unwritable:

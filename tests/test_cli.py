@@ -1,7 +1,7 @@
 """The command lines as a user types them, each in a subprocess."""
 
 import pytest
-from helpers import SHAKESPEARE, TINY, compose_train, run
+from helpers import SHAKESPEARE, TINY, compose_train, markdown_tables, run
 
 from lmzoo.training.run import train
 
@@ -36,8 +36,8 @@ def test_sweep_runs_each_job_in_its_own_folder_whose_path_generate_takes_unquote
     for job in jobs:
         assert (tmp_path / "sweep" / job / "checkpoints" / "last.ckpt").is_file()
     # The path as the comparison table prints it, pasted into the next command as it is.
-    row = (tmp_path / "sweep" / "comparison.md").read_text().splitlines()[2]
-    pasted = f"ckpt=sweep/{row.split(' | ')[-1].removesuffix(' |')}/checkpoints/best.ckpt"
+    row = markdown_tables((tmp_path / "sweep" / "comparison.md").read_text())[-1][0]
+    pasted = f"ckpt=sweep/{row['run']}/checkpoints/best.ckpt"
     assert run("lmzoo.generate", pasted, "max_new_tokens=5", cwd=tmp_path).returncode == 0
 
 

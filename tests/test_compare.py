@@ -1,12 +1,13 @@
-"""The seven-model sweep and its comparison table, as a user runs them."""
+"""The seven-model sweep, a sweep over seeds and their comparison tables and report, as a user runs them."""
 
 import json
 import math
+import shlex
 
 import pytest
-from helpers import SHAKESPEARE, run
+from helpers import SHAKESPEARE, markdown_tables, run
 
-from lmzoo.reports.compare import COLUMNS, table
+from lmzoo.reports.compare import RUN_COLUMNS, table
 
 ZOO = "bigram,mlp,gpt,gpt_rope,block_scaling,moe,moa_moe"
 TINY_SWEEP = [f"data.path={SHAKESPEARE}", "trainer=debug", "trainer.enable_progress_bar=false",
@@ -14,22 +15,23 @@ TINY_SWEEP = [f"data.path={SHAKESPEARE}", "trainer=debug", "trainer.enable_progr
               "data.batch_size=2", "data.val_batches=1", "block_size=16", "sample_tokens=0", "hydra.sweep.dir=sweep"]
 
 
-def table_rows(path):
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in path.read_text().splitlines()[2:]]
+def run_rows(path):
+    """The rows of the table of runs (the second table) in comparison.md."""
+    return markdown_tables(path.read_text())[-1]
 
 
 def test_sweep_of_the_zoo_compares_every_model_and_each_samples(tmp_path):
     out = run("lmzoo.train", "-m", f"model={ZOO}", *TINY_SWEEP, cwd=tmp_path).stdout
-    rows = table_rows(tmp_path / "sweep" / "comparison.md")
-    assert [row[0] for row in rows] == ZOO.split(",")
-    headers = [c.header for c in COLUMNS]
-    for row in rows:
-        record = dict(zip(headers, row))
+    ranked, rows = markdown_tables((tmp_path / "sweep" / "comparison.md").read_text())
+    assert [row["model"] for row in rows] == ZOO.split(",")
+    assert sorted(row["model"] for row in ranked) == sorted(ZOO.split(","))
+    assert all(row["n"] == "1" and row["vs best"] in ("best", "n = 1: no significance can be claimed") for row in ranked)
+    for record in rows:
         assert record["status"] == "done" and record["steps"] == "3" and float(record["best val/loss"]) < 5
         # tinyshakespeare is ASCII: one character token per byte, so bits per byte are nats / ln 2.
         assert float(record["best val/bpb"]) == pytest.approx(float(record["best val/loss"]) / math.log(2), abs=1e-3)
         assert int(record["active parameters"].replace(",", "")) <= int(record["parameters"].replace(",", ""))
-    moe = dict(zip(headers, rows[5]))
+    moe = rows[5]
     assert int(moe["active parameters"].replace(",", "")) < int(moe["parameters"].replace(",", ""))
     assert (tmp_path / "sweep" / "comparison.md").read_text().strip() in out
     # A fixed-context model samples with the same command (the others do in tests/test_zoo.py, in-process).
@@ -39,13 +41,27 @@ def test_sweep_of_the_zoo_compares_every_model_and_each_samples(tmp_path):
     assert text.startswith("ROMEO:") and len(text.rstrip("\n")) >= len("ROMEO:") + 25
 
 
-def test_a_failed_job_keeps_the_others_in_the_table(tmp_path):
-    result = run("lmzoo.train", "-m", "model=mlp", "model.activation=nosuch,relu", *TINY_SWEEP, cwd=tmp_path,
-                 check=False)
+def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(tmp_path):
+    task = ["model=mlp", "model.activation=nosuch,relu", "seed=1,2", *TINY_SWEEP[:-1]]
+    result = run("lmzoo.train", "-m", *task, TINY_SWEEP[-1], cwd=tmp_path, check=False)
     assert result.returncode != 0
-    failed, done = table_rows(tmp_path / "sweep" / "comparison.md")
-    assert failed[-2].startswith("failed: ") and "model.activation must be one of" in failed[-2]
-    assert done[-2] == "done" and done[-1].startswith("1_")
+    sweep = tmp_path / "sweep"
+    (ranked,), runs = markdown_tables((sweep / "comparison.md").read_text())
+    assert [r["status"][:7] for r in runs] == ["failed:", "failed:", "done", "done"]
+    assert "model.activation must be one of" in runs[0]["status"]
+    # Runs of one model in settings of their own: labelled by what differs (the failed jobs wrote no
+    # provenance.json; their .hydra/config.yaml stands in for it).
+    assert [r["model"] for r in runs] == ["mlp (model.activation=nosuch)"] * 2 + ["mlp (model.activation=relu)"] * 2
+    assert [r["seed"] for r in runs] == ["1", "2", "1", "2"]
+    # The two seeds of relu are one row: their mean and standard deviation; no other setting to test against.
+    losses = [float(r["best val/loss"]) for r in runs[2:]]
+    mean, sd = (float(v) for v in ranked["best val/loss"].split(" ± "))
+    assert mean == pytest.approx(sum(losses) / 2, abs=1e-4) and sd == pytest.approx(abs(losses[0] - losses[1]) / 2 ** 0.5, abs=2e-4)
+    assert (ranked["rank"], ranked["n"], ranked["vs best"]) == ("1", "2", "best")
+    report = (sweep / "report.md").read_text()
+    assert f"In `{tmp_path}`:\n\n```bash\n{shlex.join(['python', '-m', 'lmzoo.train', '-m', TINY_SWEEP[-1], *task])}\n```" in report
+    assert (sweep / "comparison.md").read_text().strip() in report
+    assert "](val_loss.png)" in report and (sweep / "val_loss.png").stat().st_size > 10_000
 
 
 def test_table_shows_runs_without_metrics(tmp_path):
@@ -57,8 +73,10 @@ def test_table_shows_runs_without_metrics(tmp_path):
     (tmp_path / "1_model=moe" / "summary.json").write_text(json.dumps(summary))
     out = run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
     assert out == (tmp_path / "comparison.md").read_text()
-    assert "| moe | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 12,346 | 61.2 s | done | 1_model=moe |" in out
-    assert "| - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
-    assert table([]).count("\n") == 1
+    # A run of an older release: no provenance, seed, FLOPs or MFU.
+    assert "| 1 | moe (1_model=moe) | 1 | 1.7811 | 1.2346 | best | 1,234,567 | - | 61.2 s | 12,346 | - |" in out
+    assert "| moe (1_model=moe) | - | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | - | 12,346 | - | 61.2 s | done | 1_model=moe |" in out
+    assert "| 0_model=gpt | - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
+    assert table([], RUN_COLUMNS).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr

@@ -111,3 +111,18 @@ def prepare_at(data_dir: Path, tokenizer: dict, **source):
     config = DataConfig(name=data_dir.name, root=str(data_dir.parent), tokenizer=tokenizer,
                         **{"block_size": 1, **source})
     return prepare(config, progress=False)
+
+
+def markdown_tables(text: str) -> list[list[dict]]:
+    """The Markdown tables in `text`, each as its rows, each row as {header: cell}."""
+    tables, lines = [], text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("| ") and index + 1 < len(lines) and lines[index + 1].startswith("| ---"):
+            headers = [cell.strip() for cell in line.strip("|").split("|")]
+            rows = []
+            for row in lines[index + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(headers, (cell.strip() for cell in row.strip("|").split("|")))))
+            tables.append(rows)
+    return tables

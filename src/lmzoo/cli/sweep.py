@@ -1,5 +1,5 @@
 """The Hydra callback of sweeps (`python -m lmzoo.train -m ...`): after every job, failed ones included,
-the comparison table of the sweep so far, written to SWEEP_DIR/comparison.md and printed."""
+the comparison of the sweep so far, written to SWEEP_DIR/comparison.md and printed, and SWEEP_DIR/report.md."""
 
 from pathlib import Path
 
@@ -8,7 +8,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lmzoo.reports.compare import SUMMARY, TABLE, compare, write_summary
+from lmzoo.reports.compare import SUMMARY, TABLE, write_summary
+from lmzoo.reports.report import write_report
 
 
 def failure(job_return: JobReturn) -> str:
@@ -21,13 +22,14 @@ def failure(job_return: JobReturn) -> str:
 
 
 class SweepComparison(Callback):
-    """After each sweep job, records a failed job's error as its summary and prints the updated table."""
+    """After each sweep job, records a failed job's error as its summary, prints the updated comparison and
+    writes the report."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and not (run_dir / SUMMARY).is_file():
-            write_summary(run_dir, {"status": failure(job_return)})
+            write_summary(run_dir, {"model": config.hydra.runtime.choices.get("model"), "status": failure(job_return)})
         sweep_dir = Path(config.hydra.sweep.dir)
-        print(f"\nComparison so far ({sweep_dir / TABLE}):\n{compare(sweep_dir)}\n")
+        print(f"\nComparison so far ({sweep_dir / TABLE}):\n{write_report(sweep_dir)}\n")

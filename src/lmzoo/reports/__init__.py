@@ -1,1 +1,1 @@
-"""Reading what runs left behind: comparison tables and loss curves."""
+"""Reading what runs left behind: comparison tables, statistics over seeds, loss curves, reports and scaling fits."""

@@ -1,16 +1,23 @@
-"""The comparison table of a sweep: one row per run, from the summary.json each run writes when it ends."""
+"""The comparison of a sweep, from the summary.json each run writes when it ends (and its provenance.json).
+
+Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean best
+val/bpb, each with Welch's t-test against the best; then one row per run, in job order.
+"""
 
 import json
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
+from lmzoo.reports.runs import SUMMARY, RunFolder, Setting, pool, read_run
+from lmzoo.reports.stats import welch_t_test
 
-SUMMARY = "summary.json"
 TABLE = "comparison.md"
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -21,25 +28,44 @@ class Column:
 
 
 def thousands(value) -> str:
-    return f"{value:,}"
+    return f"{value:,.0f}"
 
 
 def loss(value) -> str:
     return "-" if value is None or math.isinf(value) else f"{value:.4f}"
 
 
-COLUMNS = [
-    Column("model", "model"),
+def flops(value) -> str:
+    return f"{value:.2e}"
+
+
+def percent(value) -> str:
+    return f"{100 * value:.3g}%"
+
+
+def seconds(value) -> str:
+    return f"{value:.1f} s"
+
+
+RUN_COLUMNS = [
+    Column("model", "setting"),
+    Column("seed", "seed"),
     Column("parameters", "parameters", thousands),
     Column("active parameters", "active_parameters", thousands),
     Column("best val/loss", "best_val_loss", loss),
     Column("best val/bpb", "best_val_bpb", loss),
     Column("steps", "steps", thousands),
-    Column("tokens/s", "tokens_per_sec", lambda v: f"{v:,.0f}"),
-    Column("wall time", "wall_time_s", lambda v: f"{v:.1f} s"),
+    Column("FLOPs", "flops", flops),
+    Column("tokens/s", "tokens_per_sec", thousands),
+    Column("MFU", "mfu", percent),
+    Column("wall time", "wall_time_s", seconds),
     Column("status", "status"),
     Column("run", "run"),
 ]
+# Per setting, after its rank, n, losses and test: the mean over its runs.
+MEAN_COLUMNS = [Column("parameters", "parameters", thousands), Column("FLOPs", "flops", flops),
+                Column("wall time", "wall_time_s", seconds), Column("tokens/s", "tokens_per_sec", thousands),
+                Column("MFU", "mfu", percent)]
 
 
 def write_summary(run_dir: str | Path, record: dict) -> None:
@@ -54,35 +80,19 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
                                        p.name))
 
 
-def read_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for job in job_dirs(sweep_dir):
-        path = job / SUMMARY
-        rows.append(read_summary(path) if path.is_file() else {"run": job.name, "status": "no summary (running, or killed)"})
-    return rows
+def read_sweep(sweep_dir: str | Path) -> list[RunFolder]:
+    """The runs of a sweep folder, in job order; a folder that is none, or holds no runs, is a UserError."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{str(sweep_dir)!r} is not a folder; pass a sweep folder such as outputs/sweeps/DATE_TIME")
+    runs = [read_run(job) for job in job_dirs(sweep_dir)]
+    if not runs:
+        raise UserError(f"no runs in {sweep_dir}; pass the folder a sweep (python -m lmzoo.train -m ...) wrote")
+    return runs
 
 
-def read_summary(path: Path) -> dict:
-    """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file."""
-    fix = "delete it (the run's row then says 'no summary') or train the run again"
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
-    for column in COLUMNS:
-        try:
-            if row.get(column.key) is not None:
-                column.format(row[column.key])
-        except (TypeError, ValueError):
-            raise UserError(f"{path} has a {column.key} of {row[column.key]!r}, which is not a value of that "
-                            f"column; {fix}") from None
-    return row
-
-
-def table(rows: list[dict], columns: list[Column] = COLUMNS) -> str:
-    """A Markdown table; a value a row lacks (a failed run's metrics) shows as '-'."""
+def table(rows: list[dict], columns: list[Column]) -> str:
+    """A Markdown table; a value a row lacks (a failed run's metrics, a key older runs did not write) shows as '-'."""
     lines = ["| " + " | ".join(c.header for c in columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
         cells = ["-" if row.get(c.key) is None else c.format(row[c.key]) for c in columns]
@@ -90,14 +100,71 @@ def table(rows: list[dict], columns: list[Column] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def run_rows(runs: list[RunFolder], settings: list[Setting]) -> list[dict]:
+    """One row per run, in the order of `runs`, named by its setting's label; the seed from the config where the
+    summary has none (runs of older releases)."""
+    label = {id(run): setting.label for setting in settings for run in setting.runs}
+    return [{**run.summary, "setting": label[id(run)],
+             "seed": run.value("seed") if run.value("seed") is not None else (run.config or {}).get("seed")}
+            for run in runs]
+
+
+def ranking_key(settings: list[Setting]) -> str:
+    """best_val_bpb, comparable across tokenizers, where every finished run has it; else best_val_loss."""
+    finished = [run for s in settings for run in s.runs if run.value("best_val_loss") is not None]
+    return "best_val_bpb" if all(run.value("best_val_bpb") is not None for run in finished) else "best_val_loss"
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def significance(values: list[float], best: list[float]) -> str:
+    """Whether `values` differ from the best setting's, by Welch's t-test."""
+    if len(values) < 2 or len(best) < 2:
+        return "n = 1: no significance can be claimed"
+    try:
+        test = welch_t_test(values, best)
+    except ValueError:
+        return "no spread between seeds: no test"
+    return f"p = {test.p:.2g}: {'significant' if test.p < SIGNIFICANCE else 'not significant'}"
+
+
+def setting_table(settings: list[Setting]) -> str:
+    """One row per setting with a result, best first."""
+    key = ranking_key(settings)
+    ranked = sorted((s for s in settings if s.values(key)), key=lambda s: statistics.fmean(s.values(key)))
+    if not ranked:
+        return "No run has finished yet."
+    columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"),
+               Column("best val/bpb", "bpb"), Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS]
+    rows = []
+    for rank, setting in enumerate(ranked, 1):
+        n, total = len(setting.values(key)), len(setting.runs)
+        row = {"rank": rank, "label": setting.label, "n": f"{n}" if n == total else f"{n} of {total}",
+               "bpb": mean_sd(setting.values("best_val_bpb")), "loss": mean_sd(setting.values("best_val_loss")),
+               "test": "best" if rank == 1 else significance(setting.values(key), ranked[0].values(key))}
+        for column in MEAN_COLUMNS:
+            values = setting.values(column.key)
+            row[column.key] = statistics.fmean(values) if values else None
+        rows.append(row)
+    metric = "val/bpb" if key == "best_val_bpb" else "val/loss"
+    return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
+            f"of best {metric} against rank 1, significant when p < {SIGNIFICANCE}.\n\n" + table(rows, columns))
+
+
+def tables(runs: list[RunFolder]) -> str:
+    """The comparison: settings ranked, then every run."""
+    settings = pool(runs)
+    return f"{setting_table(settings)}\n\nRuns:\n\n{table(run_rows(runs, settings), RUN_COLUMNS)}"
+
+
 def compare(sweep_dir: str | Path) -> str:
-    """Write SWEEP_DIR/comparison.md from the runs' summaries, and return the table."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise UserError(f"{str(sweep_dir)!r} is not a folder; pass a sweep folder such as outputs/sweeps/DATE_TIME")
-    rows = read_rows(sweep_dir)
-    if not rows:
-        raise UserError(f"no runs in {sweep_dir}; pass the folder a sweep (python -m lmzoo.train -m ...) wrote")
-    text = table(rows)
-    write_atomically(sweep_dir / TABLE, (text + "\n").encode("utf-8"))
+    """Write SWEEP_DIR/comparison.md from the runs' summaries, and return its text."""
+    text = tables(read_sweep(sweep_dir))
+    write_atomically(Path(sweep_dir) / TABLE, (text + "\n").encode("utf-8"))
     return text

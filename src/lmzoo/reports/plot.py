@@ -1,31 +1,58 @@
 """Loss curves of runs from their TensorBoard logs.
 
-Train and val loss against steps and against training tokens, one colour per run; with several runs
-(a sweep), also bars of the best val loss (and val/bpb where logged) per run. TensorBoard's reader and
-matplotlib are imported inside the functions that use them.
+Two figures. The overview: train and val loss against steps and against training tokens, one colour per
+run; with several runs (a sweep), also bars of the best val loss (and val/bpb where logged) per run. The
+comparison (`--x`): val loss or bpb against training tokens, FLOPs or wall-clock time, one colour per
+setting (runs pooled over seeds as in the comparison table), its seeds drawn as a mean line and a min-max
+band. TensorBoard's reader and matplotlib are imported inside the functions that use them.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from lmzoo.errors import UserError
 from lmzoo.files import atomic_write
+from lmzoo.reports.runs import RunFolder, pool, read_run
 
 Series = tuple[list[int], list[float]]
+# --x: what each choice puts on the x axis.
+X_AXES = {"tokens": "training tokens", "flops": "training FLOPs", "time": "wall-clock time"}
 
 
 @dataclass
 class Run:
     name: str
     scalars: dict[str, Series]
+    # Seconds from the run's first logged event to each of a tag's values (resume gaps included).
+    seconds: dict[str, list[float]]
     # Training tokens per optimizer step, from the run's config; None when it has none.
     tokens_per_step: int | None
+    # Its summary and config.
+    folder: RunFolder
 
     def best(self, tag: str) -> float | None:
         values = self.scalars.get(tag, ([], []))[1]
         return min(values) if values else None
+
+    def tokens(self, tag: str) -> list[int] | None:
+        """The training tokens seen at each value of `tag`. Lightning logs the loss of the n-th optimizer step,
+        and the validation after it, at step n - 1."""
+        if self.tokens_per_step is None:
+            return None
+        return [(step + 1) * self.tokens_per_step for step in self.scalars[tag][0]]
+
+    def x_values(self, tag: str, x: str) -> list[float] | None:
+        """The x of each value of `tag`: training tokens, FLOPs (tokens x the summary's flops_per_token) or
+        seconds; None when the run does not record what that takes."""
+        if x == "time":
+            return self.seconds[tag]
+        per_token = 1 if x == "tokens" else self.folder.value("flops_per_token")
+        tokens = self.tokens(tag)
+        return None if tokens is None or per_token is None else [n * per_token for n in tokens]
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -38,26 +65,34 @@ def find_runs(folder: Path) -> list[Path]:
     return events
 
 
-def read_scalars(event_dir: Path) -> dict[str, Series]:
-    """Every scalar tag of a run, as steps and values; a step logged twice (after a resume) keeps its last value."""
+def read_events(event_dir: Path) -> dict[str, list]:
+    """Every scalar tag of a run, as TensorBoard's events (step, value, wall_time) in step order; a step logged
+    twice (after a resume) keeps its last event."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
-    scalars = {}
+    events = {}
     for tag in accumulator.Tags()["scalars"]:
-        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
-        steps = sorted(by_step)
-        scalars[tag] = (steps, [by_step[step] for step in steps])
-    return scalars
+        by_step = {event.step: event for event in accumulator.Scalars(tag)}
+        events[tag] = [by_step[step] for step in sorted(by_step)]
+    return events
 
 
-def tokens_per_step(run_dir: Path) -> int | None:
-    """batch_size x block_size x gradient accumulation x devices, from the run's .hydra/config.yaml."""
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
+def read_scalars(event_dir: Path) -> dict[str, Series]:
+    """Every scalar tag of a run, as steps and values (see read_events)."""
+    return as_series(read_events(event_dir))
+
+
+def as_series(events: dict[str, list]) -> dict[str, Series]:
+    return {tag: ([e.step for e in tag_events], [e.value for e in tag_events]) for tag, tag_events in events.items()}
+
+
+def tokens_per_step(config: dict | None) -> int | None:
+    """batch_size x block_size x gradient accumulation x devices x nodes, from the run's config."""
+    if config is None:
         return None
-    config = OmegaConf.load(config_path)
+    config = OmegaConf.create(config)
     batch, block = OmegaConf.select(config, "data.batch_size"), OmegaConf.select(config, "block_size")
     if not isinstance(batch, int) or not isinstance(block, int):
         return None
@@ -68,14 +103,21 @@ def tokens_per_step(run_dir: Path) -> int | None:
     return batch * block * accumulate * devices * nodes
 
 
+def load_run(run_dir: Path, name: str) -> Run:
+    events = read_events(run_dir / "tensorboard")
+    start = min((e.wall_time for tag_events in events.values() for e in tag_events), default=0.0)
+    folder = read_run(run_dir)
+    return Run(name, as_series(events), {tag: [e.wall_time - start for e in es] for tag, es in events.items()},
+               tokens_per_step(folder.config), folder)
+
+
 def load_runs(folders: list[Path]) -> list[Run]:
     runs = []
     for folder in folders:
         folder = folder.resolve()
         for run_dir in find_runs(folder):
             # A run is named by its folder; a sweep's jobs by their folders inside the sweep.
-            name = str(run_dir.relative_to(folder.parent if run_dir == folder else folder))
-            runs.append(Run(name, read_scalars(run_dir / "tensorboard"), tokens_per_step(run_dir)))
+            runs.append(load_run(run_dir, str(run_dir.relative_to(folder.parent if run_dir == folder else folder))))
     return runs
 
 
@@ -94,9 +136,15 @@ def image_format(path: Path) -> str:
 
 
 def save(figure, path: Path) -> None:
+    """Write `figure` to `path` and close it (pyplot keeps every open figure, a sweep draws one per job)."""
+    import matplotlib.pyplot as plt
+
     image = image_format(path)
-    with atomic_write(path, "choose a writable path with --out FILE.png") as file:
-        figure.savefig(file, format=image, dpi=120)
+    try:
+        with atomic_write(path, "choose a writable path with --out FILE.png") as file:
+            figure.savefig(file, format=image, dpi=120)
+    finally:
+        plt.close(figure)
 
 
 def plot(runs: list[Run]):
@@ -121,8 +169,8 @@ def plot(runs: list[Run]):
             line = by_steps.plot(steps, values, style, color=colour, markersize=3, label=label)[0]
             line.set_gid(f"{run.name}:{tag}")
             if run.tokens_per_step:
-                tokens = [step * run.tokens_per_step for step in steps]
-                by_tokens.plot(tokens, values, style, color=colour, markersize=3)[0].set_gid(f"{run.name}:{tag}")
+                line = by_tokens.plot(run.tokens(tag), values, style, color=colour, markersize=3)[0]
+                line.set_gid(f"{run.name}:{tag}")
     by_steps.set(xlabel="step", ylabel="loss", title="loss (solid: train, dashed: val)")
     by_tokens.set(xlabel="training tokens", ylabel="loss", title="loss against tokens seen")
     by_steps.legend(fontsize="small")
@@ -140,3 +188,44 @@ def plot(runs: list[Run]):
         axes[1][1].set_visible(False)
     figure.tight_layout()
     return figure
+
+
+def plot_settings(runs: list[Run], x: str, y: str = "loss"):
+    """The comparison figure: val/`y` against `x` (a key of X_AXES), a mean line and a min-max band per setting.
+    Returns the figure and the names of runs left out for lack of what `x` takes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tag = f"val/{y}"
+    logged = [run for run in runs if run.scalars.get(tag, ([], []))[0]]
+    if not logged:
+        raise UserError(f"no run logged {tag}; " + ("--y bpb needs runs of lmzoo 0.2 or later, try --y loss"
+                                                  if y == "bpb" else "pass folders of runs that validated"))
+    curves = {id(run.folder): (run.x_values(tag, x), run.scalars[tag][1]) for run in logged}
+    left_out = [run.name for run in logged if curves[id(run.folder)][0] is None]
+    if len(left_out) == len(logged):
+        needs = {"tokens": "its batch and block size (provenance.json or .hydra/config.yaml)",
+                 "flops": "its FLOPs per token (flops_per_token in the summary.json of lmzoo 0.3 and later)"}[x]
+        raise UserError(f"--x {x}: no run records {needs}; use --x time")
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, setting in enumerate(pool([run.folder for run in logged])):
+        drawn = [curves[id(run)] for run in setting.runs if curves[id(run)][0] is not None]
+        if not drawn:
+            continue
+        colour = colours[index % len(colours)]
+        # Seeds are put on the union of their x values; where a seed stopped early, the mean is of the others.
+        grid = np.unique(np.concatenate([xs for xs, _ in drawn]))
+        stacked = np.array([np.interp(grid, xs, ys, left=math.nan, right=math.nan) for xs, ys in drawn])
+        axis.plot(grid, np.nanmean(stacked, axis=0), "-o", color=colour, markersize=3,
+                  label=f"{setting.label} (n={len(drawn)})", gid=setting.label)
+        if len(drawn) > 1:
+            axis.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
+                              gid=f"{setting.label}:band")
+    xlabel = "seconds since each run's first logged step" if x == "time" else X_AXES[x]
+    axis.set(xlabel=xlabel, ylabel=tag, title=f"{tag} against {X_AXES[x]} (mean of seeds, band: min to max)")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return figure, left_out

@@ -1,0 +1,62 @@
+"""A sweep's report.md, beside its comparison.md: the command that ran the sweep, the tables, and val loss
+against training FLOPs (or tokens, for runs that do not record their FLOPs) as a PNG it links to."""
+
+import shlex
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lmzoo.errors import UserError
+from lmzoo.files import write_atomically
+from lmzoo.reports.compare import compare
+from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, save
+
+REPORT = "report.md"
+FIGURE = "val_loss.png"
+
+
+def sweep_command(sweep_dir: Path) -> tuple[str, str] | None:
+    """The folder the sweep ran in and its command, as Hydra recorded them in SWEEP_DIR/multirun.yaml: every
+    override as typed (quoted for a POSIX shell); None without that file."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra = OmegaConf.load(path).hydra
+    options = ["-m"]
+    if hydra.job.config_name != "train":
+        options += ["--config-name", hydra.job.config_name]
+    options += [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
+                if source.provider == "command-line"]
+    # Unresolved: an override may hold an interpolation, `optim.decay_steps=${trainer.max_steps}`, as typed.
+    overrides = OmegaConf.to_container(hydra.overrides, resolve=False)
+    # -m is Hydra's own hydra.mode=MULTIRUN.
+    overrides = [o for o in overrides["hydra"] if o != "hydra.mode=MULTIRUN"] + overrides["task"]
+    return hydra.runtime.cwd, shlex.join(["python", "-m", "lmzoo.train", *options, *overrides])
+
+
+def figure_section(sweep_dir: Path) -> str:
+    """Draw SWEEP_DIR/val_loss.png and return its Markdown; a sweep with no curves yet gets a line saying so."""
+    try:
+        runs = load_runs([sweep_dir])
+        x = "flops" if any(run.folder.value("flops_per_token") for run in runs) else "tokens"
+        figure, left_out = plot_settings(runs, x)
+    except UserError as error:
+        return f"No curves yet: {error}."
+    save(figure, sweep_dir / FIGURE)
+    note = f" Left out, for lack of their {X_AXES[x]}: {', '.join(left_out)}." if left_out else ""
+    return (f"![val/loss against {X_AXES[x]}]({FIGURE})\n\nval/loss against {X_AXES[x]}: one colour per row of the "
+            f"comparison, the mean of its seeds as a line and their range as a band.{note}")
+
+
+def write_report(sweep_dir: str | Path) -> str:
+    """Write SWEEP_DIR/comparison.md, report.md and its figure; return the comparison's text."""
+    sweep_dir = Path(sweep_dir)
+    tables = compare(sweep_dir)
+    command = sweep_command(sweep_dir)
+    how = (f"In `{command[0]}`:\n\n```bash\n{command[1]}\n```" if command
+           else "Not recorded: this folder has no multirun.yaml (Hydra writes it when a sweep starts).")
+    text = (f"# Sweep {sweep_dir.name}\n\nWritten after every job of the sweep, and by `python -m lmzoo.compare "
+            f"{sweep_dir}`.\n\n## Command\n\n{how}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
+            f"{figure_section(sweep_dir)}\n")
+    write_atomically(sweep_dir / REPORT, text.encode("utf-8"))
+    return tables

@@ -1,0 +1,158 @@
+"""What a finished (or running) run left in its folder, and runs pooled by setting.
+
+Runs are pooled into one setting when their configs differ in nothing but seeds (any key named `seed`:
+`seed`, and `data.seed`, which follows it) and what names the run's own folder: its output path (and the
+log and checkpoint folders in it), and `ckpt_path` and `resume`, which say where a run continued from, not
+what it trained.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmzoo.errors import UserError
+
+SUMMARY = "summary.json"
+PROVENANCE = "provenance.json"
+PER_RUN_KEYS = ("ckpt_path", "resume")
+# The numbers a summary may hold (None where a run has none, as a failed run's losses).
+NUMBERS = ("parameters", "active_parameters", "best_val_loss", "best_val_bpb", "steps", "tokens_per_sec", "wall_time_s",
+           "flops_per_token", "tokens", "flops", "mfu", "seed")
+
+
+@dataclass
+class RunFolder:
+    folder: Path
+    # summary.json; a run without one (still running, or killed) has only its name and that status.
+    summary: dict
+    # The resolved config of provenance.json, else Hydra's .hydra/config.yaml; None when the run has neither.
+    config: dict | None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def value(self, key: str):
+        """A value of the summary; old runs lack the newer keys (None)."""
+        return self.summary.get(key)
+
+
+@dataclass
+class Setting:
+    """Runs whose configs differ only in their seeds, and the label that tells this setting from the others."""
+
+    # The config the runs share, flat (see setting_of); None for a run without a config, a setting of its own.
+    config: dict | None
+    runs: list[RunFolder] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def model(self) -> str | None:
+        return next((model for run in self.runs if (model := run.value("model"))), None)
+
+    def values(self, key: str) -> list:
+        """The summaries' values of `key`, of the runs that have one (a failed run has no loss)."""
+        values = [run.value(key) for run in self.runs]
+        return [v for v in values if v is not None and not (isinstance(v, float) and math.isinf(v))]
+
+
+def read_run(folder: Path) -> RunFolder:
+    path = folder / SUMMARY
+    summary = (read_summary(path) if path.is_file()
+               else {"run": folder.name, "status": "no summary (running, or killed)"})
+    return RunFolder(folder, summary, read_config(folder))
+
+
+def read_summary(path: Path) -> dict:
+    """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file."""
+    fix = "delete it (the run's row then says 'no summary') or train the run again"
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
+    for key in NUMBERS:
+        if row.get(key) is not None and (isinstance(row[key], bool) or not isinstance(row[key], (int, float))):
+            raise UserError(f"{path} has a {key} of {row[key]!r}, which is not a number; {fix}")
+    for key in ("model", "status", "run"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise UserError(f"{path} has a {key} of {row[key]!r}, which is not text; {fix}")
+    return row
+
+
+def read_config(folder: Path) -> dict | None:
+    provenance = folder / PROVENANCE
+    if provenance.is_file():
+        try:
+            config = json.loads(provenance.read_text(encoding="utf-8")).get("config")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise UserError(f"{provenance} is not the provenance.json lmzoo writes; delete it or train the run "
+                            "again") from None
+        return config if isinstance(config, dict) else None
+    hydra_config = folder / ".hydra" / "config.yaml"
+    if not hydra_config.is_file():
+        return None
+    # A job that failed before writing provenance.json: its config as Hydra saved it, resolved as provenance.json
+    # is. The run folder, ${hydra:runtime.output_dir}, is known only while Hydra runs: it is this folder.
+    config = OmegaConf.load(hydra_config)
+    if "output_dir" in config.get("paths", {}):
+        config.paths.output_dir = str(folder)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(config, resolve=False)
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """`{"optim": {"lr": 1e-3}}` as `{"optim.lr": 1e-3}`."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def setting_of(run: RunFolder) -> dict | None:
+    """The run's config as its setting: seeds and per-run keys left out, its own folder written as {run}."""
+    if run.config is None:
+        return None
+    output_dir = (run.config.get("paths") or {}).get("output_dir")
+    setting = {}
+    for key, value in flatten(run.config).items():
+        if key.split(".")[-1] == "seed" or key in PER_RUN_KEYS or key == "paths.output_dir":
+            continue
+        if isinstance(value, str) and isinstance(output_dir, str) and output_dir:
+            value = value.replace(output_dir, "{run}")
+        setting[key] = value
+    return setting
+
+
+def pool(runs: list[RunFolder]) -> list[Setting]:
+    """The settings of `runs`, in the order of their first runs, labelled (see label)."""
+    settings = {}
+    for run in runs:
+        config = setting_of(run)
+        key = json.dumps(config, sort_keys=True, default=str) if config is not None else f"run:{run.folder}"
+        settings.setdefault(key, Setting(config)).runs.append(run)
+    for setting in settings.values():
+        setting.label = label(setting, list(settings.values()))
+    return list(settings.values())
+
+
+def label(setting: Setting, settings: list[Setting]) -> str:
+    """The setting's model; where other settings have that model too, with the keys in which they differ,
+    `gpt (optim.lr=0.003)`. A run without a config, or without a model (it failed early), is named by its folder."""
+    model = setting.model
+    if setting.config is None or model is None:
+        return f"{model} ({setting.runs[0].name})" if model else setting.runs[0].name
+    siblings = [s.config for s in settings if s.config is not None and s.model == model]
+    differing = sorted(key for key in set().union(*siblings)
+                       if len({json.dumps(sibling.get(key), default=str) for sibling in siblings}) > 1)
+    return model + (f" ({', '.join(f'{key}={setting.config.get(key)}' for key in differing)})" if differing else "")

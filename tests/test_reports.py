@@ -1,0 +1,201 @@
+"""Comparisons a researcher can trust, on synthetic run folders (summary.json, provenance.json, TensorBoard
+events) written here rather than trained: Welch's t-test, runs pooled by config, curves against tokens,
+FLOPs and time, and the IsoFLOP scaling fit."""
+
+import json
+import math
+import statistics
+
+import pytest
+from helpers import markdown_tables
+
+from lmzoo.cli.plot import main as plot_main
+from lmzoo.cli.scaling import main as scaling_main
+from lmzoo.reports.compare import compare
+from lmzoo.reports.plot import load_runs, plot_settings
+from lmzoo.reports.report import write_report
+from lmzoo.reports.scaling import fit_sweep
+from lmzoo.reports.stats import regularized_incomplete_beta, welch_t_test
+
+BATCH, BLOCK = 4, 8  # tokens per step: 32
+
+
+def write_run(folder, model="gpt", seed=1, summary=None, config=None, curve=None, bpb=None):
+    """A run folder as lmzoo leaves it: its config (with the paths that name the folder), its summary and, given
+    `curve` ({step: val/loss}), its TensorBoard events."""
+    folder.mkdir(parents=True)
+    resolved = {"seed": seed, "block_size": BLOCK, "ckpt_path": None, "resume": None,
+                "paths": {"data_dir": "data", "output_dir": str(folder)},
+                "data": {"batch_size": BATCH, "seed": seed}, "model": {"_target_": model, "n_layer": 2},
+                "optim": {"lr": 1e-3}, "logger": {"save_dir": str(folder)},
+                "callbacks": {"model_checkpoint": {"dirpath": f"{folder}/checkpoints"}}}
+    for key, value in (config or {}).items():
+        section, _, name = key.rpartition(".")
+        (resolved.setdefault(section, {}) if section else resolved)[name] = value
+    (folder / "provenance.json").write_text(json.dumps({"version": "0.3.0", "git_commit": None, "config": resolved}))
+    record = {"run": folder.name, "model": model, "parameters": 1000, "active_parameters": 1000, "steps": 30,
+              "status": "done", "seed": seed, **(summary or {})}
+    if curve:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(folder / "tensorboard") as writer:
+            for step, value in curve.items():
+                writer.add_scalar("val/loss", value, step, walltime=1000.0 + step / 10)
+                if bpb:
+                    writer.add_scalar("val/bpb", value * bpb, step, walltime=1000.0 + step / 10)
+        record.setdefault("best_val_loss", min(curve.values()))
+    (folder / "summary.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_welch_t_test_gives_the_published_values():
+    # R's t.test (Welch by default) on these samples prints t = -1.8325, df = 17.9, p-value = 0.08356.
+    test = welch_t_test([11, 9, 10, 11, 10, 12, 9, 11, 12, 9], [11, 13, 10, 13, 12, 9, 11, 12, 12, 11])
+    assert (round(test.t, 4), round(test.df, 1), round(test.p, 5)) == (-1.8325, 17.9, 0.08356)
+    # Student's t table: the two-sided 5% and 1% points; with 1 degree of freedom, the Cauchy distribution.
+    for df, t, p in [(10, 2.228, 0.05), (30, 2.042, 0.05), (5, 4.032, 0.01), (2, 9.925, 0.01)]:
+        assert regularized_incomplete_beta(df / (df + t * t), df / 2, 0.5) == pytest.approx(p, abs=1e-4)
+    assert regularized_incomplete_beta(1 / (1 + 3.0**2), 0.5, 0.5) == pytest.approx(1 - 2 / math.pi * math.atan(3.0))
+    with pytest.raises(ValueError):
+        welch_t_test([1.0], [1.0, 2.0])
+
+
+def test_runs_are_pooled_by_config_ranked_and_tested_against_the_best(tmp_path):
+    rope = [1.50, 1.52, 1.51]
+    gpt = [1.60, 1.63, 1.61]
+    close = [1.51, 1.53, 1.49]
+    for index, (model, seed, loss, config) in enumerate(
+            [("gpt_rope", s, v, {}) for s, v in zip((1, 2, 3), rope)]
+            + [("gpt", s, v, {}) for s, v in zip((1, 2, 3), gpt)]
+            + [("gpt", s, v, {"optim.lr": 3e-3}) for s, v in zip((1, 2, 3), close)]
+            + [("mlp", 1, 2.0, {})]):
+        summary = {"best_val_loss": loss, "best_val_bpb": loss / math.log(2), "flops": 1.5e12, "mfu": 0.0123,
+                   "tokens_per_sec": 1000.0 + index, "wall_time_s": 10.0 + index}
+        # A resumed seed names its checkpoint: still the same setting.
+        write_run(tmp_path / f"{index}_{model}", model, seed, summary,
+                  {**config, "ckpt_path": f"{tmp_path}/x.ckpt" if index == 1 else None})
+    write_run(tmp_path / "10_failed", "gpt_rope", 4, {"status": "failed: ValueError: boom"})
+    ranked, runs = markdown_tables(compare(tmp_path))
+    assert [row["model"] for row in ranked] == ["gpt_rope", "gpt (optim.lr=0.003)", "gpt (optim.lr=0.001)", "mlp"]
+    best = ranked[0]
+    assert best["n"] == "3 of 4" and best["vs best"] == "best"
+    assert best["best val/loss"] == f"{statistics.fmean(rope):.4f} ± {statistics.stdev(rope):.4f}"
+    bpb = [v / math.log(2) for v in rope]
+    assert best["best val/bpb"] == f"{statistics.fmean(bpb):.4f} ± {statistics.stdev(bpb):.4f}"
+    assert (best["FLOPs"], best["MFU"], best["wall time"], best["tokens/s"]) == ("1.50e+12", "1.23%", "11.0 s", "1,001")
+    # Ranked by bits per byte: the test is of bpb, whose p equals that of the losses (bpb is loss / ln 2).
+    p_gpt = welch_t_test([v / math.log(2) for v in gpt], bpb).p
+    p_close = welch_t_test([v / math.log(2) for v in close], bpb).p
+    assert p_gpt < 0.05 < p_close
+    assert ranked[2]["vs best"] == f"p = {p_gpt:.2g}: significant"
+    assert ranked[1]["vs best"] == f"p = {p_close:.2g}: not significant"
+    assert ranked[3]["vs best"] == "n = 1: no significance can be claimed" and ranked[3]["best val/loss"] == "2.0000"
+    assert [(row["model"], row["seed"]) for row in runs][:4] == [("gpt_rope", "1"), ("gpt_rope", "2"),
+                                                                ("gpt_rope", "3"), ("gpt (optim.lr=0.001)", "1")]
+    assert runs[-1]["status"] == "failed: ValueError: boom" and runs[-1]["best val/loss"] == "-"
+
+
+def test_a_lone_best_setting_claims_no_significance(tmp_path):
+    write_run(tmp_path / "0_a", "gpt", 1, {"best_val_loss": 1.0})
+    for seed in (1, 2):
+        write_run(tmp_path / f"{seed}_b", "mlp", seed, {"best_val_loss": 1.5 + seed / 100})
+    ranked, _ = markdown_tables(compare(tmp_path))
+    assert [r["vs best"] for r in ranked] == ["best", "n = 1: no significance can be claimed"]
+    assert "Ranked by mean best val/loss" in compare(tmp_path)
+
+
+@pytest.fixture
+def curves(tmp_path):
+    """Two seeds of gpt (FLOPs per token known), one of mlp (a run of an older release: none)."""
+    sweep = tmp_path / "sweep"
+    # Lightning logs the validation after step n at step n - 1.
+    write_run(sweep / "0_gpt", "gpt", 1, {"flops_per_token": 600}, curve={9: 3.0, 19: 2.0, 29: 1.5}, bpb=2)
+    write_run(sweep / "1_gpt", "gpt", 2, {"flops_per_token": 600}, curve={9: 3.2, 19: 2.4, 29: 1.7}, bpb=2)
+    write_run(sweep / "2_mlp", "mlp", 1, curve={9: 3.5, 19: 3.0})
+    return sweep
+
+
+def drawn(figure):
+    """{gid: (x, y)} of the lines, and {gid: (lower, upper)} of the bands, of the figure's axis."""
+    axis = figure.axes[0]
+    lines = {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata())) for line in axis.get_lines()}
+    bands = {}
+    for band in axis.collections:
+        path = band.get_paths()[0].vertices
+        bands[band.get_gid()] = (sorted({round(y, 6) for y in path[:, 1]}))
+    return lines, bands
+
+
+def test_curves_pool_seeds_into_a_mean_and_a_band(curves, tmp_path):
+    runs = load_runs([curves])
+    figure, left_out = plot_settings(runs, "tokens")
+    lines, bands = drawn(figure)
+    assert left_out == []
+    assert lines["gpt"][0] == [320, 640, 960] and lines["gpt"][1] == pytest.approx([3.1, 2.2, 1.6])
+    assert lines["mlp"] == ([320, 640], [3.5, 3.0])
+    assert bands["gpt:band"] == pytest.approx([1.5, 1.7, 2.0, 2.4, 3.0, 3.2])
+    assert "mlp:band" not in bands
+    # FLOPs: tokens x flops_per_token; mlp does not record it and is left out, by name.
+    figure, left_out = plot_settings(runs, "flops", "bpb")
+    lines, _ = drawn(figure)
+    assert lines["gpt"][0] == [320 * 600, 640 * 600, 960 * 600] and lines["gpt"][1] == pytest.approx([6.2, 4.4, 3.2])
+    assert "mlp" not in lines and left_out == []  # mlp logged no val/bpb: not a run of this figure
+    figure, left_out = plot_settings(runs, "flops")
+    assert left_out == ["2_mlp"] and "mlp" not in drawn(figure)[0]
+    # Time: seconds since each run's first event (at 1000 + step / 10 seconds).
+    lines, _ = drawn(plot_settings(runs, "time")[0])
+    assert lines["gpt"][0] == pytest.approx([0, 1, 2]) and lines["gpt"][1] == pytest.approx([3.1, 2.2, 1.6])
+    plot_main([str(curves), "--x", "flops", "--out", str(tmp_path / "flops.png")])
+    assert (tmp_path / "flops.png").stat().st_size > 10_000
+
+
+def write_scaling_sweep(sweep, exponent=0.5, budgets=(1e14, 3e14, 1e15), sizes=(1e5, 2e5, 5e5, 1e6, 2e6, 5e6),
+                        seeds=(1, 2)):
+    """Runs whose best loss follows a known law: N*(C) = k C^exponent, L = L*(C) + 0.05 (ln N - ln N*)², with a
+    little deterministic noise per seed."""
+    k = 3e5 / 1e14**exponent
+    index = 0
+    for budget in budgets:
+        optimum = k * budget**exponent
+        for size in sizes:
+            for seed in seeds:
+                noise = 0.002 * math.sin(index * 12.9898)
+                value = 3.0 - 0.1 * math.log10(budget) + 0.05 * (math.log(size) - math.log(optimum)) ** 2 + noise
+                write_run(sweep / f"{index}_run", "gpt_rope", seed, {"parameters": int(size), "best_val_loss": value},
+                          {"budget": {"flops": budget, "tokens": None, "minutes": None}, "model.target_params": size})
+                index += 1
+
+
+def test_scaling_recovers_the_exponent_of_a_known_law(tmp_path, capsys):
+    write_scaling_sweep(tmp_path / "sweep", exponent=0.5)
+    (result,) = fit_sweep(tmp_path / "sweep")
+    assert result.model == "gpt_rope" and len(result.isoflops) == 3
+    assert result.law[0] == pytest.approx(0.5, rel=0.05)
+    for isoflop in result.isoflops:
+        assert isoflop.optimum == pytest.approx(3e5 * (isoflop.budget / 1e14) ** 0.5, rel=0.05)
+    write_scaling_sweep(tmp_path / "steep", exponent=0.7)
+    assert fit_sweep(tmp_path / "steep")[0].law[0] == pytest.approx(0.7, rel=0.05)
+    scaling_main([str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    assert f"gpt_rope: N*(C) = {math.exp(result.law[1]):.3g} · C^{result.law[0]:.3f} over 3 budgets" in out
+    budgets, points = markdown_tables(out)
+    assert [row["budget (FLOPs)"] for row in budgets] == ["1.00e+14", "3.00e+14", "1.00e+15"]
+    assert len(points) == 36 and all(abs(float(row["residual"])) < 0.01 for row in points)
+    assert (tmp_path / "sweep" / "scaling.png").stat().st_size > 10_000
+
+
+def test_the_report_gives_the_command_as_typed_and_draws_against_flops(curves):
+    overrides = {"hydra": ["hydra.sweep.dir=sweep", "hydra.mode=MULTIRUN"],
+                 "task": ["model=gpt", "seed=1,2", "optim.decay_steps=${trainer.max_steps}", "prompt=Hello, world"]}
+    hydra = {"overrides": overrides, "job": {"config_name": "train"},
+             "runtime": {"cwd": "/home/me/lmzoo", "config_sources": [{"path": "lmzoo.conf", "provider": "main"}]}}
+    (curves / "multirun.yaml").write_text(json.dumps({"hydra": hydra}))  # JSON is YAML
+    write_report(curves)
+    report = (curves / "report.md").read_text()
+    command = ("python -m lmzoo.train -m hydra.sweep.dir=sweep model=gpt seed=1,2 "
+               "'optim.decay_steps=${trainer.max_steps}' 'prompt=Hello, world'")
+    assert f"In `/home/me/lmzoo`:\n\n```bash\n{command}\n```" in report
+    assert (curves / "comparison.md").read_text().strip() in report
+    assert "![val/loss against training FLOPs](val_loss.png)" in report
+    assert "Left out, for lack of their training FLOPs: 2_mlp." in report
+    assert (curves / "val_loss.png").stat().st_size > 10_000
