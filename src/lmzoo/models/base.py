@@ -55,6 +55,16 @@ class ModelOutput:
     expert_load: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
+# Training multiplies the forward pass's matrix FLOPs by 3: the backward pass computes the gradients of both
+# a product's inputs and its weights.
+FORWARD_AND_BACKWARD = 3
+
+
+def linear_weights(module: nn.Module) -> int:
+    """The weights of `module`'s nn.Linear layers: a token's multiply-adds through all of them."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
 class ParameterCounts(NamedTuple):
     total: int
     # Those a token uses: fewer than total in sparse models.
@@ -98,6 +108,14 @@ class LanguageModel(nn.Module, ABC):
     def parameter_counts(self) -> ParameterCounts:
         total = sum(p.numel() for p in self.parameters())
         return ParameterCounts(total, total)
+
+    @abstractmethod
+    def flops_per_token(self, context: int) -> int:
+        """Training FLOPs of one token with `context` tokens of context: forward and backward (3x the forward),
+        a multiply-add counting 2, over the matrix products the token goes through: the weights it uses (the
+        chosen experts only, in sparse models), attention's score and value products over `context` keys,
+        and the head. Elementwise work (norms, activations, softmax) and embedding lookups are not counted,
+        as PyTorch's FlopCounterMode does not count them."""
 
     def describe(self) -> list[str]:
         """Lines printed after the trainer's model summary."""

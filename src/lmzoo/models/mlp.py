@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, require
+from lmzoo.models.base import FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, linear_weights, require
 from lmzoo.models.blocks import ACTIVATIONS
 from lmzoo.models.cache import KVCache
 
@@ -108,3 +108,10 @@ class MLPLanguageModel(LanguageModel):
         windows = padded.unfold(1, context, 1)  # (B, T, context): tokens t-context+1 .. t
         x = (self.codes[windows] if self.config.input_encoding == "permutation" else self.wte(windows)).reshape(B * T, -1)
         return ModelOutput(self.lm_head(self.hidden(x)).view(B, T, -1))
+
+    def flops_per_token(self, context: int) -> int:
+        # The model reads its own `context` tokens, whatever the run's. Fixed permutation codes need no
+        # gradient, so the first layer's backward computes its weights' gradient only.
+        forward = 2 * linear_weights(self)
+        fixed_input = 2 * self.hidden[0][0].weight.numel() if self.config.input_encoding == "permutation" else 0
+        return FORWARD_AND_BACKWARD * forward - fixed_input

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lmzoo.errors import check_field_types
-from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts, require
+from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
+                               linear_weights, require)
 from lmzoo.models.blocks import ACTIVATIONS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
 from lmzoo.models.cache import KVCache
 from lmzoo.models.routing import RoutedLayer, RoutingLog
@@ -163,6 +164,13 @@ class Transformer(LanguageModel):
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.transformer.h), self.block_size)
+
+    def flops_per_token(self, context: int) -> int:
+        routed = [m for m in self.modules() if isinstance(m, RoutedLayer)]
+        weights = linear_weights(self) - sum(m.inactive_linear_weights() for m in routed)
+        # Each query head a token uses scores `context` keys and sums as many values: 2 products of head_dim.
+        attention = sum(2 * context * block.attn.query_width for block in self.transformer.h)
+        return FORWARD_AND_BACKWARD * 2 * (weights + attention)
 
     def parameter_counts(self) -> ParameterCounts:
         total, _ = super().parameter_counts()
