@@ -36,6 +36,8 @@ COLUMNS = [
     Column("best val/bpb", "best_val_bpb", loss),
     Column("steps", "steps", thousands),
     Column("tokens/s", "tokens_per_sec", lambda v: f"{v:,.0f}"),
+    Column("FLOPs", "flops", lambda v: f"{v:.3g}"),
+    Column("MFU", "mfu", lambda v: f"{100 * v:.1f}%"),
     Column("wall time", "wall_time_s", lambda v: f"{v:.1f} s"),
     Column("status", "status"),
     Column("run", "run"),
