@@ -23,10 +23,20 @@ class ModelConfig:
     return their model from `build()`."""
 
     vocab_size: int
+    # Size the model to about this many active parameters (lmzoo.models.base.sized); null: as configured.
+    target_params: float | None = None
+    # The field that sets the architecture's width, for target_params; None: it has none.
+    width_field: ClassVar[str | None] = None
 
     def __post_init__(self):
         check_field_types(self, "model")
         require(self.vocab_size >= 1, "vocab_size must be a positive integer", self.vocab_size)
+        require(self.target_params is None or self.target_params > 0, "target_params must be positive or null",
+                self.target_params)
+
+    def width_multiple(self) -> int:
+        """What the width must be a multiple of (whole heads of an even size, say)."""
+        return 1
 
     def build(self) -> "LanguageModel":
         raise NotImplementedError
@@ -34,6 +44,42 @@ class ModelConfig:
     def as_dict(self) -> dict:
         """The arguments that rebuild this config (derived fields left out)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.init}
+
+
+# How close to model.target_params the active parameters must come.
+SIZE_TOLERANCE = 0.05
+
+
+def sized(config: ModelConfig) -> ModelConfig:
+    """The config with the width whose model's active parameters come nearest to config.target_params
+    (within SIZE_TOLERANCE, or a UserError naming the nearest widths); the config itself without a target."""
+    if config.target_params is None:
+        return config
+    field = config.width_field
+    if field is None:
+        raise UserError(f"model.target_params does not apply to {type(config).__name__}: it has no width to size")
+    multiple, target = config.width_multiple(), config.target_params
+
+    def active(multiples: int) -> int:
+        candidate = dataclasses.replace(config, **{field: multiples * multiple})
+        # On the meta device the model is built without memory or initialization, only its shapes.
+        with torch.device("meta"):
+            return candidate.build().parameter_counts().active
+
+    # Active parameters grow with the width: double to pass the target, then bisect.
+    high = 1
+    while active(high) < target and high < 2**20:
+        high *= 2
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if active(middle) < target else (low, middle)
+    best = min(filter(None, (low, high)), key=lambda m: abs(active(m) - target))
+    if abs(active(best) - target) > SIZE_TOLERANCE * target:
+        nearest = ", ".join(f"model.{field}={m * multiple} gives {active(m):,}" for m in filter(None, (low, high)))
+        raise UserError(f"model.target_params={target:g}: no {field} (a multiple of {multiple}) comes within "
+                        f"{SIZE_TOLERANCE:.0%} of it ({nearest} active parameters); change the target or the depth")
+    return dataclasses.replace(config, **{field: best * multiple})
 
 
 def require(condition: bool, message: str, value) -> None:

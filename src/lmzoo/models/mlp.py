@@ -30,6 +30,8 @@ class MLPConfig(ModelConfig):
     # embedding: a learned vector of n_embd per token; permutation: a fixed code of code_bits bits per token.
     input_encoding: str = "embedding"
     code_bits: int = 12
+    # target_params sizes the hidden layers.
+    width_field = "hidden"
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,12 +61,13 @@ def permutation_codes(count: int, bits: int, seed: int = CODE_SEED) -> torch.Ten
     seen, codes = set(), []
     while len(codes) < count:
         # A pattern's ones are where a random permutation of the positions puts its first bits // 2.
-        drawn = torch.rand(count, bits, generator=generator).argsort(dim=1).argsort(dim=1) < bits // 2
+        drawn = torch.rand(count, bits, generator=generator, device="cpu").argsort(dim=1).argsort(dim=1) < bits // 2
         for code in drawn.numpy():
             if len(codes) < count and code.tobytes() not in seen:
                 seen.add(code.tobytes())
                 codes.append(code)
-    return torch.tensor(np.stack(codes), dtype=torch.float32)
+    # On the CPU, where the generator is, also when the model is built on another default device.
+    return torch.tensor(np.stack(codes), dtype=torch.float32, device="cpu")
 
 
 class MLPLanguageModel(LanguageModel):
@@ -83,7 +86,8 @@ class MLPLanguageModel(LanguageModel):
         super().__init__(config)
         c = config
         if c.input_encoding == "permutation":
-            codes = torch.cat([permutation_codes(c.vocab_size, c.code_bits), torch.zeros(1, c.code_bits)])
+            codes = permutation_codes(c.vocab_size, c.code_bits)
+            codes = torch.cat([codes, codes.new_zeros(1, c.code_bits)])
             self.register_buffer("codes", codes)
             width = c.code_bits
         else:

@@ -64,6 +64,12 @@ class TransformerConfig(ModelConfig):
         require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
         require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
 
+    width_field = "n_embd"
+
+    def width_multiple(self) -> int:
+        # Whole heads of an even size: RoPE rotates head_dim's halves.
+        return 2 * self.n_head
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
@@ -87,6 +93,10 @@ class HeadDimConfig(TransformerConfig):
                 f"n_embd must be a positive multiple of head_dim ({self.head_dim})", self.n_embd)
         self.n_head = self.n_embd // self.head_dim
         super().__post_init__()
+
+    def width_multiple(self) -> int:
+        # Heads follow from the width: any whole number of them.
+        return self.head_dim
 
 
 def padded(vocab_size: int, multiple: int) -> int:

@@ -22,6 +22,7 @@ from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
+from lmzoo.models.base import sized
 from lmzoo.reports.compare import write_summary
 from lmzoo.training.budget import Budget, apply_budget
 from lmzoo.training.callbacks import TokensPerSecond
@@ -160,7 +161,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     elif cfg.finetune:
         raise UserError("a finetune recipe needs pretrained weights; pass init_from=PATH or init_from=hf:NAME")
     else:
-        model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all").build()
+        model = sized(instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")).build()
     flops_per_token = model.flops_per_token(cfg.block_size)
     # Before the optimizer's schedule and the provenance read the run's length.
     apply_budget(cfg, flops_per_token)
