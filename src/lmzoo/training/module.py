@@ -21,7 +21,7 @@ from lmzoo.checkpoints.record import architecture_record
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
-from lmzoo.training.optim import OptimConfig, configure_adamw
+from lmzoo.training.optim import OptimConfig, configure_optimizer
 
 # Lightning 2.6 builds a torch LeafSpec, which torch 2.13 deprecates, on every step of its loops.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -135,8 +135,8 @@ class LitLM(L.LightningModule):
     def configure_optimizers(self):
         # fp16 mixed precision scales the loss; Lightning unscales the gradients before it clips them.
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        return configure_adamw(self.model, self.optim, self.device,
-                               clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
+        return configure_optimizer(self.model, self.optim, self.device,
+                                   clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lmzoo"] = {
