@@ -34,9 +34,10 @@ class ModelConfig:
         require(self.target_params is None or self.target_params > 0, "target_params must be positive or null",
                 self.target_params)
 
-    def width_multiple(self) -> int:
-        """What the width must be a multiple of (whole heads of an even size, say)."""
-        return 1
+    def with_width(self, width: int) -> "ModelConfig | None":
+        """This config at `width` (its width_field) with what follows from it, such as the head count; None
+        when no valid config has that width."""
+        return dataclasses.replace(self, **{self.width_field: width})
 
     def build(self) -> "LanguageModel":
         raise NotImplementedError
@@ -51,35 +52,44 @@ SIZE_TOLERANCE = 0.05
 
 
 def sized(config: ModelConfig) -> ModelConfig:
-    """The config with the width whose model's active parameters come nearest to config.target_params
-    (within SIZE_TOLERANCE, or a UserError naming the nearest widths); the config itself without a target."""
+    """The config at the width whose model's active parameters come nearest to config.target_params (within
+    SIZE_TOLERANCE, or a UserError naming the nearest widths); the config itself without a target."""
     if config.target_params is None:
         return config
-    field = config.width_field
-    if field is None:
+    if config.width_field is None:
         raise UserError(f"model.target_params does not apply to {type(config).__name__}: it has no width to size")
-    multiple, target = config.width_multiple(), config.target_params
+    target, counts = config.target_params, {}
 
-    def active(multiples: int) -> int:
-        candidate = dataclasses.replace(config, **{field: multiples * multiple})
-        # On the meta device the model is built without memory or initialization, only its shapes.
-        with torch.device("meta"):
-            return candidate.build().parameter_counts().active
+    def active(width: int) -> int | None:
+        """Active parameters at `width`, None where no valid config has it; built on the meta device, which
+        gives the shapes without memory or initialization."""
+        if width not in counts:
+            candidate = config.with_width(width)
+            with torch.device("meta"):
+                counts[width] = candidate and candidate.build().parameter_counts().active
+        return counts[width]
 
-    # Active parameters grow with the width: double to pass the target, then bisect.
+    def at_least(width: int) -> int:
+        """Active parameters at the least valid width from `width` on."""
+        return next(count for w in range(width, 2 * width + 64) if (count := active(w)) is not None)
+
+    # Active parameters grow with the width: double to pass the target, bisect, then look around.
     high = 1
-    while active(high) < target and high < 2**20:
+    while at_least(high) < target and high < 2**20:
         high *= 2
     low = high // 2
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if active(middle) < target else (low, middle)
-    best = min(filter(None, (low, high)), key=lambda m: abs(active(m) - target))
+        low, high = (middle, high) if at_least(middle) < target else (low, middle)
+    widths = [w for w in range(max(1, low - 8), high + 9) if active(w) is not None]
+    best = min(widths, key=lambda w: abs(active(w) - target))
     if abs(active(best) - target) > SIZE_TOLERANCE * target:
-        nearest = ", ".join(f"model.{field}={m * multiple} gives {active(m):,}" for m in filter(None, (low, high)))
-        raise UserError(f"model.target_params={target:g}: no {field} (a multiple of {multiple}) comes within "
-                        f"{SIZE_TOLERANCE:.0%} of it ({nearest} active parameters); change the target or the depth")
-    return dataclasses.replace(config, **{field: best * multiple})
+        below = max((w for w in widths if active(w) < target), default=None)
+        above = min((w for w in widths if active(w) >= target), default=None)
+        nearest = ", ".join(f"model.{config.width_field}={w} gives {active(w):,}" for w in (below, above) if w)
+        raise UserError(f"model.target_params={target:g}: no {config.width_field} comes within {SIZE_TOLERANCE:.0%} "
+                        f"of it ({nearest} active parameters); change the target or the depth")
+    return config.with_width(best)
 
 
 def require(condition: bool, message: str, value) -> None:

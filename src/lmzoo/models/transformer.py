@@ -66,9 +66,15 @@ class TransformerConfig(ModelConfig):
 
     width_field = "n_embd"
 
-    def width_multiple(self) -> int:
-        # Whole heads of an even size: RoPE rotates head_dim's halves.
-        return 2 * self.n_head
+    def with_width(self, width: int) -> "TransformerConfig | None":
+        """At `width`, the head count that keeps head_dim nearest to this config's: whole heads of an even size
+        (RoPE rotates halves) within a factor 2 of it, a multiple of n_kv_head."""
+        heads = [h for h in range(1, width // 2 + 1) if width % (2 * h) == 0 and near(width // h, self.head_dim)
+                 and (self.n_kv_head is None or h % self.n_kv_head == 0)]
+        if not heads:
+            return None
+        n_head = min(heads, key=lambda h: abs(width / h - self.head_dim))
+        return dataclasses.replace(self, n_embd=width, n_head=n_head)
 
     @property
     def head_dim(self) -> int:
@@ -94,9 +100,18 @@ class HeadDimConfig(TransformerConfig):
         self.n_head = self.n_embd // self.head_dim
         super().__post_init__()
 
-    def width_multiple(self) -> int:
-        # Heads follow from the width: any whole number of them.
-        return self.head_dim
+    def with_width(self, width: int) -> "HeadDimConfig | None":
+        """At `width`, the even head_dim that divides it nearest to this config's, within a factor 2 of it (the
+        heads follow from it)."""
+        sizes = [d for d in range(2, width + 1, 2) if width % d == 0 and near(d, self.head_dim)]
+        if not sizes:
+            return None
+        return dataclasses.replace(self, n_embd=width, head_dim=min(sizes, key=lambda d: abs(d - self.head_dim)))
+
+
+def near(head_dim: int, preset: int) -> bool:
+    """Whether a sized model's head_dim stays within a factor 2 of the preset's."""
+    return preset / 2 <= head_dim <= 2 * preset
 
 
 def padded(vocab_size: int, multiple: int) -> int:

@@ -58,7 +58,9 @@ def apply_budget(cfg: DictConfig, flops_per_token: int) -> None:
         return
     (key, value), = budget.given().items()
     if key == "minutes":
-        cfg.trainer.max_time = {"minutes": value}
+        # Lightning's "DD:HH:MM:SS", to the second.
+        seconds = max(1, round(value * 60))
+        cfg.trainer.max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         cfg.trainer.max_steps = -1
         # A first guess, replaced once steps are timed.
         cfg.optim.decay_steps = cfg.optim.warmup_steps + 1

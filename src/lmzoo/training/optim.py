@@ -124,6 +124,17 @@ def configure_muon(model: nn.Module, config: OptimConfig, device: torch.device, 
     return with_schedule(Combined(muon, adamw), config)
 
 
+class PartStates(ChainMap):
+    """The parts' per-parameter states as one mapping. Looking up a parameter reads the part that holds it:
+    ChainMap would ask each part in turn, and the first one's defaultdict would make an entry for it."""
+
+    def __getitem__(self, key):
+        for states in self.maps:
+            if key in states:
+                return states[key]
+        raise KeyError(key)
+
+
 class Combined(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, stepped, scheduled, clipped and checkpointed as one.
 
@@ -139,7 +150,7 @@ class Combined(torch.optim.Optimizer):
     def link(self) -> None:
         """Share the parts' groups and state, which their load_state_dict replaces."""
         self.param_groups = [group for o in self.optimizers for group in o.param_groups]
-        self.state = ChainMap(*(o.state for o in self.optimizers))
+        self.state = PartStates(*(o.state for o in self.optimizers))
 
     @torch.no_grad()
     def step(self, closure=None):

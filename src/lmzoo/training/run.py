@@ -161,7 +161,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     elif cfg.finetune:
         raise UserError("a finetune recipe needs pretrained weights; pass init_from=PATH or init_from=hf:NAME")
     else:
-        model = sized(instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")).build()
+        model = build_model(instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all"))
     flops_per_token = model.flops_per_token(cfg.block_size)
     # Before the optimizer's schedule and the provenance read the run's length.
     apply_budget(cfg, flops_per_token)
@@ -177,6 +177,18 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     if trainer.is_global_zero:
         write_provenance(lit.provenance, cfg.paths.output_dir)
     return datamodule, lit, trainer
+
+
+def build_model(config):
+    """The model of `config`, sized to model.target_params when given (saying to what)."""
+    resized = sized(config)
+    model = resized.build()
+    if resized is not config:
+        widths = " ".join(f"model.{key}={value}" for key, value in resized.as_dict().items()
+                          if value != getattr(config, key))
+        print(f"model.target_params={config.target_params:g}: {widths}, {model.parameter_counts().active:,} "
+              "active parameters", file=sys.stderr)
+    return model
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
