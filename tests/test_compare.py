@@ -53,12 +53,13 @@ def test_table_shows_runs_without_metrics(tmp_path):
     (tmp_path / "1_model=moe").mkdir()
     summary = {"run": "1_model=moe", "model": "moe", "parameters": 1234567, "active_parameters": 654321,
                "best_val_loss": 1.23456, "best_val_bpb": 1.78109, "steps": 2000, "tokens_per_sec": 12345.6, "wall_time_s": 61.23,
-               "status": "done"}
+               "status": "done", "flops": 1.5e14, "mfu": 0.1234}
     (tmp_path / "1_model=moe" / "summary.json").write_text(json.dumps(summary))
     out = run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
     assert out == (tmp_path / "comparison.md").read_text()
-    assert "| moe | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 12,346 | 61.2 s | done | 1_model=moe |" in out
-    assert "| - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
+    assert ("| moe | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 12,346 | 1.5e+14 | 12.3% | 61.2 s | done | "
+            "1_model=moe |") in out
+    assert "| - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
     assert table([]).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
