@@ -94,8 +94,8 @@ def configure_adamw(model: nn.Module, config: OptimConfig, device: torch.device,
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
-        [group for group in groups if group["params"]], lr=config.lr, betas=(config.beta1, config.beta2),
-        eps=config.eps, fused=device.type == "cuda" and not clips_scaled_gradients,
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+        fused=device.type == "cuda" and not clips_scaled_gradients,
     )
     return with_schedule(optimizer, config)
 
