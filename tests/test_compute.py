@@ -14,7 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from lmzoo.checkpoints import read_checkpoint
 from lmzoo.models import TransformerConfig
 from lmzoo.models.base import sized
+from lmzoo.training import perf
 from lmzoo.training.optim import OptimConfig, configure_optimizer
+from lmzoo.training.perf import peak_flops
 from lmzoo.training.run import train
 
 
@@ -55,6 +57,27 @@ def test_bigram_counts_the_row_a_token_reads():
     assert model.flops_per_token(24) == 3 * 2 * V
 
 
+def test_gpu_peaks_come_from_the_datasheet_table_for_the_runs_precision(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 PCIe")
+    assert peak_flops(cuda, "bf16-mixed") == 756e12 and peak_flops(cuda, "32-true") == 51.2e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA L40S")
+    assert peak_flops(cuda, "16-mixed") == 362.05e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA GeForce GTX 1080")
+    assert peak_flops(cuda, "bf16-mixed") is None and peak_flops(cuda, "bf16-mixed", given=1e14) == 1e14
+
+
+def test_the_cpu_probe_runs_once_per_machine_and_precision(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    probes = []
+    monkeypatch.setattr(perf, "matmul_flops_per_second", lambda dtype: probes.append(dtype) or 1e9 * len(probes))
+    cpu = torch.device("cpu")
+    assert peak_flops(cpu, "32-true") == peak_flops(cpu, "32-true") == 1e9
+    assert peak_flops(cpu, "bf16-mixed") == 2e9
+    assert probes == [torch.float32, torch.bfloat16]
+    assert len(json.loads((tmp_path / "lmzoo" / "peak_flops.json").read_text())) == 2
+
+
 def tiny_flops_per_token() -> int:
     """compose_train's tiny gpt_rope on tinyshakespeare's 65 characters, at block_size 32."""
     return TransformerConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32).build().flops_per_token(32)
@@ -63,7 +86,7 @@ def tiny_flops_per_token() -> int:
 def test_a_flop_budget_sets_the_steps_and_the_schedule_and_validates_at_its_end(tmp_path):
     # 4 windows of 32 tokens a step (trainer=debug): 13.5 steps' FLOPs buy 13 steps.
     budget = 13.5 * tiny_flops_per_token() * 4 * 32
-    result = train(compose_train(tmp_path, f"budget.flops={budget}"))
+    result = train(compose_train(tmp_path, f"budget.flops={budget}", "trainer.peak_flops=1e10"))
     assert result["steps"] == 13
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     # The last step is not a multiple of val_check_interval (10), yet it validated and saved.
@@ -74,7 +97,9 @@ def test_a_flop_budget_sets_the_steps_and_the_schedule_and_validates_at_its_end(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["tokens"] == 13 * 4 * 32 and summary["flops_per_token"] == tiny_flops_per_token()
     assert summary["flops"] == summary["tokens"] * summary["flops_per_token"] <= budget
-    assert 0 < summary["mfu"] < 1 and summary["seed"] == 1337
+    # MFU against the peak given: the run's FLOP/s over 1e10.
+    assert summary["mfu"] == pytest.approx(summary["tokens_per_sec"] * summary["flops_per_token"] / 1e10)
+    assert summary["seed"] == 1337
 
 
 def test_a_run_resumed_under_a_token_budget_ends_as_an_uninterrupted_one(tmp_path):
