@@ -37,10 +37,9 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def peak_flops(device: torch.device, precision: str, given: float | None = None) -> float | None:
-    """FLOP/s the device can reach at this precision, or None when neither the user nor the table knows it."""
+    """FLOP/s the device can reach at this precision: `given` (trainer.peak_flops, checked by the run), or the
+    table's or the probe's; None when none of them knows it."""
     if given is not None:
-        if isinstance(given, bool) or not isinstance(given, (int, float)) or given <= 0:
-            raise UserError(f"trainer.peak_flops must be a positive number of FLOP/s (or null), got {given!r}")
         return float(given)
     dtype = compute_dtype(precision)
     if device.type == "cuda":
