@@ -85,7 +85,7 @@ CASES = [
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
-    ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; it has no keys to set", []),
+    ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),
     ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
