@@ -60,12 +60,9 @@ from lmzoo.data.bins import fingerprint
 from lmzoo.data.source import sha256_of_files
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.training.perf import peak_flops as lmzoo_peak_flops
 from lmzoo.training.run import build
 
-# Dense bf16 tensor-core peaks, FLOP/s, from NVIDIA's datasheets (their "with sparsity" figures halved): H100 SXM
-# 989.4 T, H100 PCIe 756 T, H200 989.4 T (the same chip as H100 SXM), A100 312 T. Matched in order on the
-# device name; --peak-flops gives any other.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("A100", 312e12)]
 PARTS = ["nanogpt", "zoo", "sampling"]
 ZOO = ["gpt_rope", "moe", "moa_moe"]
 GOAL_MFU, GOAL_RATIO = 0.5, 1.0
@@ -101,10 +98,10 @@ class Shape:
 
 
 def peak_flops(device: torch.device, given: float | None) -> float | None:
+    """The GPU's dense bf16 peak from lmzoo's table (lmzoo.training.perf.GPU_PEAKS); --peak-flops gives any other."""
     if given or device.type != "cuda":
         return given
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+    return lmzoo_peak_flops(device, "bf16-mixed")
 
 
 def flops_per_token(model: torch.nn.Module, block_size: int, device: torch.device) -> float:

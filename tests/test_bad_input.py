@@ -85,7 +85,7 @@ CASES = [
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
-    ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; it has no keys to set", []),
+    ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),
     ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
@@ -102,6 +102,22 @@ CASES = [
      "integer, got 0", []),
     ("train", [*TRAIN, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a positive integer", []),
     ("train", [*TRAIN, "trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be >= 0 or null", []),
+    ("train", [*TRAIN, "trainer.peak_flops=-1"], "trainer.peak_flops must be the hardware's peak FLOP/s", []),
+    # train: budgets, sizes and Muon
+    ("train", [*TRAIN, "budget.flops=1e12", "budget.tokens=1e6"], "give one budget, not budget.flops=1000000000000.0 "
+     "and budget.tokens=1000000.0", []),
+    ("train", [*TRAIN, "budget.tokens=100"], "budget.tokens=100 is less than one step (128 tokens); raise it", []),
+    ("train", [*TRAIN, "budget.flops=1e5"], "budget.flops=100000 is less than one step (", []),
+    ("train", [*TRAIN, "budget.tokens=300"], "budget.tokens=300 gives 2 steps, no more than optim.warmup_steps=2", []),
+    ("train", [*TRAIN, "budget.minutes=0"], "budget.minutes must be positive (or null), got 0", []),
+    ("train", [*TRAIN, "budget.minutes=soon"], "budget.minutes must be a number or null, got 'soon'", []),
+    ("train", [*TRAIN, "model.target_params=1e3"], "model.target_params=1000: no n_embd comes within 5% of it "
+     "(model.n_embd=8 gives 2,584 active parameters)", []),
+    ("train", [*TRAIN, "model.target_params=-1"], "model.target_params must be positive or null, got -1", []),
+    ("train", [*BASE, "model=bigram", "model.target_params=1e5"], "model.target_params does not apply to BigramConfig: "
+     "it has no width to size", []),
+    ("train", [*TRAIN, "optim.name=sgd"], "optim.name must be one of adamw, muon, got 'sgd'", []),
+    ("train", [*TRAIN, "optim=muon", "optim.muon_momentum=1"], "optim.muon_momentum within [0, 1)", []),
     ("train", [*TRAIN, "trainer.skip_nonfinite=maybe"], "trainer.skip_nonfinite must be true or false, got 'maybe'", []),
     ("train", [*TRAIN, "trainer.precision=fp8"], "Lightning refuses the trainer settings: Precision 'fp8' is invalid",
      []),

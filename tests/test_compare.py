@@ -69,7 +69,7 @@ def test_table_shows_runs_without_metrics(tmp_path):
     (tmp_path / "1_model=moe").mkdir()
     summary = {"run": "1_model=moe", "model": "moe", "parameters": 1234567, "active_parameters": 654321,
                "best_val_loss": 1.23456, "best_val_bpb": 1.78109, "steps": 2000, "tokens_per_sec": 12345.6, "wall_time_s": 61.23,
-               "status": "done"}
+               "status": "done", "flops": 1.5e14, "mfu": 0.1234}
     (tmp_path / "1_model=moe" / "summary.json").write_text(json.dumps(summary))
     out = run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
     assert out == (tmp_path / "comparison.md").read_text()

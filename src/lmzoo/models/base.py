@@ -23,10 +23,21 @@ class ModelConfig:
     return their model from `build()`."""
 
     vocab_size: int
+    # Size the model to about this many active parameters (lmzoo.models.base.sized); null: as configured.
+    target_params: float | None = None
+    # The field that sets the architecture's width, for target_params; None: it has none.
+    width_field: ClassVar[str | None] = None
 
     def __post_init__(self):
         check_field_types(self, "model")
         require(self.vocab_size >= 1, "vocab_size must be a positive integer", self.vocab_size)
+        require(self.target_params is None or self.target_params > 0, "target_params must be positive or null",
+                self.target_params)
+
+    def with_width(self, width: int) -> "ModelConfig | None":
+        """This config at `width` (its width_field) with what follows from it, such as the head count; None
+        when no valid config has that width."""
+        return dataclasses.replace(self, **{self.width_field: width})
 
     def build(self) -> "LanguageModel":
         raise NotImplementedError
@@ -34,6 +45,51 @@ class ModelConfig:
     def as_dict(self) -> dict:
         """The arguments that rebuild this config (derived fields left out)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.init}
+
+
+# How close to model.target_params the active parameters must come.
+SIZE_TOLERANCE = 0.05
+
+
+def sized(config: ModelConfig) -> ModelConfig:
+    """The config at the width whose model's active parameters come nearest to config.target_params (within
+    SIZE_TOLERANCE, or a UserError naming the nearest widths); the config itself without a target."""
+    if config.target_params is None:
+        return config
+    if config.width_field is None:
+        raise UserError(f"model.target_params does not apply to {type(config).__name__}: it has no width to size")
+    target, counts = config.target_params, {}
+
+    def active(width: int) -> int | None:
+        """Active parameters at `width`, None where no valid config has it; built on the meta device, which
+        gives the shapes without memory or initialization."""
+        if width not in counts:
+            candidate = config.with_width(width)
+            with torch.device("meta"):
+                counts[width] = candidate and candidate.build().parameter_counts().active
+        return counts[width]
+
+    def at_least(width: int) -> int:
+        """Active parameters at the least valid width from `width` on."""
+        return next(count for w in range(width, 2 * width + 64) if (count := active(w)) is not None)
+
+    # Active parameters grow with the width: double to pass the target, bisect, then look around.
+    high = 1
+    while at_least(high) < target and high < 2**20:
+        high *= 2
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if at_least(middle) < target else (low, middle)
+    widths = [w for w in range(max(1, low - 8), high + 9) if active(w) is not None]
+    best = min(widths, key=lambda w: abs(active(w) - target))
+    if abs(active(best) - target) > SIZE_TOLERANCE * target:
+        below = max((w for w in widths if active(w) < target), default=None)
+        above = min((w for w in widths if active(w) >= target), default=None)
+        nearest = ", ".join(f"model.{config.width_field}={w} gives {active(w):,}" for w in (below, above) if w)
+        raise UserError(f"model.target_params={target:g}: no {config.width_field} comes within {SIZE_TOLERANCE:.0%} "
+                        f"of it ({nearest} active parameters); change the target or the depth")
+    return config.with_width(best)
 
 
 def require(condition: bool, message: str, value) -> None:
@@ -53,6 +109,16 @@ class ModelOutput:
     logits: torch.Tensor
     aux_loss: torch.Tensor | None = None
     expert_load: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+# Training multiplies the forward pass's matrix FLOPs by 3: the backward pass computes the gradients of both
+# a product's inputs and its weights.
+FORWARD_AND_BACKWARD = 3
+
+
+def linear_weights(module: nn.Module) -> int:
+    """The weights of `module`'s nn.Linear layers: a token's multiply-adds through all of them."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
 class ParameterCounts(NamedTuple):
@@ -98,6 +164,14 @@ class LanguageModel(nn.Module, ABC):
     def parameter_counts(self) -> ParameterCounts:
         total = sum(p.numel() for p in self.parameters())
         return ParameterCounts(total, total)
+
+    @abstractmethod
+    def flops_per_token(self, context: int) -> int:
+        """Training FLOPs of one token with `context` tokens of context: forward and backward (3x the forward),
+        a multiply-add counting 2, over the matrix products the token goes through: the weights it uses (the
+        chosen experts only, in sparse models), attention's score and value products over `context` keys,
+        and the head. Elementwise work (norms, activations, softmax) and embedding lookups are not counted,
+        as PyTorch's FlopCounterMode does not count them."""
 
     def describe(self) -> list[str]:
         """Lines printed after the trainer's model summary."""

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput
+from lmzoo.models.base import FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput
 from lmzoo.models.cache import KVCache
 
 
@@ -30,3 +30,8 @@ class Bigram(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
         return ModelOutput(self.logits(idx))
+
+    def flops_per_token(self, context: int) -> int:
+        # A lookup does no matrix product (FlopCounterMode counts none); counted as the one-hot product it
+        # stands for, restricted to the row a token uses: a multiply-add per logit.
+        return FORWARD_AND_BACKWARD * 2 * self.vocab_size

@@ -83,6 +83,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.head_dim = n_head, head_dim
         self.n_kv_head = n_kv_head or n_head
+        # The query width a token uses, for the FLOPs of its score and value products.
+        self.query_width = n_head * head_dim
         self.c_attn = nn.Linear(dim, (self.n_head + 2 * self.n_kv_head) * head_dim, bias=bias)
         self.c_proj = nn.Linear(n_head * head_dim, dim, bias=bias)
         self.dropout = dropout

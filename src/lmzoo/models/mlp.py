@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, require
+from lmzoo.models.base import FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, linear_weights, require
 from lmzoo.models.blocks import ACTIVATIONS
 from lmzoo.models.cache import KVCache
 
@@ -30,6 +30,8 @@ class MLPConfig(ModelConfig):
     # embedding: a learned vector of n_embd per token; permutation: a fixed code of code_bits bits per token.
     input_encoding: str = "embedding"
     code_bits: int = 12
+    # target_params sizes the hidden layers.
+    width_field = "hidden"
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,12 +61,13 @@ def permutation_codes(count: int, bits: int, seed: int = CODE_SEED) -> torch.Ten
     seen, codes = set(), []
     while len(codes) < count:
         # A pattern's ones are where a random permutation of the positions puts its first bits // 2.
-        drawn = torch.rand(count, bits, generator=generator).argsort(dim=1).argsort(dim=1) < bits // 2
+        drawn = torch.rand(count, bits, generator=generator, device="cpu").argsort(dim=1).argsort(dim=1) < bits // 2
         for code in drawn.numpy():
             if len(codes) < count and code.tobytes() not in seen:
                 seen.add(code.tobytes())
                 codes.append(code)
-    return torch.tensor(np.stack(codes), dtype=torch.float32)
+    # On the CPU, where the generator is, also when the model is built on another default device.
+    return torch.tensor(np.stack(codes), dtype=torch.float32, device="cpu")
 
 
 class MLPLanguageModel(LanguageModel):
@@ -83,7 +86,8 @@ class MLPLanguageModel(LanguageModel):
         super().__init__(config)
         c = config
         if c.input_encoding == "permutation":
-            codes = torch.cat([permutation_codes(c.vocab_size, c.code_bits), torch.zeros(1, c.code_bits)])
+            codes = permutation_codes(c.vocab_size, c.code_bits)
+            codes = torch.cat([codes, codes.new_zeros(1, c.code_bits)])
             self.register_buffer("codes", codes)
             width = c.code_bits
         else:
@@ -108,3 +112,10 @@ class MLPLanguageModel(LanguageModel):
         windows = padded.unfold(1, context, 1)  # (B, T, context): tokens t-context+1 .. t
         x = (self.codes[windows] if self.config.input_encoding == "permutation" else self.wte(windows)).reshape(B * T, -1)
         return ModelOutput(self.lm_head(self.hidden(x)).view(B, T, -1))
+
+    def flops_per_token(self, context: int) -> int:
+        # The model reads its own `context` tokens, whatever the run's. Fixed permutation codes need no
+        # gradient, so the first layer's backward computes its weights' gradient only.
+        forward = 2 * linear_weights(self)
+        fixed_input = 2 * self.hidden[0][0].weight.numel() if self.config.input_encoding == "permutation" else 0
+        return FORWARD_AND_BACKWARD * forward - fixed_input

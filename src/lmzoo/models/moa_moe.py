@@ -51,6 +51,8 @@ class MixtureOfAttention(RoutedLayer):
                  balance_weight: float = 0.01, z_weight: float = 0.001, bias: bool = False, dropout: float = 0.0):
         super().__init__(name)
         self.head_dim, self.k_att = head_dim, k_att
+        # A token's queries: its k_att heads (lmzoo.models.blocks.Attention.query_width).
+        self.query_width = k_att * head_dim
         self.router = Router(dim, n_att_experts, k_att, balance_weight, z_weight)
         self.c_kv = nn.Linear(dim, 2 * head_dim, bias=bias)
         self.experts = nn.ModuleList(AttentionExpert(dim, head_dim, bias) for _ in range(n_att_experts))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmzoo.models.base import linear_weights
 from lmzoo.models.blocks import MLP
 
 
@@ -115,6 +116,10 @@ class RoutedLayer(nn.Module):
         """Parameters a token does not use: those of the experts it is not routed to."""
         per_expert = sum(p.numel() for p in self.experts[0].parameters())
         return (self.router.n_experts - self.router.top_k) * per_expert
+
+    def inactive_linear_weights(self) -> int:
+        """Linear weights a token does not multiply by: those of the experts it is not routed to."""
+        return (self.router.n_experts - self.router.top_k) * linear_weights(self.experts[0])
 
 
 class MoE(RoutedLayer):

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lmzoo.errors import check_field_types
-from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts, require
+from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
+                               linear_weights, require)
 from lmzoo.models.blocks import ACTIVATIONS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
 from lmzoo.models.cache import KVCache
 from lmzoo.models.routing import RoutedLayer, RoutingLog
@@ -63,6 +64,18 @@ class TransformerConfig(ModelConfig):
         require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
         require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
 
+    width_field = "n_embd"
+
+    def with_width(self, width: int) -> "TransformerConfig | None":
+        """At `width`, the head count that keeps head_dim nearest to this config's: whole heads of an even size
+        (RoPE rotates halves) within a factor 2 of it, a multiple of n_kv_head."""
+        heads = [h for h in range(1, width // 2 + 1) if width % (2 * h) == 0 and near(width // h, self.head_dim)
+                 and (self.n_kv_head is None or h % self.n_kv_head == 0)]
+        if not heads:
+            return None
+        n_head = min(heads, key=lambda h: abs(width / h - self.head_dim))
+        return dataclasses.replace(self, n_embd=width, n_head=n_head)
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
@@ -86,6 +99,19 @@ class HeadDimConfig(TransformerConfig):
                 f"n_embd must be a positive multiple of head_dim ({self.head_dim})", self.n_embd)
         self.n_head = self.n_embd // self.head_dim
         super().__post_init__()
+
+    def with_width(self, width: int) -> "HeadDimConfig | None":
+        """At `width`, the even head_dim that divides it nearest to this config's, within a factor 2 of it (the
+        heads follow from it)."""
+        sizes = [d for d in range(2, width + 1, 2) if width % d == 0 and near(d, self.head_dim)]
+        if not sizes:
+            return None
+        return dataclasses.replace(self, n_embd=width, head_dim=min(sizes, key=lambda d: abs(d - self.head_dim)))
+
+
+def near(head_dim: int, preset: int) -> bool:
+    """Whether a sized model's head_dim stays within a factor 2 of the preset's."""
+    return preset / 2 <= head_dim <= 2 * preset
 
 
 def padded(vocab_size: int, multiple: int) -> int:
@@ -163,6 +189,13 @@ class Transformer(LanguageModel):
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.transformer.h), self.block_size)
+
+    def flops_per_token(self, context: int) -> int:
+        routed = [m for m in self.modules() if isinstance(m, RoutedLayer)]
+        weights = linear_weights(self) - sum(m.inactive_linear_weights() for m in routed)
+        # Each query head a token uses scores `context` keys and sums as many values: 2 products of head_dim.
+        attention = sum(2 * context * block.attn.query_width for block in self.transformer.h)
+        return FORWARD_AND_BACKWARD * 2 * (weights + attention)
 
     def parameter_counts(self) -> ParameterCounts:
         total, _ = super().parameter_counts()

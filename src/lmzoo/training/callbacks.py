@@ -7,31 +7,52 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
+
+from lmzoo.training.perf import peak_flops
 
 
 class TokensPerSecond(L.Callback):
-    """Logs `tokens_per_sec`: training tokens per second of wall time between batch ends, over all ranks.
+    """Logs `tokens_per_sec`: training tokens per second of wall time between batch ends, over all ranks; and
+    from the model's training FLOPs per token (LitLM.flops_per_token), `perf/flops_per_token`, the cumulative
+    `train/flops`, and `perf/mfu`: the FLOP/s achieved over the hardware's peak (lmzoo.training.perf, or
+    `peak_flops` when given), all ranks together. The bar shows tokens/s and MFU.
 
-    Data loading and every hook between steps count; validation does not. The logged rate is smoothed;
-    `mean_rate` is the average over the whole run, for its summary: its counts are kept in checkpoints, so a
-    resumed run's rate covers its earlier segments too.
+    Data loading and every hook between steps count; validation does not. The logged rate and MFU are
+    smoothed; `mean_rate` and `mfu` are averages over the whole run, for its summary: the counts are kept in
+    checkpoints, so a resumed run's averages cover its earlier segments too.
     """
 
-    def __init__(self, smoothing: float = 0.9):
+    def __init__(self, smoothing: float = 0.9, peak_flops: float | None = None):
         self.smoothing = smoothing
+        self.given_peak = peak_flops
+        # FLOP/s of all the run's devices together; None when unknown.
+        self.peak = None
         self.rate = None
         self.last_end = None
         self.tokens, self.seconds = 0, 0.0
+        self.flops_per_token = 0
 
     @property
     def mean_rate(self) -> float | None:
         return self.tokens / self.seconds if self.seconds else None
 
+    @property
+    def mfu(self) -> float | None:
+        """The run's model FLOPs utilization, a fraction of the peak."""
+        return self.mean_rate * self.flops_per_token / self.peak if self.peak and self.mean_rate else None
+
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "seconds": self.seconds}
+        return {"tokens": self.tokens, "seconds": self.seconds, "peak": self.peak}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.tokens, self.seconds = state_dict["tokens"], state_dict["seconds"]
+        self.peak = state_dict.get("peak")
+
+    def on_train_start(self, trainer, pl_module):
+        self.flops_per_token = pl_module.flops_per_token
+        device_peak = peak_flops(pl_module.device, trainer.precision, self.given_peak)
+        self.peak = device_peak and device_peak * trainer.world_size
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.last_end is None:
@@ -50,6 +71,40 @@ class TokensPerSecond(L.Callback):
         # global_step has already counted this step here; log on the steps the logger writes.
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log("tokens_per_sec", self.rate, prog_bar=True)
+            pl_module.log("perf/flops_per_token", float(self.flops_per_token))
+            pl_module.log("train/flops", float(self.tokens * self.flops_per_token))
+            if self.peak:
+                pl_module.log("perf/mfu", self.rate * self.flops_per_token / self.peak, prog_bar=True)
+
+
+class ValidateAtEnd(L.Callback):
+    """Validates (and so checkpoints) at the last step, also when it is not a multiple of
+    trainer.val_check_interval, as a budget's step count seldom is: Lightning validates a run it is told
+    to stop, but not one that reaches max_steps."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # global_step reaches max_steps only after the last step's optimizer update (its last micro-batch).
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class ScheduleToDeadline(L.Callback):
+    """Under a minutes budget (`minutes`; nothing when null), sets the cosine schedule's length to the steps
+    expected by the deadline: the steps so far plus the time left at the run's pace so far, validation
+    included. It is re-estimated at every step, so the learning rate reaches its floor near the end."""
+
+    def __init__(self, minutes: float | None = None):
+        self.minutes = minutes
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        elapsed = timer.time_elapsed("train") if timer else 0
+        if not self.minutes or not elapsed or not trainer.global_step:
+            return
+        expected = trainer.global_step + round(timer.time_remaining("train") * trainer.global_step / elapsed)
+        # LambdaLR keeps its WarmupCosine's settings in checkpoints, so a resumed run continues this estimate.
+        schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+        schedule.decay = max(expected, schedule.warmup + 1)
 
 
 class PeakMemory(L.Callback):

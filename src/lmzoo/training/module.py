@@ -21,7 +21,7 @@ from lmzoo.checkpoints.record import architecture_record
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
-from lmzoo.training.optim import OptimConfig, configure_adamw
+from lmzoo.training.optim import OptimConfig, configure_optimizer
 
 # Lightning 2.6 builds a torch LeafSpec, which torch 2.13 deprecates, on every step of its loops.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -29,10 +29,12 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 class LitLM(L.LightningModule):
     def __init__(self, model: LanguageModel, optim: OptimConfig, tokenizer: dict, val_tokens_per_byte: float | None = None,
-                 skip_nonfinite: bool = False, finetune: dict | None = None, provenance: dict | None = None):
+                 skip_nonfinite: bool = False, finetune: dict | None = None, provenance: dict | None = None,
+                 flops_per_token: int = 0):
         """`tokenizer` is the data's tokenizer spec, saved with every checkpoint. `finetune` describes how the
         model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}); such a model's
-        checkpoints hold only its trainable weights. `provenance` is the run's config, version and commit."""
+        checkpoints hold only its trainable weights. `provenance` is the run's config, version and commit.
+        `flops_per_token`: the model's training FLOPs per token at the run's context (LanguageModel.flops_per_token)."""
         super().__init__()
         self.model = model
         self.optim = optim
@@ -41,6 +43,7 @@ class LitLM(L.LightningModule):
         self.skip_nonfinite = skip_nonfinite
         self.finetune = finetune
         self.provenance = provenance
+        self.flops_per_token = flops_per_token
         self.best_val_loss = float("inf")
         self.nonfinite_skips = 0
         # Wall time of the run's earlier segments (from the checkpoint resumed), and when this one's fit began and ended.
@@ -111,7 +114,8 @@ class LitLM(L.LightningModule):
         # Lightning logs these after setup, so they reach TensorBoard's HPARAMS.
         total, active = self.model.parameter_counts()
         self.save_hyperparameters({"model": architecture_record(self.model), "optim": vars(self.optim),
-                                   "parameters": total, "active_parameters": active})
+                                   "parameters": total, "active_parameters": active,
+                                   "flops_per_token": self.flops_per_token})
 
     @property
     def wall_time_s(self) -> float:
@@ -131,8 +135,8 @@ class LitLM(L.LightningModule):
     def configure_optimizers(self):
         # fp16 mixed precision scales the loss; Lightning unscales the gradients before it clips them.
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        return configure_adamw(self.model, self.optim, self.device,
-                               clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
+        return configure_optimizer(self.model, self.optim, self.device,
+                                   clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lmzoo"] = {

@@ -1,15 +1,24 @@
-"""AdamW with weight decay on matrices only, and a linear-warmup cosine learning-rate schedule."""
+"""AdamW with weight decay on matrices only, or Muon for the hidden matrices and AdamW for the rest; a
+linear-warmup cosine learning-rate schedule on every parameter group."""
 
 import math
+from collections import ChainMap
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from lmzoo.errors import UserError, check_field_types
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass
 class OptimConfig:
+    """AdamW's settings; with name=muon, Muon's (muon_*) for the hidden matrices, AdamW's for the rest."""
+
+    name: str = "adamw"
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -18,9 +27,18 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
 
     def __post_init__(self):
         check_field_types(self, "optim")
+        if self.name not in OPTIMIZERS:
+            raise UserError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1 or self.muon_weight_decay < 0:
+            raise UserError(f"optim.muon_lr must be positive, optim.muon_momentum within [0, 1) and "
+                            f"optim.muon_weight_decay >= 0; got {self.muon_lr}, {self.muon_momentum}, "
+                            f"{self.muon_weight_decay}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise UserError(f"optim.lr must be positive and optim.min_lr within [0, lr]; got {self.lr}, {self.min_lr}")
         if self.warmup_steps < 0:
@@ -53,15 +71,24 @@ class WarmupCosine:
         return self.floor + 0.5 * (1.0 - self.floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def configure_adamw(model: torch.nn.Module, config: OptimConfig, device: torch.device,
-                    clips_scaled_gradients: bool = False):
-    """AdamW (fused on CUDA) plus a per-step warmup-cosine scheduler, in Lightning's return format.
+def configure_optimizer(model: nn.Module, config: OptimConfig, device: torch.device,
+                        clips_scaled_gradients: bool = False):
+    """The optimizer `config.name` names plus a per-step warmup-cosine scheduler, in Lightning's return format."""
+    if config.name == "muon":
+        return configure_muon(model, config, device, clips_scaled_gradients)
+    return configure_adamw(model, config, device, clips_scaled_gradients)
+
+
+def configure_adamw(model: nn.Module, config: OptimConfig, device: torch.device, clips_scaled_gradients: bool = False,
+                    params: list[nn.Parameter] | None = None):
+    """AdamW (fused on CUDA) over `params` (default: every trainable parameter) plus a per-step warmup-cosine
+    scheduler, in Lightning's return format.
 
     A fused AdamW unscales fp16 gradients inside its own step, after clipping would have seen them still
     scaled, so Lightning refuses it under a gradient scaler with clipping (`clips_scaled_gradients`): that
     case takes PyTorch's default implementation instead.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -70,5 +97,79 @@ def configure_adamw(model: torch.nn.Module, config: OptimConfig, device: torch.d
         groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
         fused=device.type == "cuda" and not clips_scaled_gradients,
     )
+    return with_schedule(optimizer, config)
+
+
+def with_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig) -> dict:
+    # One multiplier for every group: each decays from its own learning rate to min_lr / lr of it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
+def configure_muon(model: nn.Module, config: OptimConfig, device: torch.device, clips_scaled_gradients: bool = False):
+    """PyTorch's Muon for the hidden matrices, AdamW for embeddings, the head, norms and biases (as
+    modded-nanogpt and nanochat split them), stepped as one optimizer under one warmup-cosine schedule."""
+    outer = {p for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    # Every zoo model names its output layer lm_head (tied to the embedding in most of them).
+    outer |= {p for name, m in model.named_modules() if name.split(".")[-1] == "lm_head" for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    hidden = [p for p in params if p.dim() == 2 and p not in outer]
+    adamw = configure_adamw(model, config, device, clips_scaled_gradients,
+                            params=[p for p in params if p.dim() != 2 or p in outer])["optimizer"]
+    if not hidden:
+        # The bigram has no hidden matrix: AdamW trains it all.
+        return with_schedule(adamw, config)
+    muon = torch.optim.Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum,
+                            weight_decay=config.muon_weight_decay)
+    return with_schedule(Combined(muon, adamw), config)
+
+
+class PartStates(ChainMap):
+    """The parts' per-parameter states as one mapping. Looking up a parameter reads the part that holds it:
+    ChainMap would ask each part in turn, and the first one's defaultdict would make an entry for it."""
+
+    def __getitem__(self, key):
+        for states in self.maps:
+            if key in states:
+                return states[key]
+        raise KeyError(key)
+
+
+class Combined(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped, scheduled, clipped and checkpointed as one.
+
+    Its param_groups are theirs (the same dicts), so one LR scheduler and Lightning's gradient clipping
+    reach all of them; a single optimizer keeps Lightning's automatic optimization, which clipping needs.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        super().__init__([group for o in optimizers for group in o.param_groups], {})
+        self.link()
+
+    def link(self) -> None:
+        """Share the parts' groups and state, which their load_state_dict replaces."""
+        self.param_groups = [group for o in self.optimizers for group in o.param_groups]
+        self.state = PartStates(*(o.state for o in self.optimizers))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self.link()

@@ -22,7 +22,9 @@ from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
+from lmzoo.models.base import sized
 from lmzoo.reports.compare import write_summary
+from lmzoo.training.budget import Budget, apply_budget
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
 from lmzoo.training.datamodule import TokenDataModule
@@ -68,12 +70,18 @@ class RunSettings:
         return cls(**{field.name: cfg[field.name] for field in dataclasses.fields(cls)})
 
 
-def check_trainer(trainer: dict) -> None:
-    """Refuse the trainer settings Lightning accepts but fails on later, or that make a run that never validates."""
+def check_trainer(trainer: dict, budgeted: bool = False) -> None:
+    """Refuse the trainer settings Lightning accepts but fails on later, or that make a run that never validates.
+    A run with a budget takes its length from it (lmzoo.training.budget)."""
     for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"trainer.{key} must be a positive integer, got {value!r}")
+    peak = trainer.get("peak_flops")
+    if peak is not None and (not isinstance(peak, (int, float)) or isinstance(peak, bool) or peak <= 0):
+        raise UserError(f"trainer.peak_flops must be the hardware's peak FLOP/s, a positive number, or null; got {peak!r}")
+    if budgeted:
+        return
     if trainer["val_check_interval"] > trainer["max_steps"] * trainer["accumulate_grad_batches"]:
         raise UserError(f"trainer.val_check_interval={trainer['val_check_interval']} exceeds the run's "
                         f"{trainer['max_steps'] * trainer['accumulate_grad_batches']} batches: it would never validate, "
@@ -153,9 +161,13 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     elif cfg.finetune:
         raise UserError("a finetune recipe needs pretrained weights; pass init_from=PATH or init_from=hf:NAME")
     else:
-        model = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all").build()
+        model = build_model(instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all"))
+    flops_per_token = model.flops_per_token(cfg.block_size)
+    # Before the optimizer's schedule and the provenance read the run's length.
+    apply_budget(cfg, flops_per_token)
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
-                skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg))
+                skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg),
+                flops_per_token=flops_per_token)
     if ckpt_path:
         check_resumable(ckpt_path, lit)
     if cfg.compile:
@@ -167,15 +179,29 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     return datamodule, lit, trainer
 
 
+def build_model(config):
+    """The model of `config`, sized to model.target_params when given (saying to what)."""
+    resized = sized(config)
+    model = resized.build()
+    if resized is not config:
+        widths = " ".join(f"model.{key}={value}" for key, value in resized.as_dict().items()
+                          if value != getattr(config, key))
+        print(f"model.target_params={config.target_params:g}: {widths}, {model.parameter_counts().active:,} "
+              "active parameters", file=sys.stderr)
+    return model
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Lightning's Trainer with lmzoo's callbacks, logger and atomic checkpoint writes."""
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     if not cfg.trainer.enable_progress_bar:
         # trainer.enable_progress_bar=false turns the bar off; Lightning refuses a bar callback alongside it.
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-    # skip_nonfinite is lmzoo's own trainer option: the model acts on it, Lightning's Trainer never sees it.
+    # skip_nonfinite and peak_flops are lmzoo's own trainer options (the model and TokensPerSecond act on them):
+    # Lightning's Trainer never sees them.
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options.pop("skip_nonfinite", None)
+    options.pop("peak_flops", None)
     try:
         return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
     except InstantiationException as error:
@@ -189,7 +215,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     RunSettings.of(cfg)
-    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), budgeted=bool(Budget(**cfg.budget).given()))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path)
@@ -198,7 +224,7 @@ def train(cfg: DictConfig) -> dict:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        write_summary(cfg.paths.output_dir, run_summary(lit, trainer))
+        write_summary(cfg.paths.output_dir, run_summary(lit, trainer, cfg.seed))
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         model, tokenizer, _ = load_model(best)
         settings = SamplingSettings(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
@@ -207,11 +233,12 @@ def train(cfg: DictConfig) -> dict:
     return result
 
 
-def run_summary(lit: LitLM, trainer: L.Trainer) -> dict:
+def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> dict:
     """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
-    when it was resumed: tokens/s and wall time are carried in its checkpoints."""
+    when it was resumed: tokens, tokens/s, MFU and wall time are carried in its checkpoints."""
     total, active = lit.model.parameter_counts()
-    rates = [c.mean_rate for c in trainer.callbacks if isinstance(c, TokensPerSecond)]
+    throughput = next((c for c in trainer.callbacks if isinstance(c, TokensPerSecond)), None)
+    tokens = throughput and throughput.tokens
     best = None if math.isinf(lit.best_val_loss) else lit.best_val_loss
     # Bits per byte put models with different tokenizers on one scale.
     best_bpb = bits_per_byte(best, lit.val_tokens_per_byte) if best is not None and lit.val_tokens_per_byte else None
@@ -222,7 +249,12 @@ def run_summary(lit: LitLM, trainer: L.Trainer) -> dict:
         "best_val_loss": best,
         "best_val_bpb": best_bpb,
         "steps": trainer.global_step,
-        "tokens_per_sec": rates[0] if rates else None,
+        "tokens_per_sec": throughput and throughput.mean_rate,
         "wall_time_s": lit.wall_time_s,
         "status": "interrupted" if trainer.interrupted else "done",
+        "flops_per_token": lit.flops_per_token,
+        "tokens": tokens,
+        "flops": tokens and tokens * lit.flops_per_token,
+        "mfu": throughput and throughput.mfu,
+        "seed": seed,
     }

@@ -1,0 +1,84 @@
+"""Budgets: train each model for the same FLOPs, tokens or minutes, whatever its size.
+
+A FLOP or token budget becomes a number of steps before the Trainer is built: trainer.max_steps and the
+cosine schedule's optim.decay_steps both follow from it, so the learning rate reaches its floor at the
+budget, and a resumed run derives the same steps. A minutes budget is Lightning's max_time; its schedule
+follows an estimate of the steps that fit (lmzoo.training.callbacks.ScheduleToDeadline), so it is not exact.
+"""
+
+import dataclasses
+import math
+import sys
+
+import torch
+from omegaconf import DictConfig
+
+from lmzoo.errors import UserError, check_field_types
+
+
+@dataclasses.dataclass(kw_only=True)
+class Budget:
+    """conf/train.yaml's `budget:` block: at most one of them."""
+
+    flops: float | None = None
+    tokens: float | None = None
+    minutes: float | None = None
+
+    def __post_init__(self):
+        check_field_types(self, "budget")
+        given = self.given()
+        if len(given) > 1:
+            raise UserError(f"give one budget, not {' and '.join(f'budget.{k}={v}' for k, v in given.items())}")
+        for key, value in given.items():
+            if value <= 0:
+                raise UserError(f"budget.{key} must be positive (or null), got {value}")
+
+    def given(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+def world_size(trainer: DictConfig) -> int:
+    """The processes a run trains on, as Lightning counts them from trainer.devices and trainer.num_nodes."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1, "-1"):
+        on_gpu = trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif not isinstance(devices, int):
+        devices = len(devices)
+    return devices * trainer.get("num_nodes", 1)
+
+
+def apply_budget(cfg: DictConfig, flops_per_token: int) -> None:
+    """Set the run's length from its budget, in place: max_steps and decay_steps for FLOPs and tokens,
+    max_time for minutes. Says in one line what the budget gives."""
+    budget = Budget(**cfg.budget)
+    if not budget.given():
+        return
+    (key, value), = budget.given().items()
+    if key == "minutes":
+        # Lightning's "DD:HH:MM:SS", to the second.
+        seconds = max(1, round(value * 60))
+        cfg.trainer.max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        cfg.trainer.max_steps = -1
+        # A first guess, replaced once steps are timed.
+        cfg.optim.decay_steps = cfg.optim.warmup_steps + 1
+        print(f"budget.minutes={value}: training stops after {value} minutes; the learning rate follows an "
+              "estimate of the steps that fit, so the budget is not exact (FLOP and token budgets are)", file=sys.stderr)
+        return
+    trainer = cfg.trainer
+    step_tokens = cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches * world_size(trainer)
+    step_cost = step_tokens * (flops_per_token if key == "flops" else 1)
+    steps = math.floor(value / step_cost)
+    unit = "FLOPs" if key == "flops" else "tokens"
+    if steps < 1:
+        raise UserError(f"budget.{key}={value:g} is less than one step ({step_cost:,} {unit}); raise it")
+    if steps <= cfg.optim.warmup_steps:
+        raise UserError(f"budget.{key}={value:g} gives {steps} steps, no more than optim.warmup_steps="
+                        f"{cfg.optim.warmup_steps}; raise the budget or lower optim.warmup_steps")
+    trainer.max_steps = cfg.optim.decay_steps = steps
+    # Validation (counted in batches) at least at the budget's end: see ValidateAtEnd.
+    trainer.val_check_interval = min(trainer.val_check_interval, steps * trainer.accumulate_grad_batches)
+    print(f"budget.{key}={value:g}: {steps:,} steps of {step_tokens:,} tokens, {flops_per_token:,} FLOPs per token",
+          file=sys.stderr)

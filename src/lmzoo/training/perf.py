@@ -1,0 +1,94 @@
+"""The hardware's peak FLOP/s, against which a run's model FLOPs utilization (MFU) is measured.
+
+In order: the user's `trainer.peak_flops`; on CUDA, NVIDIA's datasheet figure for the device and precision;
+on CPU, a short matmul probe at the run's precision, cached per machine.
+"""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lmzoo.errors import UserError
+from lmzoo.files import write_atomically
+
+# Dense FLOP/s from NVIDIA's datasheets (their "with sparsity" figures halved): bf16 (and fp16) tensor cores,
+# and fp32 without TF32, which PyTorch does not use for matmuls by default. Matched in order on the device
+# name, so "H100 PCIe" comes before "H100" and "L40S" before "L4".
+GPU_PEAKS = [
+    ("H100 PCIe", {"bf16": 756e12, "fp32": 51.2e12}),
+    ("H100", {"bf16": 989.4e12, "fp32": 66.9e12}),
+    ("H200", {"bf16": 989.4e12, "fp32": 66.9e12}),
+    ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
+    ("L40S", {"bf16": 362.05e12, "fp32": 91.6e12}),
+    ("L4", {"bf16": 121e12, "fp32": 30.3e12}),
+    ("RTX 4090", {"bf16": 165.2e12, "fp32": 82.6e12}),
+]
+PROBE_SECONDS = 1.0
+PROBE_SIZE = 512
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a Lightning precision setting runs its matmuls in."""
+    return torch.bfloat16 if "16" in str(precision) else torch.float32
+
+
+def peak_flops(device: torch.device, precision: str, given: float | None = None) -> float | None:
+    """FLOP/s the device can reach at this precision: `given` (trainer.peak_flops, checked by the run), or the
+    table's or the probe's; None when none of them knows it."""
+    if given is not None:
+        return float(given)
+    dtype = compute_dtype(precision)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peaks = next((peaks for key, peaks in GPU_PEAKS if key in name), None)
+        return peaks and peaks["bf16" if dtype == torch.bfloat16 else "fp32"]
+    if device.type == "cpu":
+        return cpu_peak_flops(dtype)
+    return None
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """A matmul probe's FLOP/s on this CPU with torch's threads, measured once per machine and cached."""
+    cache = cache_dir() / "peak_flops.json"
+    key = f"{cpu_name()}|{torch.get_num_threads()} threads|{dtype}|torch {torch.__version__}"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = matmul_flops_per_second(dtype)
+        try:
+            write_atomically(cache, (json.dumps(known, indent=2) + "\n").encode("utf-8"))
+        except (OSError, UserError):
+            pass  # An unwritable cache only costs the probe again next time.
+    return known[key]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmzoo"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_flops_per_second(dtype: torch.dtype) -> float:
+    """FLOP/s of square matmuls of PROBE_SIZE over about PROBE_SECONDS, after one warm-up product."""
+    a = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+    b = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+    a @ b
+    products, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < PROBE_SECONDS:
+        a @ b
+        products += 1
+    return 2 * PROBE_SIZE**3 * products / elapsed
