@@ -63,10 +63,13 @@ def test_top_k_samples_only_the_k_most_likely():
     assert sample_next(logits, SamplingSettings(temperature=0)).item() == 1
 
 
-def test_gpt_residual_projections_use_scaled_init():
+@pytest.mark.parametrize("init, residual_std", [("gpt2", 0.02 / 4), ("plain", 0.02)])
+def test_gpt2_init_scales_the_residual_projections_and_plain_init_does_not(init, residual_std):
     torch.manual_seed(0)
-    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, **GPT2_CHOICES).build()
-    assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, init=init,
+                              **GPT2_CHOICES).build()
+    for projection in (model.transformer.h[0].attn.c_proj, model.transformer.h[7].mlp.c_proj):
+        assert projection.weight.std().item() == pytest.approx(residual_std, rel=0.05)
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.lm_head.weight is model.transformer.wte.weight
 

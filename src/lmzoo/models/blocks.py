@@ -141,11 +141,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x), routing)
 
 
-def init_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:
-    """GPT-2 init: normal(0, std) for linears and embeddings, residual projections scaled by 1/sqrt(2 n_layer)."""
+# "gpt2": normal(0, 0.02), the residual projections (c_proj) scaled by 1/sqrt(2 n_layer) so that the
+# residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere.
+INITS = ("gpt2", "plain")
+
+
+def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float = 0.02) -> None:
+    """Normal(0, std) for linears and embeddings, zero biases; `init` (one of INITS) scales the residual projections."""
+    residual_scale = 1 / math.sqrt(2 * n_layer) if init == "gpt2" else 1.0
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            scale = 1 / math.sqrt(2 * n_layer) if name.endswith("c_proj") else 1.0
+            scale = residual_scale if name.endswith("c_proj") else 1.0
             nn.init.normal_(module.weight, mean=0.0, std=std * scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
