@@ -63,6 +63,7 @@ CASES = [
     ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
     ("train", [*TRAIN, "model.activation=tanh9"], "model.activation must be one of", []),
+    ("train", [*TRAIN, "model.init=xavier"], "model.init must be one of gpt2, plain, unit_mlp, got 'xavier'", []),
     ("train", [*TRAIN, "model.positions=alibi"], "model.positions must be one of learned, rope", []),
     ("train", [*TRAIN, "model.rope_base=0"], "model.rope_base must be positive, got 0", []),
     ("train", [*TRAIN, "model.mlp_ratio=0"], "model.mlp_ratio must be positive", []),

@@ -63,11 +63,18 @@ def test_top_k_samples_only_the_k_most_likely():
     assert sample_next(logits, SamplingSettings(temperature=0)).item() == 1
 
 
-def test_gpt_residual_projections_use_scaled_init():
+@pytest.mark.parametrize("init, residual_std, mlp_in_std", [
+    ("gpt2", 0.02 / 4, 0.02), ("plain", 0.02, 0.02), ("unit_mlp", 0.02 / 4, 1 / 16),
+])
+def test_init_sets_the_residual_projections_and_the_mlp_input(init, residual_std, mlp_in_std):
+    """Width 256, 8 layers: GPT-2 scales the residual projections by 1/sqrt(16); unit_mlp draws c_fc at 1/sqrt(256)."""
     torch.manual_seed(0)
-    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, **GPT2_CHOICES).build()
-    assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)
-    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256, init=init,
+                              **GPT2_CHOICES).build()
+    for projection in (model.transformer.h[0].attn.c_proj, model.transformer.h[7].mlp.c_proj):
+        assert projection.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(mlp_in_std, rel=0.05)
+    assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.lm_head.weight is model.transformer.wte.weight
 
 

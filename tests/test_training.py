@@ -45,7 +45,8 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert read_checkpoint(halfway)["global_step"] == 4
 
     resumed = tmp_path / "resumed"
-    train(compose_train(resumed, *common, f"ckpt_path={halfway}"))
+    # Another init is accepted on resume, and changes nothing: the weights come from the checkpoint.
+    train(compose_train(resumed, *common, f"ckpt_path={halfway}", "model.init=plain"))
     expected = read_checkpoint(straight / "run" / "checkpoints" / "last.ckpt")
     actual = read_checkpoint(resumed / "run" / "checkpoints" / "last.ckpt")
     assert actual["global_step"] == expected["global_step"] == 8

@@ -143,12 +143,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x), routing)
 
 
-def init_weights(model: nn.Module, n_layer: int, std: float = 0.02) -> None:
-    """GPT-2 init: normal(0, std) for linears and embeddings, residual projections scaled by 1/sqrt(2 n_layer)."""
+# "gpt2": normal(0, 0.02), the residual projections (c_proj) scaled by 1/sqrt(2 n_layer) so that the
+# residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere; "unit_mlp": gpt2's,
+# but the MLP's input projection (c_fc) at std 1/sqrt(its input width), so that the activation sees inputs of
+# about unit scale: at std 0.02 and width 128 they stay near 0.5 for a whole short run, where GELU is nearly linear.
+INITS = ("gpt2", "plain", "unit_mlp")
+
+
+def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float = 0.02) -> None:
+    """Normal weights for linears and embeddings, zero biases, as `init` (one of INITS) says."""
+    residual_scale = 1.0 if init == "plain" else 1 / math.sqrt(2 * n_layer)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            scale = 1 / math.sqrt(2 * n_layer) if name.endswith("c_proj") else 1.0
-            nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+            if name.endswith("c_proj"):
+                module_std = std * residual_scale
+            elif init == "unit_mlp" and name.endswith("c_fc"):
+                module_std = 1 / math.sqrt(module.in_features)
+            else:
+                module_std = std
+            nn.init.normal_(module.weight, mean=0.0, std=module_std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):

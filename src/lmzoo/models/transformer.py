@@ -11,7 +11,7 @@ from torch import nn
 from lmzoo.errors import check_field_types
 from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
                                linear_weights, require)
-from lmzoo.models.blocks import ACTIVATIONS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
+from lmzoo.models.blocks import ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
 from lmzoo.models.cache import KVCache
 from lmzoo.models.routing import RoutedLayer, RoutingLog
 
@@ -44,6 +44,8 @@ class TransformerConfig(ModelConfig):
     gated_mlp: bool = True
     rope_base: float = 10000.0
     tie_embeddings: bool = True
+    # Weight init, one of blocks.INITS: "gpt2" scales the residual projections by 1/sqrt(2 n_layer), "plain" does not.
+    init: str = "gpt2"
     # The embedding table and head are padded to a multiple of this for fast matmuls.
     pad_vocab_to: int = 64
 
@@ -61,6 +63,7 @@ class TransformerConfig(ModelConfig):
         require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}", self.positions)
         require(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}", self.norm)
         require(self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}", self.activation)
+        require(self.init in INITS, f"init must be one of {', '.join(INITS)}", self.init)
         require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
         require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
 
@@ -150,7 +153,7 @@ class Transformer(LanguageModel):
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size, c.pad_vocab_to), bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        init_weights(self, c.n_layer)
+        init_weights(self, c.n_layer, c.init)
 
     def attention(self, layer: int, rotary: Rotary | None) -> nn.Module:
         """Layer `layer`'s attention; the config's uniform one unless a subclass varies it."""

@@ -128,9 +128,9 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
         raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record['tokenizer'])}, but the data uses "
                         f"the {describe_tokenizer(lit.tokenizer)}; resume with the data=/tokenizer= of that run")
     ours = architecture_record(lit.model)
-    # Dropout does not change the weights' shapes: a resumed run may change it.
+    # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
     changed = {key: value for key, value in record["config"].items()
-               if key != "dropout" and as_list(ours["config"].get(key)) != as_list(value)}
+               if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
     if record["architecture"] != ours["architecture"] or set(changed) & set(CHOICES):
         config = build_config(record)
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
