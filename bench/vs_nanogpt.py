@@ -15,6 +15,10 @@ neither program's timed run prepares data.
   evaluation cadence (`LMZOO_MODEL`: nanoGPT's model is GPT-2's without biases, with the exact GELU and an
   unpadded vocabulary). nanoGPT's evaluation runs `eval_iters` batches of each split, lmzoo's 40 fixed
   validation batches, so both evaluate 480 windows each time.
+- **val loss on the same text**: the two programs estimate their validation loss differently (nanoGPT on 20
+  random batches, lmzoo on fixed windows), so after the runs both final checkpoints are also evaluated, in
+  lmzoo's model (nanoGPT's weights load into it name for name), on every token of nanoGPT's `val.bin`, once
+  checked to be lmzoo's validation split token for token.
 - **sample**: nanoGPT's `sample.py` (500 tokens, one sample, top-k 200, temperature 0.8) against
   `python -m lmzoo.generate` with the same settings, each on the checkpoint its last training run wrote.
 
@@ -116,9 +120,13 @@ def main():
         }
         print(f"load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s) each; {iters} iterations")
         train = measure(commands, args.pairs, env, "train", val_loss)
+        same_text = same_text_losses(work / "out-nanogpt" / "ckpt.pt", nanogpt / "data" / "shakespeare_char",
+                                     work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data")
         sample = measure(samplers, args.sample_pairs, env, "sample", None) if args.sample_pairs else None
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         report("train", train)
+        print("val loss of the final checkpoints on every token of the same validation text: "
+              + ", ".join(f"{name} {loss:.4f}" for name, loss in same_text.items()))
         if sample:
             report("sample", sample)
 
@@ -146,6 +154,30 @@ def val_loss(name: str, output: str, cwd: Path) -> float:
     if name == "nanoGPT":
         return float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", output)[-1])
     return json.loads((cwd / "lmzoo-run" / "summary.json").read_text())["best_val_loss"]
+
+
+def same_text_losses(nanogpt_ckpt: Path, nanogpt_data: Path, lmzoo_ckpt: Path, lmzoo_data: Path) -> dict:
+    """nanoGPT's and lmzoo's final checkpoints evaluated by lmzoo on every token of nanoGPT's val.bin."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO / "src"))
+    from lmzoo.checkpoints.load import load_model
+    from lmzoo.inference.evaluation import split_loss
+
+    tokens = np.fromfile(nanogpt_data / "val.bin", dtype=np.uint16)
+    (ours,) = lmzoo_data.glob("*/*/val.bin")
+    if not np.array_equal(tokens, np.fromfile(ours, dtype=np.uint16)):
+        sys.exit("error: nanoGPT's and lmzoo's validation tokens differ; the comparison would not be on the same text")
+    lmzoo, tokenizer, _ = load_model(lmzoo_ckpt)
+    characters = pickle.loads((nanogpt_data / "meta.pkl").read_bytes())["itos"]
+    if tokenizer.encode("".join(characters[i] for i in range(len(characters)))) != list(range(len(characters))):
+        sys.exit("error: nanoGPT's and lmzoo's character ids differ")
+    nanogpt, _, _ = load_model(lmzoo_ckpt)
+    nanogpt.load_state_dict(torch.load(nanogpt_ckpt, map_location="cpu", weights_only=False)["model"])
+    return {name: split_loss(model.eval(), tokens, 64)[0] for name, model in (("nanoGPT", nanogpt), ("lmzoo", lmzoo))}
 
 
 def report(what: str, rows: list[dict]) -> None:
