@@ -5,8 +5,8 @@
 Three commands, in rotating order in each round:
 
 - **torch**: `python -c "import torch"`, the floor every PyTorch program pays;
-- **train**: `python -m lmzoo.train trainer=debug trainer.max_steps=1 trainer.val_check_interval=1 sample_tokens=0`
-  on tinyshakespeare (prepared beforehand): start-up, the first step, one validation of 2 batches, the checkpoints
+- **train**: `python -m lmzoo.train trainer=debug trainer.max_steps=1 trainer.val_check_interval=1
+  optim.warmup_steps=1 sample_tokens=0` on tinyshakespeare (prepared beforehand): start-up, the first step, one validation of 2 batches, the checkpoints
   and the exit, so an upper bound on the time to the first step;
 - **generate**: `python -m lmzoo.generate` with its defaults (500 new tokens) on that run's checkpoint (the
   default gpt_rope, 0.8M parameters).
@@ -48,14 +48,14 @@ def main():
         work = Path(tmp)
         data = [f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={work / 'data'}"]
         train = [sys.executable, "-m", "lmzoo.train", "trainer=debug", "trainer.max_steps=1",
-                 "trainer.val_check_interval=1", "sample_tokens=0", *data, f"hydra.run.dir={work / 'run'}"]
+                 "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data, f"hydra.run.dir={work / 'run'}"]
         commands = {
             "torch": [sys.executable, "-c", "import torch"],
             "train": train,
             "generate": [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"],
         }
         # The data prepared and a checkpoint written before anything is timed.
-        subprocess.run(train, cwd=work, env=env, check=True, capture_output=True)
+        wall(train, work, env)
         print(f"load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s)")
         times = {name: [] for name in commands}
         names = list(commands)
