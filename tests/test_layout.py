@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, SHAKESPEARE, TINY, run
 
 
 @pytest.mark.parametrize("package", ["lmzoo.models", "lmzoo.data", "lmzoo.inference", "lmzoo.checkpoints"])
@@ -13,6 +13,29 @@ def test_plain_pytorch_packages_import_neither_lightning_nor_hydra(package):
     check = f"import sys, {package}; print(sorted(m for m in ('lightning', 'hydra') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# Installed with lmzoo, but used only by export, Hugging Face tokenizers, `datasets` sources and plots.
+HEAVY = ("transformers", "datasets", "matplotlib", "tokenizers")
+
+
+def imported_modules(result) -> set[str]:
+    """The top-level modules a process run with PYTHONPROFILEIMPORTTIME imported, from its stderr."""
+    lines = re.findall(r"^import time:.*\| *(\S+)$", result.stderr, flags=re.M)
+    assert lines, result.stderr[-2000:]
+    return {name.split(".")[0] for name in lines}
+
+
+def test_training_and_sampling_do_not_import_the_heavy_optional_packages(tmp_path):
+    profile = {"PYTHONPROFILEIMPORTTIME": "1"}
+    trained = run("lmzoo.train", *TINY, "trainer.max_steps=2", "trainer.val_check_interval=2", f"data.path={SHAKESPEARE}",
+                  "hydra.run.dir=run", "sample_tokens=5", cwd=tmp_path, env=profile)
+    assert "lightning" in imported_modules(trained)
+    assert not imported_modules(trained) & set(HEAVY)
+    generated = run("lmzoo.generate", f"ckpt={tmp_path / 'run/checkpoints/best.ckpt'}", "max_new_tokens=5",
+                    cwd=tmp_path, env=profile)
+    assert "torch" in imported_modules(generated)
+    assert not imported_modules(generated) & set(HEAVY)
 
 
 def test_the_readme_python_example_trains_and_samples_in_a_plain_loop():

@@ -27,7 +27,9 @@ def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
 
 
 ACTIVATIONS = {
+    # GPT-2's tanh approximation; gelu_erf is the exact GELU (nanoGPT's), about twice as fast on CPU.
     "gelu": lambda: nn.GELU(approximate="tanh"),
+    "gelu_erf": nn.GELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
     "sigmoid": nn.Sigmoid,
@@ -63,8 +65,11 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        cos, sin = angles.cos(), angles.sin()
+        # Over the whole head: (x1, x2) * cos + (x2, x1) * (-sin, sin) is (x1 cos - x2 sin, x2 cos + x1 sin), bit
+        # for bit, in four operations where the two halves apart take seven.
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape (B, heads, T, head_dim) whose first position is `start`."""
@@ -72,7 +77,7 @@ class Rotary(nn.Module):
         cos = self.cos[start : start + T].to(x.dtype)
         sin = self.sin[start : start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 class Attention(nn.Module):

@@ -63,18 +63,19 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, output = self.cross_entropy(batch)
-        # train/loss stays the cross-entropy, comparable with val/loss and across models.
-        self.log("train/loss", loss, prog_bar=True)
-        if output.aux_loss is not None:
-            self.log("train/aux_loss", output.aux_loss)
-            loss = loss + output.aux_loss
-        # The rest only on the steps whose metrics Lightning writes to the logger: each self.log call
-        # costs time, and expert loads a device sync.
+        # Metrics only on the steps whose metrics Lightning writes to the logger (the progress bar is redrawn
+        # as seldom): each self.log call runs Lightning's bookkeeping, and expert loads a device sync.
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            # train/loss stays the cross-entropy, comparable with val/loss and across models.
+            self.log("train/loss", loss, prog_bar=True)
+            if output.aux_loss is not None:
+                self.log("train/aux_loss", output.aux_loss)
             self.log("lr", self.lr_schedulers().get_last_lr()[0])
             for name, load in output.expert_load.items():
                 for expert, share in enumerate(load.tolist()):
                     self.log(f"experts/{name}/{expert}", share)
+        if output.aux_loss is not None:
+            loss = loss + output.aux_loss
         # None skips the optimizer step.
         return loss if self.loss_is_finite(loss) else None
 
