@@ -75,7 +75,7 @@ def test_fp16_gradient_scaler_and_skip_nonfinite_each_skip_their_own_steps(tmp_p
     assert ("perf/max_memory_gb" in trainer.logged_metrics) == (device == "cuda")
 
 
-def test_adamw_is_fused_on_cuda_unless_scaled_gradients_are_clipped():
+def test_adamw_is_fused_unless_turned_off_or_scaled_gradients_are_clipped():
     """Lightning clips between the scaler's unscale and the step, which a fused AdamW (unscaling inside its step)
     does not allow. The zoo test above trains with fp16 and clipping on CUDA."""
     model = make("gpt")
@@ -83,7 +83,8 @@ def test_adamw_is_fused_on_cuda_unless_scaled_gradients_are_clipped():
     assert fused.defaults["fused"]
     unfused = configure_adamw(model, OptimConfig(), torch.device("cuda"), clips_scaled_gradients=True)["optimizer"]
     assert not unfused.defaults["fused"]
-    assert not configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"].defaults["fused"]
+    assert configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"].defaults["fused"]
+    assert not configure_adamw(model, OptimConfig(fused=False), torch.device("cpu"))["optimizer"].defaults["fused"]
 
 
 @pytest.mark.parametrize("name, device", [("moa_moe", "cpu"), *(pytest.param(name, "cuda", marks=pytest.mark.gpu)
