@@ -112,6 +112,11 @@ CASES = [
     ("train", [*TRAIN, "budget.tokens=300"], "budget.tokens=300 gives 2 steps, no more than optim.warmup_steps=2", []),
     ("train", [*TRAIN, "budget.minutes=0"], "budget.minutes must be positive (or null), got 0", []),
     ("train", [*TRAIN, "budget.minutes=soon"], "budget.minutes must be a number or null, got 'soon'", []),
+    ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=0"], "budget.max_steps must be positive (or null), got 0",
+     []),
+    ("train", [*TRAIN, "budget.max_steps=10"], "budget.max_steps caps the steps of budget.flops or budget.tokens", []),
+    ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=2"], "budget.max_steps=2 is no more than "
+     "optim.warmup_steps=2", []),
     ("train", [*TRAIN, "model.target_params=1e3"], "model.target_params=1000: no n_embd comes within 5% of it "
      "(model.n_embd=8 gives 2,584 active parameters)", []),
     ("train", [*TRAIN, "model.target_params=-1"], "model.target_params must be positive or null, got -1", []),

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import V, ZOO, assert_same_weights, compose_config, compose_train, make
+from helpers import V, ZOO, assert_same_weights, compose_config, compose_train, compose_zoo, make
 from hydra.utils import instantiate
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -114,6 +114,19 @@ def test_a_run_resumed_under_a_token_budget_ends_as_an_uninterrupted_one(tmp_pat
     assert_same_weights(resumed / "run" / "checkpoints" / "last.ckpt",
                         read_checkpoint(straight / "run" / "checkpoints" / "last.ckpt"))
     assert read_checkpoint(resumed / "run" / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_budget_max_steps_caps_a_cheap_models_flop_budget_and_says_what_it_spends(tmp_path, capsys):
+    """bigram's 390 FLOPs a token make a transformer's budget millions of its steps; the ceiling cuts them."""
+    result = train(compose_zoo(tmp_path, "bigram", "budget.flops=1e12", "budget.max_steps=6"))
+    assert result["steps"] == 6
+    config = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]
+    assert config["trainer"]["max_steps"] == config["optim"]["decay_steps"] == 6
+    # 1e12 / (390 x 128 tokens a step) = 20,032,051 steps, of which 6 are taken.
+    assert "budget.flops=1e+12: 20,032,051 steps of 128 tokens, 390 FLOPs per token; cut to budget.max_steps=6, " \
+           "which spend 3e-07 of the budget" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["flops"] == 6 * 128 * 390
 
 
 def test_a_minutes_budget_stops_on_time_with_its_schedule_ending_there(tmp_path, capsys):

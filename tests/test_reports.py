@@ -149,6 +149,13 @@ def test_curves_pool_seeds_into_a_mean_and_a_band(curves, tmp_path):
     assert (tmp_path / "flops.png").stat().st_size > 10_000
 
 
+def test_flops_spanning_more_than_two_decades_go_on_a_log_axis(curves):
+    """A bigram at a transformer's FLOP budget spends a thousandth of it: a linear axis would hide its curve."""
+    assert plot_settings(load_runs([curves]), "flops")[0].axes[0].get_xscale() == "linear"
+    write_run(curves / "3_bigram", "bigram", 1, {"flops_per_token": 1}, curve={9: 4.0, 19: 3.0})
+    assert plot_settings(load_runs([curves]), "flops")[0].axes[0].get_xscale() == "log"
+
+
 def write_scaling_sweep(sweep, exponent=0.5, budgets=(1e14, 3e14, 1e15), sizes=(1e5, 2e5, 5e5, 1e6, 2e6, 5e6),
                         seeds=(1, 2)):
     """Runs whose best loss follows a known law: N*(C) = k C^exponent, L = L*(C) + 0.05 (ln N - ln N*)², with a

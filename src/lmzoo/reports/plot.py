@@ -225,6 +225,11 @@ def plot_settings(runs: list[Run], x: str, y: str = "loss"):
             axis.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
                               gid=f"{setting.label}:band")
     xlabel = "seconds since each run's first logged step" if x == "time" else X_AXES[x]
+    # Models of a zoo at equal FLOPs differ by orders of magnitude in tokens (bigram's curve would sit on the
+    # axis of a linear scale): beyond two decades, the x axis is logarithmic.
+    placed = [xs for xs, _ in curves.values() if xs is not None]
+    if x != "time" and max(map(max, placed)) > 100 * min(map(min, placed)):
+        axis.set_xscale("log")
     axis.set(xlabel=xlabel, ylabel=tag, title=f"{tag} against {X_AXES[x]} (mean of seeds, band: min to max)")
     axis.legend(fontsize="small")
     figure.tight_layout()

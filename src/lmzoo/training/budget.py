@@ -18,23 +18,28 @@ from lmzoo.errors import UserError, check_field_types
 
 @dataclasses.dataclass(kw_only=True)
 class Budget:
-    """conf/train.yaml's `budget:` block: at most one of them."""
+    """conf/train.yaml's `budget:` block: at most one of flops, tokens and minutes, and a ceiling on the steps."""
 
     flops: float | None = None
     tokens: float | None = None
     minutes: float | None = None
+    max_steps: int | None = None
 
     def __post_init__(self):
         check_field_types(self, "budget")
         given = self.given()
         if len(given) > 1:
             raise UserError(f"give one budget, not {' and '.join(f'budget.{k}={v}' for k, v in given.items())}")
-        for key, value in given.items():
-            if value <= 0:
+        for key, value in {**given, "max_steps": self.max_steps}.items():
+            if value is not None and value <= 0:
                 raise UserError(f"budget.{key} must be positive (or null), got {value}")
+        if self.max_steps is not None and not {"flops", "tokens"} & set(given):
+            raise UserError("budget.max_steps caps the steps of budget.flops or budget.tokens; give one of them, or "
+                            "set trainer.max_steps")
 
     def given(self) -> dict:
-        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+        """The budget to spend: flops, tokens or minutes, with its value."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None and key != "max_steps"}
 
 
 def world_size(trainer: DictConfig) -> int:
@@ -77,8 +82,14 @@ def apply_budget(cfg: DictConfig, flops_per_token: int) -> None:
     if steps <= cfg.optim.warmup_steps:
         raise UserError(f"budget.{key}={value:g} gives {steps} steps, no more than optim.warmup_steps="
                         f"{cfg.optim.warmup_steps}; raise the budget or lower optim.warmup_steps")
+    given = f"budget.{key}={value:g}: {steps:,} steps of {step_tokens:,} tokens, {flops_per_token:,} FLOPs per token"
+    if budget.max_steps is not None and steps > budget.max_steps:
+        if budget.max_steps <= cfg.optim.warmup_steps:
+            raise UserError(f"budget.max_steps={budget.max_steps} is no more than optim.warmup_steps="
+                            f"{cfg.optim.warmup_steps}; raise it or lower optim.warmup_steps")
+        given += f"; cut to budget.max_steps={budget.max_steps:,}, which spend {budget.max_steps / steps:.2g} of the budget"
+        steps = budget.max_steps
     trainer.max_steps = cfg.optim.decay_steps = steps
     # Validation (counted in batches) at least at the budget's end: see ValidateAtEnd.
     trainer.val_check_interval = min(trainer.val_check_interval, steps * trainer.accumulate_grad_batches)
-    print(f"budget.{key}={value:g}: {steps:,} steps of {step_tokens:,} tokens, {flops_per_token:,} FLOPs per token",
-          file=sys.stderr)
+    print(given, file=sys.stderr)
