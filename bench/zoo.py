@@ -1,7 +1,7 @@
 """The zoo at equal compute, through the user's own commands: three sweeps and the scaling fit.
 
-    python bench/zoo.py --out DIR [--flops 2e12] [--tokens 4e5] [--seeds 3] [--max-steps 3000]
-                        [--sizes 5.3e4,1.5e5,4e5] [--budgets 5e11,1e12,2e12] [--parts zoo,optim,scaling] [--smoke]
+    python bench/zoo.py --out DIR [--flops 1.5e12] [--tokens 1e5] [--seeds 3] [--max-steps 3000]
+                        [--sizes 1.5e4,3.6e4,8.2e4] [--budgets 5e10,1e11,2e11] [--parts zoo,optim,scaling] [--smoke]
 
 Each part is one command a user would type (the script prints it, so a reader can repeat it), in its own
 sweep folder under DIR, which then holds the sweep's comparison.md, report.md and val_loss.png:
@@ -87,12 +87,12 @@ def throughput(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="a new folder (or one without these parts' sweeps yet)")
-    parser.add_argument("--flops", type=float, default=2e12, help="the zoo's FLOP budget per run")
-    parser.add_argument("--tokens", type=float, default=4e5, help="the token budget of AdamW against Muon")
+    parser.add_argument("--flops", type=float, default=1.5e12, help="the zoo's FLOP budget per run")
+    parser.add_argument("--tokens", type=float, default=1e5, help="the token budget of AdamW against Muon")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=3000, help="budget.max_steps of the zoo (bigram's ceiling)")
-    parser.add_argument("--sizes", default="5.3e4,1.5e5,4e5", help="gpt_rope's model.target_params for the IsoFLOP sweep")
-    parser.add_argument("--budgets", default="5e11,1e12,2e12", help="the IsoFLOP sweep's budget.flops")
+    parser.add_argument("--sizes", default="1.5e4,3.6e4,8.2e4", help="gpt_rope's model.target_params for the IsoFLOP sweep")
+    parser.add_argument("--budgets", default="5e10,1e11,2e11", help="the IsoFLOP sweep's budget.flops")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--data", default=str(TINYSHAKESPEARE))
     parser.add_argument("--smoke", action="store_true", help="tiny budgets and 2 seeds: does every part run?")
