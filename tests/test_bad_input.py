@@ -119,6 +119,9 @@ CASES = [
      "optim.warmup_steps=2", []),
     ("train", [*TRAIN, "model.target_params=1e3"], "model.target_params=1000: no n_embd comes within 5% of it "
      "(model.n_embd=8 gives 2,584 active parameters)", []),
+    # Below the smallest 4-layer gpt_rope: the smallest width is the nearest.
+    ("train", [*BASE, "model.target_params=1e4"], "model.target_params=10000: no n_embd comes within 5% of it "
+     "(model.n_embd=16 gives 14,352 active parameters)", []),
     ("train", [*TRAIN, "model.target_params=-1"], "model.target_params must be positive or null, got -1", []),
     ("train", [*BASE, "model=bigram", "model.target_params=1e5"], "model.target_params does not apply to BigramConfig: "
      "it has no width to size", []),

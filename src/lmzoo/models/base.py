@@ -69,9 +69,12 @@ def sized(config: ModelConfig) -> ModelConfig:
                 counts[width] = candidate and candidate.build().parameter_counts().active
         return counts[width]
 
+    def least_valid(width: int) -> int:
+        return next(w for w in range(width, 2 * width + 64) if active(w) is not None)
+
     def at_least(width: int) -> int:
         """Active parameters at the least valid width from `width` on."""
-        return next(count for w in range(width, 2 * width + 64) if (count := active(w)) is not None)
+        return active(least_valid(width))
 
     # Active parameters grow with the width: double to pass the target, bisect, then look around.
     high = 1
@@ -81,7 +84,8 @@ def sized(config: ModelConfig) -> ModelConfig:
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if at_least(middle) < target else (low, middle)
-    widths = [w for w in range(max(1, low - 8), high + 9) if active(w) is not None]
+    # A target below the smallest valid model leaves no valid width near it: the smallest one is the nearest.
+    widths = [w for w in range(max(1, low - 8), high + 9) if active(w) is not None] or [least_valid(high)]
     best = min(widths, key=lambda w: abs(active(w) - target))
     if abs(active(best) - target) > SIZE_TOLERANCE * target:
         below = max((w for w in widths if active(w) < target), default=None)
