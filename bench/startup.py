@@ -2,17 +2,21 @@
 
     python bench/startup.py                     # --rounds 5 --threads 1
 
-Three commands, in rotating order in each round:
+Five commands, in rotating order in each round:
 
 - **torch**: `python -c "import torch"`, the floor every PyTorch program pays;
+- **optimizer**: `import torch` and the construction of a `torch.optim.AdamW`, which imports `torch._dynamo`
+  (every PyTorch optimizer does, on its first `add_param_group`): the floor of any PyTorch training program;
 - **train**: `python -m lmzoo.train trainer=debug trainer.max_steps=1 trainer.val_check_interval=1
-  optim.warmup_steps=1 sample_tokens=0` on tinyshakespeare (prepared beforehand): start-up, the first step, one validation of 2 batches, the checkpoints
-  and the exit, so an upper bound on the time to the first step;
+  optim.warmup_steps=1 sample_tokens=0` on tinyshakespeare (prepared beforehand) with one callback added
+  (`bench/first_step.py`) that notes the wall-clock time when the first training step starts. Two times:
+  **first step**, from launching the process to that moment (the issue's measure), and **whole**, the process
+  to its exit (the first step, one validation of 2 batches, the checkpoints and the exit);
 - **generate**: `python -m lmzoo.generate` with its defaults (500 new tokens) on that run's checkpoint (the
-  default gpt_rope, 0.8M parameters).
+  default gpt_rope, 0.8M parameters);
+- **generate 1**: the same with `max_new_tokens=1`: the start-up and the checkpoint without the sampling.
 
-Printed: each command's median wall time, and the medians of the per-round differences train - torch and
-generate - torch.
+Printed: each command's median wall time, and the medians of the per-round differences to `import torch`.
 """
 
 import argparse
@@ -28,13 +32,19 @@ REPO = Path(__file__).resolve().parents[1]
 TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def wall(command: list[str], cwd: Path, env: dict) -> float:
+def wall(command: list[str], cwd: Path, env: dict, first_step_file: Path | None = None) -> tuple[float, float | None]:
+    """Seconds from launch to exit, and from launch to the first training step when `first_step_file` is given."""
+    if first_step_file is not None:
+        first_step_file.unlink(missing_ok=True)
+    launched = time.time()
     start = time.perf_counter()
     finished = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if finished.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{finished.stderr[-3000:]}")
-    return seconds
+    if first_step_file is None:
+        return seconds, None
+    return seconds, float(first_step_file.read_text()) - launched
 
 
 def main():
@@ -42,31 +52,41 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every command")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory(prefix="lmzoo-startup-") as tmp:
         work = Path(tmp)
         data = [f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={work / 'data'}"]
+        first_step_file = work / "first_step"
         train = [sys.executable, "-m", "lmzoo.train", "trainer=debug", "trainer.max_steps=1",
-                 "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data, f"hydra.run.dir={work / 'run'}"]
+                 "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data,
+                 f"hydra.run.dir={work / 'run'}", "+callbacks.first_step._target_=first_step.FirstStepClock",
+                 f"+callbacks.first_step.path={first_step_file}"]
+        generate = [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"]
         commands = {
             "torch": [sys.executable, "-c", "import torch"],
+            "optimizer": [sys.executable, "-c", "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"],
             "train": train,
-            "generate": [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"],
+            "generate": generate,
+            "generate 1": [*generate, "max_new_tokens=1"],
         }
-        # The data prepared and a checkpoint written before anything is timed.
-        wall(train, work, env)
+        # The data prepared, a checkpoint written and the CPU's peak FLOP/s cached before anything is timed.
+        wall(train, work, env, first_step_file)
         print(f"load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s)")
-        times = {name: [] for name in commands}
+        times = {name: [] for name in [*commands, "first step"]}
         names = list(commands)
         for round_ in range(args.rounds):
-            for name in names[round_ % 3:] + names[: round_ % 3]:
-                times[name].append(wall(commands[name], work, env))
-            print("round", round_ + 1, " ".join(f"{name} {times[name][-1]:.2f} s" for name in names), flush=True)
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                seconds, first_step = wall(commands[name], work, env, first_step_file if name == "train" else None)
+                times[name].append(seconds)
+                if first_step is not None:
+                    times["first step"].append(first_step)
+            print("round", round_ + 1, " ".join(f"{name} {times[name][-1]:.2f} s" for name in times), flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
-        for name in names:
-            print(f"{name:9s} median {statistics.median(times[name]):.2f} s")
-        for name in ("train", "generate"):
+        for name in times:
+            print(f"{name:10s} median {statistics.median(times[name]):.2f} s")
+        for name in ("optimizer", "first step", "train", "generate", "generate 1"):
             extra = [t - floor for t, floor in zip(times[name], times["torch"])]
             print(f"{name} - torch: median {statistics.median(extra):.2f} s "
                   f"(rounds {' '.join(f'{e:.2f}' for e in extra)})")
