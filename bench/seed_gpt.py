@@ -14,8 +14,8 @@ prepare.py downloads nothing) and its own `simpleLM/datasets/shakespeare_char/pr
   hard-coded `torch.manual_seed(1337)`; to vary the seed without editing it, each run goes through
   SEEDED_TRAIN below, which replaces `torch.manual_seed` by a call with the chosen seed and runs train.py with
   runpy. With --out, a finished run (its output and weights in OUT/gptLM-dropout-D-seed-S) is not run again.
-- **lmzoo's runs**: the best-validation checkpoints (`checkpoints/best.ckpt`) of the finished runs under
-  each folder of `--lmzoo-runs`, labelled by the folder's name less a trailing `_sN`.
+- **lmzoo's runs**: the best-validation checkpoints (`checkpoints/best.ckpt`) of the finished runs (their
+  summary.json says done) under each folder of `--lmzoo-runs`, labelled by the folder's name less a trailing `_sN`.
 
 Every model is then measured four ways, the first the program's own and the others the same for all:
 - **own**: the seed's smallest printed val loss (its `estimate_loss`, fresh random batches each time, the
@@ -112,11 +112,12 @@ def main():
                 rows.append(measured(f"seed gptLM, dropout {dropout}", seed, own, model, val_tokens, windows,
                                      args.eval_iters))
         for folder in args.lmzoo_runs:
-            for checkpoint in sorted(folder.glob("**/checkpoints/best.ckpt")):
-                model, tokenizer, info = load_model(checkpoint)
-                check_characters(tokenizer, seed_data, checkpoint)
-                run = checkpoint.parent.parent
-                summary = json_file(run / "summary.json")
+            for summary_file in sorted(folder.glob("**/summary.json")):
+                run, summary = summary_file.parent, json_file(summary_file)
+                if summary["status"] != "done":
+                    continue
+                model, tokenizer, _ = load_model(run / "checkpoints" / "best.ckpt")
+                check_characters(tokenizer, seed_data, run)
                 seed = json_file(run / "provenance.json")["config"]["seed"]
                 variant = f"lmzoo {re.sub(r'_s[0-9]+$', '', folder.name)}"
                 rows.append(measured(variant, seed, summary["best_val_loss"], model, val_tokens, windows,
