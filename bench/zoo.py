@@ -1,7 +1,8 @@
 """The zoo at equal compute, through the user's own commands: three sweeps and the scaling fit.
 
     python bench/zoo.py --out DIR [--flops 1.5e12] [--tokens 1e5] [--seeds 3] [--max-steps 3000]
-                        [--sizes 1.5e4,3.6e4,8.2e4] [--budgets 5e10,1e11,2e11] [--parts zoo,optim,scaling] [--smoke]
+                        [--sizes 8.2e3,2e4,5e4,1.2e5] [--budgets 2e11,4e11,8e11] [--layers 2]
+                        [--parts zoo,optim,scaling] [--smoke]
 
 Each part is one command a user would type (the script prints it, so a reader can repeat it), in its own
 sweep folder under DIR, which then holds the sweep's comparison.md, report.md and val_loss.png:
@@ -13,8 +14,9 @@ sweep folder under DIR, which then holds the sweep's comparison.md, report.md an
   a transformer's budget into millions of its steps: budget.max_steps cuts them (the run says how much of the
   budget it spent); no other model comes near the ceiling.
 - optim: `python -m lmzoo.train -m model=gpt_rope optim=adamw,muon seed=1,2,3 budget.tokens=T`.
-- scaling: `python -m lmzoo.train -m model=gpt_rope model.target_params=SIZES budget.flops=BUDGETS`, then
-  `python -m lmzoo.scaling DIR/scaling`.
+- scaling: `python -m lmzoo.train -m model=gpt_rope model.n_layer=L model.target_params=SIZES budget.flops=BUDGETS`,
+  then `python -m lmzoo.scaling DIR/scaling`. Two layers by default: at the preset's four, the smallest width
+  gives 14k parameters, larger than the best size of the budgets a CPU affords in minutes.
 
 Every part shares the settings in SHARED below (tinyshakespeare characters, batch 16 x 64 tokens, lr 3e-3).
 Training runs on one thread: on a CPU shared with other work, threads fighting over cores make throughput
@@ -40,7 +42,7 @@ PARTS = ["zoo", "optim", "scaling"]
 SHARED = {"data.batch_size": 16, "optim.lr": "3e-3", "optim.warmup_steps": 20, "trainer.val_check_interval": 50,
           "callbacks.early_stopping.patience": 1000, "trainer.enable_progress_bar": "false", "sample_tokens": 0}
 # A run of a few minutes, checking that each part works, not measuring anything.
-SMOKE = {"flops": 5e10, "tokens": 2e4, "seeds": 2, "max_steps": 50, "sizes": "2.2e4,5.3e4,1.2e5",
+SMOKE = {"flops": 5e10, "tokens": 2e4, "seeds": 2, "max_steps": 50, "sizes": "1.2e4,2e4,5e4",
          "budgets": "2e10,4e10,8e10"}
 SMOKE_SHARED = {"optim.warmup_steps": 2, "trainer.val_check_interval": 10}
 
@@ -91,8 +93,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=float, default=1e5, help="the token budget of AdamW against Muon")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=3000, help="budget.max_steps of the zoo (bigram's ceiling)")
-    parser.add_argument("--sizes", default="1.5e4,3.6e4,8.2e4", help="gpt_rope's model.target_params for the IsoFLOP sweep")
-    parser.add_argument("--budgets", default="5e10,1e11,2e11", help="the IsoFLOP sweep's budget.flops")
+    parser.add_argument("--sizes", default="8.2e3,2e4,5e4,1.2e5", help="gpt_rope's model.target_params for the IsoFLOP sweep")
+    parser.add_argument("--budgets", default="2e11,4e11,8e11", help="the IsoFLOP sweep's budget.flops")
+    parser.add_argument("--layers", type=int, default=2, help="gpt_rope's model.n_layer in the IsoFLOP sweep")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--data", default=str(TINYSHAKESPEARE))
     parser.add_argument("--smoke", action="store_true", help="tiny budgets and 2 seeds: does every part run?")
@@ -118,8 +121,8 @@ def main() -> None:
     if "optim" in parts:
         sweep(out / "optim", ["model=gpt_rope", "optim=adamw,muon", seeds, f"budget.tokens={args.tokens:g}"], shared)
     if "scaling" in parts:
-        sweep(out / "scaling", ["model=gpt_rope", f"model.target_params={args.sizes}", f"budget.flops={args.budgets}"],
-              shared)
+        sweep(out / "scaling", ["model=gpt_rope", f"model.n_layer={args.layers}", f"model.target_params={args.sizes}",
+                                f"budget.flops={args.budgets}"], shared)
         run([sys.executable, "-m", "lmzoo.scaling", str(out / "scaling")])
 
 
