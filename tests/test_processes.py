@@ -15,9 +15,11 @@ from lmzoo.files import hold_folder
 
 
 def start(*args, cwd):
-    """`python -m ARGS` started in the background, its stderr readable line by line."""
+    """`python -m ARGS` started in the background, its stderr readable line by line, with Ctrl-C's signal as a
+    terminal leaves it (a test run started as a shell's background job would pass it on ignored)."""
     return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_line(process, text):
