@@ -21,11 +21,11 @@ transformers = pytest.importorskip("transformers")
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-@pytest.fixture(scope="module")
-def hf_gpt2(tmp_path_factory):
-    """A tiny random Hugging Face GPT-2 (2 layers, width 32), saved as a local folder."""
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def hf_gpt2(request, tmp_path_factory):
+    """A tiny random Hugging Face GPT-2 (2 layers, width 32), tied as GPT-2 is or untied, saved as a local folder."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, tie_word_embeddings=request.param)
     model = transformers.GPT2LMHeadModel(config).eval()
     randomize(model)
     folder = tmp_path_factory.mktemp("hf") / "gpt2"
@@ -45,6 +45,7 @@ def test_gpt2_from_hugging_face_gives_its_logits(hf_gpt2):
     model, tokenizer, info = load_model(folder)
     assert type(model.config) is TransformerConfig and model.config.positions == "learned"
     assert model.block_size == 64 and model.vocab_size == 50257
+    assert model.config.tie_embeddings == hf_model.config.tie_word_embeddings
     assert tokenizer.spec == {"kind": "tiktoken", "name": "gpt2"}
     # Its card says where the weights came from, having no steps or validation loss of its own.
     assert model_card(model, info).endswith(f"tiktoken gpt2 | weights from {folder}")
@@ -54,12 +55,16 @@ def test_gpt2_from_hugging_face_gives_its_logits(hf_gpt2):
 
 
 def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
-    _, folder = hf_gpt2
+    hf_model, folder = hf_gpt2
     cfg = compose_train(tmp_path, f"init_from={folder}", "model=gpt", "data=shakespeare", "trainer.max_steps=2",
                         "trainer.val_check_interval=2", "optim=finetune")
     result = train(cfg)
     model, _, info = load_model(result["best_checkpoint"])
     assert info["config"]["n_layer"] == 2 and model.block_size == 64 and info["global_step"] == 2
+    # The weights' tie wins over the preset's default (untied): GPT-2 stays tied, sharing one matrix.
+    tied = hf_model.config.tie_word_embeddings
+    assert model.config.tie_embeddings == tied
+    assert (model.lm_head.weight is model.transformer.wte.weight) == tied
 
 
 def lmzoo_models():
@@ -67,6 +72,7 @@ def lmzoo_models():
     return {
         "gpt": TransformerConfig(**shape, n_head=2, **GPT2_CHOICES).build(),
         "gpt_no_bias": TransformerConfig(**shape, n_head=2, **{**GPT2_CHOICES, "bias": False}).build(),
+        "gpt_untied": TransformerConfig(**shape, n_head=2, **GPT2_CHOICES, tie_embeddings=False).build(),
         "gpt_rope_gqa_untied": TransformerConfig(**shape, n_head=4, n_kv_head=2, rope_base=500.0,
                                                  tie_embeddings=False).build(),
     }
@@ -82,6 +88,8 @@ def test_export_gives_the_same_logits_and_greedy_text_in_transformers_and_back_i
 
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(hf_model).__name__ == ("LlamaForCausalLM" if "rope" in name else "GPT2LMHeadModel")
+    shared = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
+    assert shared == model.config.tie_embeddings
     idx = torch.randint(0, len(CHARS), (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(hf_model(idx).logits, model(idx).logits, atol=1e-5, rtol=0)

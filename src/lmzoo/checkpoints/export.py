@@ -24,7 +24,7 @@ def converter_for(model: LanguageModel):
     if type(config) is not TransformerConfig:
         return None
     if (config.positions, config.norm, config.activation, config.gated_mlp) == ("learned", "layernorm", "gelu", False):
-        fits = config.mlp_ratio == 4.0 and config.tie_embeddings and config.n_kv_head in (None, config.n_head)
+        fits = config.mlp_ratio == 4.0 and config.n_kv_head in (None, config.n_head)
         return to_gpt2 if fits else None
     if (config.positions, config.norm, config.activation, config.gated_mlp, config.bias) == (
             "rope", "rmsnorm", "silu", True, False):
@@ -78,11 +78,12 @@ def to_gpt2(model: Transformer, eot_id: int | None):
     config = GPT2Config(
         vocab_size=model.vocab_size, n_positions=model.block_size, n_embd=hp.n_embd, n_layer=hp.n_layer,
         n_head=hp.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id,
+        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id,
+        eos_token_id=eot_id,
     )
     state = {name: tensor.T if name.endswith(CONV1D_WEIGHTS) else tensor
-             for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
-    state["transformer.wte.weight"] = state["transformer.wte.weight"][: model.vocab_size]
+             for name, tensor in true_vocabulary(model).items()
+             if not (hp.tie_embeddings and name == "lm_head.weight")}
     return load_into(GPT2LMHeadModel(config), state)
 
 
@@ -98,13 +99,19 @@ def to_llama(model: Transformer, eot_id: int | None):
         rope_theta=hp.rope_base, hidden_act="silu", attention_bias=False, mlp_bias=False,
         tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
     )
-    ours = model.state_dict()
-    for key in VOCAB_ROWS:
-        ours[key] = ours[key][: model.vocab_size]
+    ours = true_vocabulary(model)
     state = {}
     for name, theirs, rows in llama_layout(model):
         state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
     return load_into(LlamaForCausalLM(config), state)
+
+
+def true_vocabulary(model: Transformer) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with the embedding and head cut to the true vocabulary (lmzoo pads them)."""
+    state = model.state_dict()
+    for key in VOCAB_ROWS:
+        state[key] = state[key][: model.vocab_size]
+    return state
 
 
 def load_into(hf_model, state: dict[str, torch.Tensor]):

@@ -57,7 +57,8 @@ def gpt2_shape(config: dict, source: str) -> TransformerConfig:
     if config.get("n_inner") not in (None, 4 * config["n_embd"]) or config.get("layer_norm_epsilon", 1e-5) != 1e-5:
         raise UserError(f"{source} changes GPT-2's MLP width or LayerNorm epsilon, which lmzoo's gpt does not")
     return TransformerConfig(vocab_size=GPT2_VOCAB_SIZE, block_size=config["n_positions"], n_layer=config["n_layer"],
-                             n_head=config["n_head"], n_embd=config["n_embd"], **GPT2_CHOICES)
+                             n_head=config["n_head"], n_embd=config["n_embd"], **GPT2_CHOICES,
+                             tie_embeddings=config.get("tie_word_embeddings", True))
 
 
 def fetch(source: str) -> Path:
@@ -92,17 +93,18 @@ def gpt2_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source
     """Hugging Face GPT-2 weights renamed, transposed and padded into `model`'s state dict."""
     expected = model.state_dict()
     state = {}
+    tied = model.config.tie_embeddings
     for name, tensor in weights.items():
-        # The causal-mask buffers (attn.bias, attn.masked_bias) and the tied head carry no weights of their own.
-        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+        # The causal-mask buffers (attn.bias, attn.masked_bias) and a tied head carry no weights of their own.
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or (tied and name == "lm_head.weight"):
             continue
-        key = "transformer." + name.removeprefix("transformer.")
+        key = name if name == "lm_head.weight" else "transformer." + name.removeprefix("transformer.")
         # A model without biases was exported with zero ones (same function).
         if key not in expected and key.endswith(".bias") and not tensor.any():
             continue
         state[key] = tensor.T if key.endswith(CONV1D_WEIGHTS) else tensor
     state = padded_vocabulary(state, expected)
-    if "transformer.wte.weight" in state:
+    if tied and "transformer.wte.weight" in state:
         state["lm_head.weight"] = state["transformer.wte.weight"]
     return checked(state, expected, source)
 
