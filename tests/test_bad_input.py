@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers import SHAKESPEARE, TINY, compose_train
+from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
 
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.files import hold_folder
@@ -176,6 +176,10 @@ CASES = [
      "model.n_embd=32", []),
     ("train", [*RESUME, "model=gpt"], "holds a model=gpt_rope model, not what model= builds; resume with model=gpt_rope",
      []),
+    # A gpt of lmzoo 0.1, tied as gpt was before it became untied by default.
+    ("train", [*BASE, "block_size=16", "model=gpt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+               "ckpt_path={old_gpt}"], "holds a model of other settings than the run builds; resume with "
+     "model.tie_embeddings=true", []),
     ("train", [*TRAIN, "init_from={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
     ("train", [*TRAIN, "init_from={tmp}/nan.ckpt"], "{tmp}/nan.ckpt holds non-finite weights", []),
     ("train", [*TRAIN, "init_from={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
@@ -420,7 +424,8 @@ def run_main(entry, argv, monkeypatch):
                          ids=[f"{c[0]}:{c[1][-1] if c[1] else ''}" if isinstance(c, tuple) else None for c in CASES])
 def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, entry, args, expected, absent):
     tmp, unwritable = folder
-    places = {"tmp": tmp, "ckpt": tmp / "ckpt" / "last.ckpt", "unwritable": unwritable}
+    places = {"tmp": tmp, "ckpt": tmp / "ckpt" / "last.ckpt", "unwritable": unwritable,
+              "old_gpt": FIXTURES / "v0.1" / "gpt.ckpt"}
     if unwritable is None and any("{unwritable}" in arg for arg in args):
         pytest.skip("no folder here that root cannot write into")
     before = protected(tmp)

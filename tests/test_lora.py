@@ -90,8 +90,8 @@ def test_a_target_that_matches_nothing_is_one_line_naming_the_valid_ones(name, t
 def pretrained(tmp_path_factory):
     """A small char GPT trained briefly on tinyshakespeare: the base to fine-tune."""
     folder = tmp_path_factory.mktemp("pretrained")
-    # GPT-2's init learns slower than gpt's default: the base leaves LoRA's 100 steps room to improve on it.
-    train(compose_train(folder, "model=gpt", "model.init=gpt2", "trainer.max_steps=150",
+    # GPT-2's init and tie learn slower than gpt's defaults: the base leaves LoRA's 100 steps room to improve on it.
+    train(compose_train(folder, "model=gpt", "model.init=gpt2", "model.tie_embeddings=true", "trainer.max_steps=150",
                         "trainer.val_check_interval=150", "data.batch_size=16", "optim.lr=1e-2"))
     return folder / "run" / "checkpoints" / "last.ckpt"
 

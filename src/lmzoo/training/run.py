@@ -1,6 +1,7 @@
 """Build data, model, callbacks, logger and Trainer from a composed config, train, and sample."""
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -109,6 +110,11 @@ def as_list(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def override_value(value):
+    """`value` as a command-line override writes it: true and null, not Python's True and None."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else value
+
+
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to continue from: ckpt_path, or with resume=auto the run folder's last.ckpt."""
     if cfg.ckpt_path:
@@ -136,7 +142,7 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
                         f"with model={model_option(config)} and that run's model settings")
     if changed:
-        settings = " ".join(f"model.{key}={value}" for key, value in changed.items())
+        settings = " ".join(f"model.{key}={override_value(value)}" for key, value in changed.items())
         raise UserError(f"{ckpt_path} holds a model of other settings than the run builds; resume with {settings}")
     kept = {key: value for key, value in (record.get("optim") or {}).items() if vars(lit.optim).get(key) != value}
     if kept:
