@@ -2,7 +2,8 @@
 
 nanoGPT's README trains a 4-layer, 4-head, 128-wide model with block_size 64 and batch_size 12
 for 2000 iterations on a CPU (lr 1e-3 -> 1e-4 cosine over 2000 steps, 100 warmup, dropout 0)
-and reports a validation loss of 1.88. This script trains both lmzoo architectures that way,
+and reports a validation loss of 1.88. This script trains both lmzoo architectures that way (each at its
+preset's defaults: `gpt` unties the embeddings nanoGPT ties, bench/README.md §8),
 validating every 250 steps on 200 batches (2400 fixed windows), and checks the bar:
 gpt's best val loss <= 1.89, and gpt_rope's below gpt's. Exits 1 if the bar is not met.
 

@@ -13,7 +13,8 @@ neither program's timed run prepares data.
   12, lr 1e-3 with 100 warmup iterations and cosine decay to 1e-4 at `--max-iters`, evaluation every 250
   iterations, `--eval_iters=20`) against `python -m lmzoo.train` with the same model, batch, schedule and
   evaluation cadence (`LMZOO_MODEL`: nanoGPT's model is GPT-2's without biases, with the exact GELU and an
-  unpadded vocabulary). nanoGPT's evaluation runs `eval_iters` batches of each split, lmzoo's 40 fixed
+  unpadded vocabulary, and tied embeddings as GPT-2's: `model.tie_embeddings=true`, since `gpt`'s default is
+  untied, so that both programs train the same model). nanoGPT's evaluation runs `eval_iters` batches of each split, lmzoo's 40 fixed
   validation batches, so both evaluate 480 windows each time.
 - **val loss on the same text**: the two programs estimate their validation loss differently (nanoGPT on 20
   random batches, lmzoo on fixed windows), so after the runs both final checkpoints are also evaluated, in
@@ -48,8 +49,8 @@ TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
                "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
 # nanoGPT's model (model.py with train.py's bias=False) in lmzoo's terms.
-LMZOO_MODEL = ["model=gpt", "model.bias=false", "model.activation=gelu_erf", "model.pad_vocab_to=1",
-               "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.dropout=0.0"]
+LMZOO_MODEL = ["model=gpt", "model.tie_embeddings=true", "model.bias=false", "model.activation=gelu_erf",
+               "model.pad_vocab_to=1", "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.dropout=0.0"]
 # The rest of config/train_shakespeare_char.py with the CPU command's changes.
 LMZOO_RUN = ["block_size=64", "data.batch_size=12", "data.val_batches=40", "optim.lr=1e-3", "optim.min_lr=1e-4",
              "optim.weight_decay=0.1", "optim.beta2=0.99", "trainer.gradient_clip_val=1.0",
