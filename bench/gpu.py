@@ -5,7 +5,8 @@
     python bench/gpu.py --device cpu --tiny ...        a smoke run of the same code on a CPU, with a tiny model
 
 Parts (all three by default):
-- nanogpt: GPT-2 124M (12 layers, 12 heads, width 768, block 1024, vocabulary 50304) as `model=gpt`, bf16-mixed,
+- nanogpt: GPT-2 124M (12 layers, 12 heads, width 768, block 1024, vocabulary 50304) as `model=gpt` (with
+  `model.tie_embeddings=true`: GPT-2's and nanoGPT's tie, where `gpt`'s default is untied), bf16-mixed,
   torch.compile, attention through SDPA (flash attention where the GPU has it), the largest micro-batch that
   fits and gradient accumulation to 0.5M tokens a step. The same model and batch in nanoGPT's train.py (from
   --nanogpt DIR: train.py, model.py and configurator.py are copied to a temporary folder and run there), in
@@ -88,9 +89,12 @@ class Shape:
                 f"{self.width}, block {self.block}, vocabulary 50304)")
 
     def overrides(self, name: str) -> list[str]:
-        """`model=NAME` at this depth and width; moa_moe's heads are its attention experts, half used per token."""
+        """`model=NAME` at this depth and width; moa_moe's heads are its attention experts, half used per token;
+        gpt tied, as GPT-2 124M and nanoGPT's model are (gpt's default is untied)."""
         shape = [f"model={name}", f"model.n_layer={self.layers}", f"model.n_embd={self.width}",
                  f"block_size={self.block}"]
+        if name == "gpt":
+            shape.append("model.tie_embeddings=true")
         if name == "moa_moe":
             return [*shape, f"model.head_dim={self.width // self.heads}", f"model.n_att_experts={self.heads}",
                     f"model.k_att={self.heads // 2}"]

@@ -148,6 +148,10 @@ def test_nanogpt_runs_from_a_copy_on_the_same_tokens_and_its_iteration_times_are
     assert sorted(path.name for path in checkout.iterdir()) == ["configurator.py", "model.py", "train.py"]
 
 
+def test_the_gpt_measured_against_nanogpt_is_tied_as_nanogpts_model():
+    assert gpu.compose_train(gpu.Shape(tiny=False).overrides("gpt")).model.tie_embeddings is True
+
+
 def test_a_tiny_lmzoo_measurement_on_cpu(tmp_path):
     gpu.write_random_tokens(tmp_path, tokens=2**14)
     args = gpu.parse(["--worker", "lmzoo", "--model", "moe", *TINY_RANDOM, "--data-dir", str(tmp_path),

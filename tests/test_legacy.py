@@ -9,6 +9,7 @@ import torch
 from helpers import FIXTURES, SHAKESPEARE, compose_config, compose_train
 
 from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.data import CharTokenizer
 from lmzoo.inference.sampling import SamplingSettings, sample_text
@@ -64,6 +65,18 @@ def test_a_0_1_checkpoint_evaluates(tmp_path, name):
                                                 f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}"))
     # The whole split gives about what the run's validation windows gave.
     assert result["loss"] == pytest.approx(read_checkpoint(tmp_path / "last.ckpt")["lmzoo"]["best_val_loss"], abs=0.05)
+
+
+def test_a_0_1_gpt_exports_as_the_tied_gpt2_it_was(tmp_path):
+    """gpt was tied before its default became untied; the checkpoint's own config keeps it tied."""
+    transformers = pytest.importorskip("transformers")
+    export_checkpoint(str(LEGACY / "gpt.ckpt"), str(tmp_path / "hf"))
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf_model.config.tie_word_embeddings and hf_model.lm_head.weight is hf_model.transformer.wte.weight
+    model, _, _ = load_model(LEGACY / "gpt.ckpt")
+    idx = torch.randint(0, 65, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(idx).logits, model(idx).logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", KINDS)
