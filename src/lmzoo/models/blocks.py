@@ -26,6 +26,12 @@ def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
     return nn.LayerNorm(dim, bias=bias) if kind == "layernorm" else nn.RMSNorm(dim, eps=1e-5)
 
 
+def make_dropout(p: float) -> nn.Module:
+    """Dropout, or nothing at p = 0: a Dropout of 0 still costs a call in every layer, and at batch 1 on CPU
+    such calls are what a decoded token costs."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 ACTIVATIONS = {
     # GPT-2's tanh approximation; gelu_erf is the exact GELU (nanoGPT's), about twice as fast on CPU.
     "gelu": lambda: nn.GELU(approximate="tanh"),
@@ -46,7 +52,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = make_dropout(dropout)
 
     def forward(self, x: torch.Tensor, routing: "RoutingLog | None" = None) -> torch.Tensor:
         h = self.c_fc(x)
@@ -66,18 +72,19 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         cos, sin = angles.cos(), angles.sin()
-        # Over the whole head: (x1, x2) * cos + (x2, x1) * (-sin, sin) is (x1 cos - x2 sin, x2 cos + x1 sin), bit
-        # for bit, in four operations where the two halves apart take seven.
+        # Over the whole head: (x1, x2) * cos + (x2, x1) * (-sin, sin) is (x1 cos - x2 sin, x2 cos + x1 sin), and
+        # (x2, x1) is x rolled by half a head: three operations where the two halves apart take seven. At batch 1
+        # each operation's dispatch is what a decoded token costs on CPU.
         self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)
         self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape (B, heads, T, head_dim) whose first position is `start`."""
         T = x.size(-2)
-        cos = self.cos[start : start + T].to(x.dtype)
-        sin = self.sin[start : start + T].to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((x2, x1), dim=-1) * sin
+        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+        if cos.dtype != x.dtype:
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
 
 
 class Attention(nn.Module):
@@ -93,18 +100,14 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(dim, (self.n_head + 2 * self.n_kv_head) * head_dim, bias=bias)
         self.c_proj = nn.Linear(n_head * head_dim, dim, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = make_dropout(dropout)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 routing: "RoutingLog | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        heads = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         y = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))

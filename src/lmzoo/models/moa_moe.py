@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmzoo.models.base import require
-from lmzoo.models.blocks import Rotary, causal_attention
+from lmzoo.models.blocks import Rotary, causal_attention, make_dropout
 from lmzoo.models.cache import KVCache
 from lmzoo.models.moe import MoEConfig, MoETransformer
 from lmzoo.models.routing import RoutedLayer, Router, RoutingLog
@@ -58,7 +58,7 @@ class MixtureOfAttention(RoutedLayer):
         self.experts = nn.ModuleList(AttentionExpert(dim, head_dim, bias) for _ in range(n_att_experts))
         self.rotary = rotary
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = make_dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 routing: RoutingLog | None = None) -> torch.Tensor:

@@ -11,7 +11,8 @@ from torch import nn
 from lmzoo.errors import check_field_types
 from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
                                linear_weights, require)
-from lmzoo.models.blocks import ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_norm
+from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout,
+                                 make_norm)
 from lmzoo.models.cache import KVCache
 from lmzoo.models.routing import RoutedLayer, RoutingLog
 
@@ -140,7 +141,7 @@ class Transformer(LanguageModel):
         rotary = Rotary(c.head_dim, c.block_size, c.rope_base) if c.positions == "rope" else None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(padded(c.vocab_size, c.pad_vocab_to), c.n_embd),
-            drop=nn.Dropout(c.dropout),
+            drop=make_dropout(c.dropout),
             h=nn.ModuleList(
                 Block(self.attention(layer, rotary), self.feed_forward(layer), make_norm(c.norm, c.n_embd, c.bias),
                       make_norm(c.norm, c.n_embd, c.bias))
