@@ -3,7 +3,7 @@
     python bench/step_time.py                      # --batch-sizes 12 32 --rounds 5 --steps 10 --threads 1
     python bench/step_time.py --models gpt,gpt_rope --profile gpt_rope
 
-Each model at its default size (conf/model/, block 64, tinyshakespeare's 65 characters) takes bare training
+Each model at its default size (conf/model/, block 64, tinyshakespeare's 65 characters, embeddings tied) takes bare training
 steps on random tokens: forward, cross-entropy (plus the routers' auxiliary loss), backward, gradient clipping
 at 1.0 and AdamW as lmzoo configures it (fused). A round times `--steps` steps of every model in turn (the
 order rotating each round) after 3 warm-up steps; a model's step time is the median over rounds of its
@@ -28,7 +28,9 @@ VOCAB = 65
 
 
 def build(name: str):
-    model = instantiate(compose_train([f"model={name}", "block_size=64"]).model, vocab_size=VOCAB, _convert_="all").build()
+    # Every model tied, as every preset but gpt's: an untied head adds parameters that cost no more compute.
+    cfg = compose_train([f"model={name}", "block_size=64", "model.tie_embeddings=true"])
+    model = instantiate(cfg.model, vocab_size=VOCAB, _convert_="all").build()
     optimizer = configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"]
     return model, optimizer
 
