@@ -73,8 +73,7 @@ class Rotary(nn.Module):
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         cos, sin = angles.cos(), angles.sin()
         # Over the whole head: (x1, x2) * cos + (x2, x1) * (-sin, sin) is (x1 cos - x2 sin, x2 cos + x1 sin), and
-        # (x2, x1) is x rolled by half a head: three operations where the two halves apart take seven. At batch 1
-        # each operation's dispatch is what a decoded token costs on CPU.
+        # (x2, x1) is x rolled by half a head: three operations where the two halves apart take seven.
         self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)
         self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
