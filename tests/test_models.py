@@ -5,6 +5,7 @@ import torch
 
 from lmzoo.inference.sampling import SamplingSettings, generate, sample_next
 from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models.blocks import MLP
 from lmzoo.training.optim import OptimConfig, WarmupCosine, configure_adamw
 
 SHAPE = dict(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
@@ -110,3 +111,14 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert schedule(60) == pytest.approx(0.55)
     assert schedule(110) == schedule(500) == pytest.approx(0.1)
     assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
+
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_the_mlps_dropout_acts_in_training_only_and_only_when_set(dropout):
+    torch.manual_seed(0)
+    mlp = MLP(32, 64, dropout=dropout).train()
+    x = torch.randn(2, 16, 32)
+    assert torch.equal(mlp(x), mlp(x)) == (dropout == 0)
+    mlp.eval()
+    assert torch.equal(mlp(x), mlp(x))
