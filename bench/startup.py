@@ -2,9 +2,11 @@
 
     python bench/startup.py                     # --rounds 5 --threads 1
 
-Five commands, in rotating order in each round:
+Six commands, in rotating order in each round:
 
 - **torch**: `python -c "import torch"`, the floor every PyTorch program pays;
+- **torch, gc off**: the same with Python's cyclic garbage collector off, as lmzoo's commands import torch
+  (lmzoo.cli.run_command): the part of their lead that is torch's own import;
 - **optimizer**: `import torch` and the construction of a `torch.optim.AdamW`, which imports `torch._dynamo`
   (every PyTorch optimizer does, on its first `add_param_group`): the floor of any PyTorch training program;
 - **train**: `python -m lmzoo.train trainer=debug trainer.max_steps=1 trainer.val_check_interval=1
@@ -75,6 +77,7 @@ def main():
         generate = [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"]
         commands = {
             "torch": [sys.executable, "-c", "import torch"],
+            "torch, gc off": [sys.executable, "-c", "import gc; gc.disable(); import torch"],
             "optimizer": [sys.executable, "-c", "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"],
             "train": train,
             "generate": generate,
@@ -99,13 +102,13 @@ def main():
             print("round", round_ + 1, " ".join(f"{name} {times[name][-1]:.2f} s" for name in times), flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         for name in times:
-            print(f"{name:10s} median {statistics.median(times[name]):.2f} s")
-        for name in ("optimizer", "first step", "train", "generate", "generate 1"):
+            print(f"{name:13s} median {statistics.median(times[name]):.2f} s")
+        for name in ("torch, gc off", "optimizer", "first step", "train", "generate", "generate 1"):
             extra = [t - floor for t, floor in zip(times[name], times["torch"])]
             print(f"{name} - torch: median {statistics.median(extra):.2f} s "
                   f"(rounds {' '.join(f'{e:.2f}' for e in extra)})")
         # CPU time is what the programs themselves did; wall time also holds what a shared VM's neighbours took.
-        for name in ("optimizer", "train", "generate", "generate 1"):
+        for name in ("torch, gc off", "optimizer", "train", "generate", "generate 1"):
             extra = [t - floor for t, floor in zip(cpu_times[name], cpu_times["torch"])]
             print(f"{name} - torch, CPU time: median {statistics.median(extra):.2f} s "
                   f"(rounds {' '.join(f'{e:.2f}' for e in extra)})")

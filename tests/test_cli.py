@@ -1,8 +1,14 @@
 """The command lines as a user types them, each in a subprocess."""
 
-import pytest
-from helpers import SHAKESPEARE, TINY, compose_train, markdown_tables, run
+import gc
+import importlib
+import tomllib
+import types
 
+import pytest
+from helpers import REPO, SHAKESPEARE, TINY, compose_train, markdown_tables, run
+
+import lmzoo.cli
 from lmzoo.training.run import train
 
 
@@ -72,3 +78,29 @@ def test_user_mistakes_get_one_clear_line(tmp_path, args, message):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_command_loads_with_the_collector_off_and_runs_with_it_on(monkeypatch):
+    """Long training runs need the cyclic garbage collector: only the command's import goes without it."""
+    seen = {}
+
+    def import_module(name):
+        seen["import"] = (name, gc.isenabled())
+        return types.SimpleNamespace(main=lambda: seen.setdefault("main", gc.isenabled()))
+
+    monkeypatch.setattr(lmzoo.cli.importlib, "import_module", import_module)
+    frozen = gc.get_freeze_count()
+    try:
+        lmzoo.cli.run_command("train")
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+    assert seen == {"import": ("lmzoo.cli.train", False), "main": True} and gc.isenabled()
+
+
+def test_every_installed_script_names_a_command():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for script, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert script == f"lmzoo-{module.removeprefix('lmzoo.')}"
+        assert callable(getattr(importlib.import_module(module), function))
