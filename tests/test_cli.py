@@ -1,4 +1,4 @@
-"""The command lines as a user types them, each in a subprocess."""
+"""The command lines as a user types them, each in a subprocess, and the entry every command starts from."""
 
 import gc
 import importlib

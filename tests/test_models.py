@@ -113,7 +113,6 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
 
 
-
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_the_mlps_dropout_acts_in_training_only_and_only_when_set(dropout):
     torch.manual_seed(0)
