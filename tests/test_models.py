@@ -37,7 +37,7 @@ def test_forward_is_causal(model):
     assert not torch.allclose(model(idx).logits[:, 10], model(changed).logits[:, 10])
 
 
-def test_cached_logits_equal_uncached_and_the_cache_advances_itself(model):
+def test_cached_logits_equal_uncached_and_the_model_advances_the_cache(model):
     idx = torch.randint(0, 70, (2, 20))
     full = model(idx).logits
     cache = model.new_cache()

@@ -151,7 +151,7 @@ def generate(model: LanguageModel, prompts: torch.Tensor | Sequence[Sequence[int
             return
         if cache is None:
             logits = model(context[:, max(0, position + 1 - window) : position + 1]).logits[:, -1]
-        elif cache.position >= cache.capacity:
+        elif cache.full:
             cache = model.new_cache()
             logits = model(context[:, position + 1 - window // 2 : position + 1], cache).logits[:, -1]
         else:

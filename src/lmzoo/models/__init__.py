@@ -3,14 +3,14 @@
 from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts
 from lmzoo.models.bigram import Bigram, BigramConfig
 from lmzoo.models.block_scaling import BlockScaling, BlockScalingConfig
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 from lmzoo.models.mlp import MLPConfig, MLPLanguageModel
 from lmzoo.models.moa_moe import MoAMoE, MoAMoEConfig
 from lmzoo.models.moe import MoEConfig, MoETransformer
 from lmzoo.models.transformer import GPT2_CHOICES, Transformer, TransformerConfig
 
 __all__ = [
-    "GPT2_CHOICES", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "KVCache",
+    "GPT2_CHOICES", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "Cache",
     "Bigram", "BigramConfig", "MLPLanguageModel", "MLPConfig", "Transformer", "TransformerConfig",
     "BlockScaling", "BlockScalingConfig", "MoETransformer", "MoEConfig", "MoAMoE", "MoAMoEConfig",
 ]

@@ -2,7 +2,7 @@
 
 A model is a plain `torch.nn.Module` built from a config dataclass (`config.build()`). It maps token ids
 (B, T) to a `ModelOutput`, whose logits cover the true vocabulary. Attention models read up to
-`block_size` tokens and sample with a `KVCache` from `new_cache`; fixed-context models (bigram: 1 token,
+`block_size` tokens and sample with a `Cache` from `new_cache` (each layer keeps its own state in it); fixed-context models (bigram: 1 token,
 MLP: `context` tokens) predict every position of a longer window from its own few predecessors.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmzoo.errors import UserError, check_field_types
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -158,11 +158,11 @@ class LanguageModel(nn.Module, ABC):
         return next(self.parameters()).device
 
     @abstractmethod
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
         """Logits (B, T, vocab_size) for token ids (B, T); with a cache, for the tokens after those it holds."""
 
-    def new_cache(self) -> KVCache | None:
-        """A KV cache for incremental decoding, or None for models that recompute their context."""
+    def new_cache(self) -> Cache | None:
+        """A cache for incremental decoding, or None for models that recompute their context."""
         return None
 
     def parameter_counts(self) -> ParameterCounts:

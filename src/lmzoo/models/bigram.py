@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmzoo.models.base import FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -28,7 +28,7 @@ class Bigram(LanguageModel):
         # It reads one token, so the sampler feeds it the last token only.
         return 1
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
         return ModelOutput(self.logits(idx))
 
     def flops_per_token(self, context: int) -> int:

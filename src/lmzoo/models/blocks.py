@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache, KVState
 
 if TYPE_CHECKING:
     from lmzoo.models.routing import RoutingLog
@@ -102,7 +102,7 @@ class Attention(nn.Module):
         self.resid_dropout = make_dropout(dropout)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
                 routing: "RoutingLog | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
         heads = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -113,7 +113,7 @@ class Attention(nn.Module):
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary | None,
-                     cache: KVCache | None, layer: int, dropout: float) -> torch.Tensor:
+                     cache: Cache | None, layer: int, dropout: float) -> torch.Tensor:
     """Causal attention of q (B, heads, T, head_dim) over k, v (B, kv_heads, T, head_dim) and the cached past:
     RoPE at the tokens' positions, this step's k, v stored in the cache, kv heads shared by query groups."""
     start = cache.position if cache else 0
@@ -122,7 +122,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
         # q and k rotated in one pass: fewer kernels, which at batch 1 are what decoding a token costs on CPU.
         q, k = rotary(torch.cat((q, k), dim=1), start).split([q.size(1), k.size(1)], dim=1)
     if cache is not None:
-        k, v = cache.update(layer, k, v)
+        k, v = cache.state(layer, lambda: KVState(cache.capacity)).update(k, v, start)
     return F.scaled_dot_product_attention(
         q, k, v,
         attn_mask=causal_mask(start, T, q.device) if start > 0 and T > 1 else None,
@@ -145,7 +145,7 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
                 routing: "RoutingLog | None" = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, routing)
         return x + self.mlp(self.ln_2(x), routing)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lmzoo.models.base import FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, linear_weights, require
 from lmzoo.models.blocks import ACTIVATIONS
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -105,7 +105,7 @@ class MLPLanguageModel(LanguageModel):
     def block_size(self) -> int:
         return self.config.context
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
         B, T = idx.shape
         context = self.config.context
         padded = F.pad(idx, (context - 1, 0), value=self.vocab_size)

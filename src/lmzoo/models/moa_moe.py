@@ -7,7 +7,7 @@ from torch import nn
 
 from lmzoo.models.base import require
 from lmzoo.models.blocks import Rotary, causal_attention, make_dropout
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 from lmzoo.models.moe import MoEConfig, MoETransformer
 from lmzoo.models.routing import RoutedLayer, Router, RoutingLog
 from lmzoo.models.transformer import HeadDimConfig
@@ -60,7 +60,7 @@ class MixtureOfAttention(RoutedLayer):
         self.dropout = dropout
         self.resid_dropout = make_dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
                 routing: RoutingLog | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         flat = x.reshape(B * T, -1)

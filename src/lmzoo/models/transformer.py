@@ -13,7 +13,7 @@ from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig,
                                linear_weights, require)
 from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout,
                                  make_norm)
-from lmzoo.models.cache import KVCache
+from lmzoo.models.cache import Cache
 from lmzoo.models.routing import RoutedLayer, RoutingLog
 
 POSITIONS = ("learned", "rope")
@@ -170,7 +170,7 @@ class Transformer(LanguageModel):
     def block_size(self) -> int:
         return self.config.block_size
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
         start = cache.position if cache else 0
         if start + idx.size(1) > self.block_size:
             raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {self.block_size}")
@@ -181,6 +181,8 @@ class Transformer(LanguageModel):
         routing = RoutingLog()
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, routing)
+        if cache is not None:
+            cache.advance(idx.size(1))
         logits = self.lm_head(self.transformer.ln_f(x))[..., : self.vocab_size]
         return ModelOutput(logits, routing.aux_loss, routing.load)
 
@@ -191,8 +193,8 @@ class Transformer(LanguageModel):
                 module.keep_dispatch_eager()
         super().compile(*args, **kwargs)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(len(self.transformer.h), self.block_size)
+    def new_cache(self) -> Cache:
+        return Cache(len(self.transformer.h), self.block_size)
 
     def flops_per_token(self, context: int) -> int:
         routed = [m for m in self.modules() if isinstance(m, RoutedLayer)]
