@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from lmzoo.inference.sampling import SamplingSettings, generate, sample_next
-from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from torch import nn
+
+from lmzoo.models import GPT2_CHOICES, Transformer, TransformerConfig
+from lmzoo.models.base import Sublayer
 from lmzoo.models.blocks import MLP
 from lmzoo.training.optim import OptimConfig, WarmupCosine, configure_adamw
 
@@ -77,6 +80,51 @@ def test_init_sets_the_residual_projections_and_the_mlp_input(init, residual_std
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(mlp_in_std, rel=0.05)
     assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+class Squared(Sublayer):
+    """A feed-forward layer of other names than MLP's, declaring its own roles."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.widen, self.narrow = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x, routing=None):
+        return self.narrow(self.widen(x).relu().square())
+
+    def residual_outputs(self):
+        return [self.narrow]
+
+    def mlp_inputs(self):
+        return [self.widen]
+
+
+class SquaredReLU(Transformer):
+    def feed_forward(self, layer):
+        return Squared(self.config.n_embd)
+
+
+def test_init_reads_the_roles_a_layer_declares_not_its_names():
+    torch.manual_seed(0)
+    model = SquaredReLU(TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256,
+                                          init="unit_mlp"))
+    assert model.transformer.h[3].mlp.narrow.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)
+    assert model.transformer.h[3].mlp.widen.weight.std().item() == pytest.approx(1 / 16, rel=0.05)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_groups_hold_the_embeddings_the_head_the_hidden_matrices_and_the_rest(tied):
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=tied,
+                              **GPT2_CHOICES).build()
+    groups = {role: {name for name, p in model.named_parameters() if any(p is q for q in group)}
+              for role, group in model.parameter_groups()._asdict().items()}
+    # A tied head is the embedding's matrix: it counts once, as an embedding.
+    assert groups["embeddings"] == {"transformer.wte.weight", "transformer.wpe.weight"}
+    assert groups["head"] == (set() if tied else {"lm_head.weight"})
+    assert groups["hidden"] == {f"transformer.h.0.{name}.weight" for name in ("attn.c_attn", "attn.c_proj",
+                                                                                "mlp.c_fc", "mlp.c_proj")}
+    assert all(name.endswith("bias") or ".ln_" in name for name in groups["other"])
+    assert sum(map(len, groups.values())) == len(list(model.parameters()))
 
 
 def test_gpt_parameter_names_follow_hugging_face_gpt2():

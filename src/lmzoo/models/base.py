@@ -8,7 +8,7 @@ MLP: `context` tokens) predict every position of a longer window from its own fe
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -131,11 +131,84 @@ class ParameterCounts(NamedTuple):
     active: int
 
 
+Role = Literal["embeddings", "head", "hidden", "other"]
+
+
+class ParameterGroups(NamedTuple):
+    """Every parameter of a model once, by role, each group in the model's parameter order. Muon trains the
+    hidden matrices and AdamW the rest; weight decay applies to every group but `other`."""
+
+    # Token (and position) embedding tables; a head tied to the embedding is here.
+    embeddings: list[nn.Parameter]
+    # The output layer's matrices.
+    head: list[nn.Parameter]
+    # The matrices between them: attention, MLPs, routers.
+    hidden: list[nn.Parameter]
+    # Norms, biases and the rest (a convolution's taps, a recurrence's decay rates).
+    other: list[nn.Parameter]
+
+
+class Routing(NamedTuple):
+    """A router's decision for N tokens: weights and expert ids (N, top_k); in training also its auxiliary
+    loss and the share of assignments each expert received (n_experts,); None in evaluation."""
+
+    weights: torch.Tensor
+    experts: torch.Tensor
+    aux_loss: torch.Tensor | None
+    load: torch.Tensor | None
+
+
+class RoutingLog:
+    """What the routers of one forward pass decided, gathered for the model's output: the sum of their
+    auxiliary losses, and each router's expert load by the name of its layer (`0.mlp`, `0.attn`, ...)."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.load: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, decision: Routing) -> None:
+        if decision.aux_loss is not None:
+            self.losses.append(decision.aux_loss)
+            self.load[name] = decision.load
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        return torch.stack(self.losses).sum() if self.losses else None
+
+
+class Sublayer(nn.Module):
+    """A part of a block (a sequence mixer, a feed-forward layer, an expert) that declares the roles of its own
+    linears for initialisation. Parts nested in it (an MoE's expert MLPs) declare theirs themselves."""
+
+    def residual_outputs(self) -> list[nn.Module]:
+        """Its linears whose output is added to the residual stream: init gpt2 scales them by 1/sqrt(2 n_layer)."""
+        return []
+
+    def mlp_inputs(self) -> list[nn.Module]:
+        """Its MLP input projections: init unit_mlp draws them at std 1/sqrt(their input width)."""
+        return []
+
+
+class SequenceMixer(Sublayer):
+    """A block's sublayer that mixes the positions of a sequence: attention, a recurrence.
+
+    Called as `mixer(x, cache, layer, routing)`: x (B, T, dim) at positions `cache.position` on (0 without a
+    cache); the mixer keeps what it needs of the past in `cache.state(layer, make)` and records a router's
+    decision in `routing` (a RoutingLog).
+    """
+
+    def mixing_flops(self, context: int) -> int:
+        """Training FLOPs (forward and backward) per token of the work beyond this mixer's nn.Linear weights
+        (which the model counts itself) with `context` tokens before it: attention's score and value products."""
+        raise NotImplementedError
+
+
 class LanguageModel(nn.Module, ABC):
     """Base of every architecture.
 
-    Implement `forward`; attention models also `new_cache`, sparse models `parameter_counts`. `lora_targets`
-    declares the layers LoRA may adapt: a target name to the glob patterns of the nn.Linear modules it covers.
+    Implement `forward` and `flops_per_token`; attention models also `new_cache`, sparse models
+    `parameter_counts`, models with an output layer `output_head`. `lora_targets` declares the layers LoRA may
+    adapt: a target name to the glob patterns of the nn.Linear modules it covers.
     """
 
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -168,6 +241,38 @@ class LanguageModel(nn.Module, ABC):
     def parameter_counts(self) -> ParameterCounts:
         total = sum(p.numel() for p in self.parameters())
         return ParameterCounts(total, total)
+
+    def output_head(self) -> nn.Module | None:
+        """The layer that maps features to logits (its matrices are the `head` group); None where there is none,
+        as in the bigram, whose table is an embedding."""
+        return None
+
+    def parameter_role(self, module: nn.Module, parameter: nn.Parameter) -> Role:
+        """The group of `parameter`, one of `module`'s own: by the module's type and the parameter's shape. An
+        architecture with parameters these rules do not place overrides this for them."""
+        if isinstance(module, nn.Embedding):
+            return "embeddings"
+        if parameter.dim() != 2:
+            return "other"
+        head = self.output_head()
+        return "head" if head is not None and any(parameter is p for p in head.parameters()) else "hidden"
+
+    def parameter_groups(self) -> ParameterGroups:
+        """Every parameter once, in its group (`parameter_role`); a parameter shared by two modules (a tied head)
+        in the group of the first, in the model's order."""
+        groups = ParameterGroups([], [], [], [])
+        seen = set()
+        for module in self.modules():
+            for parameter in module.parameters(recurse=False):
+                if id(parameter) in seen:
+                    continue
+                seen.add(id(parameter))
+                role = self.parameter_role(module, parameter)
+                if role not in ParameterGroups._fields:
+                    raise ValueError(f"{type(self).__name__}.parameter_role gave {role!r}, not one of "
+                                     f"{', '.join(ParameterGroups._fields)}")
+                getattr(groups, role).append(parameter)
+        return groups
 
     @abstractmethod
     def flops_per_token(self, context: int) -> int:

@@ -25,6 +25,12 @@ class BlockScalingConfig(HeadDimConfig):
         for name in ("qkv_multipliers", "ffn_multipliers"):
             require(all(m > 0 for m in getattr(self, name)), f"{name} must be positive", getattr(self, name))
 
+    @property
+    def widths(self) -> list[tuple[int, int, int]]:
+        """(query heads, key/value heads, FFN width) of each layer."""
+        return layer_widths(self.n_layer, self.n_embd, self.head_dim, tuple(self.qkv_multipliers),
+                            tuple(self.ffn_multipliers), self.gqa_groups)
+
     def build(self) -> "BlockScaling":
         return BlockScaling(self)
 
@@ -56,21 +62,15 @@ def layer_widths(n_layer: int, n_embd: int, head_dim: int, qkv_multipliers: tupl
 class BlockScaling(Transformer):
     config: BlockScalingConfig
 
-    def __init__(self, config: BlockScalingConfig):
-        c = config
-        self.widths = layer_widths(c.n_layer, c.n_embd, c.head_dim, tuple(c.qkv_multipliers),
-                                   tuple(c.ffn_multipliers), c.gqa_groups)
-        super().__init__(config)
-
     def attention(self, layer: int, rotary: Rotary | None) -> Attention:
         c = self.config
-        n_head, n_kv_head, _ = self.widths[layer]
+        n_head, n_kv_head, _ = c.widths[layer]
         return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary)
 
     def feed_forward(self, layer: int) -> MLP:
         c = self.config
-        return MLP(c.n_embd, self.widths[layer][2], c.activation, c.gated_mlp, c.bias, c.dropout)
+        return MLP(c.n_embd, c.widths[layer][2], c.activation, c.gated_mlp, c.bias, c.dropout)
 
     def describe(self) -> list[str]:
-        rows = [f"{layer:>5} {q:>7} {kv:>8} {ffn:>9}" for layer, (q, kv, ffn) in enumerate(self.widths)]
+        rows = [f"{layer:>5} {q:>7} {kv:>8} {ffn:>9}" for layer, (q, kv, ffn) in enumerate(self.config.widths)]
         return super().describe() + ["layer  heads  kv heads  FFN width", *rows]

@@ -8,16 +8,13 @@ pass (see lmzoo.models.routing); dense sublayers ignore it.
 """
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmzoo.models.base import FORWARD_AND_BACKWARD, RoutingLog, SequenceMixer, Sublayer
 from lmzoo.models.cache import Cache, KVState
-
-if TYPE_CHECKING:
-    from lmzoo.models.routing import RoutingLog
 
 NORMS = ("layernorm", "rmsnorm")
 
@@ -42,7 +39,7 @@ ACTIVATIONS = {
 }
 
 
-class MLP(nn.Module):
+class MLP(Sublayer):
     """Feed-forward layer; `gated` makes it a GLU (SwiGLU with silu): act(gate) * up."""
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", gated: bool = False, bias: bool = True,
@@ -54,7 +51,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = make_dropout(dropout)
 
-    def forward(self, x: torch.Tensor, routing: "RoutingLog | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, routing: RoutingLog | None = None) -> torch.Tensor:
         h = self.c_fc(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
@@ -62,6 +59,12 @@ class MLP(nn.Module):
         else:
             h = self.act(h)
         return self.dropout(self.c_proj(h))
+
+    def residual_outputs(self) -> list[nn.Module]:
+        return [self.c_proj]
+
+    def mlp_inputs(self) -> list[nn.Module]:
+        return [self.c_fc]
 
 
 class Rotary(nn.Module):
@@ -86,7 +89,7 @@ class Rotary(nn.Module):
         return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)
 
 
-class Attention(nn.Module):
+class Attention(SequenceMixer):
     """Causal self-attention with grouped-query heads, optional RoPE, and an optional KV cache."""
 
     def __init__(self, dim: int, n_head: int, head_dim: int, n_kv_head: int | None = None, bias: bool = True,
@@ -94,8 +97,6 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.head_dim = n_head, head_dim
         self.n_kv_head = n_kv_head or n_head
-        # The query width a token uses, for the FLOPs of its score and value products.
-        self.query_width = n_head * head_dim
         self.c_attn = nn.Linear(dim, (self.n_head + 2 * self.n_kv_head) * head_dim, bias=bias)
         self.c_proj = nn.Linear(n_head * head_dim, dim, bias=bias)
         self.dropout = dropout
@@ -103,13 +104,19 @@ class Attention(nn.Module):
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
-                routing: "RoutingLog | None" = None) -> torch.Tensor:
+                routing: RoutingLog | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         heads = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k, v = heads.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
         y = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.c_proj(y))
+
+    def residual_outputs(self) -> list[nn.Module]:
+        return [self.c_proj]
+
+    def mixing_flops(self, context: int) -> int:
+        return attention_flops(context, self.n_head * self.head_dim)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary | None,
@@ -132,6 +139,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
     )
 
 
+def attention_flops(context: int, query_width: int) -> int:
+    """Training FLOPs per token of causal attention with `query_width` query channels (heads x head_dim) over
+    `context` keys: a score and a value product of each channel with each key, forward and backward."""
+    return FORWARD_AND_BACKWARD * 2 * 2 * context * query_width
+
+
 def causal_mask(start: int, length: int, device) -> torch.Tensor:
     """Boolean mask letting query start+i see keys 0..start+i."""
     queries = torch.arange(start, start + length, device=device)[:, None]
@@ -146,26 +159,31 @@ class Block(nn.Module):
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
-                routing: "RoutingLog | None" = None) -> torch.Tensor:
+                routing: RoutingLog | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, routing)
         return x + self.mlp(self.ln_2(x), routing)
 
 
-# "gpt2": normal(0, 0.02), the residual projections (c_proj) scaled by 1/sqrt(2 n_layer) so that the
-# residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere; "unit_mlp": gpt2's,
-# but the MLP's input projection (c_fc) at std 1/sqrt(its input width), so that the activation sees inputs of
-# about unit scale: at std 0.02 and width 128 they stay near 0.5 for a whole short run, where GELU is nearly linear.
+# "gpt2": normal(0, 0.02), the residual outputs (Sublayer.residual_outputs) scaled by 1/sqrt(2 n_layer) so that
+# the residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere; "unit_mlp": gpt2's,
+# but the MLP's input projection (Sublayer.mlp_inputs) at std 1/sqrt(its input width), so that the activation sees
+# inputs of about unit scale: at std 0.02 and width 128 they stay near 0.5 for a whole short run, where GELU is
+# nearly linear.
 INITS = ("gpt2", "plain", "unit_mlp")
 
 
 def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float = 0.02) -> None:
-    """Normal weights for linears and embeddings, zero biases, as `init` (one of INITS) says."""
+    """Normal weights for linears and embeddings, zero biases, as `init` (one of INITS) says of the linears each
+    Sublayer declares."""
     residual_scale = 1.0 if init == "plain" else 1 / math.sqrt(2 * n_layer)
-    for name, module in model.named_modules():
+    sublayers = [m for m in model.modules() if isinstance(m, Sublayer)]
+    residual_outputs = {id(linear) for m in sublayers for linear in m.residual_outputs()}
+    mlp_inputs = {id(linear) for m in sublayers for linear in m.mlp_inputs()}
+    for module in model.modules():
         if isinstance(module, nn.Linear):
-            if name.endswith("c_proj"):
+            if id(module) in residual_outputs:
                 module_std = std * residual_scale
-            elif init == "unit_mlp" and name.endswith("c_fc"):
+            elif init == "unit_mlp" and id(module) in mlp_inputs:
                 module_std = 1 / math.sqrt(module.in_features)
             else:
                 module_std = std

@@ -113,6 +113,9 @@ class MLPLanguageModel(LanguageModel):
         x = (self.codes[windows] if self.config.input_encoding == "permutation" else self.wte(windows)).reshape(B * T, -1)
         return ModelOutput(self.lm_head(self.hidden(x)).view(B, T, -1))
 
+    def output_head(self) -> nn.Module:
+        return self.lm_head
+
     def flops_per_token(self, context: int) -> int:
         # The model reads its own `context` tokens, whatever the run's. Fixed permutation codes need no
         # gradient, so the first layer's backward computes its weights' gradient only.

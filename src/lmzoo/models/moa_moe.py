@@ -5,11 +5,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from lmzoo.models.base import require
-from lmzoo.models.blocks import Rotary, causal_attention, make_dropout
+from lmzoo.models.base import RoutingLog, SequenceMixer, Sublayer, require
+from lmzoo.models.blocks import Rotary, attention_flops, causal_attention, make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.moe import MoEConfig, MoETransformer
-from lmzoo.models.routing import RoutedLayer, Router, RoutingLog
+from lmzoo.models.routing import RoutedLayer, Router
 from lmzoo.models.transformer import HeadDimConfig
 
 
@@ -30,7 +30,7 @@ class MoAMoEConfig(HeadDimConfig, MoEConfig):
         return MoAMoE(self)
 
 
-class AttentionExpert(nn.Module):
+class AttentionExpert(Sublayer):
     """One attention head's own query and output projections; keys and values are the layer's."""
 
     def __init__(self, dim: int, head_dim: int, bias: bool):
@@ -38,8 +38,11 @@ class AttentionExpert(nn.Module):
         self.c_q = nn.Linear(dim, head_dim, bias=bias)
         self.c_proj = nn.Linear(head_dim, dim, bias=bias)
 
+    def residual_outputs(self) -> list[nn.Module]:
+        return [self.c_proj]
 
-class MixtureOfAttention(RoutedLayer):
+
+class MixtureOfAttention(RoutedLayer, SequenceMixer):
     """A router picks k_att of n_att_experts heads per token; the chosen heads' queries attend over one
     shared key/value head, and their outputs are mixed by the router's weights.
 
@@ -51,8 +54,6 @@ class MixtureOfAttention(RoutedLayer):
                  balance_weight: float = 0.01, z_weight: float = 0.001, bias: bool = False, dropout: float = 0.0):
         super().__init__(name)
         self.head_dim, self.k_att = head_dim, k_att
-        # A token's queries: its k_att heads (lmzoo.models.blocks.Attention.query_width).
-        self.query_width = k_att * head_dim
         self.router = Router(dim, n_att_experts, k_att, balance_weight, z_weight)
         self.c_kv = nn.Linear(dim, 2 * head_dim, bias=bias)
         self.experts = nn.ModuleList(AttentionExpert(dim, head_dim, bias) for _ in range(n_att_experts))
@@ -75,6 +76,10 @@ class MixtureOfAttention(RoutedLayer):
         out = self.dispatch([e.c_proj for e in self.experts], y, decision.experts)
         out = (out * decision.weights[..., None]).sum(dim=1)
         return self.resid_dropout(out.view_as(x))
+
+    def mixing_flops(self, context: int) -> int:
+        # A token's queries are its k_att heads.
+        return attention_flops(context, self.k_att * self.head_dim)
 
 
 class MoAMoE(MoETransformer):

@@ -2,42 +2,13 @@
 grouped dispatch that runs each expert on its own tokens only, and an MoE feed-forward layer."""
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import linear_weights
+from lmzoo.models.base import Routing, RoutingLog, Sublayer, linear_weights
 from lmzoo.models.blocks import MLP
-
-
-class Routing(NamedTuple):
-    """A router's decision for N tokens: weights and expert ids (N, top_k); in training also its auxiliary
-    loss and the share of assignments each expert received (n_experts,); None in evaluation."""
-
-    weights: torch.Tensor
-    experts: torch.Tensor
-    aux_loss: torch.Tensor | None
-    load: torch.Tensor | None
-
-
-class RoutingLog:
-    """What the routers of one forward pass decided, gathered for the model's output: the sum of their
-    auxiliary losses, and each router's expert load by the name of its layer (`0.mlp`, `0.attn`, ...)."""
-
-    def __init__(self):
-        self.losses: list[torch.Tensor] = []
-        self.load: dict[str, torch.Tensor] = {}
-
-    def record(self, name: str, routing: Routing) -> None:
-        if routing.aux_loss is not None:
-            self.losses.append(routing.aux_loss)
-            self.load[name] = routing.load
-
-    @property
-    def aux_loss(self) -> torch.Tensor | None:
-        return torch.stack(self.losses).sum() if self.losses else None
 
 
 class Router(nn.Module):
@@ -91,7 +62,7 @@ def run_experts(experts: nn.ModuleList | list[nn.Module], inputs: torch.Tensor, 
     return result.index_copy(0, torch.cat(slots), outputs).view(*expert_ids.shape, -1)
 
 
-class RoutedLayer(nn.Module):
+class RoutedLayer(Sublayer):
     """A layer whose router sends each token to `top_k` of its `experts`; `name` labels its routing.
 
     Only the chosen experts' parameters are active for a token.

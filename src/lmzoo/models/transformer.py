@@ -10,11 +10,11 @@ from torch import nn
 
 from lmzoo.errors import check_field_types
 from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
-                               linear_weights, require)
+                               RoutingLog, SequenceMixer, linear_weights, require)
 from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout,
                                  make_norm)
 from lmzoo.models.cache import Cache
-from lmzoo.models.routing import RoutedLayer, RoutingLog
+from lmzoo.models.routing import RoutedLayer
 
 POSITIONS = ("learned", "rope")
 
@@ -196,12 +196,14 @@ class Transformer(LanguageModel):
     def new_cache(self) -> Cache:
         return Cache(len(self.transformer.h), self.block_size)
 
+    def output_head(self) -> nn.Module:
+        return self.lm_head
+
     def flops_per_token(self, context: int) -> int:
         routed = [m for m in self.modules() if isinstance(m, RoutedLayer)]
         weights = linear_weights(self) - sum(m.inactive_linear_weights() for m in routed)
-        # Each query head a token uses scores `context` keys and sums as many values: 2 products of head_dim.
-        attention = sum(2 * context * block.attn.query_width for block in self.transformer.h)
-        return FORWARD_AND_BACKWARD * 2 * (weights + attention)
+        mixing = sum(m.mixing_flops(context) for m in self.modules() if isinstance(m, SequenceMixer))
+        return FORWARD_AND_BACKWARD * 2 * weights + mixing
 
     def parameter_counts(self) -> ParameterCounts:
         total, _ = super().parameter_counts()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lmzoo.errors import UserError, check_field_types
+from lmzoo.models import LanguageModel
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -74,7 +75,7 @@ class WarmupCosine:
         return self.floor + 0.5 * (1.0 - self.floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def configure_optimizer(model: nn.Module, config: OptimConfig, device: torch.device,
+def configure_optimizer(model: LanguageModel, config: OptimConfig, device: torch.device,
                         clips_scaled_gradients: bool = False):
     """The optimizer `config.name` names plus a per-step warmup-cosine scheduler, in Lightning's return format."""
     if config.name == "muon":
@@ -82,19 +83,21 @@ def configure_optimizer(model: nn.Module, config: OptimConfig, device: torch.dev
     return configure_adamw(model, config, device, clips_scaled_gradients)
 
 
-def configure_adamw(model: nn.Module, config: OptimConfig, device: torch.device, clips_scaled_gradients: bool = False,
-                    params: list[nn.Parameter] | None = None):
+def configure_adamw(model: LanguageModel, config: OptimConfig, device: torch.device,
+                    clips_scaled_gradients: bool = False, params: list[nn.Parameter] | None = None):
     """AdamW (fused on CPU and CUDA unless `config.fused` is false) over `params` (default: every trainable
-    parameter) plus a per-step warmup-cosine scheduler, in Lightning's return format.
+    parameter), with weight decay on every parameter group but norms and biases (`other`), plus a per-step
+    warmup-cosine scheduler, in Lightning's return format.
 
     A fused AdamW unscales fp16 gradients inside its own step, after clipping would have seen them still
     scaled, so Lightning refuses it under a gradient scaler with clipping (`clips_scaled_gradients`): that
     case takes PyTorch's default implementation instead.
     """
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    undecayed = {id(p) for p in model.parameter_groups().other}
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if id(p) not in undecayed], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if id(p) in undecayed], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
         groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
@@ -109,16 +112,15 @@ def with_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig) -> dict
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
 
-def configure_muon(model: nn.Module, config: OptimConfig, device: torch.device, clips_scaled_gradients: bool = False):
+def configure_muon(model: LanguageModel, config: OptimConfig, device: torch.device,
+                   clips_scaled_gradients: bool = False):
     """PyTorch's Muon for the hidden matrices, AdamW for embeddings, the head, norms and biases (as
     modded-nanogpt and nanochat split them), stepped as one optimizer under one warmup-cosine schedule."""
-    outer = {p for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    # Every zoo model names its output layer lm_head (tied to the embedding in most of them).
-    outer |= {p for name, m in model.named_modules() if name.split(".")[-1] == "lm_head" for p in m.parameters()}
+    in_muon = {id(p) for p in model.parameter_groups().hidden}
     params = [p for p in model.parameters() if p.requires_grad]
-    hidden = [p for p in params if p.dim() == 2 and p not in outer]
+    hidden = [p for p in params if id(p) in in_muon]
     adamw = configure_adamw(model, config, device, clips_scaled_gradients,
-                            params=[p for p in params if p.dim() != 2 or p in outer])["optimizer"]
+                            params=[p for p in params if id(p) not in in_muon])["optimizer"]
     if not hidden:
         # The bigram has no hidden matrix: AdamW trains it all.
         return with_schedule(adamw, config)
