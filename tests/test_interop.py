@@ -67,27 +67,36 @@ def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
     assert (model.lm_head.weight is model.transformer.wte.weight) == tied
 
 
-def lmzoo_models():
-    shape = dict(vocab_size=len(CHARS), block_size=32, n_layer=2, n_embd=32)
-    return {
-        "gpt": TransformerConfig(**shape, n_head=2, **GPT2_CHOICES).build(),
-        "gpt_no_bias": TransformerConfig(**shape, n_head=2, **{**GPT2_CHOICES, "bias": False}).build(),
-        "gpt_untied": TransformerConfig(**shape, n_head=2, **GPT2_CHOICES, tie_embeddings=False).build(),
-        "gpt_rope_gqa_untied": TransformerConfig(**shape, n_head=4, n_kv_head=2, rope_base=500.0,
-                                                 tie_embeddings=False).build(),
-    }
+SHAPE = dict(vocab_size=len(CHARS), block_size=32, n_layer=2, n_embd=32)
+LOCAL_GLOBAL = dict(layer_pattern=["local_attention", "attention"], window=5)
+# Each model lmzoo exports to transformers, and the class it becomes. The greedy texts below run past the window
+# of 5, so the local layers' caches slide on both sides.
+EXPORTS = {
+    "gpt": (dict(n_head=2, **GPT2_CHOICES), "GPT2LMHeadModel"),
+    "gpt_no_bias": (dict(n_head=2, **{**GPT2_CHOICES, "bias": False}), "GPT2LMHeadModel"),
+    "gpt_untied": (dict(n_head=2, **GPT2_CHOICES, tie_embeddings=False), "GPT2LMHeadModel"),
+    "gpt_rope_gqa_untied": (dict(n_head=4, n_kv_head=2, rope_base=500.0, tie_embeddings=False), "LlamaForCausalLM"),
+    "qk_norm_gqa": (dict(n_head=4, n_kv_head=2, qk_norm=True), "Qwen3ForCausalLM"),
+    "qk_norm_local_global": (dict(n_head=2, qk_norm=True, **LOCAL_GLOBAL), "Qwen3ForCausalLM"),
+    "local_global": (dict(n_head=2, tie_embeddings=False, **LOCAL_GLOBAL), "Qwen2ForCausalLM"),
+    "mla": (dict(n_head=2, attention="mla", kv_rank=16, rope_head_dim=8), "DeepseekV3ForCausalLM"),
+    "mla_query_latent_untied": (dict(n_head=2, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12,
+                                     tie_embeddings=False), "DeepseekV3ForCausalLM"),
+    "differential_gqa": (dict(n_head=4, n_kv_head=2, attention="differential"), "DiffLlamaForCausalLM"),
+}
 
 
-@pytest.mark.parametrize("name", sorted(lmzoo_models()))
+@pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_export_gives_the_same_logits_and_greedy_text_in_transformers_and_back_in_lmzoo(tmp_path, name):
     torch.manual_seed(0)
-    model = lmzoo_models()[name].eval()
+    settings, hf_class = EXPORTS[name]
+    model = TransformerConfig(**SHAPE, **settings).build().eval()
     randomize(model)
     save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "lmzoo")
     export_checkpoint(str(tmp_path / "lmzoo"), str(tmp_path / "hf"))
 
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert type(hf_model).__name__ == ("LlamaForCausalLM" if "rope" in name else "GPT2LMHeadModel")
+    assert type(hf_model).__name__ == hf_class
     shared = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     assert shared == model.config.tie_embeddings
     idx = torch.randint(0, len(CHARS), (2, 32))
@@ -123,13 +132,23 @@ def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
     assert exported.encode(text) == ids and exported.decode(ids) == text
 
 
-@pytest.mark.parametrize("name", ["bigram", "mlp", "block_scaling", "moe", "moa_moe"])
+# Latent attention over a window, and differential attention with QK-norm, have no transformers class.
+NO_CLASS = {"mla_local": dict(attention="mla", kv_rank=16, rope_head_dim=8, **LOCAL_GLOBAL),
+            "differential_qk_norm": dict(attention="differential", qk_norm=True)}
+
+
+@pytest.mark.parametrize("name", ["bigram", "mlp", "block_scaling", "moe", "moa_moe", *NO_CLASS])
 def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path, name):
-    model = make(name).eval()
+    if name in NO_CLASS:
+        torch.manual_seed(0)
+        model = TransformerConfig(**{**SHAPE, "vocab_size": 70}, n_head=2, **NO_CLASS[name]).build().eval()
+    else:
+        model = make(name).eval()
     spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
     save_folder(model, spec, tmp_path / "source")
     message = export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
-    assert f"{type(model).__name__} has no transformers class" in message
+    options = " in these options" if name in NO_CLASS else ""
+    assert f"{type(model).__name__}{options} has no transformers class" in message
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
     reloaded, tokenizer, _ = load_model(tmp_path / "out")
     idx = torch.randint(0, model.vocab_size, (1, 16))

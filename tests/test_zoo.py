@@ -231,9 +231,10 @@ def test_sparse_models_count_active_parameters():
     assert make("gpt").parameter_counts().total == make("gpt").parameter_counts().active
 
 
-@pytest.mark.parametrize("name", ["mlp", "moa_moe"])
+@pytest.mark.parametrize("name", ["mlp", "moa_moe", "diff_attn"])
 def test_resumed_run_ends_with_the_same_weights(tmp_path, name):
-    """BatchNorm's running statistics and the routers come back with the checkpoint."""
+    """BatchNorm's running statistics, the routers and differential attention's lambdas come back with the
+    checkpoint."""
     common = [f"model={name}", *TINY_RUN, *TINY_WIDTHS[name], "trainer.max_steps=6", "trainer.val_check_interval=3",
               "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='step{step}'"]
     train(compose_train(tmp_path / "straight", *common, tiny=False))

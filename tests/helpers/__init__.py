@@ -38,8 +38,15 @@ ZOO = {
     "moe": lambda: MoEConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=2),
     "moa_moe": lambda: MoAMoEConfig(vocab_size=V, block_size=24, n_layer=2, n_embd=32, head_dim=8, n_att_experts=4,
                                     k_att=2),
+    "qk_norm": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, qk_norm=True),
+    "swa": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32,
+                                     layer_pattern=["local_attention", "attention"], window=6),
+    "mla": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, attention="mla",
+                                     kv_rank=16, rope_head_dim=8),
+    "diff_attn": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                           attention="differential"),
 }
-ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe", "qk_norm", "swa", "mla", "diff_attn"]
 # The real model configs (conf/model/), shrunk; bigram and mlp have no widths to shrink.
 TINY_WIDTHS = {
     "mlp": ["model.n_embd=8", "model.hidden=16"],
@@ -49,6 +56,10 @@ TINY_WIDTHS = {
     "moe": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
     "moa_moe": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8", "model.n_att_experts=4",
                 "model.k_att=2"],
+    "qk_norm": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
+    "swa": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.window=6"],
+    "mla": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.kv_rank=16", "model.rope_head_dim=8"],
+    "diff_attn": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
 }
 
 

@@ -1,5 +1,7 @@
-"""Models out: a transformer in GPT-2's choices as GPT2LMHeadModel, one in Llama's as LlamaForCausalLM, any
-other architecture as lmzoo's own folder (model.safetensors plus lmzoo.json).
+"""Models out: a transformer in GPT-2's choices as GPT2LMHeadModel; one in Llama's as the transformers class of
+its attention (LlamaForCausalLM; Qwen3ForCausalLM with QK-norm, Qwen2ForCausalLM with local layers,
+DeepseekV3ForCausalLM with latent attention, DiffLlamaForCausalLM with differential attention); any other
+architecture as lmzoo's own folder (model.safetensors plus lmzoo.json).
 
 transformers is imported inside the functions that need it, so training and sampling never import it.
 """
@@ -23,13 +25,21 @@ def converter_for(model: LanguageModel):
     config = model.config
     if type(config) is not TransformerConfig:
         return None
+    local = "local_attention" in [config.mixer(layer) for layer in range(config.n_layer)]
     if (config.positions, config.norm, config.activation, config.gated_mlp) == ("learned", "layernorm", "gelu", False):
-        fits = config.mlp_ratio == 4.0 and config.n_kv_head in (None, config.n_head)
+        fits = (config.mlp_ratio == 4.0 and config.n_kv_head in (None, config.n_head) and not local
+                and not config.qk_norm and config.attention == "standard")
         return to_gpt2 if fits else None
-    if (config.positions, config.norm, config.activation, config.gated_mlp, config.bias) == (
+    if (config.positions, config.norm, config.activation, config.gated_mlp, config.bias) != (
             "rope", "rmsnorm", "silu", True, False):
-        return to_llama
-    return None
+        return None
+    if config.attention == "mla":
+        return None if local else to_deepseek_v3
+    if config.attention == "differential":
+        return None if local or config.qk_norm else to_diffllama
+    if config.qk_norm:
+        return to_qwen3
+    return to_qwen2 if local else to_llama
 
 
 def export_checkpoint(ckpt: str, out: str, merge_adapters: bool = False) -> str:
@@ -51,8 +61,9 @@ def export_checkpoint(ckpt: str, out: str, merge_adapters: bool = False) -> str:
     try:
         if converter is None:
             save_folder(model, tokenizer.spec, out, trained)
-            return (f"{type(model).__name__} has no transformers class; wrote lmzoo safetensors and lmzoo.json to "
-                    f"{out}, which python -m lmzoo.generate ckpt={out} loads")
+            options = " in these options" if type(model.config) is TransformerConfig else ""
+            return (f"{type(model).__name__}{options} has no transformers class; wrote lmzoo safetensors and "
+                    f"lmzoo.json to {out}, which python -m lmzoo.generate ckpt={out} loads")
         return export_hf(model, converter, tokenizer, out, trained)
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror or error}); pass out= a writable new folder") from None
@@ -87,23 +98,73 @@ def to_gpt2(model: Transformer, eot_id: int | None):
     return load_into(GPT2LMHeadModel(config), state)
 
 
-def to_llama(model: Transformer, eot_id: int | None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def llama_family(model: Transformer, hf_class, config_class, eot_id: int | None, **settings):
+    """`model` as `hf_class`, a transformers class of Llama's layout (lmzoo.checkpoints.hf.llama_layout)."""
     hp = model.config
     attn, mlp = model.transformer.h[0].attn, model.transformer.h[0].mlp
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=model.vocab_size, hidden_size=hp.n_embd, intermediate_size=mlp.c_proj.in_features,
-        num_hidden_layers=hp.n_layer, num_attention_heads=attn.n_head, num_key_value_heads=attn.n_kv_head,
-        head_dim=attn.head_dim, max_position_embeddings=model.block_size, rms_norm_eps=1e-5,
-        rope_theta=hp.rope_base, hidden_act="silu", attention_bias=False, mlp_bias=False,
-        tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
+        num_hidden_layers=hp.n_layer, num_attention_heads=attn.n_head, max_position_embeddings=model.block_size,
+        rms_norm_eps=1e-5, rope_theta=hp.rope_base, hidden_act="silu", tie_word_embeddings=hp.tie_embeddings,
+        bos_token_id=eot_id, eos_token_id=eot_id, **settings,
     )
     ours = true_vocabulary(model)
     state = {}
     for name, theirs, rows in llama_layout(model):
         state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
-    return load_into(LlamaForCausalLM(config), state)
+    return load_into(hf_class(config), state)
+
+
+def to_llama(model: Transformer, eot_id: int | None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, LlamaForCausalLM, LlamaConfig, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def sliding_windows(model: Transformer) -> dict:
+    """Qwen's settings for the local_attention layers: their window and which layers they are."""
+    hp = model.config
+    kinds = [hp.mixer(layer) for layer in range(hp.n_layer)]
+    return dict(use_sliding_window="local_attention" in kinds, sliding_window=hp.window,
+                layer_types=["sliding_attention" if kind == "local_attention" else "full_attention" for kind in kinds])
+
+
+def to_qwen2(model: Transformer, eot_id: int | None):
+    """Qwen2 has per-layer sliding windows and no QK-norm; its q, k, v biases are exported as zeros."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, Qwen2ForCausalLM, Qwen2Config, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, **sliding_windows(model))
+
+
+def to_qwen3(model: Transformer, eot_id: int | None):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, Qwen3ForCausalLM, Qwen3Config, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, **sliding_windows(model))
+
+
+def to_diffllama(model: Transformer, eot_id: int | None):
+    from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, DiffLlamaForCausalLM, DiffLlamaConfig, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def to_deepseek_v3(model: Transformer, eot_id: int | None):
+    """Every layer dense (first_k_dense_replace = n_layer), RoPE on the halves of the rope channels as lmzoo's."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    hp = model.config
+    return llama_family(model, DeepseekV3ForCausalLM, DeepseekV3Config, eot_id, num_key_value_heads=hp.n_head,
+                        kv_lora_rank=hp.kv_rank, q_lora_rank=hp.q_rank, qk_rope_head_dim=hp.rope_head_dim,
+                        qk_nope_head_dim=hp.head_dim, v_head_dim=hp.head_dim, first_k_dense_replace=hp.n_layer,
+                        rope_interleave=False, attention_bias=False)
 
 
 def true_vocabulary(model: Transformer) -> dict[str, torch.Tensor]:

@@ -10,13 +10,17 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmzoo.checkpoints.folder import FOLDER_RECORD, WEIGHTS, read_record, safetensors_torch
 from lmzoo.checkpoints.record import architecture_record, build_model
 from lmzoo.errors import UserError
 from lmzoo.models import GPT2_CHOICES, Transformer, TransformerConfig
+from lmzoo.models.blocks import DIFFERENTIAL_LAMBDAS, LatentAttention
 
 GPT2_VOCAB_SIZE = 50257
+# The model types of Llama's layout that lmzoo exports, and loads back with their lmzoo.json.
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "deepseek_v3", "diffllama")
 # GPT-2 stores these as Conv1D (in, out) matrices; nn.Linear holds (out, in).
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # The embedding and head rows past the true vocabulary (lmzoo pads them for speed; Hugging Face does not).
@@ -37,12 +41,12 @@ def load_hf(source: str) -> tuple[Transformer, dict]:
     if kind == "gpt2":
         model = build_model(record) if record else gpt2_shape(config, source).build()
         state = gpt2_state_dict(read_weights(folder), model, source)
-    elif kind == "llama" and record:
+    elif kind in LLAMA_FAMILY and record:
         model = build_model(record)
         state = llama_state_dict(read_weights(folder), model, source)
     else:
-        raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama folders "
-                        "python -m lmzoo.export writes (with their lmzoo.json)")
+        raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama, Qwen2, Qwen3, "
+                        "DeepSeek-V3 and DiffLlama folders python -m lmzoo.export writes (with their lmzoo.json)")
     model.load_state_dict(state)
     if record:
         return model, {"global_step": None, "best_val_loss": None, **record, "origin": source}
@@ -109,25 +113,45 @@ def gpt2_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source
     return checked(state, expected, source)
 
 
-def llama_layout(model: Transformer) -> list[tuple[str, list[str], list[int]]]:
-    """Each lmzoo weight, the Llama weights it is made of, and their rows in it (None: all of them)."""
+def llama_layout(model: Transformer) -> list[tuple[str, list[str], list[int] | None]]:
+    """Each lmzoo weight, the weights of Llama's layout it is made of (Qwen2, Qwen3, DiffLlama and DeepSeek-V3
+    share it, each with what its attention adds), and their rows in it (None: all of them)."""
     layout = [("transformer.wte.weight", ["model.embed_tokens.weight"], None),
               ("transformer.ln_f.weight", ["model.norm.weight"], None)]
     if not model.config.tie_embeddings:
         layout.append(("lm_head.weight", ["lm_head.weight"], None))
     for i, block in enumerate(model.transformer.h):
-        a, ours, theirs = block.attn, f"transformer.h.{i}.", f"model.layers.{i}."
-        # c_attn computes [q, k, v] in one matmul, c_fc [gate, up]; Llama has a projection for each.
-        qkv = [a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim]
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
         width = block.mlp.c_proj.in_features
         layout += [
             (ours + "ln_1.weight", [theirs + "input_layernorm.weight"], None),
-            (ours + "attn.c_attn.weight", [theirs + f"self_attn.{p}_proj.weight" for p in "qkv"], qkv),
+            *attention_layout(block.attn, ours + "attn.", theirs + "self_attn."),
             (ours + "attn.c_proj.weight", [theirs + "self_attn.o_proj.weight"], None),
             (ours + "ln_2.weight", [theirs + "post_attention_layernorm.weight"], None),
+            # c_fc computes [gate, up] in one matmul; Llama has a projection for each.
             (ours + "mlp.c_fc.weight", [theirs + "mlp.gate_proj.weight", theirs + "mlp.up_proj.weight"], [width, width]),
             (ours + "mlp.c_proj.weight", [theirs + "mlp.down_proj.weight"], None),
         ]
+    return layout
+
+
+def attention_layout(a, ours: str, theirs: str) -> list[tuple[str, list[str], list[int] | None]]:
+    """The input side of an attention's weights in Llama's layout: q, k, v (with Qwen3's QK-norm and DiffLlama's
+    lambdas), or DeepSeek-V3's latent projections."""
+    if isinstance(a, LatentAttention):
+        query = ([(ours + "c_q.weight", [theirs + "q_proj.weight"], None)] if isinstance(a.c_q, nn.Linear) else
+                 [(ours + f"c_q.{index}.weight", [theirs + name], None)
+                  for index, name in enumerate(("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight"))])
+        return [*query, (ours + "c_kv_a.weight", [theirs + "kv_a_proj_with_mqa.weight"], None),
+                (ours + "kv_norm.weight", [theirs + "kv_a_layernorm.weight"], None),
+                (ours + "c_kv_b.weight", [theirs + "kv_b_proj.weight"], None)]
+    # c_attn computes [q, k, v] in one matmul; Llama has a projection for each.
+    qkv = [a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim]
+    layout = [(ours + "c_attn.weight", [theirs + f"{p}_proj.weight" for p in "qkv"], qkv)]
+    if a.qk_norm:
+        layout += [(ours + f"{p}_norm.weight", [theirs + f"{p}_norm.weight"], None) for p in "qk"]
+    if a.lambda_init is not None:
+        layout += [(ours + name, [theirs + name], None) for name in DIFFERENTIAL_LAMBDAS]
     return layout
 
 

@@ -12,7 +12,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def describe(ckpt: str) -> str:
-    """The model card, then the checkpoint's architecture, hyper-parameters and training record as YAML."""
+    """The model card and the model's own lines (its shape, its KV cache), then the checkpoint's architecture,
+    hyper-parameters and training record as YAML."""
     model, _, info = load_model(ckpt)
     record = {
         "architecture": info["architecture"],
@@ -25,4 +26,4 @@ def describe(ckpt: str) -> str:
     }
     if "origin" in info:
         record["origin"] = info["origin"]
-    return model_card(model, info) + "\n" + OmegaConf.to_yaml(record)
+    return "\n".join([model_card(model, info), *model.describe()]) + "\n" + OmegaConf.to_yaml(record)

@@ -65,7 +65,7 @@ class BlockScaling(Transformer):
     def attention(self, layer: int, rotary: Rotary | None) -> Attention:
         c = self.config
         n_head, n_kv_head, _ = c.widths[layer]
-        return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary)
+        return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary, qk_norm=c.qk_norm)
 
     def feed_forward(self, layer: int) -> MLP:
         c = self.config

@@ -72,3 +72,26 @@ class KVState:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
+
+
+class WindowState:
+    """Keys and values of a sliding-window attention layer: only the last `window` - 1 tokens, all that a query
+    sees besides itself, so the layer's memory stays bounded however long the text."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take k, v (B, heads, T, head_dim) of the tokens from position `start` on; return them after the
+        kept ones (positions start + T - len through start + T - 1)."""
+        if self.keys is not None:
+            k, v = torch.cat((self.keys, k), dim=-2), torch.cat((self.values, v), dim=-2)
+        keep = max(0, k.size(-2) - (self.window - 1))
+        # Copies, so that this step's longer tensors are freed.
+        self.keys, self.values = k[:, :, keep:].clone(), v[:, :, keep:].clone()
+        return k, v
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)

@@ -23,6 +23,7 @@ class MoAMoEConfig(HeadDimConfig, MoEConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self.n_att_experts >= 1, "n_att_experts must be a positive integer", self.n_att_experts)
+        require(not self.qk_norm, "qk_norm does not apply to moa_moe's mixture of heads", self.qk_norm)
         require(1 <= self.k_att <= self.n_att_experts, f"k_att must lie in 1..n_att_experts ({self.n_att_experts})",
                 self.k_att)
 
@@ -80,6 +81,9 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer):
     def mixing_flops(self, context: int) -> int:
         # A token's queries are its k_att heads.
         return attention_flops(context, self.k_att * self.head_dim)
+
+    def cache_values_per_token(self) -> int:
+        return 2 * self.head_dim
 
 
 class MoAMoE(MoETransformer):

@@ -11,12 +11,13 @@ from torch import nn
 from lmzoo.errors import check_field_types
 from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
                                RoutingLog, SequenceMixer, linear_weights, require)
-from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout,
-                                 make_norm)
+from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, LatentAttention, Rotary,
+                                 differential_lambda_init, init_weights, make_dropout, make_norm)
 from lmzoo.models.cache import Cache
 from lmzoo.models.routing import RoutedLayer
 
 POSITIONS = ("learned", "rope")
+ATTENTION_KINDS = ("standard", "mla", "differential")
 
 
 # GPT-2's choices, where the defaults below are a modern GPT's (gpt_rope: RoPE, RMSNorm, SwiGLU, no biases).
@@ -49,6 +50,21 @@ class TransformerConfig(ModelConfig):
     init: str = "gpt2"
     # The embedding table and head are padded to a multiple of this for fast matmuls.
     pad_vocab_to: int = 64
+    # The sequence mixer of each layer, cycled over n_layer (layer i: layer_pattern[i % len]), from MIXERS:
+    # "attention" (full causal attention, with the options below) or "local_attention" (the same over a
+    # sliding window of `window` tokens).
+    layer_pattern: list[str] = dataclasses.field(default_factory=lambda: ["attention"])
+    # The tokens a local_attention query sees, itself included.
+    window: int | None = None
+    # RMSNorm of each query and key head before the scores.
+    qk_norm: bool = False
+    # One of ATTENTION_KINDS: "standard"; "mla", multi-head latent attention; "differential" (Diff Transformer).
+    attention: str = "standard"
+    # mla: the rank of the latent keys and values come from (null: n_embd / 2), the RoPE channels added to each
+    # query and key head (null: head_dim / 2), and the rank of the queries' latent (null: full-rank queries).
+    kv_rank: int | None = None
+    rope_head_dim: int | None = None
+    q_rank: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,6 +83,39 @@ class TransformerConfig(ModelConfig):
         require(self.init in INITS, f"init must be one of {', '.join(INITS)}", self.init)
         require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
         require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
+        self.check_attention()
+
+    def check_attention(self) -> None:
+        require(len(self.layer_pattern) >= 1 and all(kind in MIXERS for kind in self.layer_pattern),
+                f"layer_pattern must list layers of {', '.join(MIXERS)}", self.layer_pattern)
+        if "local_attention" in self.layer_pattern[: self.n_layer]:
+            require(self.window is not None and 1 <= self.window <= self.block_size,
+                    f"window must lie in 1..block_size ({self.block_size}) for local_attention layers", self.window)
+        require(self.attention in ATTENTION_KINDS, f"attention must be one of {', '.join(ATTENTION_KINDS)}",
+                self.attention)
+        if self.attention == "differential":
+            require(self.n_head % 2 == 0 and self.kv_heads % 2 == 0,
+                    "n_head and n_kv_head must be even for differential attention, which pairs heads",
+                    (self.n_head, self.kv_heads))
+        if self.attention == "mla":
+            require(self.positions == "rope", "positions must be rope for mla, whose keys carry RoPE channels",
+                    self.positions)
+            require(not self.qk_norm, "qk_norm does not apply to mla, which normalizes its latents", self.qk_norm)
+            self.kv_rank = self.n_embd // 2 if self.kv_rank is None else self.kv_rank
+            if self.rope_head_dim is None:
+                self.rope_head_dim = max(2, self.head_dim // 4 * 2)
+            require(self.kv_rank >= 1, "kv_rank must be a positive integer (the latent's rank)", self.kv_rank)
+            require(self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0,
+                    "rope_head_dim must be a positive even integer", self.rope_head_dim)
+            require(self.q_rank is None or self.q_rank >= 1, "q_rank must be a positive integer or null", self.q_rank)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    def mixer(self, layer: int) -> str:
+        """The kind of layer `layer`'s sequence mixer (a name of MIXERS)."""
+        return self.layer_pattern[layer % len(self.layer_pattern)]
 
     width_field = "n_embd"
 
@@ -74,7 +123,8 @@ class TransformerConfig(ModelConfig):
         """At `width`, the head count that keeps head_dim nearest to this config's: whole heads of an even size
         (RoPE rotates halves) within a factor 2 of it, a multiple of n_kv_head."""
         heads = [h for h in range(1, width // 2 + 1) if width % (2 * h) == 0 and near(width // h, self.head_dim)
-                 and (self.n_kv_head is None or h % self.n_kv_head == 0)]
+                 and (self.n_kv_head is None or h % self.n_kv_head == 0)
+                 and (self.attention != "differential" or h % 2 == 0)]
         if not heads:
             return None
         n_head = min(heads, key=lambda h: abs(width / h - self.head_dim))
@@ -103,6 +153,9 @@ class HeadDimConfig(TransformerConfig):
                 f"n_embd must be a positive multiple of head_dim ({self.head_dim})", self.n_embd)
         self.n_head = self.n_embd // self.head_dim
         super().__post_init__()
+        require(self.attention == "standard" and self.layer_pattern == ["attention"],
+                f"attention and model.layer_pattern are gpt_rope's options; {type(self).__name__} builds its own "
+                "attention", (self.attention, self.layer_pattern))
 
     def with_width(self, width: int) -> "HeadDimConfig | None":
         """At `width`, the even head_dim that divides it nearest to this config's, within a factor 2 of it (the
@@ -111,6 +164,23 @@ class HeadDimConfig(TransformerConfig):
         if not sizes:
             return None
         return dataclasses.replace(self, n_embd=width, head_dim=min(sizes, key=lambda d: abs(d - self.head_dim)))
+
+
+def full_attention(c: TransformerConfig, layer: int, rotary: Rotary | None, window: int | None = None) -> nn.Module:
+    """The attention `c.attention` names, over every past token or the last `window`."""
+    if c.attention == "mla":
+        return LatentAttention(c.n_embd, c.n_head, c.head_dim, c.kv_rank, c.rope_head_dim, c.q_rank, c.bias,
+                               c.dropout, rotary, window=window)
+    lambda_init = differential_lambda_init(layer) if c.attention == "differential" else None
+    return Attention(c.n_embd, c.n_head, c.head_dim, c.n_kv_head, c.bias, c.dropout, rotary, qk_norm=c.qk_norm,
+                     window=window, lambda_init=lambda_init)
+
+
+# The sequence mixers a layer pattern names: name -> factory(config, layer, rotary).
+MIXERS = {
+    "attention": full_attention,
+    "local_attention": lambda c, layer, rotary: full_attention(c, layer, rotary, c.window),
+}
 
 
 def near(head_dim: int, preset: int) -> bool:
@@ -130,7 +200,9 @@ class Transformer(LanguageModel):
 
     config: TransformerConfig
     lora_targets = {
-        "qkv": ("transformer.h.*.attn.c_attn",),
+        # Latent attention's query, latent and expansion projections are its qkv.
+        "qkv": ("transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_q", "transformer.h.*.attn.c_q.*",
+                "transformer.h.*.attn.c_kv_a", "transformer.h.*.attn.c_kv_b"),
         "proj": ("transformer.h.*.attn.c_proj",),
         "mlp": ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj"),
     }
@@ -138,7 +210,8 @@ class Transformer(LanguageModel):
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         c = config
-        rotary = Rotary(c.head_dim, c.block_size, c.rope_base) if c.positions == "rope" else None
+        rotated = c.rope_head_dim if c.attention == "mla" else c.head_dim
+        rotary = Rotary(rotated, c.block_size, c.rope_base) if c.positions == "rope" else None
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(padded(c.vocab_size, c.pad_vocab_to), c.n_embd),
             drop=make_dropout(c.dropout),
@@ -157,9 +230,8 @@ class Transformer(LanguageModel):
         init_weights(self, c.n_layer, c.init)
 
     def attention(self, layer: int, rotary: Rotary | None) -> nn.Module:
-        """Layer `layer`'s attention; the config's uniform one unless a subclass varies it."""
-        c = self.config
-        return Attention(c.n_embd, c.n_head, c.head_dim, c.n_kv_head, c.bias, c.dropout, rotary)
+        """Layer `layer`'s sequence mixer, as the config's layer pattern names it, unless a subclass varies it."""
+        return MIXERS[self.config.mixer(layer)](self.config, layer, rotary)
 
     def feed_forward(self, layer: int) -> nn.Module:
         """Layer `layer`'s feed-forward module; the config's uniform MLP unless a subclass varies it."""
@@ -204,6 +276,31 @@ class Transformer(LanguageModel):
         weights = linear_weights(self) - sum(m.inactive_linear_weights() for m in routed)
         mixing = sum(m.mixing_flops(context) for m in self.modules() if isinstance(m, SequenceMixer))
         return FORWARD_AND_BACKWARD * 2 * weights + mixing
+
+    def cache_values(self, context: int) -> int:
+        """The values the KV cache holds for a sequence of `context` tokens (a local layer at most `window`)."""
+        c = self.config
+        return sum(block.attn.cache_values_per_token() * (min(context, c.window) if c.mixer(layer) == "local_attention"
+                                                          else context)
+                   for layer, block in enumerate(self.transformer.h))
+
+    def describe(self) -> list[str]:
+        c = self.config
+        lines = super().describe()
+        if isinstance(c, HeadDimConfig):  # their own attention, which their own lines describe
+            return lines
+        options = {"mla": f" (kv_rank {c.kv_rank}, rope_head_dim {c.rope_head_dim}, q_rank {c.q_rank or 'full'})",
+                   "standard": f" ({c.n_head} heads, {c.kv_heads} key/value heads)",
+                   "differential": f" ({c.n_head // 2} pairs of heads, {c.kv_heads} key/value heads)"}
+        pattern = ", ".join(f"{kind} (window {c.window})" if kind == "local_attention" else kind
+                            for kind in c.layer_pattern)
+        per_token = 4 * self.cache_values(c.block_size) / c.block_size
+        standard = 4 * 2 * c.n_layer * c.n_embd
+        return lines + [
+            f"attention: {c.attention}{options[c.attention]}{', qk_norm' if c.qk_norm else ''}; layers: {pattern}",
+            f"KV cache at block_size {c.block_size} in fp32: {per_token:,.0f} B per token (multi-head attention of "
+            f"these {c.n_head} heads: {standard:,} B)",
+        ]
 
     def parameter_counts(self) -> ParameterCounts:
         total, _ = super().parameter_counts()

@@ -1,0 +1,134 @@
+"""The attention variants' own promises: what a local layer sees and keeps, what latent attention caches,
+differential attention as the paper writes it, and their LoRA targets. (Each is also a preset of the zoo
+tests, and is proven equal to its transformers class in test_interop.)"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import V, make
+
+from lmzoo.inference.sampling import SamplingSettings, generate
+from lmzoo.models import TransformerConfig
+from lmzoo.models.blocks import differential_lambda_init
+from lmzoo.models.lora import LoRA, LoRALinear
+
+SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
+
+
+def changed_positions(model, position: int) -> list[int]:
+    """The positions whose logits change when the token at `position` does."""
+    idx = torch.randint(0, V, (1, 20))
+    changed = idx.clone()
+    changed[0, position] = (idx[0, position] + 1) % V
+    with torch.no_grad():
+        return torch.nonzero((model(idx).logits - model(changed).logits).abs().amax(-1)[0] > 0).flatten().tolist()
+
+
+def test_local_layers_see_only_their_window():
+    """Two local layers of window 3: a token reaches the 2 positions after it in each layer, 4 in all; one global
+    layer reaches every later position."""
+    torch.manual_seed(0)
+    local = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=3).build().eval()
+    assert changed_positions(local, 6) == [6, 7, 8, 9, 10]
+    torch.manual_seed(0)
+    mixed = TransformerConfig(**SHAPE, layer_pattern=["local_attention", "attention"], window=3).build().eval()
+    assert changed_positions(mixed, 6) == list(range(6, 20))
+
+
+def decoded_cache(model, tokens: int = 20):
+    """The cache after greedy decoding of `tokens` tokens from a prompt of 4 (within block_size)."""
+    cache, idx = model.new_cache(), torch.randint(0, V, (2, 4))
+    with torch.no_grad():
+        logits = model(idx, cache).logits[:, -1]
+        for _ in range(tokens - 4):
+            logits = model(logits.argmax(-1, keepdim=True), cache).logits[:, -1]
+    return cache
+
+
+def test_a_local_layers_cache_keeps_only_its_window_and_latent_attention_only_the_latent_and_rope_key():
+    swa, mla = make("swa").eval(), make("mla").eval()
+    cache = decoded_cache(swa)
+    # Layer 0 is local (window 6): the 5 past tokens a query sees besides itself; layer 1 keeps all 20.
+    assert [[tuple(t.shape) for t in (state.keys, state.values)] for state in cache.states] == [
+        [(2, 2, 5, 16)] * 2, [(2, 2, 24, 16)] * 2]
+    assert cache.nbytes() == 4 * 2 * 2 * 2 * 16 * (5 + 24)
+    # Latent attention caches the RoPE key (B, 1, T, rope_head_dim) and the latent (B, 1, T, kv_rank).
+    cache = decoded_cache(mla)
+    assert [tuple(t.shape) for t in (cache.states[0].keys, cache.states[0].values)] == [(2, 1, 24, 8), (2, 1, 24, 16)]
+    assert mla.cache_values(24) == 2 * 24 * (16 + 8) and make("gpt_rope").cache_values(24) == 2 * 24 * 2 * 32
+
+
+def test_a_local_layer_counts_the_flops_of_its_window():
+    """swa's first layer sees 6 of 24 keys: 18 keys' score and value products (2 x 32 channels) fewer."""
+    assert make("gpt_rope").flops_per_token(24) - make("swa").flops_per_token(24) == 3 * 2 * 2 * 18 * 32
+
+
+def test_an_all_local_model_decodes_past_its_context_as_without_the_cache():
+    torch.manual_seed(0)
+    model = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=4).build().eval()
+    prompt = torch.randint(0, V, (2, 3))
+    runs = [torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=40, temperature=0,
+                                                                      kv_cache=cached))), dim=1)
+            for cached in (True, False)]
+    assert torch.equal(*runs)
+
+
+def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """Diff Transformer's equations, head pair by head pair: [Q1; Q2] = X W_q, [K1; K2] = X W_k, V = X W_v,
+    DiffAttn(X) = (softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V, lambda = exp(lq1 . lk1) -
+    exp(lq2 . lk2) + lambda_init, each head RMS-normalized and scaled by 1 - lambda_init, then W_o. Pair i takes
+    query heads i and i + h and the key heads they share (DiffLlama's layout of the paper's heads)."""
+    T, d, H, kv = x.size(0), attn.head_dim, attn.n_head, attn.n_kv_head
+    q, k, v = attn.c_attn(x).split([H * d, kv * d, kv * d], dim=-1)
+    q, k, v = (t.view(T, -1, d).transpose(0, 1) for t in (q, k, v))
+    q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    group, h, lambda_init = H // kv, H // 2, differential_lambda_init(layer)
+    lam = (math.exp(attn.lambda_q1 @ attn.lambda_k1) - math.exp(attn.lambda_q2 @ attn.lambda_k2) + lambda_init)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    heads = []
+    for i in range(h):
+        maps = [(q[j] @ k[j // group].T / math.sqrt(d)).masked_fill(future, -math.inf).softmax(-1) for j in (i, i + h)]
+        values = torch.cat((v[i // group], v[i // group + kv // 2]), dim=-1)
+        heads.append((1 - lambda_init) * F.rms_norm((maps[0] - lam * maps[1]) @ values, (2 * d,), eps=1e-5))
+    return attn.c_proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_differential_attention_follows_the_papers_equations(n_kv_head):
+    torch.manual_seed(0)
+    model = TransformerConfig(**{**SHAPE, "n_head": 4}, n_kv_head=n_kv_head, attention="differential").build()
+    x = torch.randn(1, 10, 32)
+    with torch.no_grad():
+        for layer, block in enumerate(model.transformer.h):
+            attn = block.attn
+            assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer))
+            torch.testing.assert_close(attn(x)[0], paper_differential_attention(attn, x[0], layer), atol=1e-6, rtol=0)
+
+
+def adapted(model) -> set[str]:
+    return {name.split(".", 3)[-1] for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+
+
+def test_lora_targets_cover_latent_attentions_projections():
+    torch.manual_seed(0)
+    config = TransformerConfig(**SHAPE, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12)
+    assert adapted(LoRA(r=2, targets=["qkv", "proj"]).apply(config.build())) == {
+        "attn.c_q.0", "attn.c_q.2", "attn.c_kv_a", "attn.c_kv_b", "attn.c_proj"}
+    idx = torch.randint(0, V, (2, 16))
+    model = make("diff_attn").eval()
+    before = model(idx).logits
+    assert torch.equal(LoRA(r=2, alpha=4).apply(model)(idx).logits, before)
+    assert not any(p.requires_grad for name, p in model.named_parameters() if "lambda" in name)
+
+
+def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention():
+    model = TransformerConfig(vocab_size=65, block_size=64, attention="mla", kv_rank=64, rope_head_dim=16).build()
+    assert model.describe()[1:] == [
+        "attention: mla (kv_rank 64, rope_head_dim 16, q_rank full); layers: attention",
+        "KV cache at block_size 64 in fp32: 1,280 B per token (multi-head attention of these 4 heads: 4,096 B)"]
+    swa = TransformerConfig(vocab_size=65, block_size=64, layer_pattern=["local_attention", "attention"], window=16,
+                            qk_norm=True).build()
+    assert swa.describe()[1] == ("attention: standard (4 heads, 4 key/value heads), qk_norm; layers: "
+                                 "local_attention (window 16), attention")
