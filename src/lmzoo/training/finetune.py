@@ -54,6 +54,8 @@ def model_option(config: ModelConfig) -> str:
         if not path.name.endswith(".yaml"):
             continue
         preset = OmegaConf.load(path)
+        if "_target_" not in preset:
+            continue  # a variant of another preset (its defaults), whose choices that one names
         choices = {key: preset[key] for key in CHOICES if key in preset}
         if get_class(preset._target_) is type(config) and all(getattr(config, k) == v for k, v in choices.items()):
             return path.name.removesuffix(".yaml")
