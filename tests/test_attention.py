@@ -65,9 +65,14 @@ def test_a_local_layer_counts_the_flops_of_its_window():
     assert make("gpt_rope").flops_per_token(24) - make("swa").flops_per_token(24) == 3 * 2 * 2 * 18 * 32
 
 
-def test_an_all_local_model_decodes_past_its_context_as_without_the_cache():
+def test_an_all_local_model_decodes_past_its_context_without_refilling_as_without_the_cache():
+    """Its cache is unbounded: it never restarts from recent context, and each layer keeps its window. The
+    uncached path reads the last block_size tokens, which hold every token the two local layers reach."""
     torch.manual_seed(0)
     model = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=4).build().eval()
+    assert model.new_cache().capacity is None and make("swa").new_cache().capacity == 24
+    cache = decoded_cache(model, tokens=60)
+    assert cache.position == 60 and all(state.keys.size(-2) == 3 for state in cache.states)
     prompt = torch.randint(0, V, (2, 3))
     runs = [torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=40, temperature=0,
                                                                       kv_cache=cached))), dim=1)

@@ -73,7 +73,12 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.tabulate(max_positions)
+
+    def tabulate(self, positions: int) -> None:
+        """The cosines and sines of positions 0..positions - 1 (those of a position never change with it)."""
+        angles = torch.outer(torch.arange(positions, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
         cos, sin = angles.cos(), angles.sin()
         # Over the whole head: (x1, x2) * cos + (x2, x1) * (-sin, sin) is (x1 cos - x2 sin, x2 cos + x1 sin), and
         # (x2, x1) is x rolled by half a head: three operations where the two halves apart take seven.
@@ -83,6 +88,11 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape (B, heads, T, head_dim) whose first position is `start`."""
         T = x.size(-2)
+        if start + T > self.cos.size(0):
+            # Past block_size: a model of local layers only decodes on there (Transformer.new_cache). Normal
+            # tensors even while sampling, so that training can use them afterwards.
+            with torch.inference_mode(False):
+                self.tabulate(2 * (start + T))
         cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         if cos.dtype != x.dtype:
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)

@@ -244,8 +244,9 @@ class Transformer(LanguageModel):
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
         start = cache.position if cache else 0
-        if start + idx.size(1) > self.block_size:
-            raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds block_size {self.block_size}")
+        read = idx.size(1) if cache is not None and cache.capacity is None else start + idx.size(1)
+        if read > self.block_size:
+            raise ValueError(f"sequence of {read} tokens exceeds block_size {self.block_size}")
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(start, start + idx.size(1), device=idx.device))
@@ -266,7 +267,11 @@ class Transformer(LanguageModel):
         super().compile(*args, **kwargs)
 
     def new_cache(self) -> Cache:
-        return Cache(len(self.transformer.h), self.block_size)
+        """A cache of block_size tokens; unbounded when every layer is local and positions are RoPE's, which are
+        relative: each layer keeps only its window, and a query reads its window alike at any position."""
+        c = self.config
+        local = all(c.mixer(layer) == "local_attention" for layer in range(c.n_layer)) and c.positions == "rope"
+        return Cache(c.n_layer, None if local else self.block_size)
 
     def output_head(self) -> nn.Module:
         return self.lm_head
