@@ -1,6 +1,9 @@
 """GPT-2 weights in from Hugging Face, models out to transformers, each proven equal on CPU in fp32."""
 
 import ast
+import contextlib
+import importlib
+import sys
 
 import pytest
 import torch
@@ -206,3 +209,22 @@ def test_lmzoo_imports_hugging_face_packages_only_inside_interop_functions():
             else:
                 continue
             assert not names & optional, f"{path.name} imports {names & optional} at module level"
+
+
+def test_generate_samples_from_an_exported_attention_variant(tmp_path, monkeypatch, capsys):
+    """`python -m lmzoo.generate ckpt=FOLDER` on the DeepseekV3ForCausalLM folder of a latent-attention model,
+    in this process."""
+    torch.manual_seed(0)
+    model = TransformerConfig(**SHAPE, **EXPORTS["mla"][0]).build().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # far off the init, so that the greedy text varies
+            parameter.normal_(0.0, 0.5)
+    save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "lmzoo")
+    export_checkpoint(str(tmp_path / "lmzoo"), str(tmp_path / "hf"))
+    monkeypatch.setattr(sys, "argv", ["lmzoo.generate", f"ckpt={tmp_path / 'hf'}", "prompt=ab", "max_new_tokens=8",
+                                      "temperature=0"])
+    with contextlib.suppress(SystemExit):
+        importlib.import_module("lmzoo.generate").main()
+    settings = SamplingSettings(max_new_tokens=8, temperature=0)
+    expected = "".join(CHARS[int(t)] for t in generate(model, [[CHARS.index("a"), CHARS.index("b")]], settings))
+    assert "ab" + expected in capsys.readouterr().out
