@@ -1,8 +1,9 @@
 """Hugging Face folders in: GPT-2 (`hf:NAME` from the Hub, or a local folder holding its config.json), and the
-GPT-2 and Llama folders `python -m lmzoo.export` writes, whose lmzoo.json gives their exact config and tokenizer.
+GPT-2, Llama, Qwen2, Qwen3, DeepSeek-V3 and DiffLlama folders `python -m lmzoo.export` writes, whose lmzoo.json
+gives their exact config and tokenizer.
 
 The model is lmzoo's transformer: GPT-2's Conv1D weights are transposed into nn.Linear's layout, Llama's
-separate q/k/v and gate/up projections joined into lmzoo's fused ones. Loading needs only safetensors (and
+separate q/k/v and gate/up projections joined into lmzoo's fused ones (llama_layout). Loading needs only safetensors (and
 huggingface_hub for `hf:NAME`), imported inside the functions.
 """
 
