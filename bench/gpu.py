@@ -12,8 +12,9 @@ Parts (all three by default):
   --nanogpt DIR: train.py, model.py and configurator.py are copied to a temporary folder and run there), in
   alternation: lmzoo first in odd pairs, nanoGPT first in even ones. Tokens/s, the median of the per-pair
   ratios, and lmzoo's MFU.
-- zoo: gpt_rope, moe and moa_moe at the same width and depth (moa_moe: 12 attention experts of 64, 6 a token):
-  tokens/s and MFU (--models picks some, or gpt: GPT-2 124M without nanoGPT).
+- zoo: every preset of conf/model/ with a depth and a width (all but bigram and mlp), at GPT-2 124M's: gpt as
+  GPT-2 124M itself, the others at their own head size (their config's with_width): tokens/s and MFU (--models
+  picks some).
 - sampling: the 124M model in bf16, tokens/s at batch 1 and 32 sampling 500 tokens, with and without the KV cache.
 
 Each training measurement is a process of its own, so every run starts with a cold GPU, its own compile and
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import lightning as L
@@ -60,12 +62,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from lmzoo.data.bins import fingerprint
 from lmzoo.data.source import sha256_of_files
 from lmzoo.inference.sampling import SamplingSettings, generate
-from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models import preset_config
+from lmzoo.models.presets import model_overrides, preset, preset_names, resized
 from lmzoo.training.perf import peak_flops as lmzoo_peak_flops
 from lmzoo.training.run import build
 
 PARTS = ["nanogpt", "zoo", "sampling"]
-ZOO = ["gpt_rope", "moe", "moa_moe"]
+# The presets with a depth and a width to set: the zoo the tests take from conf/model/.
+ZOO = [name for name in preset_names()
+       if "n_layer" in {field.name for field in fields(preset(name).config_class)} and preset(name).config_class.width_field]
 GOAL_MFU, GOAL_RATIO = 0.5, 1.0
 MEMORY_FRACTION = 0.9
 
@@ -89,16 +94,14 @@ class Shape:
                 f"{self.width}, block {self.block}, vocabulary 50304)")
 
     def overrides(self, name: str) -> list[str]:
-        """`model=NAME` at this depth and width; moa_moe's heads are its attention experts, half used per token;
-        gpt tied, as GPT-2 124M and nanoGPT's model are (gpt's default is untied)."""
-        shape = [f"model={name}", f"model.n_layer={self.layers}", f"model.n_embd={self.width}",
-                 f"block_size={self.block}"]
+        """`model=NAME` at this depth and width: gpt as GPT-2 124M (its heads, tied as GPT-2 and nanoGPT's model
+        are, where gpt's default is untied), any other preset at its own head size (presets.resized)."""
+        shape = [f"model={name}", f"block_size={self.block}"]
         if name == "gpt":
-            shape.append("model.tie_embeddings=true")
-        if name == "moa_moe":
-            return [*shape, f"model.head_dim={self.width // self.heads}", f"model.n_att_experts={self.heads}",
-                    f"model.k_att={self.heads // 2}"]
-        return [*shape, f"model.n_head={self.heads}"]
+            return [*shape, f"model.n_layer={self.layers}", f"model.n_embd={self.width}", f"model.n_head={self.heads}",
+                    "model.tie_embeddings=true"]
+        config = preset_config(name, vocab_size=50304, block_size=self.block)
+        return [*shape, *model_overrides(config, resized(config, self.width, self.layers))]
 
 
 def peak_flops(device: torch.device, given: float | None) -> float | None:
@@ -301,8 +304,8 @@ def sampling_worker(args) -> dict:
     """Sampling tokens/s of the 124M model (bf16 on CUDA), batch 1 and 32, with and without the KV cache."""
     device, shape = torch.device(args.device), Shape(args.tiny)
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=50257, block_size=shape.block, n_layer=shape.layers, n_head=shape.heads,
-                               n_embd=shape.width, **GPT2_CHOICES)
+    config = preset_config("gpt", vocab_size=50257, block_size=shape.block, n_layer=shape.layers, n_head=shape.heads,
+                           n_embd=shape.width, tie_embeddings=True, init="gpt2")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = config.build().to(device, dtype).eval()
 
@@ -456,7 +459,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="optimizer steps not timed (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps timed (default: %(default)s)")
     parser.add_argument("--models", type=lambda names: names.split(","), default=ZOO,
-                        help=f"the zoo part's models (default: {','.join(ZOO)}; gpt is GPT-2 124M alone)")
+                        help=f"the zoo part's models (default: {','.join(ZOO)}; gpt is GPT-2 124M)")
     parser.add_argument("--micro-batch", type=int, help="instead of the largest that fits")
     parser.add_argument("--profile", action="store_true", help="profile one lmzoo step of each model (needs --out)")
     parser.add_argument("--out", type=Path, help="write results.json (and profiles) here")
@@ -480,8 +483,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if "nanogpt" in args.parts and not (args.nanogpt and (args.nanogpt / "train.py").is_file()):
         parser.error("the nanogpt part needs --nanogpt DIR, a nanoGPT checkout with train.py "
                      "(bench/gpu_data.py --nanogpt copies one into .gpu-data/nanogpt)")
-    for name in set(args.models) - {"gpt", *ZOO}:
-        parser.error(f"--models takes gpt, {', '.join(ZOO)}; not {name}")
+    for name in set(args.models) - set(ZOO):
+        parser.error(f"--models takes {', '.join(ZOO)}; not {name}")
     if args.data == "corpus" and not (corpus_bins(args.data_dir) / "meta.json").is_file():
         parser.error(f"no prepared corpus in {args.data_dir}; run python bench/gpu_data.py first, "
                      "or pass --data random")

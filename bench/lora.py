@@ -9,7 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models import preset_config
 from lmzoo.models.lora import LoRA
 from lmzoo.training.optim import OptimConfig, configure_adamw
 
@@ -54,8 +54,8 @@ def main():
 
     def fresh():
         torch.manual_seed(0)
-        config = TransformerConfig(vocab_size=50257, block_size=args.block_size, n_layer=args.n_layer,
-                                   n_head=max(1, args.n_embd // 64), n_embd=args.n_embd, **GPT2_CHOICES)
+        config = preset_config("gpt", vocab_size=50257, block_size=args.block_size, n_layer=args.n_layer,
+                               n_head=max(1, args.n_embd // 64), n_embd=args.n_embd, tie_embeddings=True, init="gpt2")
         return config.build().to(device)
 
     x = torch.randint(0, 50257, (args.batch_size, args.block_size + 1), device=device)

@@ -17,7 +17,7 @@ import torch
 
 from lmzoo.data import CharTokenizer, TiktokenTokenizer
 from lmzoo.inference.sampling import SamplingSettings, complete, generate
-from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models import preset_config
 
 SIZES = {
     "4 layers, width 128, block 64": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
@@ -97,7 +97,7 @@ def main():
     print("| --- | --- | --- | --- | --- |" + (" --- |" if with_hf else ""))
     for name, size in SIZES.items():
         torch.manual_seed(0)
-        model = TransformerConfig(vocab_size=VOCAB, **size, **GPT2_CHOICES).build().eval()
+        model = preset_config("gpt", vocab_size=VOCAB, **size, tie_embeddings=True, init="gpt2").build().eval()
         for batch in (1, 8):
             runs = {"cached": ours(model, batch, args.new_tokens, True), "uncached": ours(model, batch, args.new_tokens, False)}
             if with_hf:
@@ -114,7 +114,7 @@ def main():
     for tokenizer in (CharTokenizer("\n" + "".join(chr(32 + i) for i in range(VOCAB - 1))), TiktokenTokenizer("gpt2")):
         torch.manual_seed(0)
         size = SIZES["4 layers, width 128, block 64"]
-        model = TransformerConfig(vocab_size=tokenizer.vocab_size, **size, **GPT2_CHOICES).build().eval()
+        model = preset_config("gpt", vocab_size=tokenizer.vocab_size, **size, tie_embeddings=True, init="gpt2").build().eval()
         rates = tokens_per_second(streaming(model, tokenizer, args.stream_tokens), 1, args.stream_tokens, args.repeats)
         name = tokenizer.spec.get("name") or tokenizer.spec["kind"]
         print(f"| {name} | {rates['tokens']:,.0f} | {rates['text']:,.0f} | {rates['tokens'] / rates['text']:.3f} |",

@@ -18,7 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.data import prepare
-from lmzoo.models import GPT2_CHOICES, MoEConfig, TransformerConfig
+from lmzoo.models import MoEConfig, preset_config
 
 sys.path.insert(0, str(REPO / "bench"))
 import gpu  # noqa: E402
@@ -83,8 +83,7 @@ def moe_flops(top_k: int) -> float:
 
 
 def test_flops_count_forward_and_backward_and_only_the_experts_a_token_uses():
-    config = dict(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32, **GPT2_CHOICES)
-    model = TransformerConfig(**config).build()
+    model = preset_config("gpt", vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32).build()
     with FlopCounterMode(display=False) as forward, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
         model(torch.randint(0, V, (1, 32)))
     # The backward pass costs twice the forward.
@@ -117,7 +116,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a machine withou
                                                                         "bench/gpu_data.py first"),
     (["zoo", *TINY_RANDOM, "--profile"], "--profile writes into --out DIR"),
     (["zoo", *TINY_RANDOM, "--steps", "0"], "--steps must be positive"),
-    (["zoo", *TINY_RANDOM, "--models", "gpt,moe2"], "--models takes gpt, gpt_rope, moe, moa_moe; not moe2"),
+    (["zoo", *TINY_RANDOM, "--models", "gpt,moe2"], "--models takes block_scaling, gpt, gpt_rope, moa_moe, moe; not moe2"),
 ])
 def test_a_mistaken_argument_is_one_line_naming_the_fix(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:

@@ -11,6 +11,7 @@ from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.lora import LoRA
+from lmzoo.models.presets import architecture_defaults, preset, preset_config, preset_of
 from lmzoo.training.optim import OptimConfig
 from lmzoo.training.run import build_trainer
 
@@ -55,6 +56,33 @@ def test_model_configs_build_their_model(tmp_path, name):
         assert key == "_target_" or getattr(config, key) == value, key
     # Fixed-context models read fewer tokens than the training windows; attention models read the windows.
     assert model.block_size == {"bigram": 1, "mlp": cfg.model.get("context")}.get(name, cfg.block_size)
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_a_preset_sets_only_what_differs_from_its_class_and_composes_every_field(tmp_path, name):
+    """conf/model/NAME.yaml is one row of the preset table: the class's defaults come from its architecture node,
+    so the composed config (what --cfg job prints and model.KEY= overrides) has every field, and the table read
+    without Hydra (preset_config) builds the same config."""
+    config_class, settings, extends, own = preset(name)
+    defaults = architecture_defaults(config_class)
+    base = {**defaults, **(preset(extends).settings if extends else {})}
+    assert {key: value for key, value in own.items() if base[key] == value} == {}, \
+        f"conf/model/{name}.yaml repeats what it extends"
+    cfg = compose_train(tmp_path, f"model={name}", tiny=False)
+    assert set(cfg.model) == set(defaults)
+    composed = instantiate(cfg.model, vocab_size=65, _convert_="all")
+    built = preset_config(name, vocab_size=65, **({"block_size": cfg.block_size} if "block_size" in cfg.model else {}))
+    assert as_lists(composed.as_dict()) == as_lists(built.as_dict())
+    # The exporters, init_from and resuming tell the presets apart by their class and its choices.
+    found = preset_of(composed)
+    assert preset(found).config_class is config_class
+    assert all(getattr(preset_config(found, vocab_size=65, **({"block_size": 8} if "block_size" in cfg.model else {})),
+                       key) == getattr(composed, key) for key in config_class.choices)
+
+
+def as_lists(settings: dict) -> dict:
+    """Tuples as lists: a config from the command line holds lists where the dataclass's defaults are tuples."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
 @pytest.mark.parametrize("name", options("optim"))

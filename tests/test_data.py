@@ -108,7 +108,7 @@ def test_bins_holding_ids_outside_the_vocabulary_are_refused(tmp_path, corpus):
 
 
 def test_url_source_is_downloaded_once_and_checksum_verified(tmp_path, corpus):
-    from lmzoo.data.source import sha256_of
+    from lmzoo.files import sha256_of
 
     url = corpus.as_uri()
     cache = tmp_path / "downloads"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, SHAKESPEARE, compose_train, make, run
+from helpers import REPO, SHAKESPEARE, compose_train, run
 
 from lmzoo.checkpoints import load_model, model_card
 from lmzoo.checkpoints.export import export_checkpoint
@@ -16,7 +16,8 @@ from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
 from lmzoo.data import BPETokenizer, CharTokenizer, TiktokenTokenizer
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, generate
-from lmzoo.models import GPT2_CHOICES, TransformerConfig
+from lmzoo.models import TransformerConfig
+from lmzoo.models.presets import preset
 from lmzoo.training.run import train
 
 transformers = pytest.importorskip("transformers")
@@ -71,13 +72,15 @@ def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
 
 
 SHAPE = dict(vocab_size=len(CHARS), block_size=32, n_layer=2, n_embd=32)
+# GPT-2 itself: the preset gpt's architecture, tied, at GPT-2's init.
+GPT2 = dict(preset("gpt").settings, tie_embeddings=True, init="gpt2")
 LOCAL_GLOBAL = dict(layer_pattern=["local_attention", "attention"], window=5)
 # Each model lmzoo exports to transformers, and the class it becomes. The greedy texts below run past the window
 # of 5, so the local layers' caches slide on both sides.
 EXPORTS = {
-    "gpt": (dict(n_head=2, **GPT2_CHOICES), "GPT2LMHeadModel"),
-    "gpt_no_bias": (dict(n_head=2, **{**GPT2_CHOICES, "bias": False}), "GPT2LMHeadModel"),
-    "gpt_untied": (dict(n_head=2, **GPT2_CHOICES, tie_embeddings=False), "GPT2LMHeadModel"),
+    "gpt": (dict(n_head=2, **GPT2), "GPT2LMHeadModel"),
+    "gpt_no_bias": (dict(n_head=2, **{**GPT2, "bias": False}), "GPT2LMHeadModel"),
+    "gpt_untied": (dict(n_head=2, **{**GPT2, "tie_embeddings": False}), "GPT2LMHeadModel"),
     "gpt_rope_gqa_untied": (dict(n_head=4, n_kv_head=2, rope_base=500.0, tie_embeddings=False), "LlamaForCausalLM"),
     "qk_norm_gqa": (dict(n_head=4, n_kv_head=2, qk_norm=True), "Qwen3ForCausalLM"),
     "qk_norm_local_global": (dict(n_head=2, qk_norm=True, **LOCAL_GLOBAL), "Qwen3ForCausalLM"),
@@ -140,18 +143,15 @@ NO_CLASS = {"mla_local": dict(attention="mla", kv_rank=16, rope_head_dim=8, **LO
             "differential_qk_norm": dict(attention="differential", qk_norm=True)}
 
 
-@pytest.mark.parametrize("name", ["bigram", "mlp", "block_scaling", "moe", "moa_moe", *NO_CLASS])
-def test_architecture_without_a_transformers_class_exports_lmzoo_safetensors(tmp_path, name):
-    if name in NO_CLASS:
-        torch.manual_seed(0)
-        model = TransformerConfig(**{**SHAPE, "vocab_size": 70}, n_head=2, **NO_CLASS[name]).build().eval()
-    else:
-        model = make(name).eval()
+@pytest.mark.parametrize("name", NO_CLASS)
+def test_options_without_a_transformers_class_export_lmzoo_safetensors(tmp_path, name):
+    """The presets export in tests/test_zoo.py; these are options no preset combines."""
+    torch.manual_seed(0)
+    model = TransformerConfig(**{**SHAPE, "vocab_size": 70}, n_head=2, **NO_CLASS[name]).build().eval()
     spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
     save_folder(model, spec, tmp_path / "source")
     message = export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
-    options = " in these options" if name in NO_CLASS else ""
-    assert f"{type(model).__name__}{options} has no transformers class" in message
+    assert f"{type(model).__name__} in these options has no transformers class" in message
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
     reloaded, tokenizer, _ = load_model(tmp_path / "out")
     idx = torch.randint(0, model.vocab_size, (1, 16))

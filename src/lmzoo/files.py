@@ -1,8 +1,10 @@
 """The one atomic write: checkpoints, token bins, downloads and evaluation output all go through it, so a
-kill or a full disk never leaves a half-written file under a final name. And the one folder lock, so that
-two processes never write into one data or run folder at the same time."""
+kill or a full disk never leaves a half-written file under a final name. The one folder lock, so that
+two processes never write into one data or run folder at the same time. And the one checksum of a file, which
+sources, downloads and checkpoints record."""
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -109,3 +111,11 @@ def lock_holder(folder: Path) -> str | None:
     with contextlib.suppress(OSError):
         return (folder / LOCK).read_text().strip() or None
     return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,5 +1,7 @@
 """What the tests share: paths, tiny configs and models, and running the commands as a user does."""
 
+import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -7,8 +9,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 
-from lmzoo.models import GPT2_CHOICES, BigramConfig, BlockScalingConfig, MLPConfig, MoAMoEConfig, MoEConfig, TransformerConfig
+from lmzoo.models import LanguageModel, ModelConfig
+from lmzoo.models.presets import model_overrides, preset_names, resized
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared data folder beside the repository; LMZOO_SHARED names another (a GPU machine gets a copy of it).
@@ -27,46 +31,39 @@ SMOKE = [
 TINY = [*SMOKE, "model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
 
 V = 70
-# The zoo, tiny, on a vocabulary of V tokens; attention models read 24 tokens.
-ZOO = {
-    "bigram": lambda: BigramConfig(vocab_size=V),
-    "mlp": lambda: MLPConfig(vocab_size=V, context=4, n_embd=8, hidden=16),
-    "gpt": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, **GPT2_CHOICES),
-    "gpt_rope": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32),
-    "block_scaling": lambda: BlockScalingConfig(vocab_size=V, block_size=24, n_layer=3, n_embd=32, head_dim=8,
-                                                gqa_groups=2),
-    "moe": lambda: MoEConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=2),
-    "moa_moe": lambda: MoAMoEConfig(vocab_size=V, block_size=24, n_layer=2, n_embd=32, head_dim=8, n_att_experts=4,
-                                    k_att=2),
-    "qk_norm": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, qk_norm=True),
-    "swa": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32,
-                                     layer_pattern=["local_attention", "attention"], window=6),
-    "mla": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32, attention="mla",
-                                     kv_rank=16, rope_head_dim=8),
-    "diff_attn": lambda: TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                                           attention="differential"),
-}
-ATTENTION = ["gpt", "gpt_rope", "block_scaling", "moe", "moa_moe", "qk_norm", "swa", "mla", "diff_attn"]
-# The real model configs (conf/model/), shrunk; bigram and mlp have no widths to shrink.
-TINY_WIDTHS = {
-    "mlp": ["model.n_embd=8", "model.hidden=16"],
-    "gpt": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "gpt_rope": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "block_scaling": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8"],
-    "moe": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "moa_moe": ["model.n_layer=2", "model.n_embd=32", "model.head_dim=8", "model.n_att_experts=4",
-                "model.k_att=2"],
-    "qk_norm": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-    "swa": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.window=6"],
-    "mla": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.kv_rank=16", "model.rope_head_dim=8"],
-    "diff_attn": ["model.n_layer=2", "model.n_head=2", "model.n_embd=32"],
-}
+# The zoo: every preset of conf/model/, shrunk to TINY_WIDTH (its config's with_width) and TINY_DEPTH layers, on a
+# vocabulary of V tokens.
+PRESETS = preset_names()
+TINY_WIDTH = 64
+TINY_DEPTH = 2
+# The context of a tiny model (make); compose_zoo's runs use SMOKE's block_size.
+BLOCK = 24
 
 
-def make(name: str, seed: int = 0):
-    """A tiny model of the zoo, seeded."""
+def tiny_config(name: str) -> ModelConfig | None:
+    """Preset `name` at block size BLOCK, vocabulary V, width TINY_WIDTH and TINY_DEPTH layers (presets.resized);
+    every other choice is the preset's. None if it has no such width."""
+    config = shrunk_preset(name)[1]
+    return config and dataclasses.replace(config)
+
+
+@functools.cache
+def shrunk_preset(name: str) -> tuple[ModelConfig, ModelConfig | None]:
+    """Preset `name` at block size BLOCK as conf/model/ has it, and shrunk."""
+    preset = instantiate(compose_config("train", f"model={name}", f"block_size={BLOCK}").model, vocab_size=V,
+                         _convert_="all")
+    return preset, resized(preset, TINY_WIDTH, TINY_DEPTH)
+
+
+def make(name: str, seed: int = 0) -> LanguageModel:
+    """Preset `name`'s tiny model (tiny_config), seeded."""
     torch.manual_seed(seed)
-    return ZOO[name]().build()
+    return tiny_config(name).build()
+
+
+def tiny_overrides(name: str) -> list[str]:
+    """The command-line overrides that shrink `model=NAME` as tiny_config does."""
+    return model_overrides(*shrunk_preset(name))
 
 
 def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):
@@ -76,8 +73,8 @@ def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):
 
 
 def compose_zoo(tmp_path: Path, name: str, *overrides: str):
-    """The real train config of zoo model `name`, tiny (TINY_WIDTHS), as compose_train writes it."""
-    return compose_train(tmp_path, f"model={name}", *SMOKE, *TINY_WIDTHS.get(name, []), *overrides, tiny=False)
+    """The real train config of preset `name`, tiny (tiny_overrides), as compose_train writes it."""
+    return compose_train(tmp_path, f"model={name}", *SMOKE, *tiny_overrides(name), *overrides, tiny=False)
 
 
 def compose_config(name: str, *overrides: str):

@@ -12,9 +12,8 @@ from pathlib import Path
 from lmzoo import __version__
 from lmzoo.checkpoints.integrity import check_digest
 from lmzoo.checkpoints.record import architecture_record, build_model, check_readable, upgrade_record
-from lmzoo.data.source import sha256_of
 from lmzoo.errors import UserError
-from lmzoo.files import write_atomically
+from lmzoo.files import sha256_of, write_atomically
 from lmzoo.models import LanguageModel
 
 FOLDER_RECORD = "lmzoo.json"

@@ -16,7 +16,7 @@ from torch import nn
 from lmzoo.checkpoints.folder import FOLDER_RECORD, WEIGHTS, read_record, safetensors_torch
 from lmzoo.checkpoints.record import architecture_record, build_model
 from lmzoo.errors import UserError
-from lmzoo.models import GPT2_CHOICES, Transformer, TransformerConfig
+from lmzoo.models import Transformer, TransformerConfig, preset_config
 from lmzoo.models.blocks import DIFFERENTIAL_LAMBDAS, LatentAttention
 
 GPT2_VOCAB_SIZE = 50257
@@ -61,9 +61,9 @@ def gpt2_shape(config: dict, source: str) -> TransformerConfig:
         raise UserError(f"{source} is not GPT-2's shape (vocabulary {GPT2_VOCAB_SIZE}, gelu_new); it cannot load")
     if config.get("n_inner") not in (None, 4 * config["n_embd"]) or config.get("layer_norm_epsilon", 1e-5) != 1e-5:
         raise UserError(f"{source} changes GPT-2's MLP width or LayerNorm epsilon, which lmzoo's gpt does not")
-    return TransformerConfig(vocab_size=GPT2_VOCAB_SIZE, block_size=config["n_positions"], n_layer=config["n_layer"],
-                             n_head=config["n_head"], n_embd=config["n_embd"], **GPT2_CHOICES,
-                             tie_embeddings=config.get("tie_word_embeddings", True))
+    return preset_config("gpt", vocab_size=GPT2_VOCAB_SIZE, block_size=config["n_positions"], n_layer=config["n_layer"],
+                         n_head=config["n_head"], n_embd=config["n_embd"],
+                         tie_embeddings=config.get("tie_word_embeddings", True))
 
 
 def fetch(source: str) -> Path:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from lmzoo.data.source import sha256_of
 from lmzoo.errors import UserError
+from lmzoo.files import sha256_of
 
 ANOTHER = "use another checkpoint (the run's best.ckpt or last.ckpt, or a copy)"
 

@@ -9,16 +9,18 @@ import importlib
 
 from lmzoo import __version__
 from lmzoo.errors import UserError
-from lmzoo.models import (GPT2_CHOICES, BigramConfig, BlockScalingConfig, LanguageModel, MLPConfig, ModelConfig,
-                          MoAMoEConfig, MoEConfig, TransformerConfig)
+from lmzoo.models import (BigramConfig, BlockScalingConfig, LanguageModel, MLPConfig, ModelConfig, MoAMoEConfig,
+                          MoEConfig, TransformerConfig)
 
 # The releases whose checkpoints this one reads.
 READABLE = ("0.1", "0.2")
 
 # lmzoo 0.1's model classes: the config that replaces each, and the choices the class made itself (GPT's
-# config kept its own `bias`; the other transformers made this release's default choices).
+# config kept its own `bias`; the other transformers made this release's default choices). Fixed here, as 0.1 made
+# them, whatever the presets become.
 LEGACY_ARCHITECTURES = {
-    "lmzoo.models.gpt.GPT": (TransformerConfig, {key: value for key, value in GPT2_CHOICES.items() if key != "bias"}),
+    "lmzoo.models.gpt.GPT": (TransformerConfig, dict(positions="learned", norm="layernorm", activation="gelu",
+                                                     gated_mlp=False, mlp_ratio=4.0)),
     "lmzoo.models.gpt_rope.GPTRope": (TransformerConfig, {}),
     "lmzoo.models.bigram.Bigram": (BigramConfig, {}),
     "lmzoo.models.mlp.MLPLanguageModel": (MLPConfig, {}),

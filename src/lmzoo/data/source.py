@@ -12,15 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmzoo.errors import UserError
-from lmzoo.files import atomic_write
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from lmzoo.files import atomic_write, sha256_of
 
 
 def sha256_of_files(files: list[Path]) -> str:

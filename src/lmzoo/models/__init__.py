@@ -7,10 +7,11 @@ from lmzoo.models.cache import Cache
 from lmzoo.models.mlp import MLPConfig, MLPLanguageModel
 from lmzoo.models.moa_moe import MoAMoE, MoAMoEConfig
 from lmzoo.models.moe import MoEConfig, MoETransformer
-from lmzoo.models.transformer import GPT2_CHOICES, Transformer, TransformerConfig
+from lmzoo.models.presets import preset_config
+from lmzoo.models.transformer import Transformer, TransformerConfig
 
 __all__ = [
-    "GPT2_CHOICES", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "Cache",
+    "preset_config", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "Cache",
     "Bigram", "BigramConfig", "MLPLanguageModel", "MLPConfig", "Transformer", "TransformerConfig",
     "BlockScaling", "BlockScalingConfig", "MoETransformer", "MoEConfig", "MoAMoE", "MoAMoEConfig",
 ]

@@ -27,6 +27,9 @@ class ModelConfig:
     target_params: float | None = None
     # The field that sets the architecture's width, for target_params; None: it has none.
     width_field: ClassVar[str | None] = None
+    # The settings that make the architecture what it is, rather than its size or training: which preset a config
+    # is (lmzoo.models.presets.preset_of), what init_from and a resumed run must keep.
+    choices: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         check_field_types(self, "model")

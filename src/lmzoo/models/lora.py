@@ -88,7 +88,3 @@ def merge(model: nn.Module) -> nn.Module:
 def split_name(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent, _, child = name.rpartition(".")
     return model.get_submodule(parent), child
-
-
-def from_spec(spec: dict) -> LoRA:
-    return LoRA(spec["r"], spec["alpha"], spec["targets"], spec["dropout"])

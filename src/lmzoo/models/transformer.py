@@ -1,5 +1,5 @@
 """A decoder-only transformer assembled from the shared blocks. GPT-2 and a modern GPT are the same class
-with different choices (conf/model/gpt.yaml and gpt_rope.yaml); architectures that vary the layers
+with different choices (the presets conf/model/gpt.yaml and gpt_rope.yaml); architectures that vary the layers
 subclass it and override `attention(layer, rotary)` or `feed_forward(layer)`, and their configs extend
 its config."""
 
@@ -20,14 +20,10 @@ POSITIONS = ("learned", "rope")
 ATTENTION_KINDS = ("standard", "mla", "differential")
 
 
-# GPT-2's choices, where the defaults below are a modern GPT's (gpt_rope: RoPE, RMSNorm, SwiGLU, no biases).
-GPT2_CHOICES = dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False, mlp_ratio=4.0, bias=True)
-
-
 @dataclasses.dataclass(kw_only=True)
 class TransformerConfig(ModelConfig):
-    """A decoder-only transformer. The defaults make it a modern GPT (conf/model/gpt_rope.yaml);
-    `TransformerConfig(..., **GPT2_CHOICES)` is GPT-2 (conf/model/gpt.yaml)."""
+    """A decoder-only transformer. The defaults make it a modern GPT (the preset gpt_rope); the preset gpt
+    (`lmzoo.models.preset_config("gpt", ...)`) is GPT-2's architecture."""
 
     block_size: int
     n_layer: int = 4
@@ -118,6 +114,7 @@ class TransformerConfig(ModelConfig):
         return self.layer_pattern[layer % len(self.layer_pattern)]
 
     width_field = "n_embd"
+    choices = ("positions", "norm", "activation", "gated_mlp", "attention", "qk_norm", "layer_pattern")
 
     def with_width(self, width: int) -> "TransformerConfig | None":
         """At `width`, the head count that keeps head_dim nearest to this config's: whole heads of an even size

@@ -1,19 +1,16 @@
 """Start training from pretrained weights (`init_from`), in full or through adapters (`finetune=lora`)."""
 
-from importlib import resources
 from pathlib import Path
 
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lmzoo.checkpoints.load import build_from
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.lora import merge
-
-# The choices a model preset makes; init_from takes every other setting (the shape) from the weights.
-CHOICES = ("positions", "norm", "activation", "gated_mlp")
+from lmzoo.models.presets import preset_of
 
 
 def from_pretrained(cfg: DictConfig, tokenizer_spec: dict) -> tuple[LanguageModel, dict | None]:
@@ -23,8 +20,9 @@ def from_pretrained(cfg: DictConfig, tokenizer_spec: dict) -> tuple[LanguageMode
     pretrained, info = build_from(source)
     merge(pretrained)
     wanted = get_class(cfg.model._target_)
-    asked = {key: cfg.model[key] for key in CHOICES if key in cfg.model}
-    has = {key: getattr(pretrained.config, key) for key in asked}
+    # init_from takes every setting but the architecture's choices (the shape) from the weights.
+    asked = {key: cfg.model[key] for key in wanted.choices}
+    has = {key: getattr(pretrained.config, key, None) for key in asked}
     if type(pretrained.config) is not wanted or asked != has:
         raise UserError(f"init_from={source} holds another architecture than model= builds; "
                         f"pass model={model_option(pretrained.config)}")
@@ -50,13 +48,4 @@ def from_pretrained(cfg: DictConfig, tokenizer_spec: dict) -> tuple[LanguageMode
 
 def model_option(config: ModelConfig) -> str:
     """The model= option that builds an architecture with these choices."""
-    for path in sorted((resources.files("lmzoo.conf") / "model").iterdir()):
-        if not path.name.endswith(".yaml"):
-            continue
-        preset = OmegaConf.load(path)
-        if "_target_" not in preset:
-            continue  # a variant of another preset (its defaults), whose choices that one names
-        choices = {key: preset[key] for key in CHOICES if key in preset}
-        if get_class(preset._target_) is type(config) and all(getattr(config, k) == v for k, v in choices.items()):
-            return path.name.removesuffix(".yaml")
-    return f"NAME whose _target_ is {type(config).__module__}.{type(config).__qualname__}"
+    return preset_of(config) or f"NAME whose _target_ is {type(config).__module__}.{type(config).__qualname__}"

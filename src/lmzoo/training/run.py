@@ -1,7 +1,6 @@
 """Build data, model, callbacks, logger and Trainer from a composed config, train, and sample."""
 
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -24,12 +23,13 @@ from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
+from lmzoo.models.presets import override_value
 from lmzoo.reports.compare import write_summary
 from lmzoo.training.budget import Budget, apply_budget
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
 from lmzoo.training.datamodule import TokenDataModule
-from lmzoo.training.finetune import CHOICES, from_pretrained, model_option
+from lmzoo.training.finetune import from_pretrained, model_option
 from lmzoo.training.module import LitLM
 from lmzoo.training.provenance import provenance, write_provenance
 
@@ -110,11 +110,6 @@ def as_list(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def override_value(value):
-    """`value` as a command-line override writes it: true and null, not Python's True and None."""
-    return json.dumps(value) if value is None or isinstance(value, bool) else value
-
-
 def resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to continue from: ckpt_path, or with resume=auto the run folder's last.ckpt."""
     if cfg.ckpt_path:
@@ -137,7 +132,7 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
     # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
     changed = {key: value for key, value in record["config"].items()
                if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
-    if record["architecture"] != ours["architecture"] or set(changed) & set(CHOICES):
+    if record["architecture"] != ours["architecture"] or set(changed) & set(type(lit.model.config).choices):
         config = build_config(record)
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
                         f"with model={model_option(config)} and that run's model settings")
