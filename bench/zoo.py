@@ -7,8 +7,8 @@
 Each part is one command a user would type (the script prints it, so a reader can repeat it), in its own
 sweep folder under DIR, which then holds the sweep's comparison.md, report.md and val_loss.png:
 
-- zoo: `python -m lmzoo.train -m model=bigram,mlp,gpt,gpt_rope,block_scaling,moe,moa_moe seed=1,2,3
-  budget.flops=F budget.max_steps=M`, every model at its default size; then the figure of val/loss against
+- zoo: `python -m lmzoo.train -m model=PRESETS seed=1,2,3 budget.flops=F budget.max_steps=M`, every preset of
+  conf/model/ at its default size; then the figure of val/loss against
   training FLOPs (`python -m lmzoo.plot DIR/zoo --x flops`) and a table of training throughput per active
   parameter (tokens/s x active parameters) relative to dense gpt_rope. bigram's 390 FLOPs a token would turn
   a transformer's budget into millions of its steps: budget.max_steps cuts them (the run says how much of the
@@ -33,9 +33,10 @@ from pathlib import Path
 
 from common import REPO, TINYSHAKESPEARE
 
+from lmzoo.models.presets import preset_names
 from lmzoo.reports.compare import Column, read_sweep, table
 
-ZOO = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+ZOO = preset_names()
 PARTS = ["zoo", "optim", "scaling"]
 # The bench's settings, shared by every part. Validating every 50 steps draws the loss curves; early
 # stopping is kept out of the way so that every run spends its whole budget.
