@@ -18,12 +18,13 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from lmzoo.cli.compat import group_not_in_defaults, is_ambiguous_value
 from lmzoo.errors import UserError, report_user_errors
 from lmzoo.files import hold_folder
 
@@ -119,7 +120,7 @@ def explain(error: Exception, command: str) -> str:
     if isinstance(error, MissingConfigException) and error.options is not None:
         group, _, option = (error.missing_cfg_file or "").rpartition("/")
         return f"{group}={option} is not an option; choose one of {', '.join(error.options)}{nearest(option, error.options)}"
-    if isinstance(cause, ConfigKeyError) or type(cause).__name__ == "ConfigAttributeError":
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         section, _, key = (cause.full_key or cause.key or "").rpartition(".")
         keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
         keys = [k for k in keys if k not in ("hydra", "_target_")]
@@ -127,10 +128,9 @@ def explain(error: Exception, command: str) -> str:
         hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "; it has no keys to set")
         return f"{where} has no key {key}{hint}"
     first = str(error).strip().splitlines()[0]
-    if "Could not override" in first and "No match in the defaults list" in first:
-        group = first.split("'")[1]
+    if group := group_not_in_defaults(first):
         return f"there is no option group {group}; see python -m lmzoo.{command} --help for the groups"
-    if type(error).__name__ == "OverrideParseException" or first.startswith("Ambiguous value"):
+    if isinstance(error, OverrideParseException) or is_ambiguous_value(first):
         return f"{first.rstrip('.')}: quote a value that holds spaces, commas, brackets or '=': key='value'"
     return first
 

@@ -93,7 +93,7 @@ class TiktokenTokenizer:
                 "set TIKTOKEN_CACHE_DIR to a folder that holds its files"
             ) from None
         self.vocab_size = self.encoding.n_vocab
-        self.eot_id = self.encoding._special_tokens.get(END_OF_TEXT)
+        self.eot_id = self.encoding.eot_token if END_OF_TEXT in self.encoding.special_tokens_set else None
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode(text, allowed_special={END_OF_TEXT} & self.encoding.special_tokens_set)

@@ -10,10 +10,11 @@ import dataclasses
 import math
 import sys
 
-import torch
-from omegaconf import DictConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError, check_field_types
+from lmzoo.training.compat import device_count
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -43,16 +44,13 @@ class Budget:
 
 
 def world_size(trainer: DictConfig) -> int:
-    """The processes a run trains on, as Lightning counts them from trainer.devices and trainer.num_nodes."""
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    if devices in ("auto", -1, "-1"):
-        on_gpu = trainer.get("accelerator") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        devices = torch.cuda.device_count() if on_gpu else 1
-    elif not isinstance(devices, int):
-        devices = len(devices)
-    return devices * trainer.get("num_nodes", 1)
+    """The processes a run trains on, as Lightning counts them from trainer.accelerator, trainer.devices and
+    trainer.num_nodes."""
+    options = OmegaConf.to_container(trainer, resolve=True)
+    try:
+        return device_count(options.get("accelerator", "auto"), options.get("devices", "auto"), options.get("num_nodes", 1))
+    except (MisconfigurationException, TypeError, ValueError) as error:
+        raise UserError(f"Lightning refuses the trainer settings: {str(error).splitlines()[0]}; see conf/trainer/") from None
 
 
 def apply_budget(cfg: DictConfig, flops_per_token: int) -> None:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 
+from lmzoo.training.compat import logs_this_step, lr_multiplier
 from lmzoo.training.perf import peak_flops
 
 
@@ -68,8 +69,7 @@ class TokensPerSecond(L.Callback):
         self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
         rate = tokens / seconds
         self.rate = rate if self.rate is None else self.smoothing * self.rate + (1 - self.smoothing) * rate
-        # global_step has already counted this step here; log on the steps the logger writes.
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        if logs_this_step(trainer):
             pl_module.log("tokens_per_sec", self.rate, prog_bar=True)
             pl_module.log("perf/flops_per_token", float(self.flops_per_token))
             pl_module.log("train/flops", float(self.tokens * self.flops_per_token))
@@ -103,7 +103,7 @@ class ScheduleToDeadline(L.Callback):
             return
         expected = trainer.global_step + round(timer.time_remaining("train") * trainer.global_step / elapsed)
         # LambdaLR keeps its WarmupCosine's settings in checkpoints, so a resumed run continues this estimate.
-        schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+        schedule = lr_multiplier(trainer.lr_scheduler_configs[0].scheduler)
         schedule.decay = max(expected, schedule.warmup + 1)
 
 
@@ -116,8 +116,8 @@ class PeakMemory(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # Logged on the steps the logger writes, as tokens_per_sec; reading the peak does not sync the device.
-        if pl_module.device.type == "cuda" and trainer.global_step % trainer.log_every_n_steps == 0:
+        # Logged on the steps the logger writes; reading the peak does not sync the device.
+        if pl_module.device.type == "cuda" and logs_this_step(trainer):
             pl_module.log("perf/max_memory_gb", torch.cuda.max_memory_allocated(pl_module.device) / 1e9)
 
 
@@ -149,8 +149,6 @@ class SaveOnSignal(L.Callback):
             return
         checkpoint = trainer.checkpoint_callback
         path = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        # ModelCheckpoint keeps writing last.ckpt after a resume only when its state names that file.
-        checkpoint.last_model_path = str(path)
         trainer.save_checkpoint(path)
         name = signal.Signals(self.received or signal.SIGTERM).name
         if trainer.is_global_zero:

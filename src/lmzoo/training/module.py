@@ -21,6 +21,7 @@ from lmzoo.checkpoints.record import architecture_record
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
+from lmzoo.training.compat import logs_this_step
 from lmzoo.training.optim import OptimConfig, configure_optimizer
 
 # Lightning 2.6 builds a torch LeafSpec, which torch 2.13 deprecates, on every step of its loops.
@@ -65,7 +66,7 @@ class LitLM(L.LightningModule):
         loss, output = self.cross_entropy(batch)
         # Metrics only on the steps whose metrics Lightning writes to the logger (the progress bar is redrawn
         # as seldom): each self.log call runs Lightning's bookkeeping, and expert loads a device sync.
-        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if logs_this_step(self.trainer):
             # train/loss stays the cross-entropy, comparable with val/loss and across models.
             self.log("train/loss", loss, prog_bar=True)
             if output.aux_loss is not None:

@@ -1,0 +1,65 @@
+"""Where training leans on library internals, each in one place, with the releases it was written against.
+
+tests/test_compat.py checks each against the installed libraries, so an upgrade that changes one fails there
+first. Imports no Lightning: lmzoo.training imports this before it first loads Lightning.
+"""
+
+import contextlib
+import re
+
+from lightning_utilities.core.imports import RequirementCache
+
+# lightning-utilities 0.15 (Lightning 2.6): RequirementCache, which torchmetrics asks whether a package is
+# installed, finds out in its private _check_requirement; there is no public way to answer for it.
+LIGHTNING_UTILITIES = "0.15"
+# Lightning 2.6: the rule by which the Trainer writes a training step's logged values to its loggers, which
+# Lightning's own callbacks (LearningRateMonitor, ThroughputMonitor) also read, is private; so is the
+# _AcceleratorConnector, which turns the Trainer's accelerator, devices and num_nodes into its devices.
+LIGHTNING = "2.6"
+# torch 2.13: LambdaLR keeps its multiplier in the undocumented lr_lambdas, and saves a multiplier object's
+# attributes in its state_dict: what lets a run change its schedule's length and resume it.
+TORCH = "2.13"
+
+
+@contextlib.contextmanager
+def packages_reported_missing(names: tuple[str, ...]):
+    """While open, lightning_utilities' RequirementCache (what torchmetrics checks) finds none of `names`."""
+    check = RequirementCache._check_requirement
+
+    def check_unless_named(self):
+        if re.split(r"[^A-Za-z0-9_.-]", self.requirement, maxsplit=1)[0] in names:
+            self.available, self.message = False, f"{self.requirement!r} is not loaded by lmzoo's training"
+        else:
+            check(self)
+
+    RequirementCache._check_requirement = check_unless_named
+    try:
+        yield
+    finally:
+        RequirementCache._check_requirement = check
+
+
+def logs_this_step(trainer) -> bool:
+    """Whether the Trainer writes this training step's logged values to its loggers: on every
+    trainer.log_every_n_steps-th optimizer step (counted from 1), and on a step after which the run is told to stop.
+    The step is the same in its training_step, before the optimizer steps, and in on_train_batch_end, after it, on each of
+    its micro-batches."""
+    return trainer._logger_connector.should_update_logs
+
+
+def lr_multiplier(scheduler):
+    """The multiplier object a LambdaLR scheduler was made with (lmzoo's WarmupCosine)."""
+    return scheduler.lr_lambdas[0]
+
+
+def device_count(accelerator, devices, num_nodes: int = 1) -> int:
+    """The processes a Trainer of these settings trains on, all nodes together (Trainer.num_devices x
+    Trainer.num_nodes), as Lightning counts them, before any Trainer is built. Settings Lightning refuses raise
+    its MisconfigurationException."""
+    from lightning.pytorch.strategies import ParallelStrategy
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    # The strategy does not change the count: "auto" spares building one (FSDP's needs a GPU).
+    strategy = _AcceleratorConnector(devices=devices, num_nodes=num_nodes, accelerator=accelerator).strategy
+    per_node = len(strategy.parallel_devices) if isinstance(strategy, ParallelStrategy) else 1
+    return per_node * getattr(strategy, "num_nodes", 1)

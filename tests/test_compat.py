@@ -1,0 +1,115 @@
+"""The library internals lmzoo leans on (lmzoo.training.compat, lmzoo.cli.compat) still behave as relied on:
+an upgrade of Lightning, lightning-utilities, torch or Hydra that changes one fails here, naming it."""
+
+import lightning as L
+import pytest
+import torch
+import torchmetrics.utilities.imports as torchmetrics_imports
+from helpers import compose_config
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers.logger import Logger
+from lightning_utilities.core.imports import RequirementCache
+
+from lmzoo.cli.compat import group_not_in_defaults, is_ambiguous_value, job_error
+from lmzoo.training.compat import device_count, logs_this_step, lr_multiplier, packages_reported_missing
+
+
+def test_packages_reported_missing_answers_for_the_requirement_caches_torchmetrics_checks():
+    # torchmetrics decides with RequirementCache whether to import transformers and matplotlib.
+    assert isinstance(torchmetrics_imports._TRANSFORMERS_AVAILABLE, RequirementCache)
+    assert isinstance(torchmetrics_imports._MATPLOTLIB_AVAILABLE, RequirementCache)
+    with packages_reported_missing(("torch",)):
+        assert not RequirementCache("torch") and not RequirementCache("torch>=1.0")
+        assert RequirementCache("numpy")
+    assert RequirementCache("torch")
+
+
+class StepsWritten(Logger):
+    """The steps at which the Trainer writes logged values."""
+
+    name, version, experiment = "steps", 0, None
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def log_metrics(self, metrics, step=None):
+        if any(key.startswith("seen/") for key in metrics):
+            self.steps.append(step)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class LogsWhenTold(BoringModel):
+    def __init__(self):
+        super().__init__()
+        self.answers = []
+
+    def training_step(self, batch, batch_idx):
+        before = logs_this_step(self.trainer)
+        if before:
+            self.log("seen/step", float(self.trainer.global_step))
+        self.answers.append(("training_step", self.trainer.global_step, before))
+        return super().training_step(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.answers.append(("batch_end", self.trainer.global_step, logs_this_step(self.trainer)))
+
+
+def test_logs_this_step_is_when_lightning_writes_the_logs(tmp_path):
+    model, written = LogsWhenTold(), StepsWritten()
+    L.Trainer(max_steps=7, log_every_n_steps=3, accumulate_grad_batches=2, logger=written, default_root_dir=tmp_path,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0).fit(model)
+    # Steps 3 and 6 of 7: global_step 2 and 5 while they run.
+    assert written.steps == [2, 5]
+    told = {step for hook, step, answer in model.answers if hook == "training_step" and answer}
+    assert told == {2, 5}
+    # on_train_batch_end of a step's last micro-batch comes after its optimizer step: global_step has moved on.
+    after = [(step, answer) for hook, step, answer in model.answers if hook == "batch_end"]
+    assert [answer for _, answer in after] == [answer for hook, _, answer in model.answers if hook == "training_step"]
+
+
+def test_lr_multiplier_is_the_lambdalr_object_and_its_state_is_checkpointed():
+    class Multiplier:
+        def __init__(self):
+            self.decay = 5
+
+        def __call__(self, step):
+            return 1.0
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Multiplier())
+    lr_multiplier(scheduler).decay = 13
+    resumed = torch.optim.lr_scheduler.LambdaLR(optimizer, Multiplier())
+    resumed.load_state_dict(scheduler.state_dict())
+    assert lr_multiplier(resumed).decay == 13
+
+
+def test_job_error_is_the_exception_of_a_failed_sweep_job():
+    error = ValueError("bad")
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    assert job_error(failed) is error
+    with pytest.raises(ValueError):
+        failed.return_value
+
+
+def test_hydra_errors_recognised_by_their_wording_are_recognised():
+    with pytest.raises(ConfigCompositionException) as missing_group:
+        compose_config("evaluate", "ckpt=x", "tokenizer=gpt2")
+    assert group_not_in_defaults(str(missing_group.value).splitlines()[0]) == "tokenizer"
+    with pytest.raises(ConfigCompositionException) as ambiguous:
+        compose_config("generate", "ckpt=x", "prompt=a b,c")
+    assert is_ambiguous_value(str(ambiguous.value))
+    assert group_not_in_defaults(str(ambiguous.value)) is None and not is_ambiguous_value("Could not override 'x'.")
+
+
+@pytest.mark.parametrize(("accelerator", "devices", "num_nodes"),
+                         [("cpu", 1, 1), ("cpu", 2, 1), ("auto", "auto", 1), ("cpu", "3", 1), ("cpu", 2, 2)])
+def test_device_count_is_the_trainers(accelerator, devices, num_nodes):
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert device_count(accelerator, devices, num_nodes) == trainer.num_devices * trainer.num_nodes
