@@ -2,13 +2,14 @@
 
 import pytest
 from helpers import REPO, compose_config, compose_train
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lmzoo.cli.generate import sampling_settings
 from lmzoo.cli.hydra_command import quote_literal_values
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tokenizer import tokenizer_from_spec
+from lmzoo.inference import SamplingSettings
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.lora import LoRA
 from lmzoo.models.presets import architecture_defaults, preset, preset_config, preset_of
@@ -116,10 +117,15 @@ def test_trainer_configs(tmp_path, name):
 @pytest.mark.parametrize("name", ["generate", "evaluate", "describe", "export", "prepare"])
 def test_commands_that_only_read_share_one_hydra_block(name):
     """They run in the current folder and leave no .hydra/ or log files behind."""
-    with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
-        cfg = compose(config_name=name, return_hydra_config=True)
+    cfg = compose_config(name, return_hydra_config=True)
     assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
     assert cfg.hydra.job_logging == {"version": 1, "root": None, "disable_existing_loggers": False}
+
+
+def test_generate_samples_with_the_defaults_of_sampling_settings():
+    assert sampling_settings(compose_config("generate", "ckpt=x")) == SamplingSettings()
+    assert sampling_settings(compose_config("generate", "ckpt=x", "temperature=0", "stop=[END]")) == SamplingSettings(
+        temperature=0.0, stop=("END",))
 
 
 @pytest.mark.parametrize("typed", ["宝玉道", "🙂", "Hello, world", "a=b", "it's", 'say "hi"', "back\\slash", "ends\\",

@@ -40,7 +40,8 @@ def greedy(max_new_tokens, **settings):
 
 def drawn(logits, draws=300, **controls):
     generator = torch.Generator().manual_seed(0)
-    settings = SamplingSettings(**controls)
+    # At temperature 1 the probabilities are the logits' softmax, as the cases below state them.
+    settings = SamplingSettings(**{"temperature": 1.0, **controls})
     return {sample_next(logits, settings, generator).item() for _ in range(draws)}
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -77,9 +78,11 @@ def compose_zoo(tmp_path: Path, name: str, *overrides: str):
     return compose_train(tmp_path, f"model={name}", *SMOKE, *tiny_overrides(name), *overrides, tiny=False)
 
 
-def compose_config(name: str, *overrides: str):
+def compose_config(name: str, *overrides: str, return_hydra_config: bool = False):
+    """Config `name` composed as python -m lmzoo.NAME composes it: with the nodes its command stores."""
+    importlib.import_module(f"lmzoo.cli.{name}")
     with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def train_process(tmp_path: Path, *overrides: str, timeout: float = 300):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoints.load import load_model, model_card, resolve_device
@@ -19,7 +20,11 @@ from lmzoo.files import write_atomically
 from lmzoo.inference.sampling import SamplingSettings, complete
 
 SEPARATOR = "\n---------------\n"
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop_at_eot", "kv_cache")
+# The keys and defaults of the sampling controls are SamplingSettings' own: conf/generate.yaml takes them from
+# this node, so the command, the Python API and the sample that ends a training run share one set of defaults.
+SAMPLING_DEFAULTS = {key: list(value) if isinstance(value, tuple) else value
+                     for key, value in dataclasses.asdict(SamplingSettings()).items()}
+ConfigStore.instance().store(name="sampling", node=SAMPLING_DEFAULTS)
 
 
 @hydra_command("generate", literal=("ckpt", "prompt", "out"))
@@ -54,7 +59,7 @@ class Request:
 def sampling_settings(cfg: DictConfig) -> SamplingSettings:
     """The sampling keys of the generate config, checked."""
     values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return SamplingSettings(**{key: values[key] for key in SAMPLING_KEYS}, stop=stop_strings(values["stop"]))
+    return SamplingSettings(**{key: values[key] for key in SAMPLING_DEFAULTS if key != "stop"}, stop=stop_strings(values["stop"]))
 
 
 def sample(cfg: DictConfig) -> None:

@@ -24,21 +24,23 @@ MAX_CHARACTER_TOKENS = 4
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     """How to sample, checked when made: a meaningless value is a UserError naming the valid range,
-    from Python as from the command line."""
+    from Python as from the command line. Its defaults are those of python -m lmzoo.generate and of the sample
+    that ends a training run."""
 
     max_new_tokens: int = 500
     # 0 decodes greedily.
-    temperature: float = 1.0
+    temperature: float = 0.8
     # Sample only from the k most likely tokens (None: all).
     top_k: int | None = None
     # Nucleus: only from the smallest set of most likely tokens whose probabilities reach top_p (None: all).
     top_p: float | None = None
-    # Above 1 makes tokens already in the text less likely (1 turns it off).
+    # Above 1 makes tokens already in the text less likely (1.2 is a common choice; 1 turns it off).
     repetition_penalty: float = 1.0
     # Strings that end a sample (they are not part of its text).
     stop: tuple[str, ...] = ()
     # End a sample at the tokenizer's end-of-text token, when it has one.
     stop_at_eot: bool = True
+    # False recomputes the whole context at every step.
     kv_cache: bool = True
 
     def __post_init__(self):
