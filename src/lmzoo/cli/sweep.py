@@ -8,14 +8,16 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lmzoo.reports.compare import SUMMARY, TABLE, write_summary
+from lmzoo.cli.compat import job_error
+from lmzoo.reports.compare import TABLE
 from lmzoo.reports.report import write_report
+from lmzoo.reports.runs import SUMMARY, RunSummary
 
 
 def failure(job_return: JobReturn) -> str:
     """'failed: ' and the first line of the error at the root of a failed job (under Hydra's wrapping)."""
-    # The public return_value re-raises the job's exception; the sweep raises it once every job has run.
-    error = job_return._return_value
+    # The sweep raises it once every job has run.
+    error = job_error(job_return)
     while error.__cause__ is not None:
         error = error.__cause__
     return f"failed: {type(error).__name__}: {error}".splitlines()[0]
@@ -30,6 +32,6 @@ class SweepComparison(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and not (run_dir / SUMMARY).is_file():
-            write_summary(run_dir, {"model": config.hydra.runtime.choices.get("model"), "status": failure(job_return)})
+            RunSummary(model=config.hydra.runtime.choices.get("model"), status=failure(job_return)).write(run_dir)
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\nComparison so far ({sweep_dir / TABLE}):\n{write_report(sweep_dir)}\n")

@@ -4,11 +4,10 @@ Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs)
 val/bpb, each with Welch's t-test against the best; then one row per run, in job order.
 """
 
-import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmzoo.errors import UserError
@@ -68,11 +67,6 @@ MEAN_COLUMNS = [Column("parameters", "parameters", thousands), Column("FLOPs", "
                 Column("MFU", "mfu", percent)]
 
 
-def write_summary(run_dir: str | Path, record: dict) -> None:
-    payload = json.dumps({"run": Path(run_dir).name, **record}, indent=2) + "\n"
-    write_atomically(Path(run_dir) / SUMMARY, payload.encode("utf-8"))
-
-
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's job folders (those Hydra wrote a .hydra/ into), in job order."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / SUMMARY).is_file()]
@@ -104,7 +98,7 @@ def run_rows(runs: list[RunFolder], settings: list[Setting]) -> list[dict]:
     """One row per run, in the order of `runs`, named by its setting's label; the seed from the config where the
     summary has none (runs of older releases)."""
     label = {id(run): setting.label for setting in settings for run in setting.runs}
-    return [{**run.summary, "setting": label[id(run)],
+    return [{**asdict(run.summary), "setting": label[id(run)],
              "seed": run.value("seed") if run.value("seed") is not None else (run.config or {}).get("seed")}
             for run in runs]
 

@@ -8,27 +8,79 @@ what it trained.
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmzoo.errors import UserError
+from lmzoo.files import write_atomically
 
 SUMMARY = "summary.json"
 PROVENANCE = "provenance.json"
 PER_RUN_KEYS = ("ckpt_path", "resume")
-# The numbers a summary may hold (None where a run has none, as a failed run's losses).
-NUMBERS = ("parameters", "active_parameters", "best_val_loss", "best_val_bpb", "steps", "tokens_per_sec", "wall_time_s",
-           "flops_per_token", "tokens", "flops", "mfu", "seed")
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """A run's summary.json, written by the run when it ends (or by the sweep when a job fails) and read by the
+    comparison: its row in the tables. None where a run has no value, as a failed run's losses; a run of an
+    older release lacks the newer keys (None)."""
+
+    run: str | None = None
+    model: str | None = None
+    parameters: int | None = None
+    active_parameters: int | None = None
+    best_val_loss: float | None = None
+    best_val_bpb: float | None = None
+    steps: int | None = None
+    tokens_per_sec: float | None = None
+    wall_time_s: float | None = None
+    # "done", "interrupted", "failed: ERROR" or, for a run without a summary.json, why it has none.
+    status: str | None = None
+    flops_per_token: int | None = None
+    tokens: int | None = None
+    flops: int | None = None
+    mfu: float | None = None
+    seed: int | None = None
+
+    def write(self, run_dir: str | Path) -> None:
+        """RUN_DIR/summary.json, with the run named by its folder."""
+        record = {**asdict(self), "run": Path(run_dir).name}
+        write_atomically(Path(run_dir) / SUMMARY, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+
+    @classmethod
+    def read(cls, path: Path) -> "RunSummary":
+        """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file. Keys this
+        release does not know are left out."""
+        fix = "delete it (the run's row then says 'no summary') or train the run again"
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
+        for key in (f.name for f in fields(cls)):
+            value = row.get(key)
+            if value is None:
+                continue
+            if key in TEXT_KEYS and not isinstance(value, str):
+                raise UserError(f"{path} has a {key} of {value!r}, which is not text; {fix}")
+            if key not in TEXT_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise UserError(f"{path} has a {key} of {value!r}, which is not a number; {fix}")
+        return cls(**{f.name: row.get(f.name) for f in fields(cls)})
+
+
+# The keys of a summary that hold text; the others hold numbers.
+TEXT_KEYS = ("run", "model", "status")
 
 
 @dataclass
 class RunFolder:
     folder: Path
     # summary.json; a run without one (still running, or killed) has only its name and that status.
-    summary: dict
+    summary: RunSummary
     # The resolved config of provenance.json, else Hydra's .hydra/config.yaml; None when the run has neither.
     config: dict | None
 
@@ -37,8 +89,8 @@ class RunFolder:
         return self.folder.name
 
     def value(self, key: str):
-        """A value of the summary; old runs lack the newer keys (None)."""
-        return self.summary.get(key)
+        """A value of the summary (None where it has none)."""
+        return getattr(self.summary, key)
 
 
 @dataclass
@@ -62,27 +114,9 @@ class Setting:
 
 def read_run(folder: Path) -> RunFolder:
     path = folder / SUMMARY
-    summary = (read_summary(path) if path.is_file()
-               else {"run": folder.name, "status": "no summary (running, or killed)"})
+    summary = (RunSummary.read(path) if path.is_file()
+               else RunSummary(run=folder.name, status="no summary (running, or killed)"))
     return RunFolder(folder, summary, read_config(folder))
-
-
-def read_summary(path: Path) -> dict:
-    """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file."""
-    fix = "delete it (the run's row then says 'no summary') or train the run again"
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
-    for key in NUMBERS:
-        if row.get(key) is not None and (isinstance(row[key], bool) or not isinstance(row[key], (int, float))):
-            raise UserError(f"{path} has a {key} of {row[key]!r}, which is not a number; {fix}")
-    for key in ("model", "status", "run"):
-        if row.get(key) is not None and not isinstance(row[key], str):
-            raise UserError(f"{path} has a {key} of {row[key]!r}, which is not text; {fix}")
-    return row
 
 
 def read_config(folder: Path) -> dict | None:

@@ -24,7 +24,7 @@ from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
-from lmzoo.reports.compare import write_summary
+from lmzoo.reports.runs import RunSummary
 from lmzoo.training.budget import Budget, apply_budget
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
@@ -157,12 +157,14 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     datamodule.prepare_data()
     tokenizer = datamodule.meta["tokenizer"]
     finetune = None
+    config = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     if cfg.init_from:
-        model, finetune = from_pretrained(cfg, tokenizer)
+        recipe = instantiate(cfg.finetune, _convert_="all") if cfg.finetune else None
+        model, finetune = from_pretrained(cfg.init_from, config, tokenizer, cfg.block_size, recipe)
     elif cfg.finetune:
         raise UserError("a finetune recipe needs pretrained weights; pass init_from=PATH or init_from=hf:NAME")
     else:
-        model = build_model(instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all"))
+        model = build_model(config)
     flops_per_token = model.flops_per_token(cfg.block_size)
     # Before the optimizer's schedule and the provenance read the run's length.
     apply_budget(cfg, flops_per_token)
@@ -225,16 +227,16 @@ def train(cfg: DictConfig) -> dict:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        write_summary(cfg.paths.output_dir, run_summary(lit, trainer, cfg.seed))
+        run_summary(lit, trainer, cfg.seed).write(cfg.paths.output_dir)
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         model, tokenizer, _ = load_model(best)
-        settings = SamplingSettings(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
+        settings = SamplingSettings(max_new_tokens=cfg.sample_tokens)
         text = sample_text(model, tokenizer, "", settings, torch.Generator().manual_seed(cfg.seed))
         print(f"\nSample from {best}:\n{text}\n")
     return result
 
 
-def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> dict:
+def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> RunSummary:
     """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
     when it was resumed: tokens, tokens/s, MFU and wall time are carried in its checkpoints."""
     total, active = lit.model.parameter_counts()
@@ -243,19 +245,19 @@ def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> dict:
     best = None if math.isinf(lit.best_val_loss) else lit.best_val_loss
     # Bits per byte put models with different tokenizers on one scale.
     best_bpb = bits_per_byte(best, lit.val_tokens_per_byte) if best is not None and lit.val_tokens_per_byte else None
-    return {
-        "model": HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(lit.model).__name__,
-        "parameters": total,
-        "active_parameters": active,
-        "best_val_loss": best,
-        "best_val_bpb": best_bpb,
-        "steps": trainer.global_step,
-        "tokens_per_sec": throughput and throughput.mean_rate,
-        "wall_time_s": lit.wall_time_s,
-        "status": "interrupted" if trainer.interrupted else "done",
-        "flops_per_token": lit.flops_per_token,
-        "tokens": tokens,
-        "flops": tokens and tokens * lit.flops_per_token,
-        "mfu": throughput and throughput.mfu,
-        "seed": seed,
-    }
+    return RunSummary(
+        model=HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(lit.model).__name__,
+        parameters=total,
+        active_parameters=active,
+        best_val_loss=best,
+        best_val_bpb=best_bpb,
+        steps=trainer.global_step,
+        tokens_per_sec=throughput and throughput.mean_rate,
+        wall_time_s=lit.wall_time_s,
+        status="interrupted" if trainer.interrupted else "done",
+        flops_per_token=lit.flops_per_token,
+        tokens=tokens,
+        flops=tokens and tokens * lit.flops_per_token,
+        mfu=throughput and throughput.mfu,
+        seed=seed,
+    )
