@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         copy_nanogpt(args.out, args.nanogpt)
     if args.wheels:
         build_wheels(args.out)
-    splits = ", ".join(f"{split} {info['tokens']:,}" for split, info in meta["splits"].items())
+    splits = ", ".join(f"{split} {size.tokens:,}" for split, size in meta.splits.items())
     print(f"{args.out}: GPT-2 tokens of the shared corpora ({splits}); "
           f"carry it with the checkout and set LMZOO_SHARED={args.out / 'shared'} for the tests")
 

@@ -45,7 +45,7 @@ def run_lmzoo(path: Path, tokenizer: str, workers: int) -> dict:
     for stale in data_dir.glob("*"):
         stale.unlink()
     meta = prepare(data_dir, {"kind": "tiktoken", "name": tokenizer}, path=str(path), workers=workers, progress=False)
-    return {"tokens": sum(split["tokens"] for split in meta["splits"].values())}
+    return {"tokens": sum(split.tokens for split in meta.splits.values())}
 
 
 def run_tiktoken(path: Path, tokenizer: str, workers: int) -> dict:

@@ -145,8 +145,8 @@ def lmzoo_validation(data_dir: Path, seed_data: Path) -> tuple[np.ndarray, list]
     datamodule = TokenDataModule(instantiate(config.data, _convert_="all"))
     datamodule.prepare_data()
     datamodule.setup("validate")
-    check_characters(tokenizer_from_spec(datamodule.meta["tokenizer"]), seed_data, "lmzoo's data")
-    tokens = np.fromfile(datamodule.config.data_dir / "val.bin", dtype=datamodule.meta["dtype"])
+    check_characters(tokenizer_from_spec(datamodule.meta.tokenizer), seed_data, "lmzoo's data")
+    tokens = np.fromfile(datamodule.config.data_dir / "val.bin", dtype=datamodule.meta.dtype)
     if not np.array_equal(tokens, np.fromfile(seed_data / "val.bin", dtype=np.uint16)):
         sys.exit("error: the seed's and lmzoo's validation tokens differ; the losses would not be on the same text")
     return tokens, list(datamodule.val_dataloader())

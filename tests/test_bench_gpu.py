@@ -64,7 +64,7 @@ def test_the_data_folder_holds_gpt2_tokens_that_lmzoo_takes_as_they_are(tmp_path
     # The runs on the GPU machine compose the same data settings and find the bins complete.
     before = (bins / "train.bin").stat()
     meta = prepare(instantiate(compose_train(gpu_data.corpus_overrides(out)).data, _convert_="all"))
-    assert meta["splits"]["train"]["tokens"] == len(train) and same_file(bins / "train.bin", before)
+    assert meta.splits["train"].tokens == len(train) and same_file(bins / "train.bin", before)
 
 
 def test_random_tokens_are_bins_that_lmzoo_and_nanogpt_read(tmp_path):
@@ -72,8 +72,8 @@ def test_random_tokens_are_bins_that_lmzoo_and_nanogpt_read(tmp_path):
     before = (bins / "train.bin").stat()
     meta = prepare(instantiate(compose_train(gpu.random_overrides(tmp_path)).data, _convert_="all"))
     train = np.memmap(bins / "train.bin", dtype=np.uint16, mode="r")
-    assert meta["splits"]["train"]["tokens"] == len(train) == 4096 and same_file(bins / "train.bin", before)
-    assert meta["vocab_size"] == 50257 and train.max() < 50257
+    assert meta.splits["train"].tokens == len(train) == 4096 and same_file(bins / "train.bin", before)
+    assert meta.vocab_size == 50257 and train.max() < 50257
 
 
 def moe_flops(top_k: int) -> float:

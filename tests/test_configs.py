@@ -32,7 +32,7 @@ def test_data_configs_prepare_their_named_bins(tmp_path, name):
     meta = prepare(config, progress=False)
     assert config.data_dir.parent == tmp_path / "data" / name and (config.data_dir / "train.bin").is_file()
     # tinyshakespeare has 65 distinct characters; the BPE data sets use GPT-2's vocabulary.
-    assert meta["vocab_size"] == (65 if meta["tokenizer"]["kind"] == "char" else 50257)
+    assert meta.vocab_size == (65 if meta.tokenizer["kind"] == "char" else 50257)
 
 
 @pytest.mark.parametrize("name", options("tokenizer"))
@@ -41,8 +41,8 @@ def test_tokenizer_configs_build_their_kind_and_round_trip(tmp_path, name):
     small = ["data.tokenizer.vocab_size=300"] if name == "bpe" else []
     config = instantiate(compose_train(tmp_path, f"tokenizer={name}", *small).data, _convert_="all")
     meta = prepare(config, progress=False)
-    assert meta["tokenizer"]["kind"] == TOKENIZER_KINDS[name]
-    tokenizer = tokenizer_from_spec(meta["tokenizer"])
+    assert meta.tokenizer["kind"] == TOKENIZER_KINDS[name]
+    tokenizer = tokenizer_from_spec(meta.tokenizer)
     assert tokenizer.decode(tokenizer.encode("First Citizen:")) == "First Citizen:"
 
 

@@ -23,7 +23,7 @@ TINYSTORIES = SHARED / "data" / "tinystories-valid.txt"
 
 
 def all_tokens(data_dir, meta) -> list[int]:
-    return [int(i) for split in ("train", "val") for i in np.fromfile(data_dir / f"{split}.bin", dtype=meta["dtype"])]
+    return [int(i) for split in ("train", "val") for i in np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype)]
 
 
 def one_shot(tok, text: str, separator: str | None) -> list[int]:
@@ -54,11 +54,11 @@ def test_streaming_bins_equal_a_one_shot_encode(tmp_path, monkeypatch, source, c
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     meta = prepare_at(tmp_path / "bins", tokenizer, path=str(path), document_separator=separator, prepare_workers=2)
-    tok = tokenizer_from_spec(meta["tokenizer"])
-    split_at = len(text.encode("utf-8")[: meta["splits"]["train"]["bytes"]].decode("utf-8"))
+    tok = tokenizer_from_spec(meta.tokenizer)
+    split_at = len(text.encode("utf-8")[: meta.splits["train"].bytes].decode("utf-8"))
     expected = one_shot(tok, text[:split_at], separator) + one_shot(tok, text[split_at:], separator)
     assert all_tokens(tmp_path / "bins" / tokenizer_folder(tokenizer), meta) == expected
-    assert meta["splits"]["train"]["tokens"] == len(one_shot(tok, text[:split_at], separator))
+    assert meta.splits["train"].tokens == len(one_shot(tok, text[:split_at], separator))
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "cl100k_base"])
@@ -67,11 +67,11 @@ def test_hongloumeng_round_trips_in_both_tokenizers(tmp_path, tokenizer):
     datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
     text = HONGLOUMENG.read_text(encoding="utf-8")
-    tok = tokenizer_from_spec(datamodule.meta["tokenizer"])
+    tok = tokenizer_from_spec(datamodule.meta.tokenizer)
     assert tok.decode(all_tokens(datamodule.config.data_dir, datamodule.meta)) == text
-    val = datamodule.meta["splits"]["val"]
-    assert val["bytes"] == len(text.encode("utf-8")) - datamodule.meta["splits"]["train"]["bytes"]
-    assert datamodule.meta["dtype"] == ("uint16" if tokenizer == "char" else "uint32")
+    val = datamodule.meta.splits["val"]
+    assert val.bytes == len(text.encode("utf-8")) - datamodule.meta.splits["train"].bytes
+    assert datamodule.meta.dtype == ("uint16" if tokenizer == "char" else "uint32")
 
 
 def test_tinystories_from_the_local_slice(tmp_path):
@@ -79,7 +79,7 @@ def test_tinystories_from_the_local_slice(tmp_path):
     datamodule = TokenDataModule(instantiate(config, _convert_="all"))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    assert datamodule.meta["tokenizer"] == {"kind": "tiktoken", "name": "gpt2"}
+    assert datamodule.meta.tokenizer == {"kind": "tiktoken", "name": "gpt2"}
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (4, 32) and int(x.max()) < 50257
     # The slice has no <|endoftext|> markers: one document, closed by end-of-text in each split.
@@ -93,18 +93,18 @@ def test_bpe_is_trained_on_the_training_split_and_round_trips(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(text)
     meta = prepare_at(tmp_path / "bins", {"kind": "bpe", "vocab_size": 512}, path=str(path))
-    tok = tokenizer_from_spec(meta["tokenizer"])
-    assert isinstance(tok, BPETokenizer) and meta["vocab_size"] == tok.vocab_size == 512
+    tok = tokenizer_from_spec(meta.tokenizer)
+    assert isinstance(tok, BPETokenizer) and meta.vocab_size == tok.vocab_size == 512
     assert tok.decode(all_tokens(tmp_path / "bins" / "bpe-512", meta)) == text
     for sample in ("ROMEO: O, she doth teach the torches!", "红楼梦 🙂 ünïcode", "<|endoftext|>"):
         assert tok.decode(tok.encode(sample)) == sample
     assert tok.encode("<|endoftext|>") == [tok.eot_id]
     # Saved beside the bins; fewer tokens than characters: merges were learnt.
     assert BPETokenizer((tmp_path / "bins" / "bpe-512" / "tokenizer.json").read_text()).encode("ROMEO:") == tok.encode("ROMEO:")
-    assert meta["splits"]["train"]["tokens"] < 0.5 * meta["splits"]["train"]["bytes"]
+    assert meta.splits["train"].tokens < 0.5 * meta.splits["train"].bytes
     # Trained on the training split only: the same corpus with a different split learns other merges.
     other = prepare_at(tmp_path / "other", {"kind": "bpe", "vocab_size": 512}, path=str(path), train_fraction=0.5)
-    assert other["tokenizer"] != meta["tokenizer"]
+    assert other.tokenizer != meta.tokenizer
 
 
 def test_validation_split_starts_at_a_document_boundary(tmp_path):
@@ -118,7 +118,7 @@ def test_validation_split_starts_at_a_document_boundary(tmp_path):
     val_documents = tok.decode(val).split("<|endoftext|>")
     assert val_documents[-1] == "" and set(val_documents[:-1]) <= set(documents)
     assert val_documents[0] == documents[100 - len(val_documents) + 1]
-    assert meta["splits"]["val"]["bytes"] == len("<|endoftext|>".join(val_documents[:-1]).encode())
+    assert meta.splits["val"].bytes == len("<|endoftext|>".join(val_documents[:-1]).encode())
 
 
 def test_folder_and_glob_sources_read_every_text_file(tmp_path):
@@ -128,7 +128,7 @@ def test_folder_and_glob_sources_read_every_text_file(tmp_path):
         (folder / name).write_text(body)
     from_folder = prepare_at(tmp_path / "f", {"kind": "char"}, path=str(folder))
     from_glob = prepare_at(tmp_path / "g", {"kind": "char"}, path=str(folder / "*.txt"))
-    tok = CharTokenizer(from_folder["tokenizer"]["chars"])
+    tok = CharTokenizer(from_folder.tokenizer["chars"])
     in_folder, in_glob = all_tokens(tmp_path / "f" / "char", from_folder), all_tokens(tmp_path / "g" / "char", from_glob)
     assert tok.decode(in_folder) == "first book " * 50 + "\n" + "second book " * 50
     assert in_glob == in_folder
@@ -149,7 +149,7 @@ def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(
     for split, name in (("train", "train"), ("val", "validation")):
         decoded = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / f"{split}.bin", dtype=np.uint16).tolist())
         assert decoded == "".join(row["content"] + "<|endoftext|>" for row in rows[name])
-    assert meta["splits"]["train"]["tokens"] > 0
+    assert meta.splits["train"].tokens > 0
 
 
 def test_hugging_face_dataset_offline_fails_fast_naming_data_path(tmp_path):
@@ -261,7 +261,7 @@ def test_a_separate_validation_file(tmp_path):
     tok = TiktokenTokenizer("gpt2")
     val = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / "val.bin", dtype=np.uint16).tolist())
     assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
-    assert meta["splits"]["val"]["bytes"] == (tmp_path / "valid.txt").stat().st_size
+    assert meta.splits["val"].bytes == (tmp_path / "valid.txt").stat().st_size
 
 
 def test_char_ids_follow_the_vocabulary_order():

@@ -25,14 +25,14 @@ def corpus(tmp_path):
 
 def test_prepare_writes_bins_and_meta(tmp_path, corpus):
     meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
-    assert meta["dtype"] == "uint16"
-    assert meta["tokenizer"] == {"kind": "char", "chars": "".join(sorted(set(TEXT)))}
+    assert meta.dtype == "uint16"
+    assert meta.tokenizer == {"kind": "char", "chars": "".join(sorted(set(TEXT)))}
     train = np.fromfile(tmp_path / "bins" / "char" / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "bins" / "char" / "val.bin", dtype=np.uint16)
-    tokenizer = CharTokenizer(meta["tokenizer"]["chars"])
+    tokenizer = CharTokenizer(meta.tokenizer["chars"])
     assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == TEXT
-    assert len(train) == meta["splits"]["train"]["tokens"] == int(len(TEXT) * 0.9)
-    assert meta["splits"]["val"]["bytes"] == len(TEXT) - int(len(TEXT) * 0.9)
+    assert len(train) == meta.splits["train"].tokens == int(len(TEXT) * 0.9)
+    assert meta.splits["val"].bytes == len(TEXT) - int(len(TEXT) * 0.9)
 
 
 def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokenizer(tmp_path, corpus):
@@ -43,7 +43,7 @@ def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokeni
     assert {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")} == stamps
 
     meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
-    assert meta["tokenizer"] == {"kind": "tiktoken", "name": "gpt2"}
+    assert meta.tokenizer == {"kind": "tiktoken", "name": "gpt2"}
     # Each tokenizer of a data set has its own bins: a sweep over tokenizers never rebuilds another's.
     assert {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")} == stamps
     corpus.write_text(TEXT + "more text\n")
@@ -54,9 +54,9 @@ def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokeni
 
 def test_cl100k_base_needs_uint32(tmp_path, corpus):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "cl100k_base"}, path=str(corpus))
-    assert meta["dtype"] == "uint32" and meta["vocab_size"] > 2**16
+    assert meta.dtype == "uint32" and meta.vocab_size > 2**16
     ids = np.fromfile(tmp_path / "bins" / "cl100k_base" / "train.bin", dtype=np.uint32)
-    assert ids.max() < meta["vocab_size"]
+    assert ids.max() < meta.vocab_size
     assert TEXT.startswith(TiktokenTokenizer("cl100k_base").decode(ids.tolist()))
 
 
@@ -85,7 +85,7 @@ def test_interrupted_prepare_says_so_in_one_line_and_leaves_no_bins_that_look_co
     assert read_meta(bins) is None
     assert sorted(p.name for p in bins.iterdir()) == [".lmzoo.lock", "train.bin", "val.bin"]
     monkeypatch.undo()
-    assert prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))["splits"]["val"]["bytes"] > 0
+    assert prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus)).splits["val"].bytes > 0
 
 
 def test_truncated_bin_is_not_accepted(tmp_path, corpus):
@@ -95,7 +95,7 @@ def test_truncated_bin_is_not_accepted(tmp_path, corpus):
         file.truncate(10)
     assert read_meta(bins) is None
     meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
-    assert meta["splits"]["train"]["tokens"] * 2 == (bins / "train.bin").stat().st_size
+    assert meta.splits["train"].tokens * 2 == (bins / "train.bin").stat().st_size
 
 
 def test_bins_holding_ids_outside_the_vocabulary_are_refused(tmp_path, corpus):
@@ -113,7 +113,7 @@ def test_url_source_is_downloaded_once_and_checksum_verified(tmp_path, corpus):
     url = corpus.as_uri()
     cache = tmp_path / "downloads"
     meta = prepare_at(tmp_path / "bins", {"kind": "char"}, url=url, sha256=sha256_of(corpus))
-    assert (cache / "corpus.txt").read_text() == TEXT and meta["splits"]["train"]["tokens"] > 0
+    assert (cache / "corpus.txt").read_text() == TEXT and meta.splits["train"].tokens > 0
     with pytest.raises(UserError, match="does not match the expected sha256"):
         prepare_at(tmp_path / "other", {"kind": "char"}, url=url, sha256="0" * 64)
 

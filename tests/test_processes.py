@@ -49,9 +49,9 @@ def test_concurrent_prepares_of_one_data_folder_take_turns_and_leave_bins_that_m
         assert process.wait(timeout=300) == 0, process.stderr.read()
     meta = read_meta(data_dir)
     assert meta is not None
-    source = next(path for path in (SHAKESPEARE, other) if str(path) == meta["source"])
-    tokens = np.concatenate([np.fromfile(data_dir / f"{split}.bin", dtype=meta["dtype"]) for split in ("train", "val")])
-    assert tokenizer_from_spec(meta["tokenizer"]).decode(tokens.tolist()) == source.read_text()
+    source = next(path for path in (SHAKESPEARE, other) if str(path) == meta.source)
+    tokens = np.concatenate([np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype) for split in ("train", "val")])
+    assert tokenizer_from_spec(meta.tokenizer).decode(tokens.tolist()) == source.read_text()
 
 
 def test_a_training_in_a_held_run_folder_stops_at_once_naming_the_holder(tmp_path):

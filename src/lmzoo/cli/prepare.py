@@ -11,5 +11,5 @@ from lmzoo.data import prepare
 def main(cfg: DictConfig) -> None:
     config = instantiate(cfg.data, _convert_="all")
     meta = prepare(config)
-    splits = ", ".join(f"{name} {info['tokens']:,} tokens" for name, info in meta["splits"].items())
-    print(f"{config.data_dir}: {splits}; vocab {meta['vocab_size']:,} ({meta['dtype']})")
+    splits = ", ".join(f"{name} {size.tokens:,} tokens" for name, size in meta.splits.items())
+    print(f"{config.data_dir}: {splits}; vocab {meta.vocab_size:,} ({meta.dtype})")

@@ -10,6 +10,7 @@ last, describing the bins exactly, so a failed or killed prepare never leaves da
 import json
 import os
 from collections import deque
+from dataclasses import asdict, dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,7 @@ from lmzoo.files import atomic_write, hold_folder, write_atomically
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "val")
+META = "meta.json"
 # Characters per piece handed to the tokenizer, and per group of pieces one thread encodes.
 PIECE_CHARS = 1 << 20
 GROUP_CHARS = 1 << 20
@@ -42,18 +44,58 @@ def token_dtype(vocab_size: int, name: str | None = None) -> np.dtype:
     return dtype
 
 
-def read_meta(data_dir: Path) -> dict | None:
-    """meta.json if the bins beside it are complete, else None."""
-    try:
-        meta = json.loads((data_dir / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in SPLITS:
-        bin_path = data_dir / f"{split}.bin"
-        if not bin_path.is_file() or bin_path.stat().st_size != meta["splits"][split]["tokens"] * itemsize:
+@dataclass(frozen=True)
+class SplitSize:
+    """A split's length in tokens, and in bytes of the text they encode."""
+
+    tokens: int
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinsMeta:
+    """meta.json: what the bins beside it hold and what made them. Written by prepare once the bins are complete,
+    read by whatever opens the bins."""
+
+    # What the bins depend on (see fingerprint): when any of it changes, prepare rebuilds them.
+    fingerprint: dict
+    # The source files, joined by ", ".
+    source: str
+    tokenizer: dict
+    vocab_size: int
+    eot_id: int | None
+    # uint16 or uint32.
+    dtype: str
+    splits: dict[str, SplitSize]
+
+    @property
+    def val_tokens_per_byte(self) -> float:
+        """Tokens per UTF-8 byte of the validation text: turns val/loss into bits per byte."""
+        val = self.splits["val"]
+        return val.tokens / val.bytes
+
+    def write(self, data_dir: Path, fix: str) -> None:
+        write_atomically(data_dir / META, json.dumps(asdict(self), indent=2, ensure_ascii=False).encode("utf-8"), fix)
+
+    @classmethod
+    def read(cls, data_dir: Path) -> "BinsMeta | None":
+        """meta.json if it is one and the bins beside it are complete, else None."""
+        try:
+            record = json.loads((data_dir / META).read_text())
+            meta = cls(**{**record, "splits": {split: SplitSize(**record["splits"][split]) for split in SPLITS}})
+            itemsize = np.dtype(meta.dtype).itemsize
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-    return meta
+        for split in SPLITS:
+            bin_path = data_dir / f"{split}.bin"
+            if not bin_path.is_file() or bin_path.stat().st_size != meta.splits[split].tokens * itemsize:
+                return None
+        return meta
+
+
+def read_meta(data_dir: Path) -> BinsMeta | None:
+    """meta.json if the bins beside it are complete, else None."""
+    return BinsMeta.read(data_dir)
 
 
 def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: float, document_separator,
@@ -69,7 +111,7 @@ def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: floa
     }
 
 
-def prepare(config: DataConfig, progress: bool = True) -> dict:
+def prepare(config: DataConfig, progress: bool = True) -> BinsMeta:
     """Build the bins in `config.data_dir` unless bins for the same inputs are already there; return meta.
 
     A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`.
@@ -85,14 +127,14 @@ def prepare(config: DataConfig, progress: bool = True) -> dict:
                               "before (none were replaced); run the command again to prepare them") from None
 
 
-def prepare_held(config: DataConfig, fix: str, progress: bool) -> dict:
+def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
     c = config
     sources = source_files(c.path, c.url, c.sha256, c.val_path, c.dataset, c.document_separator, c.cache_dir)
     checksum = "+".join(sha256_of_files(files) for files in sources.values())
     wanted = fingerprint(checksum, dict(c.tokenizer), c.train_fraction, c.document_separator, c.dtype)
     meta = read_meta(c.data_dir)
-    if meta is not None and meta["fingerprint"] == wanted:
-        check_block_size(meta["splits"], c.block_size)
+    if meta is not None and meta.fingerprint == wanted:
+        check_block_size(meta.splits, c.block_size)
         check_token_ids(c.data_dir, meta)
         return meta
 
@@ -111,19 +153,13 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> dict:
             for split, file in (("train", train), ("val", val))
         }
         check_block_size(splits, c.block_size)
-        (c.data_dir / "meta.json").unlink(missing_ok=True)
+        (c.data_dir / META).unlink(missing_ok=True)
     if tok.spec["kind"] == "bpe":
         write_atomically(c.data_dir / "tokenizer.json", tok.json.encode("utf-8"), fix)
-    meta = {
-        "fingerprint": wanted,
-        "source": ", ".join(str(path) for files in sources.values() for path in files),
-        "tokenizer": tok.spec,
-        "vocab_size": tok.vocab_size,
-        "eot_id": tok.eot_id,
-        "dtype": token_type.name,
-        "splits": splits,
-    }
-    write_atomically(c.data_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"), fix)
+    meta = BinsMeta(fingerprint=wanted, source=", ".join(str(path) for files in sources.values() for path in files),
+                    tokenizer=tok.spec, vocab_size=tok.vocab_size, eot_id=tok.eot_id, dtype=token_type.name,
+                    splits=splits)
+    meta.write(c.data_dir, fix)
     return meta
 
 
@@ -162,7 +198,7 @@ def split_spans(sources: dict[str, list[Path]], train_fraction: float,
 
 
 def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: BinaryIO, dtype: np.dtype,
-                 workers: int | None, progress: bool) -> dict:
+                 workers: int | None, progress: bool) -> SplitSize:
     """Tokenize bytes [start, stop) of the corpus into `file`; their token and byte counts."""
     # Documents are split out and followed by end-of-text only for tokenizers that have it.
     separator = corpus.separator if tok.eot_id is not None else None
@@ -172,27 +208,27 @@ def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: Bi
               disable=not progress) as bar:
         texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
         tokens = write_tokens(file, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
-    return {"tokens": tokens, "bytes": stop - start}
+    return SplitSize(tokens, stop - start)
 
 
-def check_token_ids(data_dir: Path, meta: dict) -> None:
+def check_token_ids(data_dir: Path, meta: BinsMeta) -> None:
     """Refuse bins holding an id outside the vocabulary (overwritten by something else than lmzoo): training
     on them would fail deep inside torch, or learn from garbage."""
     for split in SPLITS:
-        tokens = np.memmap(data_dir / f"{split}.bin", dtype=meta["dtype"], mode="r")
+        tokens = np.memmap(data_dir / f"{split}.bin", dtype=meta.dtype, mode="r")
         # In blocks, so that a bin of gigabytes is never read into memory at once.
         largest = max((int(tokens[i : i + (1 << 24)].max()) for i in range(0, len(tokens), 1 << 24)), default=0)
-        if largest >= meta["vocab_size"]:
+        if largest >= meta.vocab_size:
             raise UserError(f"{data_dir / f'{split}.bin'} holds token id {largest}, outside the vocabulary of "
-                            f"{meta['vocab_size']} in its meta.json: the bins are damaged; delete {data_dir} "
+                            f"{meta.vocab_size} in its meta.json: the bins are damaged; delete {data_dir} "
                             "and run the command again to prepare them anew")
 
 
-def check_block_size(splits: dict, block_size: int) -> None:
-    for split, info in splits.items():
-        if info["tokens"] <= block_size + 1:
+def check_block_size(splits: dict[str, SplitSize], block_size: int) -> None:
+    for split, size in splits.items():
+        if size.tokens <= block_size + 1:
             raise UserError(
-                f"block_size {block_size} is larger than the {split} split ({info['tokens']} tokens); "
+                f"block_size {block_size} is larger than the {split} split ({size.tokens} tokens); "
                 "lower block_size or use a larger corpus"
             )
 

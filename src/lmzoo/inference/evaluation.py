@@ -60,18 +60,18 @@ def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch
     """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
     check_tokenizer(data, tokenizer_spec)
     meta = prepare(data)
-    if meta["tokenizer"] != tokenizer_spec:
+    if meta.tokenizer != tokenizer_spec:
         raise tokenized_differently(data, tokenizer_spec)
-    val = meta["splits"]["val"]
-    loss, predicted = split_loss(model, open_tokens(data.data_dir / "val.bin", meta["dtype"]), batch_size)
+    val = meta.splits["val"]
+    loss, predicted = split_loss(model, open_tokens(data.data_dir / "val.bin", meta.dtype), batch_size)
     return {
         "data": data.name,
         "split": "val",
         "tokens": predicted,
-        "bytes": val["bytes"],
+        "bytes": val.bytes,
         "loss": loss,
         "perplexity": math.exp(loss),
-        "bits_per_byte": bits_per_byte(loss, val["tokens"] / val["bytes"]),
+        "bits_per_byte": bits_per_byte(loss, meta.val_tokens_per_byte),
     }
 
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lmzoo.data import DataConfig, prepare, read_meta
-from lmzoo.data.bins import check_block_size
+from lmzoo.data.bins import BinsMeta, check_block_size
 from lmzoo.data.windows import FixedWindows, RandomWindows
 from lmzoo.errors import UserError
 
@@ -14,7 +14,7 @@ class TokenDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig):
         super().__init__()
         self.config = config
-        self.meta: dict | None = None
+        self.meta: BinsMeta | None = None
 
     def prepare_data(self):
         self.meta = prepare(self.config)
@@ -25,30 +25,29 @@ class TokenDataModule(L.LightningDataModule):
         if self.meta is None:
             raise UserError(f"no prepared data in {self.config.data_dir}; "
                             f"run python -m lmzoo.prepare data={self.config.name}")
-        check_block_size(self.meta["splits"], self.config.block_size)
+        check_block_size(self.meta.splits, self.config.block_size)
 
     @property
     def vocab_size(self) -> int:
-        return self.meta["vocab_size"]
+        return self.meta.vocab_size
 
     @property
     def val_tokens_per_byte(self) -> float:
         """Tokens per UTF-8 byte of the validation text: turns val/loss into bits per byte."""
-        val = self.meta["splits"]["val"]
-        return val["tokens"] / val["bytes"]
+        return self.meta.val_tokens_per_byte
 
     def train_dataloader(self):
         trainer, c = self.trainer, self.config
         # Resuming restores global_step before the dataloader is built, so the stream restarts where it stopped.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        dataset = RandomWindows(c.data_dir / "train.bin", self.meta["dtype"], c.block_size, c.batch_size, c.seed,
+        dataset = RandomWindows(c.data_dir / "train.bin", self.meta.dtype, c.block_size, c.batch_size, c.seed,
                                 rank, world_size, start)
         return self.loader(dataset)
 
     def val_dataloader(self):
         c = self.config
-        return self.loader(FixedWindows(c.data_dir / "val.bin", self.meta["dtype"], c.block_size, c.batch_size,
+        return self.loader(FixedWindows(c.data_dir / "val.bin", self.meta.dtype, c.block_size, c.batch_size,
                                         c.val_batches))
 
     def loader(self, dataset):

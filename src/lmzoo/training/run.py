@@ -155,7 +155,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
-    tokenizer = datamodule.meta["tokenizer"]
+    tokenizer = datamodule.meta.tokenizer
     finetune = None
     config = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     if cfg.init_from:
