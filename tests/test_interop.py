@@ -64,7 +64,7 @@ def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
                         "trainer.val_check_interval=2", "optim=finetune")
     result = train(cfg)
     model, _, info = load_model(result["best_checkpoint"])
-    assert info["config"]["n_layer"] == 2 and model.block_size == 64 and info["global_step"] == 2
+    assert info.config["n_layer"] == 2 and model.block_size == 64 and info.global_step == 2
     # The weights' tie wins over the preset's default (untied): GPT-2 stays tied, sharing one matrix.
     tied = hf_model.config.tie_word_embeddings
     assert model.config.tie_embeddings == tied

@@ -45,7 +45,7 @@ def lora_checkpoint(tmp_path):
 def test_a_0_1_checkpoint_loads_to_its_logits_and_samples(name):
     model, tokenizer, info = load_model(LEGACY / f"{name}.ckpt")
     recorded_logits_match(model, name)
-    assert info["global_step"] == 4 and info["version"] == "0.1.0" and math.isfinite(info["best_val_loss"])
+    assert info.global_step == 4 and info.version == "0.1.0" and math.isfinite(info.best_val_loss)
     text = sample_text(model, tokenizer, "ROMEO:", SamplingSettings(max_new_tokens=30, temperature=0))
     assert len(text) == 30 and set(text) <= set(tokenizer.chars)
 
@@ -53,7 +53,7 @@ def test_a_0_1_checkpoint_loads_to_its_logits_and_samples(name):
 def test_a_0_1_lora_checkpoint_and_a_0_1_folder_load_to_their_logits(lora_checkpoint):
     model, _, info = load_model(lora_checkpoint)
     recorded_logits_match(model, "gpt_lora")
-    assert info["finetune"]["targets"] == ["qkv", "proj", "mlp"]
+    assert info.finetune["targets"] == ["qkv", "proj", "mlp"]
     folder, _, _ = load_model(LEGACY / "moe_folder")
     recorded_logits_match(folder, "moe_folder")
 

@@ -25,7 +25,7 @@ def test_reloaded_checkpoint_gives_the_trained_models_logits_and_tokenizer(tmp_p
     trainer.fit(lit, datamodule=datamodule)
     model, tokenizer, info = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert tokenizer.spec == datamodule.meta.tokenizer
-    assert info["global_step"] == 20
+    assert info.global_step == 20
     idx = torch.randint(0, 65, (2, 32))
     with torch.no_grad():
         trained = lit.model.eval()(idx).logits

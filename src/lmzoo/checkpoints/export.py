@@ -14,6 +14,7 @@ from lmzoo.checkpoints.folder import INSTALL_HINT, save_folder, write_record
 from lmzoo.checkpoints.hf import CONV1D_WEIGHTS, VOCAB_ROWS, llama_layout
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
 from lmzoo.checkpoints.load import load_model
+from lmzoo.checkpoints.record import ModelRecord
 from lmzoo.data.tokenizer import Tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel, Transformer, TransformerConfig
@@ -51,25 +52,24 @@ def export_checkpoint(ckpt: str, out: str, merge_adapters: bool = False) -> str:
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"out={out} already exists and is not an empty folder; pass a new folder")
-    model, tokenizer, info = load_model(ckpt)
+    model, tokenizer, record = load_model(ckpt)
     if any(isinstance(module, LoRALinear) for module in model.modules()):
         if not merge_adapters:
             raise UserError(f"{ckpt} holds LoRA adapters; pass merge=true to fold them into the exported weights")
         merge(model)
-    trained = {key: info[key] for key in ("global_step", "best_val_loss")}
     converter = converter_for(model)
     try:
         if converter is None:
-            save_folder(model, tokenizer.spec, out, trained)
+            save_folder(model, tokenizer.spec, out, record)
             options = " in these options" if type(model.config) is TransformerConfig else ""
             return (f"{type(model).__name__}{options} has no transformers class; wrote lmzoo safetensors and "
                     f"lmzoo.json to {out}, which python -m lmzoo.generate ckpt={out} loads")
-        return export_hf(model, converter, tokenizer, out, trained)
+        return export_hf(model, converter, tokenizer, out, record)
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror or error}); pass out= a writable new folder") from None
 
 
-def export_hf(model, converter, tokenizer: Tokenizer, out: Path, trained: dict) -> str:
+def export_hf(model, converter, tokenizer: Tokenizer, out: Path, source: ModelRecord) -> str:
     try:
         from transformers import GenerationConfig
     except ImportError:
@@ -78,7 +78,7 @@ def export_hf(model, converter, tokenizer: Tokenizer, out: Path, trained: dict) 
     hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
     hf_model.save_pretrained(out)
     saved = save_tokenizer(tokenizer, out)
-    write_record(model, tokenizer.spec, out, trained)
+    write_record(model, tokenizer.spec, out, source)
     return f"wrote {type(hf_model).__name__} ({saved}) to {out}; load it with AutoModelForCausalLM.from_pretrained"
 
 

@@ -6,12 +6,12 @@ same lmzoo.json beside the Hugging Face files of the others, so that lmzoo loads
 every lmzoo command loads both. safetensors is imported only here, inside the functions that need it.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
-from lmzoo import __version__
 from lmzoo.checkpoints.integrity import check_digest
-from lmzoo.checkpoints.record import architecture_record, build_model, check_readable, upgrade_record
+from lmzoo.checkpoints.record import FOLDER_KEYS, ModelRecord, check_readable
 from lmzoo.errors import UserError
 from lmzoo.files import sha256_of, write_atomically
 from lmzoo.models import LanguageModel
@@ -33,21 +33,22 @@ def is_lmzoo_folder(source: str) -> bool:
     return (Path(source).expanduser() / FOLDER_RECORD).is_file()
 
 
-def save_folder(model: LanguageModel, tokenizer_spec: dict, out: Path, trained: dict | None = None) -> None:
-    """model.safetensors and lmzoo.json in `out`; `trained` holds the source's global_step and best_val_loss."""
+def save_folder(model: LanguageModel, tokenizer_spec: dict, out: Path, source: ModelRecord | None = None) -> None:
+    """model.safetensors and lmzoo.json in `out`; the source's record gives its training so far."""
     out.mkdir(parents=True, exist_ok=True)
     safetensors_torch().save_model(model, str(out / WEIGHTS))
-    write_record(model, tokenizer_spec, out, trained)
+    write_record(model, tokenizer_spec, out, source)
 
 
-def write_record(model: LanguageModel, tokenizer_spec: dict, out: Path, trained: dict | None = None) -> None:
-    """lmzoo.json for the weights already in `out`: what rebuilds the model, and their sha256."""
-    record = {"version": __version__, **architecture_record(model), "tokenizer": tokenizer_spec, **(trained or {}),
-              "weights_sha256": sha256_of(out / WEIGHTS)}
-    write_atomically(out / FOLDER_RECORD, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+def write_record(model: LanguageModel, tokenizer_spec: dict, out: Path, source: ModelRecord | None = None) -> None:
+    """lmzoo.json for the weights already in `out`: what rebuilds the model, the source's training so far
+    (global_step and best_val_loss), and the weights' sha256."""
+    record = ModelRecord.of(model, tokenizer_spec, global_step=source and source.global_step,
+                            best_val_loss=source and source.best_val_loss, weights_sha256=sha256_of(out / WEIGHTS))
+    write_atomically(out / FOLDER_RECORD, (json.dumps(record.stored(FOLDER_KEYS), indent=2) + "\n").encode("utf-8"))
 
 
-def read_record(folder: Path) -> dict:
+def read_record(folder: Path) -> ModelRecord:
     """lmzoo.json of `folder`, upgraded to this release's layout, its weights checked against their sha256."""
     try:
         record = json.loads((folder / FOLDER_RECORD).read_text())
@@ -55,15 +56,15 @@ def read_record(folder: Path) -> dict:
         raise UserError(f"{folder / FOLDER_RECORD} is damaged ({error}); export the model again") from None
     check_readable(record.get("version", "unknown"), folder)
     check_digest(folder / WEIGHTS, record.get("weights_sha256"))
-    return upgrade_record(record)
+    return ModelRecord.read(record)
 
 
-def load_folder(source: str) -> tuple[LanguageModel, dict]:
+def load_folder(source: str) -> tuple[LanguageModel, ModelRecord]:
     folder = Path(source).expanduser()
     record = read_record(folder)
-    model = build_model(record)
+    model = record.build_model()
     try:
         safetensors_torch().load_model(model, str(folder / WEIGHTS))
     except Exception as error:
         raise UserError(f"{folder / WEIGHTS} does not load ({type(error).__name__}); export the model again") from None
-    return model, {"global_step": None, "best_val_loss": None, **record, "origin": str(folder)}
+    return model, dataclasses.replace(record, origin=str(folder))

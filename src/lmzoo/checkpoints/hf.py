@@ -7,6 +7,7 @@ separate q/k/v and gate/up projections joined into lmzoo's fused ones (llama_lay
 huggingface_hub for `hf:NAME`), imported inside the functions.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from lmzoo.checkpoints.folder import FOLDER_RECORD, WEIGHTS, read_record, safetensors_torch
-from lmzoo.checkpoints.record import architecture_record, build_model
+from lmzoo.checkpoints.record import ModelRecord, architecture_record
 from lmzoo.errors import UserError
 from lmzoo.models import Transformer, TransformerConfig, preset_config
 from lmzoo.models.blocks import DIFFERENTIAL_LAMBDAS, LatentAttention
@@ -33,26 +34,25 @@ def is_hf_source(source: str) -> bool:
     return source.startswith("hf:") or (Path(source).expanduser() / "config.json").is_file()
 
 
-def load_hf(source: str) -> tuple[Transformer, dict]:
+def load_hf(source: str) -> tuple[Transformer, ModelRecord]:
     """The model of a Hugging Face folder (or `hf:NAME`) and its lmzoo record."""
     folder = fetch(source)
     config = json.loads((folder / "config.json").read_text())
     record = read_record(folder) if (folder / FOLDER_RECORD).is_file() else None
     kind = config.get("model_type")
     if kind == "gpt2":
-        model = build_model(record) if record else gpt2_shape(config, source).build()
+        model = record.build_model() if record else gpt2_shape(config, source).build()
         state = gpt2_state_dict(read_weights(folder), model, source)
     elif kind in LLAMA_FAMILY and record:
-        model = build_model(record)
+        model = record.build_model()
         state = llama_state_dict(read_weights(folder), model, source)
     else:
         raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama, Qwen2, Qwen3, "
                         "DeepSeek-V3 and DiffLlama folders python -m lmzoo.export writes (with their lmzoo.json)")
     model.load_state_dict(state)
     if record:
-        return model, {"global_step": None, "best_val_loss": None, **record, "origin": source}
-    return model, {**architecture_record(model), "tokenizer": {"kind": "tiktoken", "name": "gpt2"},
-                   "global_step": None, "best_val_loss": None, "origin": source}
+        return model, dataclasses.replace(record, origin=source)
+    return model, ModelRecord(**architecture_record(model), tokenizer={"kind": "tiktoken", "name": "gpt2"}, origin=source)
 
 
 def gpt2_shape(config: dict, source: str) -> TransformerConfig:

@@ -13,14 +13,14 @@ from lmzoo.checkpoints.ckpt import model_state, read_checkpoint
 from lmzoo.checkpoints.folder import is_lmzoo_folder, load_folder
 from lmzoo.checkpoints.hf import is_hf_source, load_hf
 from lmzoo.checkpoints.integrity import check_finite
-from lmzoo.checkpoints.record import build_model
+from lmzoo.checkpoints.record import ModelRecord
 from lmzoo.data.tokenizer import Tokenizer, describe_tokenizer, tokenizer_from_spec
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel
 from lmzoo.models.lora import LoRA, merge
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer, dict]:
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer, ModelRecord]:
     """The model (in eval mode, on `device`), its tokenizer, and its lmzoo record.
 
     `source` is an lmzoo checkpoint, a folder written by python -m lmzoo.export, or GPT-2 from Hugging Face
@@ -28,8 +28,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     `best_val_loss` (None where the weights do not say, with `origin` naming where they came from).
     """
     device = resolve_device(device)
-    model, info = build_from(str(source))
-    return model.to(device).eval(), tokenizer_from_spec(info["tokenizer"]), info
+    model, record = build_from(str(source))
+    return model.to(device).eval(), tokenizer_from_spec(record.tokenizer), record
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -50,21 +50,21 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def build_from(source: str) -> tuple[LanguageModel, dict]:
-    model, info = build_unchecked(source)
+def build_from(source: str) -> tuple[LanguageModel, ModelRecord]:
+    model, record = build_unchecked(source)
     check_finite(model.state_dict(), source)
-    return model, info
+    return model, record
 
 
-def build_unchecked(source: str) -> tuple[LanguageModel, dict]:
+def build_unchecked(source: str) -> tuple[LanguageModel, ModelRecord]:
     if is_hf_source(source):
         return load_hf(source)
     if is_lmzoo_folder(source):
         return load_folder(source)
     checkpoint = read_checkpoint(source)
-    info = checkpoint["lmzoo"]
-    model = build_model(info)
-    finetune = info.get("finetune")
+    record = ModelRecord.read(checkpoint["lmzoo"], global_step=checkpoint.get("global_step", 0))
+    model = record.build_model()
+    finetune = record.finetune
     if finetune:
         # A fine-tuned checkpoint holds only its adapters; the frozen weights come from the base it names.
         base_source = finetune["base"]
@@ -75,19 +75,19 @@ def build_unchecked(source: str) -> tuple[LanguageModel, dict]:
         model.load_state_dict(merge(base).state_dict())
         LoRA(finetune["r"], finetune["alpha"], finetune["targets"], finetune["dropout"]).apply(model)
     model.load_state_dict(model_state(checkpoint), strict=not finetune)
-    return model, {**info, "global_step": checkpoint.get("global_step", 0)}
+    return model, record
 
 
-def model_card(model: LanguageModel, info: dict) -> str:
+def model_card(model: LanguageModel, record: ModelRecord) -> str:
     """One line that says what a checkpoint is: architecture, size, tokenizer, training so far (or where the
     weights came from, when they do not say)."""
-    config = info["config"]
+    config = record.config
     shape = ", ".join(f"{key} {config[key]}" for key in ("n_layer", "n_head", "n_embd", "block_size") if key in config)
     parameters = sum(p.numel() for p in model.parameters())
-    steps, best = info.get("global_step"), info.get("best_val_loss")
+    steps, best = record.global_step, record.best_val_loss
     if steps is None:
-        trained = f"weights from {info['origin']}"
+        trained = f"weights from {record.origin}"
     else:
         trained = f"{steps:,} steps | best val loss " + ("-" if best is None or best == float("inf") else f"{best:.4f}")
     return (f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | "
-            f"{describe_tokenizer(info['tokenizer'])} | {trained}")
+            f"{describe_tokenizer(record.tokenizer)} | {trained}")

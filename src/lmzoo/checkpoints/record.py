@@ -5,6 +5,7 @@ and holds the config's fields, so a checkpoint needs no training config to load.
 which named the model class and kept the optimizer settings among the model's, are upgraded on reading.
 """
 
+import dataclasses
 import importlib
 
 from lmzoo import __version__
@@ -30,20 +31,68 @@ LEGACY_ARCHITECTURES = {
 }
 
 
+@dataclasses.dataclass(kw_only=True)
+class ModelRecord:
+    """What lmzoo records about a model, and what the one loader returns with it from any source: a training
+    checkpoint keeps it under "lmzoo" (its CHECKPOINT_KEYS; the step is Lightning's own global_step), an exported
+    folder as lmzoo.json (FOLDER_KEYS), and GPT-2 from Hugging Face gets one made from its config."""
+
+    # The config class (lmzoo.models.transformer.TransformerConfig) and its fields.
+    architecture: str
+    config: dict
+    tokenizer: dict
+    # The lmzoo that wrote it; None for weights from Hugging Face.
+    version: str | None = None
+    # Training so far; None where the weights do not say (Hugging Face's, or a folder exported from them).
+    global_step: int | None = None
+    best_val_loss: float | None = None
+    wall_time_s: float = 0.0
+    optim: dict | None = None
+    # How the model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}); None: it does not.
+    finetune: dict | None = None
+    # The run's config, lmzoo version and commit (lmzoo.training.provenance).
+    run: dict | None = None
+    # Every random generator's state (a training checkpoint's, for exact resume).
+    rng: dict | None = None
+    # The sha256 of an exported folder's model.safetensors.
+    weights_sha256: str | None = None
+    # Where the weights were loaded from, for any source but a training checkpoint.
+    origin: str | None = None
+
+    @classmethod
+    def of(cls, model: LanguageModel, tokenizer: dict, **values) -> "ModelRecord":
+        """The record of `model`, written by this lmzoo."""
+        return cls(**architecture_record(model), tokenizer=tokenizer, version=__version__, **values)
+
+    @classmethod
+    def read(cls, record: dict, **values) -> "ModelRecord":
+        """A record as a checkpoint or lmzoo.json holds it, upgraded to this release's layout; `values` add to it."""
+        stored = upgrade_record(record)
+        return cls(**{field.name: stored[field.name] for field in dataclasses.fields(cls) if field.name in stored},
+                   **values)
+
+    def stored(self, keys: tuple[str, ...]) -> dict:
+        """The record as a checkpoint (CHECKPOINT_KEYS) or lmzoo.json (FOLDER_KEYS) keeps it."""
+        return {key: getattr(self, key) for key in keys}
+
+    def build_config(self) -> ModelConfig:
+        """The recorded architecture's config."""
+        module_name, class_name = self.architecture.rsplit(".", 1)
+        return getattr(importlib.import_module(module_name), class_name)(**self.config)
+
+    def build_model(self) -> LanguageModel:
+        """A freshly initialised model of the recorded architecture and config."""
+        return self.build_config().build()
+
+
+CHECKPOINT_KEYS = ("version", "architecture", "config", "optim", "tokenizer", "best_val_loss", "wall_time_s", "rng",
+                   "finetune", "run")
+FOLDER_KEYS = ("version", "architecture", "config", "tokenizer", "global_step", "best_val_loss", "weights_sha256")
+
+
 def architecture_record(model: LanguageModel) -> dict:
     config = type(model.config)
     return {"architecture": f"{config.__module__}.{config.__qualname__}", "config": model.config.as_dict()}
-
-
-def build_config(record: dict) -> ModelConfig:
-    """The recorded architecture's config."""
-    module_name, class_name = record["architecture"].rsplit(".", 1)
-    return getattr(importlib.import_module(module_name), class_name)(**record["config"])
-
-
-def build_model(record: dict) -> LanguageModel:
-    """A freshly initialised model of the recorded architecture and config."""
-    return build_config(record).build()
 
 
 def release(version: str) -> str:

@@ -14,16 +14,16 @@ def main(cfg: DictConfig) -> None:
 def describe(ckpt: str) -> str:
     """The model card and the model's own lines (its shape, its KV cache), then the checkpoint's architecture,
     hyper-parameters and training record as YAML."""
-    model, _, info = load_model(ckpt)
-    record = {
-        "architecture": info["architecture"],
-        "hyper_parameters": info["config"],
-        "optim": info.get("optim"),
-        "tokenizer": info["tokenizer"],
-        "global_step": info.get("global_step"),
-        "best_val_loss": info.get("best_val_loss"),
-        "lmzoo_version": info.get("version"),
+    model, _, record = load_model(ckpt)
+    described = {
+        "architecture": record.architecture,
+        "hyper_parameters": record.config,
+        "optim": record.optim,
+        "tokenizer": record.tokenizer,
+        "global_step": record.global_step,
+        "best_val_loss": record.best_val_loss,
+        "lmzoo_version": record.version,
     }
-    if "origin" in info:
-        record["origin"] = info["origin"]
-    return "\n".join([model_card(model, info), *model.describe()]) + "\n" + OmegaConf.to_yaml(record)
+    if record.origin is not None:
+        described["origin"] = record.origin
+    return "\n".join([model_card(model, record), *model.describe()]) + "\n" + OmegaConf.to_yaml(described)

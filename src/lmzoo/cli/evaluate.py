@@ -57,11 +57,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt).expanduser()
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-    model, _, info = load_model(ckpt, resolve_device(cfg.device))
-    print(model_card(model, info))
-    data = instantiate(data_config(cfg, ckpt, info["tokenizer"]), block_size=model.block_size,
+    model, _, record = load_model(ckpt, resolve_device(cfg.device))
+    print(model_card(model, record))
+    data = instantiate(data_config(cfg, ckpt, record.tokenizer), block_size=model.block_size,
                        batch_size=cfg.batch_size, _convert_="all")
-    result = {"checkpoint": str(ckpt), **evaluate(model, info["tokenizer"], data, cfg.batch_size)}
+    result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size)}
     out = ckpt.with_name(f"{ckpt.stem}.eval.{data.name}.json")
     write_atomically(out, (json.dumps(result, indent=2) + "\n").encode("utf-8"),
                      "make the checkpoint's folder writable")

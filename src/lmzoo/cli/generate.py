@@ -70,8 +70,8 @@ def sample(cfg: DictConfig) -> None:
     prompts = [read_prompt(p) for p in (request.prompt if isinstance(request.prompt, list) else [request.prompt])]
     rows = [(prompt, index) for prompt in prompts for index in range(request.num_samples)]
     device = resolve_device(request.device)
-    model, tokenizer, info = load_model(request.ckpt, device)
-    print(model_card(model, info), file=sys.stderr)
+    model, tokenizer, record = load_model(request.ckpt, device)
+    print(model_card(model, record), file=sys.stderr)
     pieces = complete(model, tokenizer, [prompt for prompt, _ in rows], settings,
                       generator=torch.Generator(device).manual_seed(request.seed))
     if request.out is None:

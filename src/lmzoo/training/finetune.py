@@ -16,7 +16,7 @@ def from_pretrained(source: str, wanted: ModelConfig, tokenizer_spec: dict, bloc
     `wanted` (what model= builds; its shape is the weights'), the data's tokenizer and the context. It takes
     `wanted`'s dropout; with a finetune `recipe`, only its adapters train. Also returns the recipe's record,
     naming the base, or None."""
-    pretrained, info = build_from(source)
+    pretrained, record = build_from(source)
     merge(pretrained)
     # init_from takes every setting but the architecture's choices (the shape) from the weights.
     asked = {key: getattr(wanted, key) for key in type(wanted).choices}
@@ -24,8 +24,8 @@ def from_pretrained(source: str, wanted: ModelConfig, tokenizer_spec: dict, bloc
     if type(pretrained.config) is not type(wanted) or asked != has:
         raise UserError(f"init_from={source} holds another architecture than model= builds; "
                         f"pass model={model_option(pretrained.config)}")
-    if info["tokenizer"] != tokenizer_spec:
-        raise UserError(f"init_from={source} uses the {describe_tokenizer(info['tokenizer'])} but the data uses the "
+    if record.tokenizer != tokenizer_spec:
+        raise UserError(f"init_from={source} uses the {describe_tokenizer(record.tokenizer)} but the data uses the "
                         f"{describe_tokenizer(tokenizer_spec)}; pick data tokenized the same way "
                         "(data=shakespeare for GPT-2)")
     if block_size > pretrained.block_size:

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelSummary
 
-from lmzoo import __version__
 from lmzoo.checkpoints.ckpt import upgrade_checkpoint
-from lmzoo.checkpoints.record import architecture_record
+from lmzoo.checkpoints.record import CHECKPOINT_KEYS, ModelRecord, architecture_record
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
@@ -141,17 +140,10 @@ class LitLM(L.LightningModule):
                                    clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["lmzoo"] = {
-            "version": __version__,
-            **architecture_record(self.model),
-            "optim": vars(self.optim),
-            "tokenizer": self.tokenizer,
-            "best_val_loss": self.best_val_loss,
-            "wall_time_s": self.wall_time_s,
-            "rng": capture_rng(),
-            "finetune": self.finetune,
-            "run": self.provenance,
-        }
+        record = ModelRecord.of(self.model, self.tokenizer, optim=vars(self.optim), best_val_loss=self.best_val_loss,
+                                wall_time_s=self.wall_time_s, rng=capture_rng(), finetune=self.finetune,
+                                run=self.provenance)
+        checkpoint["lmzoo"] = record.stored(CHECKPOINT_KEYS)
         if self.finetune:
             trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
@@ -159,13 +151,13 @@ class LitLM(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         # Lightning loads the state dict after this hook, so a checkpoint of lmzoo 0.1 is upgraded first.
         upgrade_checkpoint(checkpoint)
-        info = checkpoint["lmzoo"]
-        self.best_val_loss = info["best_val_loss"]
-        self.earlier_wall_time = info.get("wall_time_s", 0.0)
+        record = ModelRecord.read(checkpoint["lmzoo"])
+        self.best_val_loss = record.best_val_loss
+        self.earlier_wall_time = record.wall_time_s
         # Lightning restores the checkpoint's optimizer and schedule, so its settings are the run's from now on.
-        if info.get("optim"):
-            self.optim = OptimConfig(**info["optim"])
-        restore_rng(info["rng"])
+        if record.optim:
+            self.optim = OptimConfig(**record.optim)
+        restore_rng(record.rng)
 
 
 def capture_rng() -> dict:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoints.ckpt import checkpoint_file, read_checkpoint
 from lmzoo.checkpoints.load import load_model
-from lmzoo.checkpoints.record import architecture_record, build_config
+from lmzoo.checkpoints.record import ModelRecord, architecture_record
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
@@ -124,22 +124,22 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
     """A sound lmzoo checkpoint of this release, of the model the run builds, trained on tokens of the same
     tokenizer as the data. Optimizer settings that differ from the checkpoint's are reported: the
     checkpoint's optimizer and learning-rate schedule are the ones that continue."""
-    record = read_checkpoint(ckpt_path)["lmzoo"]
-    if record["tokenizer"] != lit.tokenizer:
-        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record['tokenizer'])}, but the data uses "
+    record = ModelRecord.read(read_checkpoint(ckpt_path)["lmzoo"])
+    if record.tokenizer != lit.tokenizer:
+        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record.tokenizer)}, but the data uses "
                         f"the {describe_tokenizer(lit.tokenizer)}; resume with the data=/tokenizer= of that run")
     ours = architecture_record(lit.model)
     # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
-    changed = {key: value for key, value in record["config"].items()
+    changed = {key: value for key, value in record.config.items()
                if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
-    if record["architecture"] != ours["architecture"] or set(changed) & set(type(lit.model.config).choices):
-        config = build_config(record)
+    if record.architecture != ours["architecture"] or set(changed) & set(type(lit.model.config).choices):
+        config = record.build_config()
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
                         f"with model={model_option(config)} and that run's model settings")
     if changed:
         settings = " ".join(f"model.{key}={override_value(value)}" for key, value in changed.items())
         raise UserError(f"{ckpt_path} holds a model of other settings than the run builds; resume with {settings}")
-    kept = {key: value for key, value in (record.get("optim") or {}).items() if vars(lit.optim).get(key) != value}
+    kept = {key: value for key, value in (record.optim or {}).items() if vars(lit.optim).get(key) != value}
     if kept:
         theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
         asked = ", ".join(f"optim.{key}={vars(lit.optim)[key]}" for key in kept)
