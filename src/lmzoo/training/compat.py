@@ -6,6 +6,7 @@ first. Imports no Lightning: lmzoo.training imports this before it first loads L
 
 import contextlib
 import re
+import warnings
 
 from lightning_utilities.core.imports import RequirementCache
 
@@ -19,6 +20,11 @@ LIGHTNING = "2.6"
 # torch 2.13: LambdaLR keeps its multiplier in the undocumented lr_lambdas, and saves a multiplier object's
 # attributes in its state_dict: what lets a run change its schedule's length and resume it.
 TORCH = "2.13"
+
+# Lightning 2.6 builds a torch LeafSpec on every step of its loops, which torch 2.13 deprecates: a warning per run
+# that says nothing about it.
+LEAF_SPEC_WARNING = r".*isinstance\(treespec, LeafSpec\)"
+warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING)
 
 
 @contextlib.contextmanager

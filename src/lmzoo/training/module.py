@@ -7,7 +7,6 @@ schedule, logging, non-finite handling, RNG capture and the checkpoint schema. T
 
 import random
 import time
-import warnings
 
 import lightning as L
 import numpy as np
@@ -22,9 +21,6 @@ from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
 from lmzoo.training.compat import logs_this_step
 from lmzoo.training.optim import OptimConfig, configure_optimizer
-
-# Lightning 2.6 builds a torch LeafSpec, which torch 2.13 deprecates, on every step of its loops.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class LitLM(L.LightningModule):
