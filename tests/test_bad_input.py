@@ -150,6 +150,9 @@ CASES = [
     ("train", [*TRAIN, "trainer.precision=fp8"], "Lightning refuses the trainer settings: Precision 'fp8' is invalid",
      []),
     ("train", [*TRAIN, "trainer.devices=0"], "Lightning refuses the trainer settings: `Trainer(devices=0)`", []),
+    # A budget counts the devices before the Trainer is built, as Lightning does.
+    ("train", [*TRAIN, "budget.tokens=1e6", "trainer.devices=0"], "Lightning refuses the trainer settings: "
+     "`Trainer(devices=0)`", []),
     pytest.param("train", [*TRAIN, "trainer.accelerator=gpu"], "trainer.accelerator=gpu needs a CUDA GPU", [],
                  marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"), id="train:trainer.accelerator=gpu"),
     ("train", [*TRAIN, "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience must be an integer "
