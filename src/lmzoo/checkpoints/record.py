@@ -66,10 +66,11 @@ class ModelRecord:
 
     @classmethod
     def read(cls, record: dict, **values) -> "ModelRecord":
-        """A record as a checkpoint or lmzoo.json holds it, upgraded to this release's layout; `values` add to it."""
+        """A record as a checkpoint or lmzoo.json holds it, upgraded to this release's layout; `values` add to it
+        (or replace what it holds). Keys this release does not know are left out."""
         stored = upgrade_record(record)
-        return cls(**{field.name: stored[field.name] for field in dataclasses.fields(cls) if field.name in stored},
-                   **values)
+        known = {field.name: stored[field.name] for field in dataclasses.fields(cls) if field.name in stored}
+        return cls(**{**known, **values})
 
     def stored(self, keys: tuple[str, ...]) -> dict:
         """The record as a checkpoint (CHECKPOINT_KEYS) or lmzoo.json (FOLDER_KEYS) keeps it."""
