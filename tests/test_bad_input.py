@@ -49,7 +49,7 @@ CASES = [
     ("train", [*TRAIN, "seed=abc"], "seed must be an integer, got 'abc'", []),
     ("train", [*TRAIN, "seed=-1"], "seed must lie in [0, 2**32)", []),
     ("train", [*TRAIN, "sample_tokens=-5"], "sample_tokens must be >= 0", []),
-    ("train", [*TRAIN, "compile=maybe"], "compile must be true or false", []),
+    ("train", [*TRAIN, "compile=maybe"], "compile must be true, false or auto", []),
     ("train", [*TRAIN, "resume=sometimes"], "resume='sometimes' is not understood", []),
     ("train", [*TRAIN, "finetune=lora"], "a finetune recipe needs pretrained weights", []),
     # train: the model

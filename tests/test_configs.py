@@ -14,7 +14,7 @@ from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.lora import LoRA
 from lmzoo.models.presets import architecture_defaults, preset, preset_config, preset_of
 from lmzoo.training.optim import OptimConfig
-from lmzoo.training.run import build_trainer
+from lmzoo.training.run import build
 
 CONF = REPO / "conf"
 # What each option of a group must build, beyond its group's type.
@@ -109,9 +109,10 @@ def test_trainer_configs(tmp_path, name):
         # Lightning's FSDP needs CUDA: on the CPU only its strategy is built.
         assert type(instantiate(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
         return
-    trainer = build_trainer(cfg)
+    _, _, trainer = build(cfg)
     assert trainer.max_steps == cfg.trainer.max_steps and trainer.checkpoint_callback is not None
-    assert trainer.precision == cfg.trainer.precision
+    # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration).
+    assert trainer.precision == cfg.trainer.precision != "auto"
 
 
 @pytest.mark.parametrize("name", ["generate", "evaluate", "describe", "export", "prepare"])

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from lmzoo.training.compat import logs_this_step, lr_multiplier
-from lmzoo.training.perf import peak_flops
+from lmzoo.training.perf import describe_peak, peak_flops
 
 
 class TokensPerSecond(L.Callback):
@@ -54,6 +54,8 @@ class TokensPerSecond(L.Callback):
         self.flops_per_token = pl_module.flops_per_token
         device_peak = peak_flops(pl_module.device, trainer.precision, self.given_peak)
         self.peak = device_peak and device_peak * trainer.world_size
+        if trainer.is_global_zero:
+            print(describe_peak(pl_module.device, trainer.precision, self.given_peak, device_peak), file=sys.stderr)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.last_end is None:

@@ -129,6 +129,21 @@ class LitLM(L.LightningModule):
         if self.trainer.is_global_zero and any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
             print("\n".join(self.model.describe()))
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip here unless a gradient scaler (fp16) is involved, so that bf16-mixed keeps the fused AdamW:
+        Lightning 2.6's mixed-precision plugin refuses to clip for any optimizer that unscales in its own step,
+        even in bf16, where nothing is scaled. Under a scaler Lightning clips between unscaling and the step,
+        which configure_optimizers allows for by leaving AdamW unfused (lmzoo.training.optim.configure_adamw)."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self):
         # fp16 mixed precision scales the loss; Lightning unscales the gradients before it clips them.
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None

@@ -54,6 +54,21 @@ def peak_flops(device: torch.device, precision: str, given: float | None = None)
     return None
 
 
+def describe_peak(device: torch.device, precision: str, given: float | None, peak: float | None) -> str:
+    """One line naming the peak a run's MFU is measured against, and where it comes from."""
+    if peak is None:
+        return f"MFU: no peak FLOP/s known for {device.type}; set trainer.peak_flops to log perf/mfu"
+    dtype = "bf16" if compute_dtype(precision) == torch.bfloat16 else "fp32"
+    if given is not None:
+        source = "trainer.peak_flops"
+    elif device.type == "cuda":
+        source = f"NVIDIA's dense {dtype} figure for the {torch.cuda.get_device_name(device)}"
+    else:
+        source = (f"the fastest {dtype} {PROBE_SIZE}x{PROBE_SIZE} matmul on this {cpu_name()} with "
+                  f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}, cached in {cache_dir() / 'peak_flops.json'}")
+    return f"MFU is measured against a peak of {peak / 1e9:,.1f} GFLOP/s a device: {source}"
+
+
 def cpu_peak_flops(dtype: torch.dtype) -> float:
     """A matmul probe's FLOP/s on this CPU with torch's threads, measured once per machine and cached."""
     cache = cache_dir() / "peak_flops.json"
@@ -75,14 +90,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmzoo"
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first `field` of Linux's /proc/cpuinfo ("model name", "flags"); None elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (avx2, amx_bf16, ...), as Linux reports them; none known elsewhere."""
+    return set((cpuinfo("flags") or "").split())
 
 
 def matmul_flops_per_second(dtype: torch.dtype) -> float:

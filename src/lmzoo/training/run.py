@@ -25,6 +25,7 @@ from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
 from lmzoo.reports.runs import RunSummary
+from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
 from lmzoo.training.budget import Budget, apply_budget
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
@@ -50,7 +51,8 @@ class RunSettings:
     """The top-level keys of conf/train.yaml that the run itself reads, checked before anything starts."""
 
     seed: int
-    compile: bool
+    # true, false or auto (lmzoo.training.acceleration).
+    compile: bool | str
     ckpt_path: str | None
     resume: str | None
     init_from: str | None
@@ -58,6 +60,7 @@ class RunSettings:
 
     def __post_init__(self):
         check_field_types(self, None)
+        check_compile(self.compile)
         # Lightning's seed_everything takes 32-bit seeds, and would replace any other by a random one.
         if not 0 <= self.seed < 2**32:
             raise UserError(f"seed must lie in [0, 2**32), got {self.seed}")
@@ -166,17 +169,20 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     else:
         model = build_model(config)
     flops_per_token = model.flops_per_token(cfg.block_size)
-    # Before the optimizer's schedule and the provenance read the run's length.
+    # Before the optimizer's schedule and the provenance read the run's length and precision.
     apply_budget(cfg, flops_per_token)
+    width = getattr(model.config, model.config.width_field) if model.config.width_field else None
+    cfg.trainer.precision, reason = choose_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator), width)
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg),
                 flops_per_token=flops_per_token)
     if ckpt_path:
         check_resumable(ckpt_path, lit)
-    if cfg.compile:
+    if cfg.compile is True:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()
     trainer = build_trainer(cfg)
+    say(trainer, f"precision: {cfg.trainer.precision} ({reason})")
     if trainer.is_global_zero:
         write_provenance(lit.provenance, cfg.paths.output_dir)
     return datamodule, lit, trainer
