@@ -173,7 +173,7 @@ def test_compile_auto_compiles_when_the_time_left_repays_it_and_a_resumed_run_fo
     monkeypatch.setattr(acceleration, "COMPILE_SECONDS", 1e9)
     lit, _, _ = fit(compose_train(tmp_path / "resumed", *RESUMABLE, "trainer.max_steps=12", f"ckpt_path={checkpoint}"))
     assert lit.model._compiled_call_impl is not None
-    assert "compile: true (auto: the run this one resumes had compiled)" in capsys.readouterr().err
+    assert "compile: true (auto: as the run this one resumes chose)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("setting", [True, False])

@@ -87,14 +87,18 @@ def test_adamw_is_fused_unless_turned_off_or_scaled_gradients_are_clipped():
     assert not configure_adamw(model, OptimConfig(fused=False), torch.device("cpu"))["optimizer"].defaults["fused"]
 
 
-@pytest.mark.parametrize("name, device", [("moa_moe", "cpu"), *(pytest.param(name, "cuda", marks=pytest.mark.gpu)
-                                                                 for name in PRESETS)])
-def test_compiled_training_settles_after_the_first_steps(tmp_path, monkeypatch, name, device):
+@pytest.mark.parametrize("name, device, backend", [
+    ("moa_moe", "cpu", "eager"),
+    *(pytest.param(name, "cpu", "eager", marks=pytest.mark.slow) for name in PRESETS if name != "moa_moe"),
+    *(pytest.param(name, "cpu", "inductor", marks=pytest.mark.slow) for name in PRESETS),
+    *(pytest.param(name, "cuda", "inductor", marks=pytest.mark.gpu) for name in PRESETS)])
+def test_compiled_training_settles_after_the_first_steps(tmp_path, monkeypatch, name, device, backend):
     """compile=true: the graphs are built in the first step and the first validation, and no later step builds
     more; routed layers (moe, moa_moe) do not recompile for each new count of tokens per expert. On CUDA in
-    bf16 with inductor. On CPU, moa_moe (routed attention and routed FFN) with Dynamo's eager backend: Dynamo's
-    guards, and so its recompilations, do not depend on the backend, and inductor's C++ takes minutes here."""
-    if device == "cpu":
+    bf16 with inductor. On CPU every zoo model with inductor (slow: its C++ takes minutes on a small CPU), and
+    with Dynamo's eager backend, whose guards, and so its recompilations, are inductor's: moa_moe (routed
+    attention and routed FFN) in every run of the tests."""
+    if backend == "eager":
         compile_module = torch.nn.Module.compile
         monkeypatch.setattr(torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager"))
     # Past the limit Dynamo would silently leave a frame uncompiled: make that an error.
@@ -110,6 +114,21 @@ def test_compiled_training_settles_after_the_first_steps(tmp_path, monkeypatch, 
     assert trainer.global_step == 30 and recorder.loss_fell()
     # The 11th batch's count includes the first validation's graphs (evaluation mode, no gradients).
     assert recorder.graphs[0] > 0 and recorder.graphs[-1] == recorder.graphs[10]
+
+
+@pytest.mark.slow
+def test_a_second_compiled_run_of_the_same_shapes_takes_its_graphs_from_pytorchs_compile_cache(tmp_path):
+    """Inductor's FX graph cache (on disk, on by default) holds the compiled code: a second run builds none."""
+    overrides = ["model.n_layer=1", "trainer.max_steps=2", "trainer.val_check_interval=2", "compile=true",
+                 "trainer.precision=32-true"]
+    for run_index in range(2):
+        torch._dynamo.reset()
+        counters.clear()
+        try:
+            fit(compose_train(tmp_path / str(run_index), *overrides))
+        finally:
+            torch._dynamo.reset()
+    assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
 
 
 def with_cache(model):

@@ -6,9 +6,10 @@ The rules come from measurements, not from guesses (bench/README.md has them, wi
   wide enough. On an Intel Xeon with AMX-BF16 (torch 2.13, 2 threads), a `gpt_rope` training step at width 128
   took 0.75x the speed of fp32, at width 384 1.89x, at GPT-2 124M's 768 1.73x. A CPU without them (AMD EPYC
   before Zen 4, older Intel parts) emulates bf16 and is slower in it than in fp32.
-- torch.compile pays once the run is long enough: compiling a training step (and the validation step) costs
-  about a minute and a half on a CPU, and the compiled steps were measured from 4% slower (GPT-2 124M, fp32) to
-  1.9x faster (width 384, bf16) on the Xeon; COMPILE_SAVES is a low share of that.
+- torch.compile pays once the run is long enough: compiling the training and validation steps costs minutes
+  on a small CPU, and the compiled steps were measured from 4% slower (GPT-2 124M, fp32) to 1.9x faster (width
+  384, bf16) on the Xeon, and no faster for the default model on a shared AMD EPYC; COMPILE_SAVES is a low
+  share of that.
 """
 
 import math
@@ -28,8 +29,9 @@ BF16_CPU_UNITS = ("amx_bf16", "avx512_bf16")
 # was slower, 384 faster; widths between were not measured).
 BF16_CPU_MIN_WIDTH = 384
 # Seconds torch.compile adds to a run (the training and validation graphs, inductor's C++ or Triton code) when
-# PyTorch's compile cache does not hold them yet: 80 s for a 2-layer model's first step on a 2-core AMD EPYC.
-COMPILE_SECONDS = 90.0
+# PyTorch's compile cache does not hold them yet. On a 2-core AMD EPYC shared with other work: 80 s for a 2-layer
+# width-32 model's first step, 440 s for the default gpt_rope's 100-step run (a run 2x its eager one's).
+COMPILE_SECONDS = 300.0
 # The share of a step's time a compiled step saves, taken low: 10% to 45% on the measured shapes, but -4% on one.
 COMPILE_SAVES = 0.1
 # Steps timed eagerly, after a first warm-up step, before compile=auto decides.
@@ -98,9 +100,10 @@ class CompileWhenItPays(L.Callback):
         self.compiled = state_dict.get("compiled")
 
     def on_train_start(self, trainer, pl_module):
-        if self.auto and self.compiled:
-            pl_module.model.compile()
-            say(trainer, "compile: true (auto: the run this one resumes had compiled)")
+        if self.auto and self.compiled is not None:
+            if self.compiled:
+                pl_module.model.compile()
+            say(trainer, f"compile: {str(self.compiled).lower()} (auto: as the run this one resumes chose)")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.auto or self.compiled is not None:
