@@ -3,6 +3,14 @@
     python bench/vs_nanogpt.py --nanogpt DIR            # DIR: a checkout of github.com/karpathy/nanoGPT
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 3 --max-iters 2000 --sample-pairs 5
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 1 --max-iters 20 --eval-interval 10 --sample-pairs 1  # smoke
+    python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --pairs 3 --max-iters 200 --sample-pairs 0
+
+`--config cpu` (the default) is nanoGPT's README CPU command, below. `--config shakespeare` is its
+config/train_shakespeare_char.py as that file says to run it on a CPU (`--device=cpu --compile=False`): 6 layers,
+6 heads, width 384, block 256, batch 64, dropout 0.2, with `--eval_iters=20` and one evaluation, at the last
+iteration (`--eval-interval` defaults to `--max-iters` there); lmzoo trains the same model with its defaults for
+everything else, `trainer.precision=auto` and `compile=auto` included (bf16 on a CPU with AMX at this width).
+The CPU's model name and its `amx_bf16` and `avx512_bf16` flags are printed first: record them beside the numbers.
 
 Nothing of nanoGPT is part of lmzoo: DIR is copied into a temporary folder, its data folder gets
 tinyshakespeare from ../shared (so its prepare.py downloads nothing) and its own prepare.py writes its bins.
@@ -51,10 +59,22 @@ NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inte
 # nanoGPT's model (model.py with train.py's bias=False) in lmzoo's terms.
 LMZOO_MODEL = ["model=gpt", "model.tie_embeddings=true", "model.bias=false", "model.activation=gelu_erf",
                "model.pad_vocab_to=1", "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.dropout=0.0"]
-# The rest of config/train_shakespeare_char.py with the CPU command's changes.
+# The rest of config/train_shakespeare_char.py with the CPU command's changes. nanoGPT evaluates eval_iters
+# batches of each split, so lmzoo validates on twice as many batches.
 LMZOO_RUN = ["block_size=64", "data.batch_size=12", "data.val_batches=40", "optim.lr=1e-3", "optim.min_lr=1e-4",
              "optim.weight_decay=0.1", "optim.beta2=0.99", "trainer.gradient_clip_val=1.0",
              "sample_tokens=0"]
+# config/train_shakespeare_char.py as its comments say to run it on a CPU, evaluating on 20 batches of each split.
+NANOGPT_SHAKESPEARE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1"]
+SHAKESPEARE_SIZES = {"n_layer": 6, "n_head": 6, "n_embd": 384, "dropout": 0.2}
+CONFIGS = {
+    # nanoGPT's arguments, lmzoo's overrides, the context, and the default --eval-interval (None: --max-iters).
+    "cpu": (NANOGPT_CPU, [*LMZOO_MODEL, *LMZOO_RUN], 64, 250),
+    "shakespeare": (NANOGPT_SHAKESPEARE,
+                    [*LMZOO_MODEL, *(f"model.{key}={value}" for key, value in SHAKESPEARE_SIZES.items()),
+                     *(override for override in LMZOO_RUN if not override.startswith(("block_size", "data."))),
+                     "block_size=256", "data.batch_size=64", "data.val_batches=40"], 256, None),
+}
 SAMPLE = {"max_new_tokens": 500, "top_k": 200, "temperature": 0.8}
 
 
@@ -89,8 +109,12 @@ def main():
     parser.add_argument("--max-iters", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP_NUM_THREADS of both programs (on a shared CPU, threads that wait on each other thrash)")
-    parser.add_argument("--eval-interval", type=int, default=250, help="iterations between evaluations")
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="iterations between evaluations (default: 250 for --config cpu, --max-iters for shakespeare)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu",
+                        help="nanoGPT's README CPU run, or its Shakespeare (GPU) config on the CPU")
     args = parser.parse_args()
+    nanogpt_args, lmzoo_args, context, default_interval = CONFIGS[args.config]
     if args.pairs < 1 or args.sample_pairs < 0:
         sys.exit("error: --pairs must be >= 1 and --sample-pairs >= 0")
 
@@ -103,13 +127,14 @@ def main():
         lmzoo_data = [f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={work / 'lmzoo-data'}"]
         subprocess.run([sys.executable, "-m", "lmzoo.prepare", "data=shakespeare_char", *lmzoo_data], cwd=work,
                        env=env, check=True, capture_output=True)
-        iters, interval = args.max_iters, args.eval_interval
+        iters = args.max_iters
+        interval = args.eval_interval or default_interval or iters
         commands = {
-            "nanoGPT": ([sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU,
+            "nanoGPT": ([sys.executable, "train.py", "config/train_shakespeare_char.py", *nanogpt_args,
                          f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={interval}",
                          f"--out_dir={work / 'out-nanogpt'}"],
                         nanogpt),
-            "lmzoo": ([sys.executable, "-m", "lmzoo.train", *LMZOO_MODEL, *LMZOO_RUN, *lmzoo_data,
+            "lmzoo": ([sys.executable, "-m", "lmzoo.train", *lmzoo_args, *lmzoo_data,
                        f"trainer.max_steps={iters}", f"optim.warmup_steps={min(100, iters)}",
                        f"trainer.val_check_interval={interval}", f"hydra.run.dir={work / 'lmzoo-run'}"], work),
         }
@@ -119,10 +144,12 @@ def main():
             "lmzoo": ([sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'lmzoo-run/checkpoints/last.ckpt'}",
                        "device=cpu", "num_samples=1", *(f"{k}={v}" for k, v in SAMPLE.items())], work),
         }
-        print(f"load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s) each; {iters} iterations")
+        print(f"CPU: {cpu_description()}")
+        print(f"config {args.config}; load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s) each; "
+              f"{iters} iterations")
         train = measure(commands, args.pairs, env, "train", val_loss)
         same_text = same_text_losses(work / "out-nanogpt" / "ckpt.pt", nanogpt / "data" / "shakespeare_char",
-                                     work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data")
+                                     work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data", context)
         sample = measure(samplers, args.sample_pairs, env, "sample", None) if args.sample_pairs else None
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         report("train", train)
@@ -157,7 +184,16 @@ def val_loss(name: str, output: str, cwd: Path) -> float:
     return json.loads((cwd / "lmzoo-run" / "summary.json").read_text())["best_val_loss"]
 
 
-def same_text_losses(nanogpt_ckpt: Path, nanogpt_data: Path, lmzoo_ckpt: Path, lmzoo_data: Path) -> dict:
+def cpu_description() -> str:
+    """The CPU's model name and whether it has the native bf16 units that decide lmzoo's precision=auto."""
+    sys.path.insert(0, str(REPO / "src"))
+    from lmzoo.training.perf import cpu_flags, cpu_name
+
+    flags = cpu_flags()
+    return f"{cpu_name()}; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def same_text_losses(nanogpt_ckpt: Path, nanogpt_data: Path, lmzoo_ckpt: Path, lmzoo_data: Path, context: int) -> dict:
     """nanoGPT's and lmzoo's final checkpoints evaluated by lmzoo on every token of nanoGPT's val.bin."""
     import pickle
 
@@ -178,7 +214,7 @@ def same_text_losses(nanogpt_ckpt: Path, nanogpt_data: Path, lmzoo_ckpt: Path, l
         sys.exit("error: nanoGPT's and lmzoo's character ids differ")
     nanogpt, _, _ = load_model(lmzoo_ckpt)
     nanogpt.load_state_dict(torch.load(nanogpt_ckpt, map_location="cpu", weights_only=False)["model"])
-    return {name: split_loss(model.eval(), tokens, 64)[0] for name, model in (("nanoGPT", nanogpt), ("lmzoo", lmzoo))}
+    return {name: split_loss(model.eval(), tokens, context)[0] for name, model in (("nanoGPT", nanogpt), ("lmzoo", lmzoo))}
 
 
 def report(what: str, rows: list[dict]) -> None:

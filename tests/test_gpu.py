@@ -101,14 +101,15 @@ def test_compiled_training_settles_after_the_first_steps(tmp_path, monkeypatch, 
     if backend == "eager":
         compile_module = torch.nn.Module.compile
         monkeypatch.setattr(torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager"))
-    # Past the limit Dynamo would silently leave a frame uncompiled: make that an error.
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     torch._dynamo.reset()
     counters.clear()
     precision = "bf16-mixed" if device == "cuda" else "32-true"
+    # Past the limit Dynamo would silently leave a frame uncompiled: make that an error. Through Dynamo's own patch:
+    # monkeypatching its config module lost the setting (AttributeError) in the test run after an inductor one.
     try:
-        _, trainer, recorder = fit(compose_zoo(tmp_path, name, *STEPS, "compile=true", f"trainer.accelerator={device}",
-                                               f"trainer.precision={precision}"))
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            _, trainer, recorder = fit(compose_zoo(tmp_path, name, *STEPS, "compile=true",
+                                                   f"trainer.accelerator={device}", f"trainer.precision={precision}"))
     finally:
         torch._dynamo.reset()
     assert trainer.global_step == 30 and recorder.loss_fell()
