@@ -13,6 +13,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_utilities.core.imports import RequirementCache
 
 from lmzoo.cli.compat import group_not_in_defaults, is_ambiguous_value, job_error
@@ -120,3 +121,11 @@ def test_device_count_is_the_trainers(accelerator, devices, num_nodes):
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     assert device_count(accelerator, devices, num_nodes) == trainer.num_devices * trainer.num_nodes
+
+
+def test_lightnings_mixed_precision_still_refuses_to_clip_for_a_fused_adamw_in_bf16():
+    """Why LitLM.configure_gradient_clipping clips itself where no gradient scaler is involved (Lightning 2.6):
+    once Lightning clips for an optimizer that unscales in its step when nothing is scaled, the hook can go."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], fused=True)
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        MixedPrecision("bf16-mixed", "cpu").clip_gradients(optimizer, 1.0)

@@ -133,7 +133,8 @@ class LitLM(L.LightningModule):
         """Clip here unless a gradient scaler (fp16) is involved, so that bf16-mixed keeps the fused AdamW:
         Lightning 2.6's mixed-precision plugin refuses to clip for any optimizer that unscales in its own step,
         even in bf16, where nothing is scaled. Under a scaler Lightning clips between unscaling and the step,
-        which configure_optimizers allows for by leaving AdamW unfused (lmzoo.training.optim.configure_adamw)."""
+        which configure_optimizers allows for by leaving AdamW unfused (lmzoo.training.optim.configure_adamw).
+        tests/test_compat.py checks that Lightning still refuses."""
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if not gradient_clip_val:
