@@ -111,13 +111,15 @@ CASES = [
     ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
     ("train", [*TRAIN, "optim.weight_decay=-1"], "optim.weight_decay must be >= 0, got -1", []),
     ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
+    ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
+    ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
+    ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",
+               "optim.decay_fraction=0.6"], "optim.warmup_fraction + optim.decay_fraction must be at most 1", []),
     ("train", [*TRAIN, "optim.beta2=1"], "optim.beta2 must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "optim.eps=0"], "optim.eps must be positive", []),
     ("train", [*TRAIN, "trainer.max_steps=-5"], "trainer.max_steps must be a positive integer, got -5", []),
     ("train", [*TRAIN, "trainer.val_check_interval=0"], "trainer.val_check_interval must be a positive integer, got 0",
      []),
-    ("train", [*TRAIN, "trainer.val_check_interval=50"], "trainer.val_check_interval=50 exceeds the run's 20 batches: "
-     "it would never validate", []),
     ("train", [*TRAIN, "trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be a positive "
      "integer, got 0", []),
     ("train", [*TRAIN, "trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a positive integer", []),

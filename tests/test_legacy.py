@@ -17,9 +17,9 @@ from lmzoo.training.run import train
 
 LEGACY = FIXTURES / "v0.1"
 RECORDED = json.loads((LEGACY / "checkpoints.json").read_text())
-# Two steps more than the fixtures were trained for.
+# Two steps more than the fixtures were trained for, asking for another schedule than theirs.
 RESUME = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0",
-          "trainer.max_steps=6", "trainer.val_check_interval=2"]
+          "trainer.max_steps=6", "trainer.val_check_interval=2", "optim.schedule=wsd"]
 KINDS = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
 
 
@@ -90,6 +90,11 @@ def test_a_0_1_checkpoint_resumes_and_is_saved_in_the_current_layout(tmp_path, n
     old = read_checkpoint(tmp_path / "old.ckpt")
     assert resumed["state_dict"].keys() == old["state_dict"].keys()
     assert any(not torch.equal(resumed["state_dict"][k], v) for k, v in old["state_dict"].items())
+    # The warmup-cosine it was trained with goes on: 2 warmup steps, at the floor after step 4.
+    schedule = resumed["lr_schedulers"][0]["lr_lambdas"][0]
+    assert old["lr_schedulers"][0]["lr_lambdas"][0] == {"warmup": 2, "decay": 4, "floor": 0.1}
+    assert (schedule["warmup"], schedule["decay"], schedule["floor"], schedule["shape"]) == (2, 4, 0.1, "cosine")
+    assert resumed["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.1 * resumed["lr_schedulers"][0]["base_lrs"][0])
 
 
 def test_a_0_1_lora_checkpoint_resumes(tmp_path, lora_checkpoint):

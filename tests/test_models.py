@@ -10,7 +10,7 @@ from torch import nn
 from lmzoo.models import Transformer, TransformerConfig, preset_config
 from lmzoo.models.base import Sublayer
 from lmzoo.models.blocks import MLP
-from lmzoo.training.optim import OptimConfig, WarmupCosine, configure_adamw
+from lmzoo.training.optim import OptimConfig, Schedule, configure_adamw
 
 SHAPE = dict(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 ARCHITECTURES = {
@@ -136,12 +136,28 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    schedule = WarmupCosine(OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110))
+    schedule = Schedule.of(OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110))
     assert schedule(0) == pytest.approx(1 / 11)
     assert schedule(10) == pytest.approx(1.0)
     assert schedule(60) == pytest.approx(0.55)
     assert schedule(110) == schedule(500) == pytest.approx(0.1)
     assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
+
+
+@pytest.mark.parametrize("steps", [30, 2000])
+def test_warmup_and_wsds_decay_are_fractions_of_the_run(steps):
+    """5% warmup and wsd's last 20% decay at any length: 30 steps warm up for 2, 2000 for 100."""
+    cosine = Schedule.of(OptimConfig(lr=1e-3, min_lr=1e-4, decay_steps=steps))
+    assert cosine.warmup == round(0.05 * steps) and cosine(cosine.warmup) == pytest.approx(1.0)
+    wsd = Schedule.of(OptimConfig(lr=1e-3, min_lr=1e-4, decay_steps=steps, schedule="wsd"))
+    stable_until = steps - round(0.2 * steps)
+    assert wsd.warmup == cosine.warmup and wsd(wsd.warmup) == wsd(stable_until) == 1.0
+    # A straight line from lr at the decay's start to min_lr at the run's end.
+    middle = (stable_until + steps) // 2
+    assert wsd(middle) == pytest.approx(0.1 + 0.9 * (steps - middle) / (steps - stable_until))
+    assert wsd(steps) == wsd(steps + 10) == pytest.approx(0.1) and wsd(steps - 1) > wsd(steps)
+    # An absolute warmup stays as given.
+    assert Schedule.of(OptimConfig(decay_steps=steps, warmup_steps=7)).warmup == 7
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])

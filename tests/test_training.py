@@ -20,6 +20,17 @@ def test_short_run_lowers_validation_loss(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_a_newcomers_30_step_run_warms_up_for_its_share_of_the_steps_and_validates_at_the_end(tmp_path):
+    """`python -m lmzoo.train trainer.max_steps=30`, tiny: no warmup or validation interval to lower by hand."""
+    result = train(compose_train(tmp_path, "trainer.max_steps=30", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+                                 "trainer.enable_progress_bar=false", "sample_tokens=0", "data.batch_size=4",
+                                 "data.val_batches=2", "block_size=32", tiny=False))
+    assert result["steps"] == 30 and math.isfinite(result["best_val_loss"])
+    schedule = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["lr_schedulers"][0]["lr_lambdas"][0]
+    # 5% of 30 steps, rounded.
+    assert (schedule["warmup"], schedule["decay"], schedule["shape"]) == (2, 30, "cosine")
+
+
 def test_reloaded_checkpoint_gives_the_trained_models_logits_and_tokenizer(tmp_path):
     datamodule, lit, trainer = build(compose_train(tmp_path))
     trainer.fit(lit, datamodule=datamodule)

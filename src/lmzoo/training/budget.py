@@ -1,14 +1,13 @@
 """Budgets: train each model for the same FLOPs, tokens or minutes, whatever its size.
 
-A FLOP or token budget becomes a number of steps before the Trainer is built: trainer.max_steps and the
-cosine schedule's optim.decay_steps both follow from it, so the learning rate reaches its floor at the
-budget, and a resumed run derives the same steps. A minutes budget is Lightning's max_time; its schedule
+A FLOP or token budget becomes a number of steps before the Trainer is built (run_length, a pure function of
+the run's settings): trainer.max_steps and the schedule's optim.decay_steps both follow from it, so the learning
+rate reaches its floor at the budget, and a resumed run derives the same steps. A minutes budget is Lightning's max_time; its schedule
 follows an estimate of the steps that fit (lmzoo.training.callbacks.ScheduleToDeadline), so it is not exact.
 """
 
 import dataclasses
 import math
-import sys
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -53,41 +52,51 @@ def world_size(trainer: DictConfig) -> int:
         raise UserError(f"Lightning refuses the trainer settings: {str(error).splitlines()[0]}; see conf/trainer/") from None
 
 
-def apply_budget(cfg: DictConfig, flops_per_token: int) -> None:
-    """Set the run's length from its budget, in place: max_steps and decay_steps for FLOPs and tokens,
-    max_time for minutes. Says in one line what the budget gives."""
-    budget = Budget(**cfg.budget)
+@dataclasses.dataclass(frozen=True)
+class RunLength:
+    """How long a run trains: its steps (-1: until max_time), the schedule's length, how often it validates, and
+    the line that says what its budget gave (None without a budget)."""
+
+    max_steps: int
+    decay_steps: int
+    val_check_interval: int
+    max_time: str | None = None
+    said: str | None = None
+
+
+def run_length(budget: Budget, *, max_steps: int, decay_steps: int, val_check_interval: int, warmup_steps: int | None,
+               step_tokens: int, accumulate_grad_batches: int, flops_per_token: int) -> RunLength:
+    """The run's length from its budget: max_steps and decay_steps for FLOPs and tokens, max_time for minutes;
+    without a budget, the steps as given. `step_tokens`: the tokens of one optimizer step over all processes.
+    `warmup_steps` is the absolute warmup, if any (a fractional one fits any length)."""
+    # A run shorter than the validation interval validates at its end (ValidateAtEnd), as a budget's run does.
+    asked = RunLength(max_steps, decay_steps, min(val_check_interval, max_steps * accumulate_grad_batches))
     if not budget.given():
-        return
+        return asked
     (key, value), = budget.given().items()
     if key == "minutes":
         # Lightning's "DD:HH:MM:SS", to the second.
         seconds = max(1, round(value * 60))
-        cfg.trainer.max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        cfg.trainer.max_steps = -1
+        max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         # A first guess, replaced once steps are timed.
-        cfg.optim.decay_steps = cfg.optim.warmup_steps + 1
-        print(f"budget.minutes={value}: training stops after {value} minutes; the learning rate follows an "
-              "estimate of the steps that fit, so the budget is not exact (FLOP and token budgets are)", file=sys.stderr)
-        return
-    trainer = cfg.trainer
-    step_tokens = cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches * world_size(trainer)
+        return dataclasses.replace(asked, max_steps=-1, val_check_interval=val_check_interval, decay_steps=(warmup_steps or 0) + 1, max_time=max_time,
+                                   said=f"budget.minutes={value}: training stops after {value} minutes; the learning "
+                                        "rate follows an estimate of the steps that fit, so the budget is not exact "
+                                        "(FLOP and token budgets are)")
     step_cost = step_tokens * (flops_per_token if key == "flops" else 1)
     steps = math.floor(value / step_cost)
     unit = "FLOPs" if key == "flops" else "tokens"
     if steps < 1:
         raise UserError(f"budget.{key}={value:g} is less than one step ({step_cost:,} {unit}); raise it")
-    if steps <= cfg.optim.warmup_steps:
-        raise UserError(f"budget.{key}={value:g} gives {steps} steps, no more than optim.warmup_steps="
-                        f"{cfg.optim.warmup_steps}; raise the budget or lower optim.warmup_steps")
-    given = f"budget.{key}={value:g}: {steps:,} steps of {step_tokens:,} tokens, {flops_per_token:,} FLOPs per token"
+    if warmup_steps is not None and steps <= warmup_steps:
+        raise UserError(f"budget.{key}={value:g} gives {steps} steps, no more than optim.warmup_steps={warmup_steps}; "
+                        "raise the budget, lower optim.warmup_steps, or set it to null (optim.warmup_fraction of the run)")
+    said = f"budget.{key}={value:g}: {steps:,} steps of {step_tokens:,} tokens, {flops_per_token:,} FLOPs per token"
     if budget.max_steps is not None and steps > budget.max_steps:
-        if budget.max_steps <= cfg.optim.warmup_steps:
-            raise UserError(f"budget.max_steps={budget.max_steps} is no more than optim.warmup_steps="
-                            f"{cfg.optim.warmup_steps}; raise it or lower optim.warmup_steps")
-        given += f"; cut to budget.max_steps={budget.max_steps:,}, which spend {budget.max_steps / steps:.2g} of the budget"
+        if warmup_steps is not None and budget.max_steps <= warmup_steps:
+            raise UserError(f"budget.max_steps={budget.max_steps} is no more than optim.warmup_steps={warmup_steps}; "
+                            "raise it or lower optim.warmup_steps")
+        said += f"; cut to budget.max_steps={budget.max_steps:,}, which spend {budget.max_steps / steps:.2g} of the budget"
         steps = budget.max_steps
-    trainer.max_steps = cfg.optim.decay_steps = steps
     # Validation (counted in batches) at least at the budget's end: see ValidateAtEnd.
-    trainer.val_check_interval = min(trainer.val_check_interval, steps * trainer.accumulate_grad_batches)
-    print(given, file=sys.stderr)
+    return RunLength(steps, steps, min(val_check_interval, steps * accumulate_grad_batches), said=said)

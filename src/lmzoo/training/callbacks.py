@@ -91,7 +91,7 @@ class ValidateAtEnd(L.Callback):
 
 
 class ScheduleToDeadline(L.Callback):
-    """Under a minutes budget (`minutes`; nothing when null), sets the cosine schedule's length to the steps
+    """Under a minutes budget (`minutes`; nothing when null), fits the learning-rate schedule to the steps
     expected by the deadline: the steps so far plus the time left at the run's pace so far, validation
     included. It is re-estimated at every step, so the learning rate reaches its floor near the end."""
 
@@ -104,9 +104,8 @@ class ScheduleToDeadline(L.Callback):
         if not self.minutes or not elapsed or not trainer.global_step:
             return
         expected = trainer.global_step + round(timer.time_remaining("train") * trainer.global_step / elapsed)
-        # LambdaLR keeps its WarmupCosine's settings in checkpoints, so a resumed run continues this estimate.
-        schedule = lr_multiplier(trainer.lr_scheduler_configs[0].scheduler)
-        schedule.decay = max(expected, schedule.warmup + 1)
+        # LambdaLR keeps its Schedule's settings in checkpoints, so a resumed run continues this estimate.
+        lr_multiplier(trainer.lr_scheduler_configs[0].scheduler).stretch(expected)
 
 
 class PeakMemory(L.Callback):

@@ -54,7 +54,7 @@ def logs_this_step(trainer) -> bool:
 
 
 def lr_multiplier(scheduler):
-    """The multiplier object a LambdaLR scheduler was made with (lmzoo's WarmupCosine)."""
+    """The multiplier object a LambdaLR scheduler was made with (lmzoo's Schedule)."""
     return scheduler.lr_lambdas[0]
 
 

@@ -7,6 +7,7 @@ schedule, logging, non-finite handling, RNG capture and the checkpoint schema. T
 
 import random
 import time
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -167,8 +168,8 @@ class LitLM(L.LightningModule):
         self.best_val_loss = record.best_val_loss
         self.earlier_wall_time = record.wall_time_s
         # Lightning restores the checkpoint's optimizer and schedule, so its settings are the run's from now on.
-        if record.optim:
-            self.optim = OptimConfig(**record.optim)
+        # lmzoo 0.1 recorded no optimizer settings; its schedule was a warmup-cosine, as a record without a schedule.
+        self.optim = OptimConfig(**record.optim) if record.optim else replace(self.optim, schedule="cosine")
         restore_rng(record.rng)
 
 

@@ -26,7 +26,7 @@ from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
 from lmzoo.reports.runs import RunSummary
 from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
-from lmzoo.training.budget import Budget, apply_budget
+from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.callbacks import TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
 from lmzoo.training.datamodule import TokenDataModule
@@ -74,9 +74,8 @@ class RunSettings:
         return cls(**{field.name: cfg[field.name] for field in dataclasses.fields(cls)})
 
 
-def check_trainer(trainer: dict, budgeted: bool = False) -> None:
-    """Refuse the trainer settings Lightning accepts but fails on later, or that make a run that never validates.
-    A run with a budget takes its length from it (lmzoo.training.budget)."""
+def check_trainer(trainer: dict) -> None:
+    """Refuse the trainer settings Lightning accepts but fails on later."""
     for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -84,12 +83,6 @@ def check_trainer(trainer: dict, budgeted: bool = False) -> None:
     peak = trainer.get("peak_flops")
     if peak is not None and (not isinstance(peak, (int, float)) or isinstance(peak, bool) or peak <= 0):
         raise UserError(f"trainer.peak_flops must be the hardware's peak FLOP/s, a positive number, or null; got {peak!r}")
-    if budgeted:
-        return
-    if trainer["val_check_interval"] > trainer["max_steps"] * trainer["accumulate_grad_batches"]:
-        raise UserError(f"trainer.val_check_interval={trainer['val_check_interval']} exceeds the run's "
-                        f"{trainer['max_steps'] * trainer['accumulate_grad_batches']} batches: it would never validate, "
-                        "keep a best checkpoint or sample; lower trainer.val_check_interval")
     clip = trainer.get("gradient_clip_val")
     if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
         raise UserError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
@@ -170,7 +163,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
         model = build_model(config)
     flops_per_token = model.flops_per_token(cfg.block_size)
     # Before the optimizer's schedule and the provenance read the run's length and precision.
-    apply_budget(cfg, flops_per_token)
+    with_length(cfg, resolve_length(cfg, flops_per_token))
     width = getattr(model.config, model.config.width_field) if model.config.width_field else None
     cfg.trainer.precision, reason = choose_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator), width)
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
@@ -186,6 +179,27 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     if trainer.is_global_zero:
         write_provenance(lit.provenance, cfg.paths.output_dir)
     return datamodule, lit, trainer
+
+
+def resolve_length(cfg: DictConfig, flops_per_token: int) -> RunLength:
+    """The run's length (lmzoo.training.budget.run_length) from its settings, saying what a budget gave."""
+    trainer = cfg.trainer
+    length = run_length(Budget(**cfg.budget), max_steps=trainer.max_steps, decay_steps=cfg.optim.decay_steps,
+                        val_check_interval=trainer.val_check_interval, warmup_steps=cfg.optim.get("warmup_steps"),
+                        step_tokens=cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches
+                        * world_size(trainer),
+                        accumulate_grad_batches=trainer.accumulate_grad_batches, flops_per_token=flops_per_token)
+    if length.said:
+        print(length.said, file=sys.stderr)
+    return length
+
+
+def with_length(cfg: DictConfig, length: RunLength) -> None:
+    """Write the run's length into its config, which the Trainer, the schedule and the provenance are built from."""
+    cfg.trainer.max_steps, cfg.optim.decay_steps = length.max_steps, length.decay_steps
+    cfg.trainer.val_check_interval = length.val_check_interval
+    if length.max_time:
+        cfg.trainer.max_time = length.max_time
 
 
 def build_model(config):
@@ -224,7 +238,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 def train(cfg: DictConfig) -> dict:
     """Train as configured; return the best checkpoint path and validation loss."""
     RunSettings.of(cfg)
-    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), budgeted=bool(Budget(**cfg.budget).given()))
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path)
