@@ -15,7 +15,7 @@ from lmzoo.reports.compare import compare
 from lmzoo.reports.plot import load_runs, plot_settings
 from lmzoo.reports.report import write_report
 from lmzoo.reports.scaling import fit_sweep
-from lmzoo.reports.stats import regularized_incomplete_beta, welch_t_test
+from lmzoo.reports.stats import holm, regularized_incomplete_beta, welch_t_test
 
 BATCH, BLOCK = 4, 8  # tokens per step: 32
 
@@ -86,13 +86,33 @@ def test_runs_are_pooled_by_config_ranked_and_tested_against_the_best(tmp_path):
     # Ranked by bits per byte: the test is of bpb, whose p equals that of the losses (bpb is loss / ln 2).
     p_gpt = welch_t_test([v / math.log(2) for v in gpt], bpb).p
     p_close = welch_t_test([v / math.log(2) for v in close], bpb).p
-    assert p_gpt < 0.05 < p_close
-    assert ranked[2]["vs best"] == f"p = {p_gpt:.2g}: significant"
-    assert ranked[1]["vs best"] == f"p = {p_close:.2g}: not significant"
+    # Two settings tested against the best: Holm doubles the smaller p, and keeps the larger at least as large.
+    holm_close, holm_gpt = holm([p_close, p_gpt])
+    assert holm_gpt == pytest.approx(2 * p_gpt) and holm_gpt < 0.05 < holm_close
+    assert ranked[2]["vs best"] == f"p = {holm_gpt:.2g} (Holm): significant"
+    assert ranked[1]["vs best"] == f"p = {holm_close:.2g} (Holm): not significant"
+    assert "Holm-corrected for the 2 settings tested against rank 1" in compare(tmp_path)
     assert ranked[3]["vs best"] == "n = 1: no significance can be claimed" and ranked[3]["best val/loss"] == "2.0000"
     assert [(row["model"], row["seed"]) for row in runs][:4] == [("gpt_rope", "1"), ("gpt_rope", "2"),
                                                                 ("gpt_rope", "3"), ("gpt (optim.lr=0.001)", "1")]
     assert runs[-1]["status"] == "failed: ValueError: boom" and runs[-1]["best val/loss"] == "-"
+
+
+def test_holm_matches_rs_p_adjust():
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.5), "holm") gives 0.04 0.09 0.09 0.50.
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def test_the_table_says_which_seeds_it_averaged_over_and_each_models_tuned_values(tmp_path):
+    for index, (model, lr, losses) in enumerate([("gpt", 0.003, (1.5, 1.52)), ("mlp", 0.01, (1.8, 1.83))]):
+        for seed, loss in zip((11, 12), losses):
+            write_run(tmp_path / f"{index}{seed}_{model}", model, seed, {"best_val_loss": loss, "tuned": {"optim.lr": lr}},
+                      {"data.seed": 7, "optim.lr": lr})
+    text = compare(tmp_path)
+    assert "Seeds vary the initialization only (seed); the order of the training data (data.seed) is fixed." in text
+    ranked, runs = markdown_tables(text)
+    assert [(row["model"], row["tuned"]) for row in ranked] == [("gpt", "optim.lr=0.003"), ("mlp", "optim.lr=0.01")]
+    assert {(row["seed"], row["data seed"]) for row in runs} == {("11", "7"), ("12", "7")}
 
 
 def test_a_lone_best_setting_claims_no_significance(tmp_path):

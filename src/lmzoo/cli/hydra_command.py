@@ -46,6 +46,16 @@ def folder_name(overrides: str) -> str:
 OmegaConf.register_new_resolver("lmzoo.folder_name", folder_name, replace=True)
 
 
+def job_gpu(job_number: int) -> list[int]:
+    """The GPU of sweep job `job_number` (conf/trainer/gpu_per_job.yaml): one each, round robin over the GPUs."""
+    import torch
+
+    return [int(job_number) % max(1, torch.cuda.device_count())]
+
+
+OmegaConf.register_new_resolver("lmzoo.job_gpu", job_gpu, replace=True)
+
+
 def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
     """Turn `task(cfg)` into a command line whose config is conf/CONFIG_NAME.yaml plus the arguments; the
     values of the `literal` keys are taken as typed."""

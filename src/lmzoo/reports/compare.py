@@ -1,7 +1,8 @@
 """The comparison of a sweep, from the summary.json each run writes when it ends (and its provenance.json).
 
 Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean best
-val/bpb, each with Welch's t-test against the best; then one row per run, in job order.
+val/bpb, each with Welch's t-test against the best (Holm-corrected when several settings are tested against it);
+then one row per run, in job order.
 """
 
 import math
@@ -13,7 +14,7 @@ from pathlib import Path
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.reports.runs import SUMMARY, RunFolder, Setting, pool, read_run
-from lmzoo.reports.stats import welch_t_test
+from lmzoo.reports.stats import holm, welch_t_test
 
 TABLE = "comparison.md"
 SIGNIFICANCE = 0.05
@@ -49,6 +50,7 @@ def seconds(value) -> str:
 RUN_COLUMNS = [
     Column("model", "setting"),
     Column("seed", "seed"),
+    Column("data seed", "data_seed"),
     Column("parameters", "parameters", thousands),
     Column("active parameters", "active_parameters", thousands),
     Column("best val/loss", "best_val_loss", loss),
@@ -98,8 +100,7 @@ def run_rows(runs: list[RunFolder], settings: list[Setting]) -> list[dict]:
     """One row per run, in the order of `runs`, named by its setting's label; the seed from the config where the
     summary has none (runs of older releases)."""
     label = {id(run): setting.label for setting in settings for run in setting.runs}
-    return [{**asdict(run.summary), "setting": label[id(run)],
-             "seed": run.value("seed") if run.value("seed") is not None else (run.config or {}).get("seed")}
+    return [{**asdict(run.summary), "setting": label[id(run)], "seed": run.seed, "data_seed": run.data_seed}
             for run in runs]
 
 
@@ -117,15 +118,46 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def significance(values: list[float], best: list[float]) -> str:
-    """Whether `values` differ from the best setting's, by Welch's t-test."""
+def welch_p(values: list[float], best: list[float]) -> float | str:
+    """Welch's t-test's p-value of `values` against the best setting's, or why there is none."""
     if len(values) < 2 or len(best) < 2:
         return "n = 1: no significance can be claimed"
     try:
-        test = welch_t_test(values, best)
+        return welch_t_test(values, best).p
     except ValueError:
         return "no spread between seeds: no test"
-    return f"p = {test.p:.2g}: {'significant' if test.p < SIGNIFICANCE else 'not significant'}"
+
+
+def significance(p_values: list[float | str]) -> list[str]:
+    """Each setting's test against the best, Holm-corrected when there are several tests."""
+    tested = [p for p in p_values if not isinstance(p, str)]
+    corrected = iter(holm(tested))
+    note = " (Holm)" if len(tested) > 1 else ""
+    return [p if isinstance(p, str) else
+            f"p = {(q := next(corrected)):.2g}{note}: {'significant' if q < SIGNIFICANCE else 'not significant'}"
+            for p in p_values]
+
+
+def tuned(setting: Setting) -> str | None:
+    """The values a tune chose for the setting's model (train's `tuned=`), as overrides."""
+    values = next((run.value("tuned") for run in setting.runs if run.value("tuned")), None)
+    return " ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in values.items()) if values else None
+
+
+def seeds_note(settings: list[Setting]) -> str:
+    """Which noise the means average over: the init seed (`seed`), the data order (`data.seed`), or both."""
+    varied = {"seed": False, "data.seed": False}
+    for setting in settings:
+        varied["seed"] |= len({run.seed for run in setting.runs}) > 1
+        varied["data.seed"] |= len({run.data_seed for run in setting.runs}) > 1
+    if varied["seed"] and varied["data.seed"]:
+        return "Seeds vary both the initialization (seed) and the order of the training data (data.seed)."
+    if varied["seed"]:
+        return "Seeds vary the initialization only (seed); the order of the training data (data.seed) is fixed."
+    if varied["data.seed"]:
+        return "Seeds vary the order of the training data only (data.seed); the initialization (seed) is fixed."
+    return "Each setting has one seed."
 
 
 def setting_table(settings: list[Setting]) -> str:
@@ -136,19 +168,25 @@ def setting_table(settings: list[Setting]) -> str:
         return "No run has finished yet."
     columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"),
                Column("best val/bpb", "bpb"), Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS]
+    if any(tuned(setting) for setting in ranked):
+        columns.insert(2, Column("tuned", "tuned"))
+    tests = ["best", *significance([welch_p(s.values(key), ranked[0].values(key)) for s in ranked[1:]])]
     rows = []
-    for rank, setting in enumerate(ranked, 1):
+    for rank, (setting, test) in enumerate(zip(ranked, tests), 1):
         n, total = len(setting.values(key)), len(setting.runs)
         row = {"rank": rank, "label": setting.label, "n": f"{n}" if n == total else f"{n} of {total}",
                "bpb": mean_sd(setting.values("best_val_bpb")), "loss": mean_sd(setting.values("best_val_loss")),
-               "test": "best" if rank == 1 else significance(setting.values(key), ranked[0].values(key))}
+               "test": test, "tuned": tuned(setting)}
         for column in MEAN_COLUMNS:
             values = setting.values(column.key)
             row[column.key] = statistics.fmean(values) if values else None
         rows.append(row)
     metric = "val/bpb" if key == "best_val_bpb" else "val/loss"
+    tested = sum(test.startswith("p = ") for test in tests)
+    holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
     return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
-            f"of best {metric} against rank 1, significant when p < {SIGNIFICANCE}.\n\n" + table(rows, columns))
+            f"of best {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
+            "\n\n" + table(rows, columns))
 
 
 def tables(runs: list[RunFolder]) -> str:

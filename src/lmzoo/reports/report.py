@@ -15,23 +15,31 @@ REPORT = "report.md"
 FIGURE = "val_loss.png"
 
 
-def sweep_command(sweep_dir: Path) -> tuple[str, str] | None:
-    """The folder the sweep ran in and its command, as Hydra recorded them in SWEEP_DIR/multirun.yaml: every
-    override as typed (quoted for a POSIX shell); None without that file."""
+def sweep_overrides(sweep_dir: Path) -> tuple[str, str, list[str]] | None:
+    """The folder a sweep ran in, its config name and its overrides as typed, as Hydra recorded them in
+    SWEEP_DIR/multirun.yaml; None without that file."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
     hydra = OmegaConf.load(path).hydra
-    options = ["-m"]
-    if hydra.job.config_name != "train":
-        options += ["--config-name", hydra.job.config_name]
-    options += [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
-                if source.provider == "command-line"]
     # Unresolved: an override may hold an interpolation, `optim.decay_steps=${trainer.max_steps}`, as typed.
     overrides = OmegaConf.to_container(hydra.overrides, resolve=False)
     # -m is Hydra's own hydra.mode=MULTIRUN.
     overrides = [o for o in overrides["hydra"] if o != "hydra.mode=MULTIRUN"] + overrides["task"]
-    return hydra.runtime.cwd, shlex.join(["python", "-m", "lmzoo.train", *options, *overrides])
+    options = [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
+               if source.provider == "command-line"]
+    return hydra.runtime.cwd, hydra.job.config_name, [*options, *overrides]
+
+
+def sweep_command(sweep_dir: Path) -> tuple[str, str] | None:
+    """The folder the sweep ran in and its command: every override as typed (quoted for a POSIX shell); None
+    without SWEEP_DIR/multirun.yaml."""
+    recorded = sweep_overrides(sweep_dir)
+    if recorded is None:
+        return None
+    cwd, config_name, overrides = recorded
+    options = ["-m"] + (["--config-name", config_name] if config_name != "train" else [])
+    return cwd, shlex.join(["python", "-m", "lmzoo.train", *options, *overrides])
 
 
 def figure_section(sweep_dir: Path) -> str:

@@ -1,8 +1,8 @@
 """What a finished (or running) run left in its folder, and runs pooled by setting.
 
 Runs are pooled into one setting when their configs differ in nothing but seeds (any key named `seed`:
-`seed`, and `data.seed`, which follows it) and what names the run's own folder: its output path (and the
-log and checkpoint folders in it), and `ckpt_path` and `resume`, which say where a run continued from, not
+`seed`, the initialization's, and `data.seed`, the training data's order, which follows it unless set) and
+what names the run's own folder: its output path (and the log and checkpoint folders in it), and `ckpt_path` and `resume`, which say where a run continued from, not
 what it trained.
 """
 
@@ -44,6 +44,8 @@ class RunSummary:
     flops: int | None = None
     mfu: float | None = None
     seed: int | None = None
+    # The values a tune chose for the run's model (train's tuned=), by config key.
+    tuned: dict | None = None
 
     def write(self, run_dir: str | Path) -> None:
         """RUN_DIR/summary.json, with the run named by its folder."""
@@ -64,6 +66,11 @@ class RunSummary:
         for key in (f.name for f in fields(cls)):
             value = row.get(key)
             if value is None:
+                continue
+            if key == "tuned":
+                if not isinstance(value, dict):
+                    raise UserError(f"{path} has tuned values of {value!r}, which is not a mapping of keys to values; "
+                                    f"{fix}")
                 continue
             if key in TEXT_KEYS and not isinstance(value, str):
                 raise UserError(f"{path} has a {key} of {value!r}, which is not text; {fix}")
@@ -91,6 +98,16 @@ class RunFolder:
     def value(self, key: str):
         """A value of the summary (None where it has none)."""
         return getattr(self.summary, key)
+
+    @property
+    def seed(self):
+        """The initialization seed: the summary's, else the config's (runs of older releases)."""
+        return self.value("seed") if self.value("seed") is not None else (self.config or {}).get("seed")
+
+    @property
+    def data_seed(self):
+        """The seed of the training data's order (data.seed; it follows seed unless set)."""
+        return ((self.config or {}).get("data") or {}).get("seed")
 
 
 @dataclass

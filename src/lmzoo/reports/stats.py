@@ -51,3 +51,14 @@ def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
         if abs(c * d - 1.0) < 1e-15:
             break
     return front * fraction
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for multiple comparisons, in their order: the i-th smallest of m
+    is multiplied by m - i + 1, and each kept at least as large as the one before it (R's p.adjust(p, "holm"))."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted

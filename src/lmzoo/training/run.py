@@ -57,6 +57,7 @@ class RunSettings:
     resume: str | None
     init_from: str | None
     sample_tokens: int
+    tuned: str | None
 
     def __post_init__(self):
         check_field_types(self, None)
@@ -145,9 +146,37 @@ def check_resumable(ckpt_path: str, lit: LitLM) -> None:
               f"command's {asked}{decay}", file=sys.stderr)
 
 
-def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModule, LitLM, L.Trainer]:
+def model_choice() -> str | None:
+    """The model= of the command line (gpt, mlp, ...); None outside a Hydra command (a config composed in Python)."""
+    return HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else None
+
+
+def apply_tuned(cfg: DictConfig) -> dict | None:
+    """The values a tune chose for this run's model (`tuned=PATH`, the tuned.yaml python -m lmzoo.tune wrote),
+    set in `cfg`; None without `tuned`."""
+    if not cfg.tuned:
+        return None
+    path = Path(cfg.tuned).expanduser()
+    if not path.is_file():
+        raise UserError(f"tuned={cfg.tuned} does not exist; pass the tuned.yaml that python -m lmzoo.tune wrote in "
+                        "its folder")
+    tuned = OmegaConf.to_container(OmegaConf.load(path))
+    model = model_choice()
+    if not isinstance(tuned, dict) or model not in tuned:
+        models = ", ".join(tuned) if isinstance(tuned, dict) else "none"
+        raise UserError(f"{path} holds no tuned values for model={model} (it has {models}); tune it with "
+                        f"python -m lmzoo.tune model={model}")
+    for key, value in tuned[model].items():
+        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
+            raise UserError(f"{path} tunes {key}, which the config has no key for; tune again with this release")
+        OmegaConf.update(cfg, key, value)
+    return tuned[model]
+
+
+def build(cfg: DictConfig, ckpt_path: str | None = None, callbacks: tuple = ()) -> tuple[TokenDataModule, LitLM, L.Trainer]:
     """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer
-    a config describes; with `ckpt_path`, checked to resume that checkpoint before anything is written."""
+    a config describes, with `callbacks` added to its own; with `ckpt_path`, checked to resume that checkpoint
+    before anything is written."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
@@ -174,7 +203,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[TokenDataModul
     if cfg.compile is True:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, callbacks)
     say(trainer, f"precision: {cfg.trainer.precision} ({reason})")
     if trainer.is_global_zero:
         write_provenance(lit.provenance, cfg.paths.output_dir)
@@ -214,9 +243,9 @@ def build_model(config):
     return model
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """Lightning's Trainer with lmzoo's callbacks, logger and atomic checkpoint writes."""
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+def build_trainer(cfg: DictConfig, extra: tuple = ()) -> L.Trainer:
+    """Lightning's Trainer with lmzoo's callbacks and those `extra`, its logger and atomic checkpoint writes."""
+    callbacks = [*(instantiate(callback) for callback in cfg.callbacks.values()), *extra]
     if not cfg.trainer.enable_progress_bar:
         # trainer.enable_progress_bar=false turns the bar off; Lightning refuses a bar callback alongside it.
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
@@ -235,19 +264,21 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         raise
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train as configured; return the best checkpoint path and validation loss."""
+def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
+    """Train as configured, with `callbacks` beside the config's; return the best checkpoint path and validation
+    loss."""
     RunSettings.of(cfg)
+    tuned = apply_tuned(cfg)
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     ckpt_path = resume_path(cfg)
-    datamodule, lit, trainer = build(cfg, ckpt_path)
+    datamodule, lit, trainer = build(cfg, ckpt_path, callbacks)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        run_summary(lit, trainer, cfg.seed).write(cfg.paths.output_dir)
+        run_summary(lit, trainer, cfg.seed, tuned).write(cfg.paths.output_dir)
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         model, tokenizer, _ = load_model(best)
         settings = SamplingSettings(max_new_tokens=cfg.sample_tokens)
@@ -256,7 +287,7 @@ def train(cfg: DictConfig) -> dict:
     return result
 
 
-def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> RunSummary:
+def run_summary(lit: LitLM, trainer: L.Trainer, seed: int, tuned: dict | None = None) -> RunSummary:
     """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
     when it was resumed: tokens, tokens/s, MFU and wall time are carried in its checkpoints."""
     total, active = lit.model.parameter_counts()
@@ -266,7 +297,7 @@ def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> RunSummary:
     # Bits per byte put models with different tokenizers on one scale.
     best_bpb = bits_per_byte(best, lit.val_tokens_per_byte) if best is not None and lit.val_tokens_per_byte else None
     return RunSummary(
-        model=HydraConfig.get().runtime.choices.model if HydraConfig.initialized() else type(lit.model).__name__,
+        model=model_choice() or type(lit.model).__name__,
         parameters=total,
         active_parameters=active,
         best_val_loss=best,
@@ -280,4 +311,5 @@ def run_summary(lit: LitLM, trainer: L.Trainer, seed: int) -> RunSummary:
         flops=tokens and tokens * lit.flops_per_token,
         mfu=throughput and throughput.mfu,
         seed=seed,
+        tuned=tuned,
     )

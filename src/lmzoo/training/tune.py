@@ -1,0 +1,159 @@
+"""Tuning one model's settings at a proxy budget with Optuna: one study, in a SQLite file, per model.
+
+Each trial trains in-process (lmzoo.training.run.train) in its own folder, TRIALS/N, with the values Optuna
+suggests for the keys of `tune.search`; its validation losses go to Optuna, whose MedianPruner stops a trial
+that is worse than the median of earlier ones at the same step. The study lives in study.db beside the trials,
+so the same command continues a tune killed even with kill -9: the trial that was running is run again with the
+same values, and finished ones count.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from lmzoo.errors import UserError, check_field_types
+from lmzoo.files import write_atomically
+from lmzoo.training.run import train
+
+STUDY = "study.db"
+TRIALS = "trials.json"
+TRIALS_DIR = "trials"
+
+
+@dataclasses.dataclass(kw_only=True)
+class TuneSettings:
+    """conf/tune.yaml's `tune:` block."""
+
+    trials: int
+    seed: int
+    search: dict
+    prune_after: int | None
+    final_seeds: int
+
+    def __post_init__(self):
+        check_field_types(self, "tune")
+        if self.trials < 1 or self.final_seeds < 1:
+            raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
+        if self.prune_after is not None and self.prune_after < 1:
+            raise UserError(f"tune.prune_after must be positive or null (no pruning), got {self.prune_after}")
+        if not self.search:
+            raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
+        self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """What one key may take: a range [low, high] (on a log scale for floats above 0) or a list of choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    @classmethod
+    def of(cls, key: str, value) -> "Space":
+        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
+            return cls(key, choices=tuple(value["choices"]))
+        numbers = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not numbers or not value[0] < value[1]:
+            raise UserError(f"tune.search.{key} must be a range [low, high] with low < high, or {{choices: [A, B, ...]}}; "
+                            f"got {value!r}")
+        integer = all(isinstance(v, int) for v in value)
+        return cls(key, float(value[0]), float(value[1]), log=not integer and value[0] > 0, integer=integer)
+
+    def suggest(self, trial: optuna.Trial):
+        if self.choices is not None:
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": [1e-4, 3e-2]}} as {"optim.lr": [1e-4, 3e-2]}; a {choices: [...]} is a leaf."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and set(value) != {"choices"}:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class ReportToTrial(L.Callback):
+    """Gives every validation's val/loss to the Optuna trial; stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+        self.pruned = False
+
+    def on_validation_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or loss is None:
+            return
+        self.trial.report(float(loss), trainer.global_step)
+        if self.trial.should_prune():
+            self.pruned = trainer.should_stop = True
+
+
+def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> optuna.Study:
+    """Run (or continue) the study of `model` in `folder` until `settings.trials` trials have finished, and
+    write folder/trials.json."""
+    for key in settings.search:
+        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
+            raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
+              else optuna.pruners.NopPruner())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
+                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                pruner=pruner)
+    # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
+    # killed with the tune. It fails, and runs again first with the same values.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
+    if left > 0:
+        study.optimize(lambda trial: objective(trial, cfg, settings, folder), n_trials=left, catch=(UserError,))
+    write_atomically(folder / TRIALS, json.dumps(trial_records(study, settings), indent=2).encode("utf-8"))
+    return study
+
+
+def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, folder: Path) -> float:
+    """Train one trial in folder/trials/N with the suggested values; its best val/loss."""
+    trial_cfg = copy.deepcopy(cfg)
+    for space in settings.search.values():
+        OmegaConf.update(trial_cfg, space.key, space.suggest(trial))
+    trial_cfg.paths.output_dir = str(folder / TRIALS_DIR / str(trial.number))
+    report = ReportToTrial(trial)
+    result = train(trial_cfg, callbacks=(report,))
+    if report.pruned:
+        raise optuna.TrialPruned()
+    if not math.isfinite(result["best_val_loss"]):
+        raise UserError(f"trial {trial.number} never validated")
+    return result["best_val_loss"]
+
+
+def trial_records(study: optuna.Study, settings: TuneSettings) -> dict:
+    """What the report needs of a study: the search space and each trial's values, state and losses."""
+    trials = []
+    for trial in study.get_trials(deepcopy=False):
+        losses = trial.intermediate_values
+        trials.append({"number": trial.number, "state": trial.state.name, "params": trial.params, "value": trial.value,
+                       "last_loss": losses[max(losses)] if losses else None})
+    return {"model": study.study_name, "search": {key: space.as_dict() for key, space in settings.search.items()},
+            "trials": trials}
