@@ -1,12 +1,13 @@
 """Every file in conf/ composes and builds what its group promises."""
 
 import pytest
+import torch
 from helpers import REPO, compose_config, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmzoo.cli.generate import sampling_settings
-from lmzoo.cli.hydra_command import quote_literal_values
+from lmzoo.cli.hydra_command import job_gpu, quote_literal_values
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.inference import SamplingSettings
@@ -102,17 +103,30 @@ def test_finetune_configs(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", options("trainer"))
-def test_trainer_configs(tmp_path, name):
+def test_trainer_configs(tmp_path, name, monkeypatch):
     # The gpu preset is instantiated on the CPU here, keeping its precision.
     cfg = compose_train(tmp_path, f"trainer={name}", "trainer.accelerator=cpu", tiny=False)
     if name == "fsdp":
         # Lightning's FSDP needs CUDA: on the CPU only its strategy is built.
         assert type(instantiate(cfg.trainer.strategy)).__name__ == "FSDPStrategy"
         return
+    if name == "gpu_per_job":
+        # Its devices follow the sweep job's number: job 5 of a machine with 4 GPUs trains on GPU 1.
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+        assert OmegaConf.to_container(cfg.trainer)["devices"] == "${lmzoo.job_gpu:${hydra:job.num}}"
+        assert job_gpu(5) == [1]
+        return
     _, _, trainer = build(cfg)
     assert trainer.max_steps == cfg.trainer.max_steps and trainer.checkpoint_callback is not None
     # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration).
     assert trainer.precision == cfg.trainer.precision != "auto"
+
+
+@pytest.mark.parametrize("name", options("hydra/launcher"))
+def test_launcher_presets_extend_hydras_launchers(name):
+    """hydra/launcher=parallel is joblib's launcher, slurm submitit's: their plugins are installed with the test extra."""
+    launcher = compose_config("train", f"hydra/launcher={name}", return_hydra_config=True).hydra.launcher
+    assert launcher._target_.rsplit(".", 1)[1] == {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher"}[name]
 
 
 @pytest.mark.parametrize("name", ["generate", "evaluate", "describe", "export", "prepare"])

@@ -16,6 +16,7 @@ from lmzoo.reports.tune import edge_warnings
 from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
 
 # bigram and mlp are tiny as they are; a few steps of 4 windows of 32 tokens, validated twice.
+ZOO = "bigram,mlp,gpt,gpt_rope,block_scaling,moe,moa_moe"
 TINY_RUN = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4", "data.val_batches=2",
             "block_size=32", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -27,7 +28,8 @@ def offline(tmp_path):
 def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_path):
     folder = tmp_path / "tune"
     cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, "model=bigram", f"paths.output_dir={folder}")
-    settings = TuneSettings(trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}}, prune_after=None, final_seeds=3)
+    settings = TuneSettings(trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}}, prune_after=None, final_seeds=3,
+                            final=[])
     folder.mkdir()
     tune_model(cfg, settings, "bigram", folder)
     # A kill -9 in the middle of a third trial leaves it marked running in the study.
@@ -70,7 +72,7 @@ def test_tune_then_the_final_comparison_at_the_tuned_values_four_jobs_at_once(tm
     command = next(line for line in capsys.readouterr().out.splitlines()[::-1] if line.startswith("final comparison: "))
     words = shlex.split(command.removeprefix("final comparison: "))
     assert words[:4] == ["python", "-m", "lmzoo.train", "-m"] and "seed=1,2" in words
-    assert f"python -m lmzoo.train -m model=bigram,mlp tuned={tune_dir / 'tuned.yaml'} seed=1,2" in (
+    assert f"python -m lmzoo.train -m model=bigram,mlp seed=1,2 tuned={tune_dir / 'tuned.yaml'}" in (
         tune_dir / "tune.md").read_text()
     final_dir = tmp_path / "final"
     run(*words[2:], "hydra/launcher=parallel", "hydra.launcher.n_jobs=4", f"hydra.sweep.dir={final_dir}", cwd=tmp_path)
@@ -91,3 +93,24 @@ def test_a_sweep_runs_through_submitit(tmp_path):
         f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     _, runs = markdown_tables((sweep_dir / "comparison.md").read_text())
     assert [(row["seed"], row["status"]) for row in runs] == [("1", "done"), ("2", "done")]
+
+
+def test_the_reference_experiment_composes_both_commands_and_runs_at_a_tiny_budget(tmp_path, monkeypatch):
+    tune = compose_config("tune", "experiment=reference_tune", return_hydra_config=True)
+    final = compose_config("train", "experiment=reference", return_hydra_config=True)
+    # The tune: one job per architecture at the smaller budget, with a seed apart from the comparison's.
+    assert tune.hydra.sweeper.params.model == final.hydra.sweeper.params.model == ZOO
+    assert (tune.hydra.sweeper.params.seed, final.hydra.sweeper.params.seed) == ("1337", "1,2,3")
+    assert final.hydra.sweeper.params["budget.flops"] == "1.5e12,1.5e13" and list(tune.tune.final) == ["experiment=reference"]
+    # The comparison, cut to one model, seed and tiny budget on the command line.
+    (tmp_path / "tuned.yaml").write_text("bigram:\n  optim.lr: 0.02\n")
+    sweep_dir = tmp_path / "reference"
+    monkeypatch.setattr(sys, "argv", ["train", "-m", "experiment=reference", f"tuned={tmp_path / 'tuned.yaml'}",
+                                      "model=bigram", "seed=1", "budget.flops=5e6", "data.val_batches=2", *TINY_RUN[4:],
+                                      *offline(tmp_path),
+                                      f"hydra.sweep.dir={sweep_dir}"])
+    importlib.import_module("lmzoo.train").main()
+    ranked, runs = markdown_tables((sweep_dir / "comparison.md").read_text())
+    assert [(row["model"], row["tuned"]) for row in ranked] == [("bigram", "optim.lr=0.02")]
+    # bigram's 390 FLOPs a token, 16 windows of 32 tokens a step: 5e6 FLOPs buy 25 steps.
+    assert runs[0]["steps"] == "25"

@@ -30,4 +30,5 @@ class TuneSummary(Callback):
             return
         from lmzoo.reports.tune import write_tune_report
 
-        print(write_tune_report(config.hydra.sweep.dir, config.seed, config.tune.final_seeds))
+        tune = config.tune
+        print(write_tune_report(config.hydra.sweep.dir, config.seed, tune.final_seeds, list(tune.final)))

@@ -107,18 +107,18 @@ def final_seeds(trial_seed: int, count: int) -> list[int]:
     return seeds
 
 
-def final_command(sweep_dir: Path, models: list[str], trial_seed: int, seeds: int) -> str:
-    """The final comparison: the tune's own overrides (its budget, data, ...), each model at its tuned values,
-    fresh seeds."""
+def final_command(sweep_dir: Path, models: list[str], trial_seed: int, seeds: int, final: list[str]) -> str:
+    """The final comparison: the tune's own overrides (its budget, data, ...) and each model at its tuned values,
+    with fresh seeds; or with `final` (as [experiment=reference]) in place of the tune's models, seeds and
+    experiment."""
     recorded = sweep_overrides(sweep_dir)
     kept = [o for o in (recorded[2] if recorded else [])
-            if not o.lstrip("+~").startswith(("model=", "tune.", "seed=", "hydra.", "sample_tokens="))]
-    tuned = sweep_dir / TUNED
-    return shlex.join(["python", "-m", "lmzoo.train", "-m", f"model={','.join(models)}", f"tuned={tuned}",
-                       f"seed={','.join(map(str, final_seeds(trial_seed, seeds)))}", *kept])
+            if not o.lstrip("+~").startswith(("model=", "tune.", "seed=", "hydra.", "sample_tokens=", "experiment="))]
+    chosen = final or [f"model={','.join(models)}", f"seed={','.join(map(str, final_seeds(trial_seed, seeds)))}"]
+    return shlex.join(["python", "-m", "lmzoo.train", "-m", *chosen, f"tuned={sweep_dir / TUNED}", *kept])
 
 
-def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int) -> str:
+def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int, final: list[str]) -> str:
     """SWEEP_DIR/tuned.yaml (each model's best values), each model's figure, and tune.md; return tune.md's text."""
     sweep_dir = Path(sweep_dir)
     studies = [(job, read_trials(job)) for job in job_dirs(sweep_dir) if (job / TRIALS).is_file()]
@@ -141,7 +141,7 @@ def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int) -> str
         sections.append(f"### {model}\n\nBest: {values}, val/loss {best['value']:.4f} (trial {best['number']}; "
                         f"{counts}).{note}\n\n![{model}]({figure.relative_to(sweep_dir)})")
     write_atomically(sweep_dir / TUNED, OmegaConf.to_yaml(OmegaConf.create(tuned)).encode("utf-8"))
-    command = final_command(sweep_dir, list(tuned), trial_seed, seeds) if tuned else "(no model has a finished trial)"
+    command = final_command(sweep_dir, list(tuned), trial_seed, seeds, final) if tuned else "(no model has a finished trial)"
     text = (f"# Tune {sweep_dir.name}\n\nEach model's settings, tuned at this folder's budget; the trials' seed was "
             f"{trial_seed}. The final comparison takes each model's tuned values ({TUNED}) and fresh seeds:\n\n"
             f"```bash\n{command}\n```\n\n## Models\n\n" + "\n\n".join(sections) + "\n")

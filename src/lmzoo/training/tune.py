@@ -35,6 +35,7 @@ class TuneSettings:
     search: dict
     prune_after: int | None
     final_seeds: int
+    final: list
 
     def __post_init__(self):
         check_field_types(self, "tune")
