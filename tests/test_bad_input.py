@@ -111,7 +111,7 @@ CASES = [
     ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
     ("train", [*TRAIN, "optim.weight_decay=-1"], "optim.weight_decay must be >= 0, got -1", []),
     ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
-    ("train", [*TRAIN, "experiment=reference"], "tuned is required; pass tuned=...", []),
+    ("train", [*TRAIN, "experiment=reference"], "tuned=outputs/tunes/reference/tuned.yaml does not exist", []),
     ("train", [*TRAIN, "tuned={tmp}/tuned.yaml"], "tuned={tmp}/tuned.yaml does not exist; pass the tuned.yaml", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune", "tune.search.optim.lr=[1e-2,1e-4]"],
      "tune.search.optim.lr must be a range [low, high] with low < high", []),

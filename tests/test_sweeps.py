@@ -28,7 +28,7 @@ def offline(tmp_path):
 def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_path):
     folder = tmp_path / "tune"
     cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, "model=bigram", f"paths.output_dir={folder}")
-    settings = TuneSettings(trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}}, prune_after=None, final_seeds=3,
+    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}}, prune_after=None, final_seeds=3,
                             final=[])
     folder.mkdir()
     tune_model(cfg, settings, "bigram", folder)
@@ -101,6 +101,8 @@ def test_the_reference_experiment_composes_both_commands_and_runs_at_a_tiny_budg
     # The tune: one job per architecture at the smaller budget, with a seed apart from the comparison's.
     assert tune.hydra.sweeper.params.model == final.hydra.sweeper.params.model == ZOO
     assert (tune.hydra.sweeper.params.seed, final.hydra.sweeper.params.seed) == ("1337", "1,2,3")
+    # The tune's fixed folder is where the comparison reads its tuned values.
+    assert f"{tune.hydra.sweep.dir}/tuned.yaml" == final.tuned == "outputs/tunes/reference/tuned.yaml"
     assert final.hydra.sweeper.params["budget.flops"] == "1.5e12,1.5e13" and list(tune.tune.final) == ["experiment=reference"]
     # The comparison, cut to one model, seed and tiny budget on the command line.
     (tmp_path / "tuned.yaml").write_text("bigram:\n  optim.lr: 0.02\n")

@@ -30,6 +30,7 @@ TRIALS_DIR = "trials"
 class TuneSettings:
     """conf/tune.yaml's `tune:` block."""
 
+    folder: str
     trials: int
     seed: int
     search: dict
