@@ -74,9 +74,9 @@ def test_table_shows_runs_without_metrics(tmp_path):
     assert out == (tmp_path / "comparison.md").read_text()
     # A run without provenance or seed; it has FLOPs and MFU, the job that never wrote a summary has nothing.
     assert "| 1 | moe (1_model=moe) | 1 | 1.7811 | 1.2346 | best | 1,234,567 | 1.50e+14 | 61.2 s | 12,346 | 12.3% |" in out
-    assert ("| moe (1_model=moe) | - | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 1.50e+14 | 12,346 | 12.3% | 61.2 s | "
+    assert ("| moe (1_model=moe) | - | - | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 1.50e+14 | 12,346 | 12.3% | 61.2 s | "
             "done | 1_model=moe |") in out
-    assert "| 0_model=gpt | - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
+    assert "| 0_model=gpt | - | - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
     assert table([], RUN_COLUMNS).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
