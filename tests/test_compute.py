@@ -9,6 +9,7 @@ from helpers import PRESETS, assert_same_weights, compose_config, compose_train,
 from hydra.utils import instantiate
 
 from lmzoo.checkpoints import read_checkpoint
+from lmzoo.training.budget import Budget, RunLength, run_length
 from lmzoo.models import TransformerConfig
 from lmzoo.models.base import sized
 from lmzoo.training import perf
@@ -49,6 +50,17 @@ def test_the_cpu_probe_runs_once_per_machine_and_precision(monkeypatch, tmp_path
 def tiny_flops_per_token() -> int:
     """compose_train's tiny gpt_rope on tinyshakespeare's 65 characters, at block_size 32."""
     return TransformerConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32).build().flops_per_token(32)
+
+
+def test_the_run_length_is_a_pure_function_of_the_budget_and_the_steps_shape():
+    shape = {"max_steps": 2000, "decay_steps": 2000, "val_check_interval": 250, "warmup_steps": None,
+             "step_tokens": 2048, "accumulate_grad_batches": 1, "flops_per_token": 5_400_000}
+    # The issue's sweep: 2e11 FLOPs buy gpt 18 steps, with no warmup in steps to exceed.
+    length = run_length(Budget(flops=2e11), **shape)
+    assert (length.max_steps, length.decay_steps, length.val_check_interval) == (18, 18, 18)
+    assert length.said == "budget.flops=2e+11: 18 steps of 2,048 tokens, 5,400,000 FLOPs per token"
+    assert run_length(Budget(), **{**shape, "max_steps": 30, "decay_steps": 30}) == RunLength(30, 30, 30)
+    assert run_length(Budget(minutes=90.5), **shape).max_time == "00:01:30:30"
 
 
 def test_a_flop_budget_sets_the_steps_and_the_schedule_and_validates_at_its_end(tmp_path):

@@ -28,8 +28,8 @@ def offline(tmp_path):
 def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_path):
     folder = tmp_path / "tune"
     cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, "model=bigram", f"paths.output_dir={folder}")
-    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}}, prune_after=None, final_seeds=3,
-                            final=[])
+    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}},
+                            prune_after=None, final_seeds=3, final=[])
     folder.mkdir()
     tune_model(cfg, settings, "bigram", folder)
     # A kill -9 in the middle of a third trial leaves it marked running in the study.

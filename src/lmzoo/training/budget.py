@@ -2,8 +2,9 @@
 
 A FLOP or token budget becomes a number of steps before the Trainer is built (run_length, a pure function of
 the run's settings): trainer.max_steps and the schedule's optim.decay_steps both follow from it, so the learning
-rate reaches its floor at the budget, and a resumed run derives the same steps. A minutes budget is Lightning's max_time; its schedule
-follows an estimate of the steps that fit (lmzoo.training.callbacks.ScheduleToDeadline), so it is not exact.
+rate reaches its floor at the budget, and a resumed run derives the same steps. A minutes budget is Lightning's
+max_time; its schedule follows an estimate of the steps that fit (lmzoo.training.callbacks.ScheduleToDeadline),
+so it is not exact.
 """
 
 import dataclasses
@@ -79,7 +80,8 @@ def run_length(budget: Budget, *, max_steps: int, decay_steps: int, val_check_in
         seconds = max(1, round(value * 60))
         max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         # A first guess, replaced once steps are timed.
-        return dataclasses.replace(asked, max_steps=-1, val_check_interval=val_check_interval, decay_steps=(warmup_steps or 0) + 1, max_time=max_time,
+        return dataclasses.replace(asked, max_steps=-1, val_check_interval=val_check_interval,
+                                   decay_steps=(warmup_steps or 0) + 1, max_time=max_time,
                                    said=f"budget.minutes={value}: training stops after {value} minutes; the learning "
                                         "rate follows an estimate of the steps that fit, so the budget is not exact "
                                         "(FLOP and token budgets are)")

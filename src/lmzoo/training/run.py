@@ -173,7 +173,8 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
     return tuned[model]
 
 
-def build(cfg: DictConfig, ckpt_path: str | None = None, callbacks: tuple = ()) -> tuple[TokenDataModule, LitLM, L.Trainer]:
+def build(cfg: DictConfig, ckpt_path: str | None = None,
+          callbacks: tuple = ()) -> tuple[TokenDataModule, LitLM, L.Trainer]:
     """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer
     a config describes, with `callbacks` added to its own; with `ckpt_path`, checked to resume that checkpoint
     before anything is written."""

@@ -62,8 +62,9 @@ class Space:
 
     @classmethod
     def of(cls, key: str, value) -> "Space":
-        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
-            return cls(key, choices=tuple(value["choices"]))
+        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list):
+            if value["choices"]:
+                return cls(key, choices=tuple(value["choices"]))
         numbers = isinstance(value, list) and len(value) == 2 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if not numbers or not value[0] < value[1]:
