@@ -18,7 +18,8 @@ def main(cfg: DictConfig) -> float:
 
     settings = TuneSettings(**OmegaConf.to_container(cfg.tune, resolve=True))
     study = tune_model(cfg, settings, model_choice(), Path(cfg.paths.output_dir))
-    return study.best_value if any(t.value is not None for t in study.trials) else float("nan")
+    finished = [t.value for t in study.trials if t.state.name == "COMPLETE"]
+    return min(finished) if finished else float("nan")
 
 
 class TuneSummary(Callback):
