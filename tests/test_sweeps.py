@@ -10,13 +10,12 @@ import sys
 import optuna
 import pytest
 import yaml
-from helpers import SHAKESPEARE, compose_config, markdown_tables, run
+from helpers import REPO, SHAKESPEARE, compose_config, markdown_tables, run
 
 from lmzoo.reports.tune import edge_warnings
 from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
 
 # bigram and mlp are tiny as they are; a few steps of 4 windows of 32 tokens, validated twice.
-ZOO = "bigram,mlp,gpt,gpt_rope,block_scaling,moe,moa_moe"
 TINY_RUN = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4", "data.val_batches=2",
             "block_size=32", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -99,7 +98,8 @@ def test_the_reference_experiment_composes_both_commands_and_runs_at_a_tiny_budg
     tune = compose_config("tune", "experiment=reference_tune", return_hydra_config=True)
     final = compose_config("train", "experiment=reference", return_hydra_config=True)
     # The tune: one job per architecture at the smaller budget, with a seed apart from the comparison's.
-    assert tune.hydra.sweeper.params.model == final.hydra.sweeper.params.model == ZOO
+    assert tune.hydra.sweeper.params.model == final.hydra.sweeper.params.model
+    assert set(final.hydra.sweeper.params.model.split(",")) == {path.stem for path in (REPO / "conf" / "model").glob("*.yaml")}
     assert (tune.hydra.sweeper.params.seed, final.hydra.sweeper.params.seed) == ("1337", "1,2,3")
     # The tune's fixed folder is where the comparison reads its tuned values.
     assert f"{tune.hydra.sweep.dir}/tuned.yaml" == final.tuned == "outputs/tunes/reference/tuned.yaml"
