@@ -12,7 +12,7 @@ Parts (all three by default):
   --nanogpt DIR: train.py, model.py and configurator.py are copied to a temporary folder and run there), in
   alternation: lmzoo first in odd pairs, nanoGPT first in even ones. Tokens/s, the median of the per-pair
   ratios, and lmzoo's MFU.
-- zoo: every preset of conf/model/ with a depth and a width (all but bigram and mlp), at GPT-2 124M's: gpt as
+- zoo: every preset of conf/model/ with a depth and a width (all but bigram and mlp today), at GPT-2 124M's: gpt as
   GPT-2 124M itself, the others at their own head size (their config's with_width): tokens/s and MFU (--models
   picks some).
 - sampling: the 124M model in bf16, tokens/s at batch 1 and 32 sampling 500 tokens, with and without the KV cache.

@@ -116,7 +116,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a machine withou
                                                                         "bench/gpu_data.py first"),
     (["zoo", *TINY_RANDOM, "--profile"], "--profile writes into --out DIR"),
     (["zoo", *TINY_RANDOM, "--steps", "0"], "--steps must be positive"),
-    (["zoo", *TINY_RANDOM, "--models", "gpt,moe2"], "--models takes block_scaling, gpt, gpt_rope, moa_moe, moe; not moe2"),
+    (["zoo", *TINY_RANDOM, "--models", "gpt,moe2"], f"--models takes {', '.join(gpu.ZOO)}; not moe2"),
 ])
 def test_a_mistaken_argument_is_one_line_naming_the_fix(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
