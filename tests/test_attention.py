@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import V, make
+from helpers import V
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
@@ -15,6 +15,18 @@ from lmzoo.models.blocks import differential_lambda_init
 from lmzoo.models.lora import LoRA, LoRALinear
 
 SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
+# Each variant at SHAPE, with the small sizes the numbers below are worked out for.
+VARIANTS = {
+    "gpt_rope": {},
+    "swa": dict(layer_pattern=["local_attention", "attention"], window=6),
+    "mla": dict(attention="mla", kv_rank=16, rope_head_dim=8),
+    "diff_attn": dict(n_head=4, n_kv_head=2, attention="differential"),
+}
+
+
+def make(name: str):
+    torch.manual_seed(0)
+    return TransformerConfig(**{**SHAPE, **VARIANTS[name]}).build()
 
 
 def changed_positions(model, position: int) -> list[int]:
