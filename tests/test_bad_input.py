@@ -94,7 +94,8 @@ CASES = [
     ("train", [*TRAIN, "model=mla", "model.positions=learned"], "model.positions must be rope for mla", []),
     ("train", [*TRAIN, "model=diff_attn", "model.n_head=1"],
      "model.n_head and n_kv_head must be even for differential attention, which pairs heads, got (1, 1)", []),
-    ("train", [*BLOCK_SCALING, "model.attention=mla"], "model has no key attention", []),
+    ("train", [*BLOCK_SCALING, "model.attention=mla"], "model.attention and model.layer_pattern are gpt_rope's options; "
+     "BlockScalingConfig builds its own attention", []),
     ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[1]"], "model.qkv_multipliers must be a list of 2 numbers", []),
     ("train", [*BLOCK_SCALING, "model.ffn_multipliers=[1,2,3]"], "model.ffn_multipliers must be a list of 2 numbers", []),
     ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[0,1]"], "model.qkv_multipliers must be positive", []),
