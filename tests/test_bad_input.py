@@ -25,7 +25,9 @@ import torch
 from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
 
 from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.checkpoints.record import architecture_record
 from lmzoo.files import hold_folder
+from lmzoo.models import BigramConfig
 from lmzoo.training.run import train
 
 BASE = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir={tmp}/run", "trainer=debug",
@@ -51,12 +53,20 @@ CASES = [
     ("train", [*TRAIN, "sample_tokens=-5"], "sample_tokens must be >= 0", []),
     ("train", [*TRAIN, "compile=maybe"], "compile must be true, false or auto", []),
     ("train", [*TRAIN, "resume=sometimes"], "resume='sometimes' is not understood", []),
+    ("train", [*TRAIN, "ckpt_path={ckpt}", "init_from={ckpt}"], "{ckpt} continues a run trained from scratch, whose "
+     "weights replace init_from's; leave init_from={ckpt} out", []),
+    ("train", [*TRAIN, "hydra.run.dir="], "hydra.run.dir is empty; name a folder, such as hydra.run.dir=outputs/runs/NAME",
+     []),
     ("train", [*TRAIN, "finetune=lora"], "a finetune recipe needs pretrained weights", []),
     # train: the model
     ("train", [*TRAIN, "model.n_layer=abc"], "model.n_layer must be an integer, got 'abc'", []),
     ("train", [*TRAIN, "model.n_layer=2.5"], "model.n_layer must be an integer, got 2.5", []),
     ("train", [*TRAIN, "model.n_layer=0"], "model.n_layer must be a positive integer, got 0", []),
     ("train", [*TRAIN, "model.n_head=0"], "model.n_head must be a positive integer, got 0", []),
+    # The model's and optimizer's settings are checked before the data is prepared.
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model.n_head=0"], "model.n_head must be a positive integer",
+     ["unprepared"]),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "optim.lr=0"], "optim.lr must be positive", ["unprepared"]),
     ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)", []),
     ("train", [*TRAIN, "model.n_kv_head=3"], "model.n_kv_head must divide n_head (2)", []),
     ("train", [*TRAIN, "model.pad_vocab_to=0"], "model.pad_vocab_to must be a positive integer, got 0", []),
@@ -138,9 +148,11 @@ CASES = [
     ("train", [*TRAIN, "budget.tokens=100"], "budget.tokens=100 is less than one step (128 tokens); raise it", []),
     ("train", [*TRAIN, "budget.flops=1e5"], "budget.flops=100000 is less than one step (", []),
     ("train", [*TRAIN, "budget.tokens=300"], "budget.tokens=300 gives 2 steps, no more than optim.warmup_steps=2", []),
-    ("train", [*TRAIN, "budget.minutes=0"], "budget.minutes must be positive (or null), got 0", []),
+    ("train", [*TRAIN, "budget.flops=nan"], "budget.flops must be positive and finite (or null), got nan", []),
+    ("train", [*TRAIN, "budget.tokens=inf"], "budget.tokens must be positive and finite (or null), got inf", []),
+    ("train", [*TRAIN, "budget.minutes=0"], "budget.minutes must be positive and finite (or null), got 0", []),
     ("train", [*TRAIN, "budget.minutes=soon"], "budget.minutes must be a number or null, got 'soon'", []),
-    ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=0"], "budget.max_steps must be positive (or null), got 0",
+    ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=0"], "budget.max_steps must be positive and finite (or null), got 0",
      []),
     ("train", [*TRAIN, "budget.max_steps=10"], "budget.max_steps caps the steps of budget.flops or budget.tokens", []),
     ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=2"], "budget.max_steps=2 is no more than "
@@ -150,6 +162,9 @@ CASES = [
     # Below the smallest 4-layer gpt_rope: the smallest width is the nearest.
     ("train", [*BASE, "model.target_params=1e4"], "model.target_params=10000: no n_embd comes within 5% of it "
      "(model.n_embd=16 gives 14,352 active parameters)", []),
+    ("train", [*TRAIN, "model.target_params=1e12"], "more than this machine's", []),
+    ("train", [*TRAIN, "+model.foo=1"], "model has no key foo; its keys are vocab_size, target_params,", []),
+    ("train", [*TRAIN, "+optim.betas=1"], "optim has no key betas (did you mean beta", []),
     ("train", [*TRAIN, "model.target_params=-1"], "model.target_params must be positive or null, got -1", []),
     ("train", [*BASE, "model=bigram", "model.target_params=1e5"], "model.target_params does not apply to BigramConfig: "
      "it has no width to size", []),
@@ -185,7 +200,16 @@ CASES = [
      []),
     ("train", [*TRAIN, "data.tokenizer.kind=wordpiece"], "data.tokenizer.kind must be one of char, tiktoken, bpe", []),
     ("train", [*TRAIN, "data.path={tmp}/nothing.txt"], "data file '{tmp}/nothing.txt' does not exist", []),
+    ("train", [*TRAIN, "data.path=/dev/null"], "data file '/dev/null' is not a regular file", []),
+    ("train", [*TRAIN, "--cfg"], "argument --cfg/-c: expected one argument; see python -m lmzoo.train --help", []),
+    ("train", [*TRAIN, "--cfg", "everything"], "argument --cfg/-c: invalid choice: 'everything'", []),
+    ("train", [*TRAIN, "model"], "'model' is not an override: write KEY=VALUE, such as model=gpt_rope", []),
+    pytest.param("train", [*TRAIN, "trainer=fsdp"], "trainer=fsdp shards a model over CUDA GPUs, and torch sees none; "
+                 "train without trainer=fsdp", [], marks=pytest.mark.skipif(not NO_CUDA, reason="a GPU is here"),
+                 id="train:trainer=fsdp"),
     ("train", [*TRAIN, "paths.data_dir={tmp}/baddata"], "holds token id 65535, outside the vocabulary of 65", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/editeddata"], "{tmp}/editeddata/shakespeare_char/char/train.bin has changed "
+     "since it was prepared (its sha256 is not the one in meta.json); delete", []),
     ("train", [*TRAIN, "paths.data_dir={tmp}/afile.txt"], "cannot use {tmp}/afile.txt/shakespeare_char/char as a folder",
      []),
     ("train", [*TRAIN, "paths.data_dir={unwritable}/data"], "cannot use {unwritable}/data/shakespeare_char/char as a "
@@ -194,6 +218,17 @@ CASES = [
     ("train", [*TRAIN, "hydra.run.dir={tmp}/afile.txt"], "cannot use {tmp}/afile.txt as a folder (File exists); "
      "choose another folder with hydra.run.dir=PATH", []),
     ("train", [*TRAIN, "hydra.run.dir={unwritable}/run"], "cannot use {unwritable}/run as a folder", []),
+    # A folder that holds a run is only continued, never written over (tests/test_training.py: resume=auto).
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/trained/run"], "{tmp}/trained/run already holds a run "
+     "({tmp}/trained/run/checkpoints/best.ckpt); continue it with resume=auto, or start a new run in another folder "
+     "with hydra.run.dir=PATH", ["trained/run/checkpoints/best-v1.ckpt"]),
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/trained/run", "ckpt_path={ckpt}"], "{tmp}/trained/run already holds a run",
+     []),
+    ("train", ["-m", *TRAIN, "hydra.sweep.dir={tmp}/sweep_done"], "{tmp}/sweep_done already holds a sweep "
+     "({tmp}/sweep_done/multirun.yaml); continue it with the same command and resume=auto, or choose a new folder "
+     "with hydra.sweep.dir=PATH", []),
+    ("train", ["-m", *TRAIN, "resume=auto", "hydra.sweep.dir={tmp}/sweep_done"], "{tmp}/sweep_done holds a sweep of "
+     "other overrides (model=mlp,bigram seed=1); continue it with those and resume=auto", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/trained/run"], "{tmp}/trained/run is a folder, not a checkpoint; pass one of "
      "its checkpoints, such as {tmp}/trained/run/checkpoints/best.ckpt", []),
@@ -214,6 +249,8 @@ CASES = [
     ("train", [*TRAIN, "init_from={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
     ("train", [*TRAIN, "init_from={tmp}/nan.ckpt"], "{tmp}/nan.ckpt holds non-finite weights", []),
     ("train", [*TRAIN, "init_from={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
+    ("train", [*TRAIN, "init_from={tmp}/bigram.ckpt"], "init_from={tmp}/bigram.ckpt holds another architecture than "
+     "model= builds; pass model=bigram", []),
     ("train", [*TRAIN, "init_from={ckpt}", "model=gpt"], "holds another architecture than model= builds; pass "
      "model=gpt_rope", []),
     # generate
@@ -228,6 +265,14 @@ CASES = [
     ("generate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights (NaN or inf in model.transformer.h.0.attn.c_attn.weight)", []),
     ("generate", ["ckpt={tmp}/exported"], "{tmp}/exported/model.safetensors is damaged: its sha256 is not the one "
      "recorded", []),
+    ("generate", ["ckpt={tmp}/diverged.ckpt"], "{tmp}/diverged.ckpt was saved after its run diverged at step 5 "
+     "(val/loss NaN or inf): its predictions are not numbers; use a checkpoint saved before", []),
+    ("generate", ["ckpt=/dev/null"], "checkpoint '/dev/null' is not a regular file", []),
+    ("generate", ["ckpt={tmp}/unknown_architecture.ckpt"], "the checkpoint's architecture 'lmzoo.models.nonesuch.Config' "
+     "is not one of lmzoo", []),
+    ("generate", ["ckpt={tmp}/missing_weight.ckpt"], "{tmp}/missing_weight.ckpt's weights do not fit its recorded "
+     "architecture (Missing key(s) in state_dict: \"transformer.wte.weight\"", []),
+    ("generate", ["ckpt={ckpt}", "prompt=@/dev/null"], "prompt file '/dev/null' is not a regular file", []),
     ("generate", ["ckpt=hf:gpt2"], "could not fetch 'gpt2' from the Hugging Face Hub", []),
     ("generate", ["ckpt={ckpt}", "tmperature=1"], "the config has no key tmperature (did you mean temperature?)", []),
     ("generate", ["ckpt={ckpt}", "top_k=0"], "top_k must be a positive integer or null, got 0", []),
@@ -265,6 +310,7 @@ CASES = [
     ("evaluate", ["ckpt={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
     ("evaluate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights", []),
     ("evaluate", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint", []),
+    ("evaluate", ["ckpt={tmp}/diverged.ckpt"], "{tmp}/diverged.ckpt was saved after its run diverged at step 5", []),
     ("evaluate", [*EVALUATE, "data=shakespeare", f"data.path={SHAKESPEARE}"], "data set 'shakespeare' is tokenized "
      "differently from the checkpoint", ["data/shakespeare"]),
     ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
@@ -278,6 +324,9 @@ CASES = [
      []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/prompt.txt"], "is larger than the train split", []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/greek.txt"], "text has characters outside the char vocabulary", []),
+    ("evaluate", [*EVALUATE, "data.path={tmp}/chinese.txt"], "' and 160 more; use only characters that occur", []),
+    ("evaluate", ["ckpt={tmp}/badrun/checkpoints/last.ckpt", "paths.data_dir={tmp}/data"], "{tmp}/badrun/.hydra/config.yaml "
+     "does not parse (", []),
     ("evaluate", ["ckpt={unwritable}/last.ckpt", "paths.data_dir={tmp}/data", f"data.path={SHAKESPEARE}"],
      "cannot write {unwritable}/last.eval.tinyshakespeare.json", []),
     # describe
@@ -285,6 +334,8 @@ CASES = [
     ("describe", ["ckpt={tmp}/old.ckpt"], "was written by lmzoo 0.0.1", []),
     ("describe", ["ckpt={tmp}/corrupt.ckpt"], "{tmp}/corrupt.ckpt is damaged", []),
     ("describe", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint", []),
+    ("describe", ["ckpt={tmp}/unknown_architecture.ckpt"], "architecture 'lmzoo.models.nonesuch.Config' is not one", []),
+    ("describe", ["ckpt={tmp}/missing_weight.ckpt"], "weights do not fit its recorded architecture", []),
     ("describe", ["ckpt={ckpt}", "extra=1"], "the config has no key extra; its keys are ckpt", []),
     # export
     ("export", ["ckpt={ckpt}"], "out is required; pass out=...", []),
@@ -296,6 +347,8 @@ CASES = [
     ("export", ["ckpt={ckpt}", "out={unwritable}/out"], "cannot write {unwritable}/out", []),
     # prepare
     ("prepare", [*PREPARE, "data.path={tmp}/empty.txt"], "is empty; point data.path at a file", []),
+    ("prepare", [*PREPARE, "data.path={tmp}/newlines.txt"], "newlines.txt holds only whitespace; point data.path at a file",
+     []),
     ("prepare", [*PREPARE, "data.path={tmp}/latin1.txt"], "is not UTF-8 text (bad byte at offset 3)", []),
     ("prepare", [*PREPARE, "data.path={tmp}/adir"], "folder '{tmp}/adir' holds no .txt files", []),
     ("prepare", [*PREPARE, "data.path={tmp}/*.nomatch"], "matches no file; check the pattern", []),
@@ -319,6 +372,9 @@ CASES = [
     ("plot", ["{tmp}/trained/run", "--out", "{unwritable}/loss.png"], "cannot write {unwritable}/loss.png", []),
     ("plot", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
     ("plot", ["{tmp}/adir"], "no TensorBoard logs under", []),
+    ("plot", ["{tmp}/tb_empty"], "the TensorBoard event files of tb_empty hold no scalars (the run logged none, or "
+     "they are empty or damaged)", []),
+    ("plot", ["{tmp}/tb_garbage", "--x", "tokens"], "the TensorBoard event files of tb_garbage hold no scalars", []),
     ("plot", ["{tmp}/trained/run", "--bogus"], "unrecognized arguments: --bogus", []),
     # compare
     ("compare", [], "usage: python -m lmzoo.compare SWEEP_DIR", []),
@@ -378,6 +434,8 @@ def folder(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_input")
     trained = tmp / "trained" / "run"
     train(compose_train(tmp / "trained", "trainer.max_steps=10", "trainer.val_check_interval=10"))
+    (trained / ".hydra").mkdir()
+    (trained / ".hydra" / "config.yaml").write_text("seed: 1337\n")
     shutil.copytree(tmp / "trained" / "data", tmp / "data")
     ckpt = tmp / "ckpt" / "last.ckpt"
     ckpt.parent.mkdir()
@@ -386,6 +444,18 @@ def folder(tmp_path_factory):
     (tmp / "truncated.ckpt").write_bytes(ckpt.read_bytes()[:1000])
     corrupt_a_tensor(ckpt, tmp / "corrupt.ckpt")
     torch.save({**checkpoint, "lmzoo": {**checkpoint["lmzoo"], "version": "0.0.1"}}, tmp / "old.ckpt")
+    torch.save({**checkpoint, "lmzoo": {**checkpoint["lmzoo"], "diverged_at": 5}}, tmp / "diverged.ckpt")
+    torch.save({**checkpoint, "lmzoo": {**checkpoint["lmzoo"], "architecture": "lmzoo.models.nonesuch.Config"}},
+               tmp / "unknown_architecture.ckpt")
+    lacking = {key: value for key, value in checkpoint["state_dict"].items() if key != "model.transformer.wte.weight"}
+    torch.save({**checkpoint, "state_dict": lacking}, tmp / "missing_weight.ckpt")
+    bigram = BigramConfig(vocab_size=65).build()
+    torch.save({**checkpoint, "lmzoo": {**checkpoint["lmzoo"], **architecture_record(bigram)},
+                "state_dict": {f"model.{key}": value for key, value in bigram.state_dict().items()}}, tmp / "bigram.ckpt")
+    (tmp / "badrun" / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, tmp / "badrun" / "checkpoints" / "last.ckpt")
+    (tmp / "badrun" / ".hydra").mkdir()
+    (tmp / "badrun" / ".hydra" / "config.yaml").write_text("data: [unclosed\n")
     diverged = dict(checkpoint["state_dict"])
     diverged["model.transformer.h.0.attn.c_attn.weight"] = diverged["model.transformer.h.0.attn.c_attn.weight"] * np.nan
     torch.save({**checkpoint, "state_dict": diverged}, tmp / "nan.ckpt")
@@ -396,7 +466,16 @@ def folder(tmp_path_factory):
     shutil.copytree(tmp / "data", tmp / "baddata")
     bins = tmp / "baddata" / "shakespeare_char" / "char" / "train.bin"
     bins.write_bytes(np.full(bins.stat().st_size // 2, 65535, dtype=np.uint16).tobytes())
+    # Bins edited in place: every id still in the vocabulary, but not the text they were prepared from.
+    shutil.copytree(tmp / "data", tmp / "editeddata")
+    bins = tmp / "editeddata" / "shakespeare_char" / "char" / "train.bin"
+    bins.write_bytes(np.roll(np.fromfile(bins, dtype=np.uint16), 1).tobytes())
     (tmp / "empty.txt").write_text("")
+    for run, events in (("tb_empty", b""), ("tb_garbage", bytes(range(256)) * 8)):
+        (tmp / run / "tensorboard").mkdir(parents=True)
+        (tmp / run / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(events)
+    (tmp / "newlines.txt").write_text("\n" * 5)
+    (tmp / "chinese.txt").write_text("".join(chr(0x4E00 + i) for i in range(200)) * 20)
     (tmp / "latin1.txt").write_bytes("Caf\u00e9 au lait".encode("latin-1"))
     (tmp / "prompt.txt").write_text("To be")
     (tmp / "greek.txt").write_text("\u03b1\u03b2\u03b3 " * 2000)
@@ -409,6 +488,8 @@ def folder(tmp_path_factory):
     (tmp / "sweep_provenance" / "0_a").mkdir(parents=True)
     (tmp / "sweep_provenance" / "0_a" / "provenance.json").write_text("[]")
     (tmp / "sweep_provenance" / "0_a" / "summary.json").write_text(json.dumps({"status": "done"}))
+    (tmp / "sweep_done").mkdir()
+    (tmp / "sweep_done" / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['model=mlp,bigram', seed=1]\n")
     (tmp / "sweep_failed" / "0_a").mkdir(parents=True)
     (tmp / "sweep_failed" / "0_a" / "summary.json").write_text(json.dumps({"status": "failed: ValueError: boom"}))
     # A run of an older release: no FLOPs per token in its summary.
@@ -439,8 +520,11 @@ def logging_as_it_was():
 
 
 def protected(tmp):
-    """Every checkpoint, bin, weights file, meta.json and summary under `tmp`, with its digest."""
-    paths = [p for pattern in ("*.ckpt", "*.bin", "*.safetensors", "meta.json", "summary.json") for p in tmp.rglob(pattern)]
+    """Every checkpoint, bin, weights file, meta.json, summary, provenance and sweep record under `tmp`, and the
+    config of the trained run (a refused run writes its own into a new folder), with its digest."""
+    patterns = ("*.ckpt", "*.bin", "*.safetensors", "meta.json", "summary.json", "provenance.json", "multirun.yaml",
+                "trained/run/.hydra/config.yaml")
+    paths = [p for pattern in patterns for p in tmp.glob(f"**/{pattern}")]
     return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
 
 

@@ -43,7 +43,9 @@ def test_sweep_of_the_zoo_compares_every_model_and_each_samples(tmp_path):
 def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(tmp_path):
     task = ["model=mlp", "model.activation=nosuch,relu", "seed=1,2", *TINY_SWEEP[:-1]]
     result = run("lmzoo.train", "-m", *task, TINY_SWEEP[-1], cwd=tmp_path, check=False)
-    assert result.returncode != 0
+    # The sweep ends with the failed jobs' mistake in one line, naming the fix.
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "error: model.activation must be one of")
     sweep = tmp_path / "sweep"
     (ranked,), runs = markdown_tables((sweep / "comparison.md").read_text())
     assert [r["status"][:7] for r in runs] == ["failed:", "failed:", "done", "done"]
@@ -61,6 +63,35 @@ def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(t
     assert f"In `{tmp_path}`:\n\n```bash\n{shlex.join(['python', '-m', 'lmzoo.train', '-m', TINY_SWEEP[-1], *task])}\n```" in report
     assert (sweep / "comparison.md").read_text().strip() in report
     assert "](val_loss.png)" in report and (sweep / "val_loss.png").stat().st_size > 10_000
+
+    # The same sweep again is refused before it writes anything; with resume=auto each job continues its run.
+    again = run("lmzoo.train", "-m", *task, TINY_SWEEP[-1], cwd=tmp_path, check=False)
+    assert again.returncode == 2 and "sweep already holds a sweep" in again.stderr.strip().splitlines()[-1]
+    assert (sweep / "report.md").read_text() == report
+    resumed = run("lmzoo.train", "-m", *task, "resume=auto", TINY_SWEEP[-1], cwd=tmp_path, check=False)
+    assert "resume=auto" in (sweep / "report.md").read_text() and "already holds" not in resumed.stderr
+    assert [r["steps"] for r in run_rows(sweep / "comparison.md")] == ["-", "-", "3", "3"]
+
+
+@pytest.mark.parametrize("second, warning", [
+    ({"name": "tinystories", "path": "stories.txt", "tokenizer": {"kind": "char"}}, "these runs trained on different text "
+     "(shakespeare, tinystories): neither their losses nor their bits per byte compare"),
+    ({"name": "shakespeare", "path": "input.txt", "tokenizer": {"kind": "tiktoken", "name": "gpt2"}},
+     "ranked by val/loss across tokenizers, which does not compare"),
+])
+def test_compare_warns_where_the_ranked_runs_do_not_compare(tmp_path, second, warning):
+    first = {"name": "shakespeare", "path": "input.txt", "tokenizer": {"kind": "char"}}
+    for index, data in enumerate([first, second]):
+        run_dir = tmp_path / f"{index}_run"
+        run_dir.mkdir()
+        # Runs of an older release: no bits per byte, so they are ranked by loss.
+        (run_dir / "summary.json").write_text(json.dumps({"model": "gpt", "best_val_loss": 2.0 + index}))
+        (run_dir / "provenance.json").write_text(json.dumps({"config": {"seed": 1, "data": data}}))
+    text = run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
+    assert f"Warning: {warning}" in text
+    # Runs of one text and tokenizer have no warning.
+    (tmp_path / "1_run" / "provenance.json").write_text(json.dumps({"config": {"seed": 2, "data": first}}))
+    assert "Warning" not in run("lmzoo.compare", str(tmp_path), cwd=tmp_path).stdout
 
 
 def test_table_shows_runs_without_metrics(tmp_path):

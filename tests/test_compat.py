@@ -10,13 +10,15 @@ import torch
 import torchmetrics.utilities.imports as torchmetrics_imports
 from helpers import compose_config
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_utilities.core.imports import RequirementCache
 
-from lmzoo.cli.compat import group_not_in_defaults, is_ambiguous_value, job_error
+from lmzoo.cli.compat import failed_instantiation, group_not_in_defaults, is_ambiguous_value, job_error, not_an_override
+from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
 
 
@@ -69,13 +71,14 @@ def test_logs_this_step_is_when_lightning_writes_the_logs(tmp_path):
         warnings.simplefilter("always")
         L.Trainer(max_steps=7, log_every_n_steps=3, accumulate_grad_batches=2, logger=written,
                   default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False, limit_val_batches=0).fit(model)
+                  enable_model_summary=False, limit_val_batches=0, callbacks=[ValidateAtEnd()]).fit(model)
     # The deprecation lmzoo.training.compat silences is still raised in Lightning's loops.
     assert any(re.match(LEAF_SPEC_WARNING, str(warning.message)) for warning in caught)
-    # Steps 3 and 6 of 7: global_step 2 and 5 while they run.
-    assert written.steps == [2, 5]
+    # Steps 3 and 6 of 7, and the last, 7, which ValidateAtEnd tells the run to stop after: global_step 2, 5 and 6
+    # while they run.
+    assert written.steps == [2, 5, 6]
     told = {step for hook, step, answer in model.answers if hook == "training_step" and answer}
-    assert told == {2, 5}
+    assert told == {2, 5, 6}
     # on_train_batch_end of a step's last micro-batch comes after its optimizer step: global_step has moved on.
     after = [(step, answer) for hook, step, answer in model.answers if hook == "batch_end"]
     assert [answer for _, answer in after] == [answer for hook, _, answer in model.answers if hook == "training_step"]
@@ -113,6 +116,17 @@ def test_hydra_errors_recognised_by_their_wording_are_recognised():
         compose_config("generate", "ckpt=x", "prompt=a b,c")
     assert is_ambiguous_value(str(ambiguous.value))
     assert group_not_in_defaults(str(ambiguous.value)) is None and not is_ambiguous_value("Could not override 'x'.")
+    with pytest.raises(OverrideParseException) as no_equals:
+        compose_config("generate", "ckpt=x", "gpt_rope")
+    assert not_an_override(str(no_equals.value).splitlines()[0]) == "gpt_rope"
+    assert not_an_override(str(ambiguous.value)) is None
+
+
+def test_failed_instantiation_names_the_key_and_target_hydra_reports():
+    with pytest.raises(InstantiationException) as failed:
+        instantiate({"data": {"_target_": "lmzoo.data.tokenizer.tokenizer_from_spec", "nonsense": 1}})
+    assert failed_instantiation(str(failed.value)) == ("data", "lmzoo.data.tokenizer.tokenizer_from_spec")
+    assert failed_instantiation("Could not override 'x'.") is None
 
 
 @pytest.mark.parametrize(("accelerator", "devices", "num_nodes"),

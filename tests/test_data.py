@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,6 +105,20 @@ def test_bins_holding_ids_outside_the_vocabulary_are_refused(tmp_path, corpus):
     with open(bins / "val.bin", "r+b") as file:
         file.write(np.array([40000], dtype=np.uint16).tobytes())
     with pytest.raises(UserError, match=f"{bins / 'val.bin'} holds token id 40000, outside the vocabulary of 27"):
+        prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+
+
+def test_bins_changed_in_place_within_the_vocabulary_are_refused_and_a_touched_one_is_not(tmp_path, corpus):
+    bins = tmp_path / "bins" / "char"
+    meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    # Read again only when its modification time moved: a copy or a touch keeps the same bytes.
+    os.utime(bins / "train.bin", ns=(0, meta.splits["train"].mtime_ns + 10**9))
+    prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
+    with open(bins / "train.bin", "r+b") as file:
+        first = np.frombuffer(file.read(2), dtype=np.uint16)[0]
+        file.seek(0)
+        file.write(np.array([(first + 1) % meta.vocab_size], dtype=np.uint16).tobytes())
+    with pytest.raises(UserError, match=f"^{bins / 'train.bin'} has changed since it was prepared"):
         prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
 
 

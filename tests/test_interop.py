@@ -2,14 +2,16 @@
 
 import ast
 import contextlib
+import errno
 import importlib
 import sys
 
 import pytest
 import torch
-from helpers import REPO, SHAKESPEARE, compose_train, run
+from helpers import REPO, SHAKESPEARE, compose_train, make, run
 
 from lmzoo.checkpoints import load_model, model_card
+from lmzoo.checkpoints import export, folder
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.folder import save_folder
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
@@ -179,6 +181,30 @@ def test_export_refuses_to_write_into_a_folder_with_files(tmp_path):
     with pytest.raises(UserError, match="is not an empty folder"):
         export_checkpoint("hf:gpt2", str(tmp_path / "out"))
     assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", ["gpt_rope", "mlp"])
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, name):
+    """Into Llama's files or lmzoo's own; the disk fills up at the last file, after the weights."""
+    model = make(name)
+    spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
+    save_folder(model, spec, tmp_path / "source")
+    # A killed export left its partial folder: the next one starts over.
+    (tmp_path / ".out.partial").mkdir()
+    (tmp_path / ".out.partial" / "config.json").write_text("{")
+
+    def disk_full(model, tokenizer_spec, out, trained=None):
+        (out / "lmzoo.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_record", disk_full)
+    monkeypatch.setattr(folder, "write_record", disk_full)
+    with pytest.raises(UserError, match=f"^cannot write {tmp_path / 'out'} \\(No space left on device\\); pass out="):
+        export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
+    monkeypatch.undo()
+    export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
+    assert load_model(tmp_path / "out")[2].weights_sha256 and sorted(p.name for p in tmp_path.iterdir()) == ["out", "source"]
 
 
 def test_export_command(tmp_path):

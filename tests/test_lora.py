@@ -8,6 +8,7 @@ from helpers import compose_train, make
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.checkpoints.integrity import weights_sha256
 from lmzoo.errors import UserError
 from lmzoo.models import preset_config
 from lmzoo.models.lora import LoRA, LoRALinear, merge
@@ -115,7 +116,8 @@ def test_lora_leaves_the_base_bit_for_bit_and_saves_only_the_adapters(pretrained
     checkpoint = read_checkpoint(last)
     assert checkpoint["state_dict"] and all("lora_" in name for name in checkpoint["state_dict"])
     assert checkpoint["lmzoo"]["finetune"] == {"method": "lora", "r": 8, "alpha": 32, "targets": ["qkv", "proj", "mlp"],
-                                               "dropout": 0.0, "base": str(pretrained.resolve())}
+                                               "dropout": 0.0, "base": str(pretrained.resolve()),
+                                               "base_sha256": weights_sha256(merge(load_model(pretrained)[0]).state_dict())}
     model, _, _ = load_model(last)
     idx = torch.randint(0, 65, (2, 32))
     assert torch.equal(model(idx).logits, trained.eval()(idx).logits)
@@ -166,6 +168,30 @@ def test_resumed_lora_run_ends_with_the_same_adapters(tmp_path, pretrained):
     expected = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
     actual = read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")["state_dict"]
     assert expected.keys() == actual.keys() and all(torch.equal(actual[k], v) for k, v in expected.items())
+
+
+def another_model_of_its_shape(source, path):
+    checkpoint = read_checkpoint(source)
+    checkpoint["state_dict"] = {name: tensor + 0.01 for name, tensor in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, path)
+
+
+def test_lora_checkpoint_whose_base_was_replaced_by_another_model_of_its_shape_is_refused(tmp_path, pretrained, lora_run):
+    _, _, last = lora_run
+    another_model_of_its_shape(pretrained, tmp_path / "other.ckpt")
+    adapters = read_checkpoint(last)
+    adapters["lmzoo"]["finetune"]["base"] = str(tmp_path / "other.ckpt")
+    torch.save(adapters, tmp_path / "adapters.ckpt")
+    with pytest.raises(UserError, match="but the weights there are not that base's .*put the original base back"):
+        load_model(tmp_path / "adapters.ckpt")
+
+
+def test_resuming_a_lora_run_with_init_from_another_base_is_refused(tmp_path, pretrained, lora_run):
+    _, _, last = lora_run
+    another_model_of_its_shape(pretrained, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match=f"init_from={tmp_path / 'other.ckpt'} is not the base {last} was trained on"):
+        train(compose_train(tmp_path, "model=gpt", f"init_from={tmp_path / 'other.ckpt'}", "finetune=lora",
+                            f"ckpt_path={last}"))
 
 
 def test_lora_checkpoint_whose_base_is_gone_says_so(tmp_path, lora_run):

@@ -9,8 +9,11 @@ import torch
 from helpers import compose_train
 
 from lmzoo import __version__
-from lmzoo.checkpoints import read_checkpoint
+from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.cli.describe import describe
 from lmzoo.errors import UserError
+from lmzoo.reports.compare import compare
 from lmzoo.training import checkpoint_io
 from lmzoo.training.run import build, train
 
@@ -35,10 +38,40 @@ def test_skip_nonfinite_skips_those_updates_and_counts_them(tmp_path, nan_loss_a
     assert all(torch.isfinite(p).all() for p in lit.model.parameters())
 
 
+def test_a_diverged_run_says_so_and_no_command_uses_its_checkpoints(tmp_path):
+    # Skipped updates keep the loss from stopping the run; the weights still grow finite and huge.
+    with pytest.raises(UserError, match=r"^the run diverged at step 5: val/loss is NaN or inf \(no checkpoint was saved "
+                                        r"before it\); train again with a lower optim.lr$"):
+        train(compose_train(tmp_path, *RUN, "trainer.skip_nonfinite=true", "optim.lr=1e9", "optim.warmup_steps=0"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["best_val_loss"]) == ("diverged at step 5", 5, None)
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert read_checkpoint(best)["lmzoo"]["diverged_at"] == 5
+    for use in (load_model, lambda path: export_checkpoint(str(path), str(tmp_path / "out"))):
+        with pytest.raises(UserError, match=f"^{best} was saved after its run diverged at step 5"):
+            use(best)
+    assert "| diverged at step 5" in describe(str(best))
+    assert "Not ranked: run (diverged at step 5)." in compare(tmp_path)
+
+
 def test_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot write .*a_file/checkpoints/best.ckpt \(Not a directory\)"):
         train(compose_train(tmp_path, *RUN, f"callbacks.model_checkpoint.dirpath={tmp_path / 'a_file' / 'checkpoints'}"))
+
+
+class FullDisk:
+    """A file on a disk that fills up after a few bytes; torch.save re-raises its OSError as a RuntimeError."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        self.file.write(bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+        self.file.flush()
 
 
 def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp_path, monkeypatch):
@@ -46,10 +79,8 @@ def test_full_disk_is_one_clear_line_and_leaves_the_previous_last_checkpoint(tmp
 
     def save_until_disk_full(obj, file):
         saves.append(file)
-        if len(saves) <= 2:  # best.ckpt and last.ckpt at step 5 fit; the disk fills up at step 10
-            return save(obj, file)
-        file.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        # best.ckpt and last.ckpt at step 5 fit; the disk fills up at step 10
+        return save(obj, file if len(saves) <= 2 else FullDisk(file))
 
     monkeypatch.setattr(checkpoint_io.torch, "save", save_until_disk_full)
     with pytest.raises(UserError, match=r"cannot write .*best.ckpt \(No space left on device\); free disk space"):

@@ -138,6 +138,11 @@ def test_meaningless_settings_from_python_are_refused_by_name(settings, message)
     SamplingSettings(temperature=0.0, top_k=1, top_p=1.0, repetition_penalty=1.0)
 
 
+def test_predictions_of_diverged_weights_are_one_line_not_a_torch_error():
+    with pytest.raises(UserError, match="the model's predictions are NaN or inf: its weights have diverged"):
+        sample_next(torch.tensor([[0.0, float("nan"), 1.0]]), SamplingSettings(top_k=None))
+
+
 class CountingTokenizer(TiktokenTokenizer):
     """Counts the token ids it decodes."""
 

@@ -1,13 +1,18 @@
+import importlib
 import json
+import logging
 import math
+import sys
 import time
 
 import lightning as L
 import pytest
 import torch
-from helpers import FIXTURES, compose_train
+from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
 
 from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.errors import UserError
+from lmzoo.reports.plot import read_scalars
 from lmzoo.training.run import build, train
 
 
@@ -70,6 +75,10 @@ def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_
     summary, last = tmp_path / "run" / "summary.json", tmp_path / "run" / "checkpoints" / "last.ckpt"
     train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
     first = json.loads(summary.read_text())
+    # Only continued: a new run there would leave checkpoints and a summary of two runs.
+    with pytest.raises(UserError, match=r"already holds a run .*continue it with resume=auto, or start a new run in "
+                                        r"another folder with paths.output_dir=PATH"):
+        train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
     # As if the first segment had taken 1000 s: the later summaries must count them.
     checkpoint = torch.load(last, weights_only=False)
     checkpoint["lmzoo"]["wall_time_s"] = 1000.0
@@ -117,3 +126,39 @@ def test_the_seed_gives_the_loss_curve_of_lmzoo_0_1(tmp_path, name):
     # about 1e-7 a step. A change of behaviour moves the curve by far more than the tolerance.
     assert curve.losses == pytest.approx(pinned["train_loss"], abs=1e-4)
     assert lit.best_val_loss == pytest.approx(pinned["best_val_loss"], abs=1e-4)
+
+
+def test_early_stopping_says_so_and_leaves_last_checkpoint_at_the_reported_step(tmp_path, capsys):
+    # A learning rate too small to lower the loss by min_delta: patience 1 ends the run at its second validation.
+    train(compose_train(tmp_path, "trainer.max_steps=40", "trainer.val_check_interval=5", "optim.lr=1e-9",
+                        "optim.min_lr=0", "optim.warmup_steps=0", "callbacks.early_stopping.patience=1",
+                        "+callbacks.early_stopping.min_delta=1"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "done: stopped early at step 10" and summary["steps"] == 10
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert ("stopped early at step 10 of 40: val/loss did not improve in 1 validations "
+            "(callbacks.early_stopping.patience)") in capsys.readouterr().err
+
+
+def test_a_minutes_budget_keeps_a_max_steps_typed_on_the_command_line(tmp_path, monkeypatch, capsys):
+    handlers, level = logging.root.handlers[:], logging.root.level
+    monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}/data",
+                                      f"hydra.run.dir={tmp_path}/run", "budget.minutes=10", "trainer.max_steps=3",
+                                      "trainer.val_check_interval=3"])
+    try:
+        importlib.import_module("lmzoo.train").main()
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    assert "budget.minutes=10: training stops after 10 minutes, or at trainer.max_steps=3 if sooner" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+
+
+def test_a_validation_interval_beyond_the_run_validates_at_its_end_and_the_last_step_is_logged(tmp_path):
+    train(compose_train(tmp_path, "trainer.max_steps=12", "trainer.val_check_interval=50", "trainer.log_every_n_steps=5"))
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")["global_step"] == 12
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    # Steps 5, 10 and the last one, 12, though it is no multiple of 5: a curve against FLOPs reaches the budget.
+    steps, flops = scalars["train/flops"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(steps) == 3 and flops[-1] == summary["flops"]
+    assert len(scalars["train/loss"][0]) == 3 and scalars["train/loss"][0][-1] == steps[-1]

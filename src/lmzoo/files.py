@@ -40,9 +40,20 @@ def atomic_write(path: str | os.PathLike, fix: str = "free disk space or choose 
         with contextlib.suppress(OSError):
             partial.unlink()
         # An OSError about another file (a source being read, say) is not a failure to write this one.
-        if isinstance(error, OSError) and is_on_path(error.filename, partial, path):
-            raise UserError(f"cannot write {path} ({error.strerror or error}); {fix}") from None
+        cause = os_error_behind(error)
+        if cause is not None and is_on_path(cause.filename, partial, path):
+            raise UserError(f"cannot write {path} ({cause.strerror or cause}); {fix}") from None
         raise
+
+
+def os_error_behind(error: BaseException | None) -> OSError | None:
+    """The OSError that `error` is or was raised from or while handling: torch.save, for one, re-raises a full
+    disk as a RuntimeError ("unexpected pos ...") while handling the OSError."""
+    while error is not None and not isinstance(error, UserError):
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
+    return None
 
 
 def is_on_path(filename, *paths: Path) -> bool:

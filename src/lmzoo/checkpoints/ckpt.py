@@ -24,7 +24,8 @@ def checkpoint_file(path: str | Path) -> Path:
                 "pass a .ckpt file from a run's checkpoints/, or a folder written by python -m lmzoo.export")
         raise UserError(f"{path} is a folder, not a checkpoint; {hint}")
     if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist; pass a .ckpt file from a run's checkpoints/, "
+        state = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"checkpoint {str(path)!r} {state}; pass a .ckpt file from a run's checkpoints/, "
                         "a folder written by python -m lmzoo.export, or hf:NAME")
     return path
 

@@ -6,6 +6,9 @@ architecture as lmzoo's own folder (model.safetensors plus lmzoo.json).
 transformers is imported inside the functions that need it, so training and sampling never import it.
 """
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from lmzoo.checkpoints.load import load_model
 from lmzoo.checkpoints.record import ModelRecord
 from lmzoo.data.tokenizer import Tokenizer
 from lmzoo.errors import UserError
+from lmzoo.files import os_error_behind, sync_folder
 from lmzoo.models import LanguageModel, Transformer, TransformerConfig
 from lmzoo.models.lora import LoRALinear, merge
 
@@ -58,18 +62,45 @@ def export_checkpoint(ckpt: str, out: str, merge_adapters: bool = False) -> str:
             raise UserError(f"{ckpt} holds LoRA adapters; pass merge=true to fold them into the exported weights")
         merge(model)
     converter = converter_for(model)
-    try:
+    with folder_written_whole(out):
         if converter is None:
-            save_folder(model, tokenizer.spec, out, record)
+            save_folder(model, tokenizer.spec, partial_folder(out), record)
             options = " in these options" if type(model.config) is TransformerConfig else ""
             return (f"{type(model).__name__}{options} has no transformers class; wrote lmzoo safetensors and "
                     f"lmzoo.json to {out}, which python -m lmzoo.generate ckpt={out} loads")
-        return export_hf(model, converter, tokenizer, out, record)
-    except OSError as error:
-        raise UserError(f"cannot write {out} ({error.strerror or error}); pass out= a writable new folder") from None
+        wrote = export_hf(model, converter, tokenizer, partial_folder(out), record)
+        return f"wrote {wrote} to {out}; load it with AutoModelForCausalLM.from_pretrained"
+
+
+def partial_folder(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+@contextlib.contextmanager
+def folder_written_whole(out: Path):
+    """The block writes into partial_folder(out), which becomes `out` only when the block completes: a full disk,
+    an error or a kill leaves no half-written `out` that commands would take for a model. The partial folder of
+    a killed export is removed by the next one."""
+    partial = partial_folder(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        yield
+        if out.is_dir():
+            out.rmdir()
+        os.replace(partial, out)
+        sync_folder(out.parent)
+    except BaseException as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        cause = os_error_behind(error)
+        if cause is None:
+            raise
+        raise UserError(f"cannot write {out} ({cause.strerror or cause}); pass out= a writable new folder, or free "
+                        "disk space") from None
 
 
 def export_hf(model, converter, tokenizer: Tokenizer, out: Path, source: ModelRecord) -> str:
+    """Write the transformers model of `model` and its tokenizer into `out`; return what was written."""
     try:
         from transformers import GenerationConfig
     except ImportError:
@@ -79,7 +110,7 @@ def export_hf(model, converter, tokenizer: Tokenizer, out: Path, source: ModelRe
     hf_model.save_pretrained(out)
     saved = save_tokenizer(tokenizer, out)
     write_record(model, tokenizer.spec, out, source)
-    return f"wrote {type(hf_model).__name__} ({saved}) to {out}; load it with AutoModelForCausalLM.from_pretrained"
+    return f"{type(hf_model).__name__} ({saved})"
 
 
 def to_gpt2(model: Transformer, eot_id: int | None):

@@ -6,6 +6,7 @@ of the tensors would have to be computed at every save, and older checkpoints ha
 carry no checksum, so lmzoo's folders record the sha256 of theirs.
 """
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def check_digest(path: Path, expected: str | None) -> None:
     """Refuse a weights file whose sha256 is not the one recorded beside it (None: nothing recorded)."""
     if expected is not None and sha256_of(path) != expected:
         raise UserError(f"{path} is damaged: its sha256 is not the one recorded in lmzoo.json; export it again")
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """The sha256 of a state dict's names and tensor bytes, in name order: what identifies a LoRA base."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_finite(state: dict[str, torch.Tensor], source) -> None:

@@ -12,7 +12,7 @@ import torch
 from lmzoo.checkpoints.ckpt import model_state, read_checkpoint
 from lmzoo.checkpoints.folder import is_lmzoo_folder, load_folder
 from lmzoo.checkpoints.hf import is_hf_source, load_hf
-from lmzoo.checkpoints.integrity import check_finite
+from lmzoo.checkpoints.integrity import check_finite, weights_sha256
 from lmzoo.checkpoints.record import ModelRecord
 from lmzoo.data.tokenizer import Tokenizer, describe_tokenizer, tokenizer_from_spec
 from lmzoo.errors import UserError
@@ -20,8 +20,10 @@ from lmzoo.models import LanguageModel
 from lmzoo.models.lora import LoRA, merge
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[LanguageModel, Tokenizer, ModelRecord]:
-    """The model (in eval mode, on `device`), its tokenizer, and its lmzoo record.
+def load_model(source: str | Path, device: str | torch.device = "cpu", diverged: bool = False
+               ) -> tuple[LanguageModel, Tokenizer, ModelRecord]:
+    """The model (in eval mode, on `device`), its tokenizer, and its lmzoo record. A checkpoint saved after its
+    run diverged is refused, unless `diverged` (describe shows it as such).
 
     `source` is an lmzoo checkpoint, a folder written by python -m lmzoo.export, or GPT-2 from Hugging Face
     (`hf:NAME` or a local folder holding its config.json). The record also gives `global_step` and
@@ -29,7 +31,16 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     """
     device = resolve_device(device)
     model, record = build_from(str(source))
+    if not diverged:
+        check_not_diverged(record, source)
     return model.to(device).eval(), tokenizer_from_spec(record.tokenizer), record
+
+
+def check_not_diverged(record: ModelRecord, source) -> None:
+    if record.diverged_at is not None:
+        raise UserError(f"{source} was saved after its run diverged at step {record.diverged_at} (val/loss NaN or inf): "
+                        "its predictions are not numbers; use a checkpoint saved before, or train again with a lower "
+                        "optim.lr")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -71,10 +82,21 @@ def build_unchecked(source: str) -> tuple[LanguageModel, ModelRecord]:
         if not (base_source.startswith("hf:") or Path(base_source).exists()):
             raise UserError(f"{source} holds LoRA adapters for the base {base_source}, which is missing; "
                             "put the base back at that path")
-        base, _ = build_from(base_source)
-        model.load_state_dict(merge(base).state_dict())
+        base = merge(build_from(base_source)[0]).state_dict()
+        # Another model of the same shape at that path would load, and give other logits.
+        if finetune.get("base_sha256") and weights_sha256(base) != finetune["base_sha256"]:
+            raise UserError(f"{source} holds LoRA adapters for the base {base_source}, but the weights there are not "
+                            "that base's (their sha256 differs from the one recorded); put the original base back at "
+                            "that path")
+        model.load_state_dict(base)
         LoRA(finetune["r"], finetune["alpha"], finetune["targets"], finetune["dropout"]).apply(model)
-    model.load_state_dict(model_state(checkpoint), strict=not finetune)
+    try:
+        model.load_state_dict(model_state(checkpoint), strict=not finetune)
+    except RuntimeError as error:
+        # Missing or unexpected keys, or shapes that are not the recorded architecture's.
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise UserError(f"{source}'s weights do not fit its recorded architecture ({detail[:300]}); it was edited "
+                        "or damaged: use another checkpoint") from None
     return model, record
 
 
@@ -89,5 +111,7 @@ def model_card(model: LanguageModel, record: ModelRecord) -> str:
         trained = f"weights from {record.origin}"
     else:
         trained = f"{steps:,} steps | best val loss " + ("-" if best is None or best == float("inf") else f"{best:.4f}")
+        if record.diverged_at is not None:
+            trained += f" | diverged at step {record.diverged_at}"
     return (f"{type(model).__name__} ({shape}) | {parameters / 1e6:.2f}M parameters | "
             f"{describe_tokenizer(record.tokenizer)} | {trained}")

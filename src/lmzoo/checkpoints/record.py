@@ -58,6 +58,8 @@ class ModelRecord:
     weights_sha256: str | None = None
     # Where the weights were loaded from, for any source but a training checkpoint.
     origin: str | None = None
+    # The step at which the run's val/loss became NaN or inf, for a checkpoint saved after it; None: it did not.
+    diverged_at: int | None = None
 
     @classmethod
     def of(cls, model: LanguageModel, tokenizer: dict, **values) -> "ModelRecord":
@@ -77,9 +79,22 @@ class ModelRecord:
         return {key: getattr(self, key) for key in keys}
 
     def build_config(self) -> ModelConfig:
-        """The recorded architecture's config."""
-        module_name, class_name = self.architecture.rsplit(".", 1)
-        return getattr(importlib.import_module(module_name), class_name)(**self.config)
+        """The recorded architecture's config; one this release does not have is a UserError."""
+        module_name, _, class_name = str(self.architecture).rpartition(".")
+        config_class = None
+        if module_name.startswith("lmzoo.models"):
+            try:
+                config_class = getattr(importlib.import_module(module_name), class_name, None)
+            except ImportError:
+                pass
+        if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
+            raise UserError(f"the checkpoint's architecture {self.architecture!r} is not one of lmzoo {__version__}; "
+                            "load it with the lmzoo that wrote it")
+        try:
+            return config_class(**self.config)
+        except TypeError as error:
+            raise UserError(f"the checkpoint's {config_class.__name__} settings do not fit lmzoo {__version__} "
+                            f"({error}); load it with the lmzoo that wrote it") from None
 
     def build_model(self) -> LanguageModel:
         """A freshly initialised model of the recorded architecture and config."""
@@ -87,7 +102,7 @@ class ModelRecord:
 
 
 CHECKPOINT_KEYS = ("version", "architecture", "config", "optim", "tokenizer", "best_val_loss", "wall_time_s", "rng",
-                   "finetune", "run")
+                   "finetune", "run", "diverged_at")
 FOLDER_KEYS = ("version", "architecture", "config", "tokenizer", "global_step", "best_val_loss", "weights_sha256")
 
 

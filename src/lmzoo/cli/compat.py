@@ -27,3 +27,19 @@ def group_not_in_defaults(message: str) -> str | None:
 def is_ambiguous_value(message: str) -> bool:
     """Whether Hydra's ConfigCompositionException says a value holds spaces or commas it cannot read unquoted."""
     return message.startswith("Ambiguous value")
+
+
+def not_an_override(message: str) -> str | None:
+    """The argument that Hydra's OverrideParseException could not parse because it holds no '=' (nor is a
+    deletion `~key`); None for any other message."""
+    found = re.match(r"Error parsing override '(.*)'$", message)
+    if found and "=" not in found.group(1) and not found.group(1).startswith("~"):
+        return found.group(1)
+    return None
+
+
+def failed_instantiation(message: str) -> tuple[str, str] | None:
+    """The config key and the `_target_` of an InstantiationException's message; None when it names neither."""
+    section = re.search(r"full_key: (\S+)", message)
+    target = re.search(r"Error in call to target '([\w.]+)'", message)
+    return (section.group(1), target.group(1)) if section and target else None

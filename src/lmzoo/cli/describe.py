@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
 def describe(ckpt: str) -> str:
     """The model card and the model's own lines (its shape, its KV cache), then the checkpoint's architecture,
     hyper-parameters and training record as YAML."""
-    model, _, record = load_model(ckpt)
+    model, _, record = load_model(ckpt, diverged=True)
     described = {
         "architecture": record.architecture,
         "hyper_parameters": record.config,

@@ -5,6 +5,7 @@ with the checkpoint's own tokenizer.
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -49,7 +50,12 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
     if not run_config.is_file():
         raise UserError(f"no training config beside {ckpt}; name the data: data.path=FILE or data=NAME")
     # Resolved in the run's own config, so its data folder and block size are the ones it trained with.
-    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(run_config).data, resolve=True))
+    try:
+        return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(run_config).data, resolve=True))
+    except Exception as error:
+        # YAML's own errors, a config without data:, or one whose interpolations do not resolve.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{run_config} does not parse ({reason}); name the data: data.path=FILE or data=NAME") from None
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -62,6 +68,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     data = instantiate(data_config(cfg, ckpt, record.tokenizer), block_size=model.block_size,
                        batch_size=cfg.batch_size, _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size)}
+    if not math.isfinite(result["loss"]):
+        raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "
+                        "checkpoint saved before the divergence")
     out = ckpt.with_name(f"{ckpt.stem}.eval.{data.name}.json")
     write_atomically(out, (json.dumps(result, indent=2) + "\n").encode("utf-8"),
                      "make the checkpoint's folder writable")

@@ -106,7 +106,8 @@ def read_prompt(prompt: str) -> str:
     if path.is_dir():
         raise UserError(f"prompt file {str(path)!r} is a folder; pass prompt=@PATH to a text file")
     if not path.is_file():
-        raise UserError(f"prompt file {str(path)!r} does not exist; pass prompt=@PATH to a text file")
+        state = "is not a regular file" if path.exists() else "does not exist"
+        raise UserError(f"prompt file {str(path)!r} {state}; pass prompt=@PATH to a text file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

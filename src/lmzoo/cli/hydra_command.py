@@ -9,24 +9,29 @@ for Hydra, so `prompt=宝玉道` or a path holding '=' needs no quoting of its o
 """
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
 import os
 import re
 import sys
+from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, InstantiationException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from lmzoo.cli.compat import group_not_in_defaults, is_ambiguous_value
-from lmzoo.errors import UserError, report_user_errors
+from lmzoo.cli.compat import failed_instantiation, group_not_in_defaults, is_ambiguous_value, not_an_override
+from lmzoo.errors import UserError, report_user_errors, user_error_behind
 from lmzoo.files import hold_folder
+from lmzoo.reports.runs import check_folder_is_this_runs, check_sweep_folder
 
 # Set by Lightning, torchrun and SLURM in every process but the first of a distributed run.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
@@ -73,6 +78,11 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
             except MissingMandatoryValue as error:
                 key = error.full_key
                 raise UserError(f"{key} is required; pass {key}=...") from None
+            except InstantiationException as error:
+                unknown = unknown_key(error)
+                if unknown is None:
+                    raise
+                raise unknown from None
             running = False
             return result
 
@@ -89,14 +99,16 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
         def main():
             nonlocal running
             running = False
+            sys.argv = [sys.argv[0], *quote_literal_values(sys.argv[1:], literal)]
+            check_flags(sys.argv[1:], config_name)
             asked = os.environ.get("HYDRA_FULL_ERROR")
             # Hydra then raises its errors instead of printing them.
             os.environ["HYDRA_FULL_ERROR"] = "1"
-            sys.argv = [sys.argv[0], *quote_literal_values(sys.argv[1:], literal)]
             try:
                 return run()
             except (HydraException, OmegaConfBaseException) as error:
-                if asked == "1" or running:
+                # A sweep ends by raising the error of a failed job, which may be a UserError Hydra wrapped.
+                if asked == "1" or running or user_error_behind(error):
                     raise
                 print(f"error: {explain(error, config_name)}", file=sys.stderr)
                 sys.exit(2)
@@ -120,6 +132,18 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
     return decorate
 
 
+def check_flags(args: list[str], command: str) -> None:
+    """Hydra's flags (--cfg job, -m, ...) as Hydra parses them, but a mistake in them is one line, not argparse's
+    usage page."""
+
+    def refuse(message: str):
+        raise UserError(f"{message}; see python -m lmzoo.{command} --help")
+
+    parser = get_args_parser()
+    parser.error = refuse
+    parser.parse_args(args)
+
+
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -140,9 +164,26 @@ def explain(error: Exception, command: str) -> str:
     first = str(error).strip().splitlines()[0]
     if group := group_not_in_defaults(first):
         return f"there is no option group {group}; see python -m lmzoo.{command} --help for the groups"
+    if (argument := not_an_override(first)) is not None:
+        return f"{argument!r} is not an override: write KEY=VALUE, such as model=gpt_rope (see python -m lmzoo.{command} --help)"
     if isinstance(error, OverrideParseException) or is_ambiguous_value(first):
         return f"{first.rstrip('.')}: quote a value that holds spaces, commas, brackets or '=': key='value'"
     return first
+
+
+def unknown_key(error: InstantiationException) -> UserError | None:
+    """A key added with `+section.key=...` that the section's class does not take, as one line naming its keys."""
+    key = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__))
+    failed = failed_instantiation(str(error))
+    if not (isinstance(error.__cause__, TypeError) and key and failed):
+        return None
+    section, target = failed
+    try:
+        keys = [field.name for field in dataclasses.fields(get_class(target)) if field.init]
+    except (TypeError, ImportError, ValueError):
+        keys = []
+    hint = nearest(key.group(1), keys) or (f"; its keys are {', '.join(keys)}" if keys else "")
+    return UserError(f"{section} has no key {key.group(1)}{hint}")
 
 
 def nearest(word: str, candidates: list[str]) -> str:
@@ -217,15 +258,25 @@ class RunFolderLock(Callback):
         self.hold = hold
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self.take(OmegaConf.select(config, "hydra.run.dir"), "hydra.run.dir")
+        folder = OmegaConf.select(config, "hydra.run.dir")
+        # A run folder that holds another run is refused before Hydra writes this run's config into it.
+        self.take(folder, "hydra.run.dir", lambda: check_folder_is_this_runs(
+            Path(folder), Path(folder) / "checkpoints", config.get("resume"), config.get("ckpt_path"), "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.take(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+        folder = OmegaConf.select(config, "hydra.sweep.dir")
+        overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+        self.take(folder, "hydra.sweep.dir", lambda: check_sweep_folder(Path(folder), overrides))
 
-    def take(self, folder: str, key: str) -> None:
+    def take(self, folder: str, key: str, check) -> None:
+        """Hold `folder`, then `check` that this command may write into it."""
         if self.hold and all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES):
             try:
+                if not str(folder or "").strip():
+                    # Path("") is the working folder, which would fill up with checkpoints and logs.
+                    raise UserError(f"{key} is empty; name a folder, such as {key}=outputs/runs/NAME")
                 self.held.enter_context(hold_folder(folder, "training in", wait=False,
                                                     fix=f"choose another folder with {key}=PATH"))
+                check()
             except UserError as error:
                 raise Refused(error) from None

@@ -10,7 +10,7 @@ last, describing the bins exactly, so a failed or killed prepare never leaves da
 import json
 import os
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +23,7 @@ from lmzoo.data.corpus import Corpus, pieces
 from lmzoo.data.source import export_dataset, resolve_files, resolve_source, sha256_of_files
 from lmzoo.data.tokenizer import Tokenizer, fit_tokenizer
 from lmzoo.errors import Interrupted, UserError
-from lmzoo.files import atomic_write, hold_folder, write_atomically
+from lmzoo.files import atomic_write, hold_folder, sha256_of, write_atomically
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "val")
@@ -46,10 +46,13 @@ def token_dtype(vocab_size: int, name: str | None = None) -> np.dtype:
 
 @dataclass(frozen=True)
 class SplitSize:
-    """A split's length in tokens, and in bytes of the text they encode."""
+    """A split's length in tokens, and in bytes of the text they encode; the bin's sha256 and modification time
+    when prepared (None in bins of older releases), which tell whether it changed since (check_unchanged)."""
 
     tokens: int
     bytes: int
+    sha256: str | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +139,7 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
     if meta is not None and meta.fingerprint == wanted:
         check_block_size(meta.splits, c.block_size)
         check_token_ids(c.data_dir, meta)
+        check_unchanged(c.data_dir, meta)
         return meta
 
     spans = split_spans(sources, c.train_fraction, c.document_separator)
@@ -154,6 +158,9 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
         }
         check_block_size(splits, c.block_size)
         (c.data_dir / META).unlink(missing_ok=True)
+    # With the size, what tells whether a bin may have changed since, without reading it (check_unchanged).
+    splits = {split: replace(size, mtime_ns=(c.data_dir / f"{split}.bin").stat().st_mtime_ns)
+              for split, size in splits.items()}
     if tok.spec["kind"] == "bpe":
         write_atomically(c.data_dir / "tokenizer.json", tok.json.encode("utf-8"), fix)
     meta = BinsMeta(fingerprint=wanted, source=", ".join(str(path) for files in sources.values() for path in files),
@@ -188,7 +195,8 @@ def split_spans(sources: dict[str, list[Path]], train_fraction: float,
     for split, corpus in corpora.items():
         if not any(text.strip() for text in corpus.texts(0, corpus.size)):
             names = ", ".join(map(str, corpus.files))
-            raise UserError(f"{names} is empty; point data.{'val_path' if split == 'val' else 'path'} "
+            what = "holds only whitespace" if corpus.size else "is empty"
+            raise UserError(f"{names} {what}; point data.{'val_path' if split == 'val' else 'path'} "
                             "at a file with text in it")
     if "val" in corpora:
         return {split: (corpus, 0, corpus.size) for split, corpus in corpora.items()}
@@ -208,7 +216,8 @@ def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: Bi
               disable=not progress) as bar:
         texts = pieces(corpus.texts(start, stop, bar), separator, PIECE_CHARS)
         tokens = write_tokens(file, tok, texts, dtype, workers or min(8, os.cpu_count() or 1))
-    return SplitSize(tokens, stop - start)
+    file.flush()
+    return SplitSize(tokens, stop - start, sha256=sha256_of(Path(file.name)))
 
 
 def check_token_ids(data_dir: Path, meta: BinsMeta) -> None:
@@ -222,6 +231,19 @@ def check_token_ids(data_dir: Path, meta: BinsMeta) -> None:
             raise UserError(f"{data_dir / f'{split}.bin'} holds token id {largest}, outside the vocabulary of "
                             f"{meta.vocab_size} in its meta.json: the bins are damaged; delete {data_dir} "
                             "and run the command again to prepare them anew")
+
+
+def check_unchanged(data_dir: Path, meta: BinsMeta) -> None:
+    """Refuse bins changed in place since they were prepared (their ids may all lie in the vocabulary, and train
+    a model on other text). Only a bin whose modification time is not the recorded one is read and hashed;
+    bins of older releases record no digest."""
+    for split in SPLITS:
+        size, path = meta.splits[split], data_dir / f"{split}.bin"
+        if size.sha256 is None or path.stat().st_mtime_ns == size.mtime_ns:
+            continue
+        if sha256_of(path) != size.sha256:
+            raise UserError(f"{path} has changed since it was prepared (its sha256 is not the one in meta.json); "
+                            f"delete {data_dir} and run the command again to prepare it anew")
 
 
 def check_block_size(splits: dict[str, SplitSize], block_size: int) -> None:

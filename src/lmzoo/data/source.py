@@ -36,6 +36,8 @@ def resolve_files(path: str, key: str = "data.path") -> list[Path]:
         if not files:
             raise UserError(f"{key} {path!r} matches no file; check the pattern")
         return files
+    if local.exists():
+        raise UserError(f"data file {str(local)!r} is not a regular file; point {key} at a text file")
     raise UserError(f"data file {str(local)!r} does not exist; point {key} at a text file")
 
 

@@ -16,6 +16,9 @@ END_OF_TEXT = "<|endoftext|>"
 BPE_VOCAB_SIZE = 4096
 
 
+# How many unknown characters an error names.
+UNKNOWN_SHOWN = 40
+
 class Tokenizer(Protocol):
     vocab_size: int
     eot_id: int | None
@@ -57,8 +60,11 @@ class CharTokenizer:
         known[known] = self._sorted_codes[positions[known]] == codes[known]
         if not known.all():
             unknown = "".join(sorted(set(map(chr, codes[~known]))))
+            # A corpus in another script has thousands of them: the first few say enough.
+            shown = repr(unknown[:UNKNOWN_SHOWN]) + (f" and {len(unknown) - UNKNOWN_SHOWN:,} more"
+                                                     if len(unknown) > UNKNOWN_SHOWN else "")
             raise UserError(
-                f"text has characters outside the char vocabulary: {unknown!r}; "
+                f"text has characters outside the char vocabulary: {shown}; "
                 "use only characters that occur in the training corpus"
             )
         return self._order[positions].tolist()

@@ -96,7 +96,14 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings, generator: tor
         logits = keep_top_k(logits, settings.top_k)
     if settings.top_p is not None and settings.top_p < 1.0:
         logits = keep_top_p(logits, settings.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    except RuntimeError as error:
+        # torch refuses NaN or inf probabilities; checking the logits first would cost a device sync per token.
+        if "probability tensor contains" not in str(error):
+            raise
+        raise UserError("the model's predictions are NaN or inf: its weights have diverged; sample from a checkpoint "
+                        "saved before the divergence, or train again with a lower optim.lr") from None
 
 
 @torch.inference_mode()

@@ -5,6 +5,7 @@ val/bpb, each with Welch's t-test against the best (Holm-corrected when several 
 then one row per run, in job order.
 """
 
+import json
 import math
 import statistics
 from collections.abc import Callable
@@ -165,7 +166,7 @@ def setting_table(settings: list[Setting]) -> str:
     key = ranking_key(settings)
     ranked = sorted((s for s in settings if s.values(key)), key=lambda s: statistics.fmean(s.values(key)))
     if not ranked:
-        return "No run has finished yet."
+        return "No run has finished yet." + unranked(settings, key)
     columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"),
                Column("best val/bpb", "bpb"), Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS]
     if any(tuned(setting) for setting in ranked):
@@ -186,7 +187,39 @@ def setting_table(settings: list[Setting]) -> str:
     holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
     return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
             f"of best {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
-            "\n\n" + table(rows, columns))
+            "\n\n" + table(rows, columns) + unranked(settings, key) + incomparable(ranked, key))
+
+
+# What says which text a run trained on; the data's name and tokenizer say how it was cut into tokens.
+DATA_TEXT_KEYS = ("path", "url", "sha256", "dataset", "val_path", "train_fraction")
+
+
+def incomparable(ranked: list[Setting], key: str) -> str:
+    """A warning where the ranked runs trained on different text, or, ranked by loss, with different tokenizers
+    (runs without a config say neither)."""
+    ranked = [s for s in ranked if s.config]
+    texts = {json.dumps([s.config.get(f"data.{k}") for k in DATA_TEXT_KEYS], default=str) for s in ranked}
+    if len(texts) > 1:
+        names = sorted({str(s.config.get("data.name")) for s in ranked})
+        return (f"\n\nWarning: these runs trained on different text ({', '.join(names)}): neither their losses nor "
+                "their bits per byte compare.")
+    tokenizers = {json.dumps({k: v for k, v in s.config.items() if k.startswith("data.tokenizer")},
+                             default=str, sort_keys=True) for s in ranked}
+    if key == "best_val_loss" and len(tokenizers) > 1:
+        return ("\n\nWarning: ranked by val/loss across tokenizers, which does not compare (a token is not the "
+                "same unit); some runs lack bits per byte, which would.")
+    return ""
+
+
+def unranked(settings: list[Setting], key: str) -> str:
+    """A line naming the runs the ranking leaves out, or counts only up to a divergence, and why."""
+    runs = [run for setting in settings for run in setting.runs]
+    left_out = [f"{run.name} ({run.value('status')})" for run in runs if run.value(key) is None]
+    diverged = [f"{run.name} ({run.value('status')})" for run in runs
+                if run.value(key) is not None and str(run.value("status")).startswith("diverged")]
+    lines = ([f"Not ranked: {', '.join(left_out)}."] if left_out else []) + (
+        [f"Ranked by their best before they diverged: {', '.join(diverged)}."] if diverged else [])
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def tables(runs: list[RunFolder]) -> str:

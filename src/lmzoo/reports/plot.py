@@ -8,6 +8,7 @@ band. TensorBoard's reader and matplotlib are imported inside the functions that
 """
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,27 @@ def load_run(run_dir: Path, name: str) -> Run:
 
 
 def load_runs(folders: list[Path]) -> list[Run]:
+    """The runs under `folders` whose TensorBoard logs hold scalars; none is a UserError."""
     runs = []
     for folder in folders:
         folder = folder.resolve()
         for run_dir in find_runs(folder):
             # A run is named by its folder; a sweep's jobs by their folders inside the sweep.
             runs.append(load_run(run_dir, str(run_dir.relative_to(folder.parent if run_dir == folder else folder))))
-    return runs
+    return logged(runs)
+
+
+def logged(runs: list[Run]) -> list[Run]:
+    """The runs that logged scalars; the others (event files empty or damaged, which TensorBoard's reader skips
+    in silence) are named in a warning, or, when no run is left, a UserError."""
+    empty = [run.name for run in runs if not run.scalars]
+    if len(empty) == len(runs):
+        raise UserError(f"the TensorBoard event files of {', '.join(empty)} hold no scalars (the run logged none, or "
+                        "they are empty or damaged); plot runs that trained for trainer.log_every_n_steps steps or more")
+    if empty:
+        print(f"warning: left out {', '.join(empty)}: their TensorBoard event files hold no scalars (the run logged "
+              "none, or they are empty or damaged)", file=sys.stderr)
+    return [run for run in runs if run.scalars]
 
 
 def image_format(path: Path) -> str:

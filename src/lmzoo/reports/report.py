@@ -10,6 +10,7 @@ from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.reports.compare import compare
 from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, save
+from lmzoo.reports.runs import MULTIRUN
 
 REPORT = "report.md"
 FIGURE = "val_loss.png"
@@ -18,7 +19,7 @@ FIGURE = "val_loss.png"
 def sweep_overrides(sweep_dir: Path) -> tuple[str, str, list[str]] | None:
     """The folder a sweep ran in, its config name and its overrides as typed, as Hydra recorded them in
     SWEEP_DIR/multirun.yaml; None without that file."""
-    path = sweep_dir / "multirun.yaml"
+    path = sweep_dir / MULTIRUN
     if not path.is_file():
         return None
     hydra = OmegaConf.load(path).hydra

@@ -19,6 +19,8 @@ from lmzoo.files import write_atomically
 
 SUMMARY = "summary.json"
 PROVENANCE = "provenance.json"
+# Hydra's record of a sweep's command, in the sweep's folder.
+MULTIRUN = "multirun.yaml"
 PER_RUN_KEYS = ("ckpt_path", "resume")
 
 
@@ -37,7 +39,7 @@ class RunSummary:
     steps: int | None = None
     tokens_per_sec: float | None = None
     wall_time_s: float | None = None
-    # "done", "interrupted", "failed: ERROR" or, for a run without a summary.json, why it has none.
+    # How it ended (RunSummary.ended, or "failed: ERROR"), or, for a run without a summary.json, why it has none.
     status: str | None = None
     flops_per_token: int | None = None
     tokens: int | None = None
@@ -46,6 +48,16 @@ class RunSummary:
     seed: int | None = None
     # The values a tune chose for the run's model (train's tuned=), by config key.
     tuned: dict | None = None
+
+    @staticmethod
+    def ended(step: int, diverged_at: int | None, interrupted: bool, stopped_early: bool) -> str:
+        """The status of a run that ended at `step`: "diverged at step N" (its val/loss became NaN or inf; the
+        comparison ranks it by its best before), "interrupted", "done: stopped early at step N" or "done"."""
+        if diverged_at is not None:
+            return f"diverged at step {diverged_at}"
+        if interrupted:
+            return "interrupted"
+        return f"done: stopped early at step {step}" if stopped_early else "done"
 
     def write(self, run_dir: str | Path) -> None:
         """RUN_DIR/summary.json, with the run named by its folder."""
@@ -127,6 +139,41 @@ class Setting:
         """The summaries' values of `key`, of the runs that have one (a failed run has no loss)."""
         values = [run.value(key) for run in self.runs]
         return [v for v in values if v is not None and not (isinstance(v, float) and math.isinf(v))]
+
+
+def earlier_run(folder: Path, checkpoints: Path) -> str | None:
+    """What in a run folder shows that a run trained there (a checkpoint or its summary), or None. A run that
+    failed before either left nothing to continue: a new run there replaces its provenance and config."""
+    found = [*sorted(checkpoints.glob("*.ckpt"))[:1], folder / SUMMARY]
+    return next((str(path) for path in found if path.is_file()), None)
+
+
+def check_folder_is_this_runs(folder: Path, checkpoints: Path, resume: str | None, ckpt_path: str | None,
+                              key: str) -> None:
+    """Refuse to start a new run in a folder that holds another one, so that its checkpoints, summary, provenance
+    and config never describe two runs. The run there may only be continued: resume=auto, or ckpt_path= one of
+    its own checkpoints. `key` names the setting that chooses the folder (hydra.run.dir, paths.output_dir)."""
+    continued = resume == "auto" or (ckpt_path and Path(ckpt_path).expanduser().resolve().parent == checkpoints.resolve())
+    if continued or (found := earlier_run(folder, checkpoints)) is None:
+        return
+    raise UserError(f"{folder} already holds a run ({found}); continue it with resume=auto, or start a new run in "
+                    f"another folder with {key}=PATH")
+
+
+def check_sweep_folder(sweep_dir: Path, overrides: list[str]) -> None:
+    """Refuse a sweep into a folder that holds another, so that report.md's command is the one that made its
+    table. A sweep there may be continued: the same overrides with resume=auto (each job resumes its own run)."""
+    path = sweep_dir / MULTIRUN
+    if not path.is_file():
+        return
+    fix = "choose a new folder with hydra.sweep.dir=PATH"
+    if "resume=auto" not in overrides:
+        raise UserError(f"{sweep_dir} already holds a sweep ({path}); continue it with the same command and "
+                        f"resume=auto, or {fix}")
+    earlier = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides.task, resolve=False)
+    if [o for o in earlier if not o.startswith("resume=")] != [o for o in overrides if not o.startswith("resume=")]:
+        raise UserError(f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); continue it with "
+                        f"those and resume=auto, or {fix}")
 
 
 def read_run(folder: Path) -> RunFolder:

@@ -32,8 +32,8 @@ class Budget:
         if len(given) > 1:
             raise UserError(f"give one budget, not {' and '.join(f'budget.{k}={v}' for k, v in given.items())}")
         for key, value in {**given, "max_steps": self.max_steps}.items():
-            if value is not None and value <= 0:
-                raise UserError(f"budget.{key} must be positive (or null), got {value}")
+            if value is not None and not 0 < value < math.inf:
+                raise UserError(f"budget.{key} must be positive and finite (or null), got {value}")
         if self.max_steps is not None and not {"flops", "tokens"} & set(given):
             raise UserError("budget.max_steps caps the steps of budget.flops or budget.tokens; give one of them, or "
                             "set trainer.max_steps")
@@ -66,10 +66,12 @@ class RunLength:
 
 
 def run_length(budget: Budget, *, max_steps: int, decay_steps: int, val_check_interval: int, warmup_steps: int | None,
-               step_tokens: int, accumulate_grad_batches: int, flops_per_token: int) -> RunLength:
+               step_tokens: int, accumulate_grad_batches: int, flops_per_token: int,
+               max_steps_typed: bool = False) -> RunLength:
     """The run's length from its budget: max_steps and decay_steps for FLOPs and tokens, max_time for minutes;
     without a budget, the steps as given. `step_tokens`: the tokens of one optimizer step over all processes.
-    `warmup_steps` is the absolute warmup, if any (a fractional one fits any length)."""
+    `warmup_steps` is the absolute warmup, if any (a fractional one fits any length). A `max_steps` the user typed
+    stays a ceiling under a minutes budget; conf/trainer's default does not cut it short."""
     # A run shorter than the validation interval validates at its end (ValidateAtEnd), as a budget's run does.
     asked = RunLength(max_steps, decay_steps, min(val_check_interval, max_steps * accumulate_grad_batches))
     if not budget.given():
@@ -79,12 +81,14 @@ def run_length(budget: Budget, *, max_steps: int, decay_steps: int, val_check_in
         # Lightning's "DD:HH:MM:SS", to the second.
         seconds = max(1, round(value * 60))
         max_time = f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        cap = f", or at trainer.max_steps={max_steps} if sooner" if max_steps_typed else ""
         # A first guess, replaced once steps are timed.
-        return dataclasses.replace(asked, max_steps=-1, val_check_interval=val_check_interval,
-                                   decay_steps=(warmup_steps or 0) + 1, max_time=max_time,
-                                   said=f"budget.minutes={value}: training stops after {value} minutes; the learning "
-                                        "rate follows an estimate of the steps that fit, so the budget is not exact "
-                                        "(FLOP and token budgets are)")
+        return dataclasses.replace(asked, max_steps=max_steps if max_steps_typed else -1,
+                                   val_check_interval=val_check_interval, decay_steps=(warmup_steps or 0) + 1,
+                                   max_time=max_time,
+                                   said=f"budget.minutes={value}: training stops after {value} minutes{cap}; the "
+                                        "learning rate follows an estimate of the steps that fit, so the budget is not "
+                                        "exact (FLOP and token budgets are)")
     step_cost = step_tokens * (flops_per_token if key == "flops" else 1)
     steps = math.floor(value / step_cost)
     unit = "FLOPs" if key == "flops" else "tokens"

@@ -79,6 +79,17 @@ class TokensPerSecond(L.Callback):
                 pl_module.log("perf/mfu", self.rate * self.flops_per_token / self.peak, prog_bar=True)
 
 
+class ModelSummary(L.Callback):
+    """The model's summary as training starts (trainer.enable_model_summary): its parameters, its own lines
+    (LanguageModel.describe) and its training FLOPs per token. It replaces Lightning's table, which names one
+    module and shows a FLOPs column of 0 for a model that gives Lightning no example input."""
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            print("\n".join([*pl_module.model.describe(),
+                             f"training FLOPs per token: {pl_module.flops_per_token:,} (LanguageModel.flops_per_token)"]))
+
+
 class ValidateAtEnd(L.Callback):
     """Validates (and so checkpoints) at the last step, also when it is not a multiple of
     trainer.val_check_interval, as a budget's step count seldom is: Lightning validates a run it is told
@@ -104,6 +115,8 @@ class ScheduleToDeadline(L.Callback):
         if not self.minutes or not elapsed or not trainer.global_step:
             return
         expected = trainer.global_step + round(timer.time_remaining("train") * trainer.global_step / elapsed)
+        if trainer.max_steps > 0:
+            expected = min(expected, trainer.max_steps)
         # LambdaLR keeps its Schedule's settings in checkpoints, so a resumed run continues this estimate.
         lr_multiplier(trainer.lr_scheduler_configs[0].scheduler).stretch(expected)
 

@@ -47,10 +47,12 @@ def packages_reported_missing(names: tuple[str, ...]):
 
 def logs_this_step(trainer) -> bool:
     """Whether the Trainer writes this training step's logged values to its loggers: on every
-    trainer.log_every_n_steps-th optimizer step (counted from 1), and on a step after which the run is told to stop.
-    The step is the same in its training_step, before the optimizer steps, and in on_train_batch_end, after it, on each of
-    its micro-batches."""
-    return trainer._logger_connector.should_update_logs
+    trainer.log_every_n_steps-th optimizer step (counted from 1), on a step after which the run is told to stop,
+    and on the run's last step (trainer.max_steps), which lmzoo's ValidateAtEnd tells it to stop after, so that a
+    curve reaches the end of the run. The step is the same in its training_step, before the optimizer steps, and
+    in on_train_batch_end, after it, on each of its micro-batches."""
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+    return trainer._logger_connector.should_update_logs or 0 < trainer.max_steps == step
 
 
 def lr_multiplier(scheduler):

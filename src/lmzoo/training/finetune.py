@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from lmzoo.checkpoints.load import build_from
+from lmzoo.checkpoints.integrity import weights_sha256
+from lmzoo.checkpoints.load import build_from, check_not_diverged
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel, ModelConfig
@@ -15,8 +16,9 @@ def from_pretrained(source: str, wanted: ModelConfig, tokenizer_spec: dict, bloc
     """The pretrained model of `source` (init_from), checked against the run: the architecture and choices of
     `wanted` (what model= builds; its shape is the weights'), the data's tokenizer and the context. It takes
     `wanted`'s dropout; with a finetune `recipe`, only its adapters train. Also returns the recipe's record,
-    naming the base, or None."""
+    naming the base and its weights' sha256, or None."""
     pretrained, record = build_from(source)
+    check_not_diverged(record, source)
     merge(pretrained)
     # init_from takes every setting but the architecture's choices (the shape) from the weights.
     asked = {key: getattr(wanted, key) for key in type(wanted).choices}
@@ -39,8 +41,12 @@ def from_pretrained(source: str, wanted: ModelConfig, tokenizer_spec: dict, bloc
     if recipe is None:
         return model, None
     recipe.apply(model)
-    base = source if source.startswith("hf:") else str(Path(source).expanduser().resolve())
-    return model, {**recipe.spec, "base": base}
+    return model, {**recipe.spec, "base": source_path(source), "base_sha256": weights_sha256(pretrained.state_dict())}
+
+
+def source_path(source: str) -> str:
+    """A local source as an absolute path, so that it names the same weights from any folder; hf:NAME as it is."""
+    return source if source.startswith("hf:") else str(Path(source).expanduser().resolve())
 
 
 def model_option(config: ModelConfig) -> str:

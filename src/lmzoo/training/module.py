@@ -5,6 +5,7 @@ schedule, logging, non-finite handling, RNG capture and the checkpoint schema. T
 `LanguageModel` (lmzoo.models.base holds the contract between the two).
 """
 
+import math
 import random
 import time
 from dataclasses import replace
@@ -13,7 +14,6 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelSummary
 
 from lmzoo.checkpoints.ckpt import upgrade_checkpoint
 from lmzoo.checkpoints.record import CHECKPOINT_KEYS, ModelRecord, architecture_record
@@ -43,6 +43,10 @@ class LitLM(L.LightningModule):
         self.flops_per_token = flops_per_token
         self.best_val_loss = float("inf")
         self.nonfinite_skips = 0
+        # The step of the first validation whose loss was NaN or inf: the run stops there, and says so.
+        self.diverged_at = None
+        # The step of the last checkpoint written, so that the run can end with last.ckpt at its last step.
+        self.saved_step = None
         # Wall time of the run's earlier segments (from the checkpoint resumed), and when this one's fit began and ended.
         self.earlier_wall_time = 0.0
         self.fit_started = self.fit_ended = None
@@ -105,6 +109,11 @@ class LitLM(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         val_loss = self.trainer.callback_metrics["val/loss"].item()
+        if not math.isfinite(val_loss):
+            # Weights can grow finite but huge (trainer.skip_nonfinite skips the updates, not the growth).
+            self.diverged_at = self.diverged_at if self.diverged_at is not None else self.trainer.global_step
+            self.trainer.should_stop = True
+            return
         self.best_val_loss = min(self.best_val_loss, val_loss)
         self.log("val/loss_best", self.best_val_loss, sync_dist=True)
 
@@ -127,8 +136,6 @@ class LitLM(L.LightningModule):
 
     def on_fit_start(self):
         self.fit_started, self.fit_ended = time.perf_counter(), None
-        if self.trainer.is_global_zero and any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
-            print("\n".join(self.model.describe()))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip here unless a gradient scaler (fp16) is involved, so that bf16-mixed keeps the fused AdamW:
@@ -153,9 +160,10 @@ class LitLM(L.LightningModule):
                                    clips_scaled_gradients=scaled and bool(self.trainer.gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint):
+        self.saved_step = self.trainer.global_step
         record = ModelRecord.of(self.model, self.tokenizer, optim=vars(self.optim), best_val_loss=self.best_val_loss,
-                                wall_time_s=self.wall_time_s, rng=capture_rng(), finetune=self.finetune,
-                                run=self.provenance)
+                                diverged_at=self.diverged_at, wall_time_s=self.wall_time_s, rng=capture_rng(),
+                                finetune=self.finetune, run=self.provenance)
         checkpoint["lmzoo"] = record.stored(CHECKPOINT_KEYS)
         if self.finetune:
             trainable = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
@@ -166,6 +174,7 @@ class LitLM(L.LightningModule):
         upgrade_checkpoint(checkpoint)
         record = ModelRecord.read(checkpoint["lmzoo"])
         self.best_val_loss = record.best_val_loss
+        self.diverged_at = record.diverged_at
         self.earlier_wall_time = record.wall_time_s
         # Lightning restores the checkpoint's optimizer and schedule, so its settings are the run's from now on.
         # lmzoo 0.1 recorded no optimizer settings; its schedule was a warmup-cosine, as a record without a schedule.

@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoints.ckpt import checkpoint_file, read_checkpoint
@@ -24,13 +26,13 @@ from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
-from lmzoo.reports.runs import RunSummary
+from lmzoo.reports.runs import RunSummary, check_folder_is_this_runs
 from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
-from lmzoo.training.callbacks import TokensPerSecond
+from lmzoo.training.callbacks import ModelSummary, TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
 from lmzoo.training.datamodule import TokenDataModule
-from lmzoo.training.finetune import from_pretrained, model_option
+from lmzoo.training.finetune import from_pretrained, model_option, source_path
 from lmzoo.training.module import LitLM
 from lmzoo.training.provenance import provenance, write_provenance
 
@@ -44,6 +46,15 @@ class DropAdverts(logging.Filter):
 
 for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(name).addFilter(DropAdverts())
+
+
+def log_each_line_once() -> None:
+    """The `lightning` logger prints to the console itself and passes every record on to the root logger, where
+    Hydra's console handler prints it again: where the root logger has a console handler, Lightning's goes."""
+    if any(type(handler) is logging.StreamHandler for handler in logging.root.handlers):
+        lightning = logging.getLogger("lightning")
+        for handler in [h for h in lightning.handlers if type(h) is logging.StreamHandler]:
+            lightning.removeHandler(handler)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -90,6 +101,9 @@ def check_trainer(trainer: dict) -> None:
     if not isinstance(trainer.get("skip_nonfinite", False), bool):
         raise UserError(f"trainer.skip_nonfinite must be true or false, got {trainer['skip_nonfinite']!r}")
     if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        if "FSDP" in str(trainer.get("strategy")):
+            raise UserError("trainer=fsdp shards a model over CUDA GPUs, and torch sees none; train without trainer=fsdp "
+                            "(trainer=default)")
         raise UserError(f"trainer.accelerator={trainer['accelerator']} needs a CUDA GPU, and torch sees none; "
                         "use trainer.accelerator=auto (or cpu)")
 
@@ -117,11 +131,31 @@ def resume_path(cfg: DictConfig) -> str | None:
     return None
 
 
-def check_resumable(ckpt_path: str, lit: LitLM) -> None:
+def check_same_start(record: ModelRecord, ckpt_path: str, init_from: str | None, finetune: dict | None) -> None:
+    """init_from beside a checkpoint to resume is used, or refused, never silently dropped: a LoRA run rebuilds its
+    frozen base from it (which must be the base it trained on, moved or not); a run fully fine-tuned from it
+    continues from the checkpoint's weights, which the command says where init_from names other weights."""
+    if not init_from:
+        return
+    started = ((record.run or {}).get("config") or {}).get("init_from") or (record.finetune or {}).get("base")
+    if not started:
+        raise UserError(f"{ckpt_path} continues a run trained from scratch, whose weights replace init_from's; leave "
+                        f"init_from={init_from} out")
+    recorded = (record.finetune or {}).get("base_sha256")
+    if recorded and finetune and finetune.get("base_sha256") != recorded:
+        raise UserError(f"init_from={init_from} is not the base {ckpt_path} was trained on ({started}: the sha256 of "
+                        "their weights differs); pass that base as init_from")
+    if not record.finetune and source_path(started) != source_path(init_from):
+        print(f"warning: {ckpt_path} continues a run fine-tuned from {started}: its own weights go on, not those of "
+              f"init_from={init_from}", file=sys.stderr)
+
+
+def check_resumable(ckpt_path: str, lit: LitLM, init_from: str | None = None) -> None:
     """A sound lmzoo checkpoint of this release, of the model the run builds, trained on tokens of the same
     tokenizer as the data. Optimizer settings that differ from the checkpoint's are reported: the
     checkpoint's optimizer and learning-rate schedule are the ones that continue."""
     record = ModelRecord.read(read_checkpoint(ckpt_path)["lmzoo"])
+    check_same_start(record, ckpt_path, init_from, lit.finetune)
     if record.tokenizer != lit.tokenizer:
         raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record.tokenizer)}, but the data uses "
                         f"the {describe_tokenizer(lit.tokenizer)}; resume with the data=/tokenizer= of that run")
@@ -200,7 +234,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg),
                 flops_per_token=flops_per_token)
     if ckpt_path:
-        check_resumable(ckpt_path, lit)
+        check_resumable(ckpt_path, lit, cfg.init_from)
     if cfg.compile is True:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         model.compile()
@@ -218,10 +252,17 @@ def resolve_length(cfg: DictConfig, flops_per_token: int) -> RunLength:
                         val_check_interval=trainer.val_check_interval, warmup_steps=cfg.optim.get("warmup_steps"),
                         step_tokens=cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches
                         * world_size(trainer),
-                        accumulate_grad_batches=trainer.accumulate_grad_batches, flops_per_token=flops_per_token)
+                        accumulate_grad_batches=trainer.accumulate_grad_batches, flops_per_token=flops_per_token,
+                        max_steps_typed=typed("trainer.max_steps"))
     if length.said:
         print(length.said, file=sys.stderr)
     return length
+
+
+def typed(key: str) -> bool:
+    """Whether the command line set `key` (Python callers compose configs without Hydra's record of it)."""
+    return HydraConfig.initialized() and any(override.lstrip("+~").split("=", 1)[0] == key
+                                             for override in HydraConfig.get().overrides.task)
 
 
 def with_length(cfg: DictConfig, length: RunLength) -> None:
@@ -235,6 +276,7 @@ def with_length(cfg: DictConfig, length: RunLength) -> None:
 def build_model(config):
     """The model of `config`, sized to model.target_params when given (saying to what)."""
     resized = sized(config)
+    check_fits_in_memory(resized)
     model = resized.build()
     if resized is not config:
         widths = " ".join(f"model.{key}={value}" for key, value in resized.as_dict().items()
@@ -242,6 +284,18 @@ def build_model(config):
         print(f"model.target_params={config.target_params:g}: {widths}, {model.parameter_counts().active:,} "
               "active parameters", file=sys.stderr)
     return model
+
+
+def check_fits_in_memory(config) -> None:
+    """Refuse a model whose float32 weights alone exceed the machine's memory, before allocating them (the
+    kernel would kill the process, or torch fail deep inside the build)."""
+    with torch.device("meta"):
+        total = config.build().parameter_counts().total
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 4 * total > memory:
+        raise UserError(f"the model has {total:,} parameters, {4 * total / 1e9:,.0f} GB of float32 weights, more than "
+                        f"this machine's {memory / 1e9:,.0f} GB of memory; lower model.target_params or the model's "
+                        "width and depth")
 
 
 def build_trainer(cfg: DictConfig, extra: tuple = ()) -> L.Trainer:
@@ -255,8 +309,12 @@ def build_trainer(cfg: DictConfig, extra: tuple = ()) -> L.Trainer:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options.pop("skip_nonfinite", None)
     options.pop("peak_flops", None)
+    # lmzoo's summary in place of Lightning's (see ModelSummary).
+    if options.pop("enable_model_summary", True):
+        callbacks.append(ModelSummary())
     try:
-        return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()])
+        return instantiate(options, callbacks=callbacks, logger=instantiate(cfg.logger), plugins=[AtomicCheckpointIO()],
+                           enable_model_summary=False)
     except InstantiationException as error:
         # Lightning checks the rest of its settings itself (precision, devices, strategy, ...).
         if isinstance(error.__cause__, (MisconfigurationException, ValueError)):
@@ -265,27 +323,75 @@ def build_trainer(cfg: DictConfig, extra: tuple = ()) -> L.Trainer:
         raise
 
 
+def check_before_preparing(cfg: DictConfig, budgeted: bool) -> None:
+    """The settings of data, model and optimizer, checked before the data is prepared, which may take long.
+    The data's own come first (block_size among them); the model's vocabulary comes from the data, so the
+    checks that read it run again with the real one; a budget sets the schedule's length from the model's FLOPs."""
+    instantiate(cfg.data, _convert_="all")
+    if not cfg.init_from:
+        instantiate(cfg.model, vocab_size=2, _convert_="all")
+    if not budgeted:
+        instantiate(cfg.optim)
+
+
 def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
     """Train as configured, with `callbacks` beside the config's; return the best checkpoint path and validation
     loss."""
+    log_each_line_once()
     RunSettings.of(cfg)
     tuned = apply_tuned(cfg)
+    budgeted = bool(Budget(**cfg.budget).given())
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
+    check_folder_is_this_runs(Path(cfg.paths.output_dir), Path(cfg.callbacks.model_checkpoint.dirpath), cfg.resume,
+                              cfg.ckpt_path, "hydra.run.dir" if HydraConfig.initialized() else "paths.output_dir")
+    check_before_preparing(cfg, budgeted)
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path, callbacks)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    save_last_step(trainer, lit)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
         run_summary(lit, trainer, cfg.seed, tuned).write(cfg.paths.output_dir)
+    if lit.diverged_at is not None:
+        raise UserError(f"the run diverged at step {lit.diverged_at}: val/loss is NaN or inf ({usable_best(trainer)}); "
+                        "train again with a lower optim.lr")
     if best and cfg.sample_tokens > 0 and trainer.is_global_zero:
         model, tokenizer, _ = load_model(best)
         settings = SamplingSettings(max_new_tokens=cfg.sample_tokens)
         text = sample_text(model, tokenizer, "", settings, torch.Generator().manual_seed(cfg.seed))
         print(f"\nSample from {best}:\n{text}\n")
     return result
+
+
+def save_last_step(trainer: L.Trainer, lit: LitLM) -> None:
+    """last.ckpt at the step the run ended, as its summary reports it, however it stopped (early stopping, a
+    minutes budget between validations); say so when early stopping ended it."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint and checkpoint.save_last and lit.saved_step != trainer.global_step and trainer.global_step:
+        trainer.save_checkpoint(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
+    stopper = early_stopper(trainer)
+    if trainer.is_global_zero and stopper:
+        print(f"stopped early at step {trainer.global_step} of {trainer.max_steps}: {stopper.monitor} did not improve in "
+              f"{stopper.patience} validations (callbacks.early_stopping.patience); the best model is in "
+              f"{checkpoint and checkpoint.best_model_path}", file=sys.stderr)
+
+
+def usable_best(trainer: L.Trainer) -> str:
+    """Whether a diverged run's best checkpoint was saved before the divergence (Lightning scores NaN as inf)."""
+    checkpoint = trainer.checkpoint_callback
+    score = checkpoint and checkpoint.best_model_score
+    if score is not None and torch.isfinite(score):
+        return f"{checkpoint.best_model_path}, saved before, is intact"
+    return "no checkpoint was saved before it"
+
+
+def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
+    """The EarlyStopping callback, if it ended the run."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    return stopper if stopper and stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED else None
 
 
 def run_summary(lit: LitLM, trainer: L.Trainer, seed: int, tuned: dict | None = None) -> RunSummary:
@@ -306,7 +412,7 @@ def run_summary(lit: LitLM, trainer: L.Trainer, seed: int, tuned: dict | None = 
         steps=trainer.global_step,
         tokens_per_sec=throughput and throughput.mean_rate,
         wall_time_s=lit.wall_time_s,
-        status="interrupted" if trainer.interrupted else "done",
+        status=RunSummary.ended(trainer.global_step, lit.diverged_at, trainer.interrupted, early_stopper(trainer) is not None),
         flops_per_token=lit.flops_per_token,
         tokens=tokens,
         flops=tokens and tokens * lit.flops_per_token,
