@@ -91,6 +91,10 @@ EXPORTS = {
     "mla_query_latent_untied": (dict(n_head=2, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12,
                                      tie_embeddings=False), "DeepseekV3ForCausalLM"),
     "differential_gqa": (dict(n_head=4, n_kv_head=2, attention="differential"), "DiffLlamaForCausalLM"),
+    "mamba2": (dict(layer_pattern=["mamba2"], mlp_ratio=0, ssm_state=8, ssm_head_dim=16, ssm_groups=2, chunk_size=8),
+               "Mamba2ForCausalLM"),
+    "gated_deltanet_untied": (dict(n_head=2, layer_pattern=["gated_deltanet"], chunk_size=8, tie_embeddings=False),
+                              "Qwen3NextForCausalLM"),
 }
 
 

@@ -63,6 +63,12 @@ def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
         *(f"experts.{e}.{linear}" for e in range(moa.config.n_att_experts) for linear in ("c_q", "c_proj")), "c_kv"}
     mlp = LoRA(r=2, targets=["hidden"]).apply(make("mlp"))
     assert len(adapted_layers(mlp)) == 3
+    # A recurrent mixer's input projection is its qkv target, its output projection its proj target.
+    mamba2 = LoRA(r=2, targets=["qkv", "proj"]).apply(make("mamba2"))
+    assert adapted_layers(mamba2) == {f"transformer.h.{layer}.attn.{linear}" for layer in range(2)
+                                      for linear in ("in_proj", "c_proj")}
+    hybrid = LoRA(r=2, targets=["qkv"]).apply(make("hybrid"))
+    assert adapted_layers(hybrid) == {"transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"}
 
 
 @pytest.mark.parametrize("name, targets, message", [

@@ -1,6 +1,7 @@
 """Models out: a transformer in GPT-2's choices as GPT2LMHeadModel; one in Llama's as the transformers class of
 its attention (LlamaForCausalLM; Qwen3ForCausalLM with QK-norm, Qwen2ForCausalLM with local layers,
-DeepseekV3ForCausalLM with latent attention, DiffLlamaForCausalLM with differential attention); any other
+DeepseekV3ForCausalLM with latent attention, DiffLlamaForCausalLM with differential attention); Mamba-2 as
+Mamba2ForCausalLM, Gated DeltaNet as Qwen3NextForCausalLM (every layer linear, dense MLPs); any other
 architecture as lmzoo's own folder (model.safetensors plus lmzoo.json).
 
 transformers is imported inside the functions that need it, so training and sampling never import it.
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lmzoo.checkpoints.folder import INSTALL_HINT, save_folder, write_record
-from lmzoo.checkpoints.hf import CONV1D_WEIGHTS, VOCAB_ROWS, llama_layout
+from lmzoo.checkpoints.hf import CONV1D_WEIGHTS, VOCAB_ROWS, llama_layout, mamba2_layout, qwen3_next_weights
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
 from lmzoo.checkpoints.load import load_model
 from lmzoo.checkpoints.record import ModelRecord
@@ -29,6 +30,15 @@ def converter_for(model: LanguageModel):
     """The function that turns `model` into a transformers model, or None when no transformers class fits it."""
     config = model.config
     if type(config) is not TransformerConfig:
+        return None
+    modern = (config.norm, config.activation, config.gated_mlp, config.bias) == ("rmsnorm", "silu", True, False)
+    if config.layer_pattern == ["mamba2"]:
+        return to_mamba2 if config.mlp_ratio == 0 and config.norm == "rmsnorm" and config.positions == "rope" else None
+    if config.layer_pattern == ["gated_deltanet"]:
+        return to_qwen3_next if modern and config.mlp_ratio and config.positions == "rope" else None
+    if {"mamba2", "gated_deltanet"} & set(config.layer_pattern) or not config.mlp_ratio:
+        # A hybrid's attention layers are pre-norm Llama ones; the transformers hybrids with Gated DeltaNet
+        # do attention otherwise (OLMo-Hybrid norms after it, Qwen3-Next gates it and rotates a quarter of a head).
         return None
     local = "local_attention" in [config.mixer(layer) for layer in range(config.n_layer)]
     if (config.positions, config.norm, config.activation, config.gated_mlp) == ("learned", "layernorm", "gelu", False):
@@ -106,7 +116,8 @@ def export_hf(model, converter, tokenizer: Tokenizer, out: Path, source: ModelRe
     except ImportError:
         raise UserError(f"exporting to Hugging Face needs transformers: {INSTALL_HINT}") from None
     hf_model = converter(model, tokenizer.eot_id)
-    hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
+    hf_model.generation_config = GenerationConfig(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id,
+                                                  use_cache=hf_model.config.use_cache)
     hf_model.save_pretrained(out)
     saved = save_tokenizer(tokenizer, out)
     write_record(model, tokenizer.spec, out, source)
@@ -139,11 +150,7 @@ def llama_family(model: Transformer, hf_class, config_class, eot_id: int | None,
         rms_norm_eps=1e-5, rope_theta=hp.rope_base, hidden_act="silu", tie_word_embeddings=hp.tie_embeddings,
         bos_token_id=eot_id, eos_token_id=eot_id, **settings,
     )
-    ours = true_vocabulary(model)
-    state = {}
-    for name, theirs, rows in llama_layout(model):
-        state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
-    return load_into(hf_class(config), state)
+    return load_into(hf_class(config), laid_out(model, llama_layout))
 
 
 def to_llama(model: Transformer, eot_id: int | None):
@@ -196,6 +203,46 @@ def to_deepseek_v3(model: Transformer, eot_id: int | None):
                         kv_lora_rank=hp.kv_rank, q_lora_rank=hp.q_rank, qk_rope_head_dim=hp.rope_head_dim,
                         qk_nope_head_dim=hp.head_dim, v_head_dim=hp.head_dim, first_k_dense_replace=hp.n_layer,
                         rope_interleave=False, attention_bias=False)
+
+
+def to_mamba2(model: Transformer, eot_id: int | None):
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    hp, mixer = model.config, model.transformer.h[0].attn
+    config = Mamba2Config(
+        vocab_size=model.vocab_size, hidden_size=hp.n_embd, num_hidden_layers=hp.n_layer, state_size=hp.ssm_state,
+        expand=hp.ssm_expand, head_dim=hp.ssm_head_dim, num_heads=mixer.n_head, n_groups=hp.ssm_groups,
+        conv_kernel=hp.conv_kernel, chunk_size=hp.chunk_size, use_bias=False, use_conv_bias=True,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
+        pad_token_id=eot_id,
+    )
+    return load_into(Mamba2ForCausalLM(config), laid_out(model, mamba2_layout))
+
+
+def to_qwen3_next(model: Transformer, eot_id: int | None):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    hp, mixer = model.config, model.transformer.h[0].attn
+    config = Qwen3NextConfig(
+        vocab_size=model.vocab_size, hidden_size=hp.n_embd, num_hidden_layers=hp.n_layer,
+        intermediate_size=model.transformer.h[0].mlp.c_proj.in_features, num_attention_heads=hp.n_head,
+        num_key_value_heads=hp.n_head, head_dim=hp.head_dim, layer_types=["linear_attention"] * hp.n_layer,
+        linear_num_key_heads=mixer.n_head, linear_num_value_heads=mixer.n_head, linear_key_head_dim=mixer.key_dim,
+        linear_value_head_dim=mixer.value_dim, linear_conv_kernel_dim=hp.conv_kernel, num_experts=0,
+        # transformers 5's cache needs an attention layer to size its masks; with none, it decodes uncached.
+        use_cache=False,
+        rms_norm_eps=1e-5, hidden_act="silu", max_position_embeddings=model.block_size,
+        tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
+    )
+    return load_into(Qwen3NextForCausalLM(config), qwen3_next_weights(true_vocabulary(model), model))
+
+
+def laid_out(model: Transformer, layout) -> dict[str, torch.Tensor]:
+    """`model`'s weights under the names of `layout`'s Hugging Face class, split where it has several."""
+    ours, state = true_vocabulary(model), {}
+    for name, theirs, rows in layout(model):
+        state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
+    return state
 
 
 def true_vocabulary(model: Transformer) -> dict[str, torch.Tensor]:

@@ -1,10 +1,11 @@
 """Hugging Face folders in: GPT-2 (`hf:NAME` from the Hub, or a local folder holding its config.json), and the
-GPT-2, Llama, Qwen2, Qwen3, DeepSeek-V3 and DiffLlama folders `python -m lmzoo.export` writes, whose lmzoo.json
-gives their exact config and tokenizer.
+GPT-2, Llama, Qwen2, Qwen3, DeepSeek-V3, DiffLlama, Mamba-2 and Qwen3-Next folders `python -m lmzoo.export`
+writes, whose lmzoo.json gives their exact config and tokenizer.
 
 The model is lmzoo's transformer: GPT-2's Conv1D weights are transposed into nn.Linear's layout, Llama's
-separate q/k/v and gate/up projections joined into lmzoo's fused ones (llama_layout). Loading needs only safetensors (and
-huggingface_hub for `hf:NAME`), imported inside the functions.
+separate q/k/v and gate/up projections joined into lmzoo's fused ones (llama_layout), Mamba-2's renamed
+(mamba2_layout), Qwen3-Next's per-head q/k/v/z regrouped (qwen3_next_layout). Loading needs only safetensors
+(and huggingface_hub for `hf:NAME`), imported inside the functions.
 """
 
 import dataclasses
@@ -46,9 +47,16 @@ def load_hf(source: str) -> tuple[Transformer, ModelRecord]:
     elif kind in LLAMA_FAMILY and record:
         model = record.build_model()
         state = llama_state_dict(read_weights(folder), model, source)
+    elif kind == "mamba2" and record:
+        model = build_model(record)
+        state = llama_state_dict(read_weights(folder), model, source, mamba2_layout)
+    elif kind == "qwen3_next" and record:
+        model = build_model(record)
+        state = qwen3_next_state_dict(read_weights(folder), model, source)
     else:
         raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama, Qwen2, Qwen3, "
-                        "DeepSeek-V3 and DiffLlama folders python -m lmzoo.export writes (with their lmzoo.json)")
+                        "DeepSeek-V3, DiffLlama, Mamba-2 and Qwen3-Next folders python -m lmzoo.export writes (with "
+                        "their lmzoo.json)")
     model.load_state_dict(state)
     if record:
         return model, dataclasses.replace(record, origin=source)
@@ -156,11 +164,97 @@ def attention_layout(a, ours: str, theirs: str) -> list[tuple[str, list[str], li
     return layout
 
 
-def llama_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source: str) -> dict[str, torch.Tensor]:
-    """Llama weights (as lmzoo exports them) joined and padded into `model`'s state dict."""
+def same_names(ours: str, theirs: str, names: list[str]) -> list[tuple[str, list[str], list[int] | None]]:
+    return [(ours + name, [theirs + name], None) for name in names]
+
+
+def mamba2_layout(model: Transformer) -> list[tuple[str, list[str], list[int] | None]]:
+    """Each lmzoo weight of a Mamba-2 model and the Mamba2ForCausalLM weight it is."""
+    layout = [("transformer.wte.weight", ["backbone.embeddings.weight"], None),
+              ("transformer.ln_f.weight", ["backbone.norm_f.weight"], None)]
+    if not model.config.tie_embeddings:
+        layout.append(("lm_head.weight", ["lm_head.weight"], None))
+    for i in range(len(model.transformer.h)):
+        ours, theirs = f"transformer.h.{i}.", f"backbone.layers.{i}."
+        layout += [(ours + "ln_1.weight", [theirs + "norm.weight"], None),
+                   (ours + "attn.c_proj.weight", [theirs + "mixer.out_proj.weight"], None),
+                   *same_names(ours + "attn.", theirs + "mixer.", ["in_proj.weight", "conv1d.weight", "conv1d.bias",
+                                                                  "dt_bias", "A_log", "D", "norm.weight"])]
+    return layout
+
+
+# Qwen3-Next's RMSNorms scale by 1 + weight where lmzoo's scale by weight.
+QWEN3_NEXT_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "model.norm.weight")
+
+
+def qwen3_next_layout(model: Transformer) -> list[tuple[list[str], str, torch.Tensor | None]]:
+    """Each Qwen3NextForCausalLM weight of a Gated DeltaNet model: the lmzoo weights it is made of, and the order
+    of their joined rows in it (None: as they are). Qwen3-Next projects each head's q, k, v and output gate z
+    together, and each head's b and a together."""
+    pairs = [(["transformer.wte.weight"], "model.embed_tokens.weight", None),
+             (["transformer.ln_f.weight"], "model.norm.weight", None)]
+    if not model.config.tie_embeddings:
+        pairs.append((["lm_head.weight"], "lm_head.weight", None))
+    for i, block in enumerate(model.transformer.h):
+        a, ours, theirs = block.attn, f"transformer.h.{i}.", f"model.layers.{i}."
+        H, K, V = a.n_head, a.key_dim, a.value_dim
+        per_head = [torch.arange(start + h * size, start + (h + 1) * size)
+                    for h in range(H) for start, size in ((0, K), (H * K, K), (2 * H * K, V), (2 * H * K + H * V, V))]
+        pairs += [
+            ([ours + "ln_1.weight"], theirs + "input_layernorm.weight", None),
+            ([ours + "attn.c_attn.weight", ours + "attn.g_proj.weight"], theirs + "linear_attn.in_proj_qkvz.weight",
+             torch.cat(per_head)),
+            ([ours + "attn.b_proj.weight", ours + "attn.a_proj.weight"], theirs + "linear_attn.in_proj_ba.weight",
+             torch.arange(2 * H).view(2, H).T.flatten()),
+            ([ours + "attn.c_proj.weight"], theirs + "linear_attn.out_proj.weight", None),
+            ([ours + "attn.o_norm.weight"], theirs + "linear_attn.norm.weight", None),
+            ([ours + "ln_2.weight"], theirs + "post_attention_layernorm.weight", None),
+            ([ours + "mlp.c_fc.weight"], theirs + "mlp.gate_proj.weight", torch.arange(block.mlp.c_proj.in_features)),
+            ([ours + "mlp.c_fc.weight"], theirs + "mlp.up_proj.weight",
+             torch.arange(block.mlp.c_proj.in_features, 2 * block.mlp.c_proj.in_features)),
+            ([ours + "mlp.c_proj.weight"], theirs + "mlp.down_proj.weight", None),
+            *[([ours + "attn." + name], theirs + "linear_attn." + name, None)
+              for name in ("conv1d.weight", "dt_bias", "A_log")],
+        ]
+    return pairs
+
+
+def qwen3_next_weights(state: dict[str, torch.Tensor], model: Transformer) -> dict[str, torch.Tensor]:
+    """lmzoo's `state` of a Gated DeltaNet model as Qwen3NextForCausalLM's weights."""
+    weights = {}
+    for ours, theirs, order in qwen3_next_layout(model):
+        joined = torch.cat([state[name] for name in ours])
+        weights[theirs] = (joined if order is None else joined[order]) - float(theirs.endswith(QWEN3_NEXT_NORMS))
+    return weights
+
+
+def qwen3_next_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source: str) -> dict[str, torch.Tensor]:
+    """Qwen3-Next weights (as lmzoo exports them) reordered, split and padded into `model`'s state dict."""
+    expected, state = model.state_dict(), {}
+    for ours, theirs, order in qwen3_next_layout(model):
+        if theirs not in weights:
+            raise UserError(f"{source} has no weight {theirs}; it does not match its lmzoo.json")
+        tensor = weights[theirs] + float(theirs.endswith(QWEN3_NEXT_NORMS))
+        sizes = [expected[name].size(0) for name in ours]
+        if order is not None:
+            # Rows in their order; a weight built in parts (c_fc from gate_proj, then up_proj) keeps its first part.
+            joined = state[ours[0]] if len(ours) == 1 and ours[0] in state else tensor.new_empty(sum(sizes),
+                                                                                                 *tensor.shape[1:])
+            joined[order] = tensor
+            tensor = joined
+        state |= dict(zip(ours, tensor.split(sizes) if len(ours) > 1 else [tensor]))
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return checked(padded_vocabulary(state, expected), expected, source)
+
+
+def llama_state_dict(weights: dict[str, torch.Tensor], model: Transformer, source: str,
+                     layout=llama_layout) -> dict[str, torch.Tensor]:
+    """Weights of Llama's layout, or another `layout` (as lmzoo exports them), joined and padded into `model`'s
+    state dict."""
     expected = model.state_dict()
     try:
-        state = {ours: torch.cat([weights[name] for name in theirs]) for ours, theirs, _ in llama_layout(model)}
+        state = {ours: torch.cat([weights[name] for name in theirs]) for ours, theirs, _ in layout(model)}
     except KeyError as error:
         raise UserError(f"{source} has no weight {error.args[0]}; it does not match its lmzoo.json") from None
     state = padded_vocabulary(state, expected)

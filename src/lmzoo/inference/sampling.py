@@ -120,7 +120,8 @@ def generate(model: LanguageModel, prompts: torch.Tensor | Sequence[Sequence[int
 
     With the cache, greedy decoding equals the uncached path token for token while the text fits
     the model's context. Past it, the cache slides: once full, it is refilled from the last half
-    context in one pass, whereas the uncached path re-reads the last full context at every step.
+    context in one pass, whereas the uncached path re-reads the last full context at every step. A
+    cache without capacity (a model with no attention layer) is never full: it reads on forever.
     """
     device = model.device
     rows = [torch.as_tensor(row, dtype=torch.long) for row in prompts]

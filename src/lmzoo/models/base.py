@@ -205,6 +205,11 @@ class SequenceMixer(Sublayer):
         (which the model counts itself) with `context` tokens before it: attention's score and value products."""
         raise NotImplementedError
 
+    def state_numel(self, capacity: int) -> int:
+        """Numbers one sequence's decoding state holds in this mixer's cache of `capacity` tokens: keys and values
+        for attention, a recurrent state whatever the capacity."""
+        raise NotImplementedError
+
 
 class LanguageModel(nn.Module, ABC):
     """Base of every architecture.

@@ -299,16 +299,17 @@ def attention_mask(start: int, length: int, first: int, window: int | None, devi
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); `attn` is any sequence mixer, and
+    a block without a feed-forward layer (mlp and ln_2 None) is the mixer alone."""
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, ln_1: nn.Module, ln_2: nn.Module):
+    def __init__(self, attn: nn.Module, mlp: nn.Module | None, ln_1: nn.Module, ln_2: nn.Module | None):
         super().__init__()
         self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
                 routing: RoutingLog | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, routing)
-        return x + self.mlp(self.ln_2(x), routing)
+        return x if self.mlp is None else x + self.mlp(self.ln_2(x), routing)
 
 
 # "gpt2": normal(0, 0.02), the residual outputs (Sublayer.residual_outputs) scaled by 1/sqrt(2 n_layer) so that

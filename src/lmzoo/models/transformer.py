@@ -14,6 +14,8 @@ from lmzoo.models.base import (FORWARD_AND_BACKWARD, LanguageModel, ModelConfig,
 from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, LatentAttention, Rotary,
                                  differential_lambda_init, init_weights, make_dropout, make_norm)
 from lmzoo.models.cache import Cache
+from lmzoo.models.gated_deltanet import GatedDeltaNet
+from lmzoo.models.mamba2 import Mamba2
 from lmzoo.models.routing import RoutedLayer
 
 POSITIONS = ("learned", "rope")
@@ -61,6 +63,17 @@ class TransformerConfig(ModelConfig):
     kv_rank: int | None = None
     rope_head_dim: int | None = None
     q_rank: int | None = None
+    # Mamba-2 layers ("mamba2"): inner width ssm_expand * n_embd in heads of ssm_head_dim, a state of ssm_state per
+    # head channel, B and C shared by ssm_groups groups of heads.
+    ssm_state: int = 64
+    ssm_expand: int = 2
+    ssm_head_dim: int = 64
+    ssm_groups: int = 1
+    # Gated DeltaNet layers ("gated_deltanet"): n_head heads, keys of head_dim, values gdn_value_expand times wider.
+    gdn_value_expand: int = 2
+    # Recurrent layers: taps of the short causal convolution, and the chunk length of the training scan.
+    conv_kernel: int = 4
+    chunk_size: int = 64
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,7 +84,7 @@ class TransformerConfig(ModelConfig):
                 f"n_embd must be a positive multiple of n_head ({self.n_head})", self.n_embd)
         require(self.n_kv_head is None or (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0),
                 f"n_kv_head must divide n_head ({self.n_head}), or be null", self.n_kv_head)
-        require(self.mlp_ratio > 0, "mlp_ratio must be positive", self.mlp_ratio)
+        require(self.mlp_ratio >= 0, "mlp_ratio must be >= 0 (0: no feed-forward layer)", self.mlp_ratio)
         require(0 <= self.dropout < 1, "dropout must lie in [0, 1)", self.dropout)
         require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}", self.positions)
         require(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}", self.norm)
@@ -104,6 +117,20 @@ class TransformerConfig(ModelConfig):
             require(self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0,
                     "rope_head_dim must be a positive even integer", self.rope_head_dim)
             require(self.q_rank is None or self.q_rank >= 1, "q_rank must be a positive integer or null", self.q_rank)
+        self.check_recurrent()
+
+    def check_recurrent(self) -> None:
+        require(self.conv_kernel >= 1, "conv_kernel must be a positive integer", self.conv_kernel)
+        require(self.chunk_size >= 1, "chunk_size must be a positive integer", self.chunk_size)
+        if "mamba2" in self.layer_pattern:
+            require(min(self.ssm_state, self.ssm_expand, self.ssm_head_dim, self.ssm_groups) >= 1,
+                    "ssm_state, ssm_expand, ssm_head_dim and ssm_groups must be positive integers",
+                    (self.ssm_state, self.ssm_expand, self.ssm_head_dim, self.ssm_groups))
+            inner = self.ssm_expand * self.n_embd
+            require(inner % self.ssm_head_dim == 0 and (inner // self.ssm_head_dim) % self.ssm_groups == 0,
+                    f"ssm_head_dim must divide ssm_expand * n_embd ({inner}) into heads that ssm_groups divides",
+                    self.ssm_head_dim)
+        require(self.gdn_value_expand >= 1, "gdn_value_expand must be a positive integer", self.gdn_value_expand)
 
     @property
     def kv_heads(self) -> int:
@@ -125,7 +152,16 @@ class TransformerConfig(ModelConfig):
         if not heads:
             return None
         n_head = min(heads, key=lambda h: abs(width / h - self.head_dim))
-        return dataclasses.replace(self, n_embd=width, n_head=n_head)
+        ssm_head_dim = self.ssm_head_dim
+        if "mamba2" in self.layer_pattern:
+            # Mamba-2's heads, like attention's, keep their width within a factor 2 of the preset's.
+            inner = self.ssm_expand * width
+            sizes = [d for d in range(2, inner + 1, 2)
+                     if inner % d == 0 and (inner // d) % self.ssm_groups == 0 and near(d, self.ssm_head_dim)]
+            if not sizes:
+                return None
+            ssm_head_dim = min(sizes, key=lambda d: abs(d - self.ssm_head_dim))
+        return dataclasses.replace(self, n_embd=width, n_head=n_head, ssm_head_dim=ssm_head_dim)
 
     @property
     def head_dim(self) -> int:
@@ -177,7 +213,13 @@ def full_attention(c: TransformerConfig, layer: int, rotary: Rotary | None, wind
 MIXERS = {
     "attention": full_attention,
     "local_attention": lambda c, layer, rotary: full_attention(c, layer, rotary, c.window),
+    "mamba2": lambda c, layer, rotary: Mamba2(c.n_embd, c.ssm_state, c.ssm_head_dim, c.ssm_expand, c.ssm_groups,
+                                              c.conv_kernel, c.chunk_size),
+    "gated_deltanet": lambda c, layer, rotary: GatedDeltaNet(c.n_embd, c.n_head, c.head_dim, c.gdn_value_expand,
+                                                             c.conv_kernel, c.chunk_size),
 }
+# The mixers that attend, whose cache holds keys and values.
+ATTENTION_MIXERS = ("attention", "local_attention")
 
 
 def near(head_dim: int, preset: int) -> bool:
@@ -199,7 +241,9 @@ class Transformer(LanguageModel):
     lora_targets = {
         # Latent attention's query, latent and expansion projections are its qkv.
         "qkv": ("transformer.h.*.attn.c_attn", "transformer.h.*.attn.c_q", "transformer.h.*.attn.c_q.*",
-                "transformer.h.*.attn.c_kv_a", "transformer.h.*.attn.c_kv_b"),
+                "transformer.h.*.attn.c_kv_a", "transformer.h.*.attn.c_kv_b",
+                # A recurrent mixer's input projection (Mamba-2's; Gated DeltaNet's is c_attn).
+                "transformer.h.*.attn.in_proj"),
         "proj": ("transformer.h.*.attn.c_proj",),
         "mlp": ("transformer.h.*.mlp.c_fc", "transformer.h.*.mlp.c_proj"),
     }
@@ -212,11 +256,7 @@ class Transformer(LanguageModel):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(padded(c.vocab_size, c.pad_vocab_to), c.n_embd),
             drop=make_dropout(c.dropout),
-            h=nn.ModuleList(
-                Block(self.attention(layer, rotary), self.feed_forward(layer), make_norm(c.norm, c.n_embd, c.bias),
-                      make_norm(c.norm, c.n_embd, c.bias))
-                for layer in range(c.n_layer)
-            ),
+            h=nn.ModuleList(self.block(layer, rotary) for layer in range(c.n_layer)),
             ln_f=make_norm(c.norm, c.n_embd, c.bias),
         ))
         if c.positions == "learned":
@@ -230,9 +270,19 @@ class Transformer(LanguageModel):
         """Layer `layer`'s sequence mixer, as the config's layer pattern names it, unless a subclass varies it."""
         return MIXERS[self.config.mixer(layer)](self.config, layer, rotary)
 
-    def feed_forward(self, layer: int) -> nn.Module:
-        """Layer `layer`'s feed-forward module; the config's uniform MLP unless a subclass varies it."""
+    def block(self, layer: int, rotary: Rotary | None) -> Block:
+        """Layer `layer`: its mixer, its feed-forward layer and their norms (the second only with a feed-forward)."""
         c = self.config
+        mixer, feed_forward = self.attention(layer, rotary), self.feed_forward(layer)
+        return Block(mixer, feed_forward, make_norm(c.norm, c.n_embd, c.bias),
+                     make_norm(c.norm, c.n_embd, c.bias) if feed_forward is not None else None)
+
+    def feed_forward(self, layer: int) -> nn.Module | None:
+        """Layer `layer`'s feed-forward module; the config's uniform MLP unless a subclass varies it; none at
+        mlp_ratio 0 (Mamba-2's blocks are the mixer alone)."""
+        c = self.config
+        if not c.mlp_ratio:
+            return None
         return MLP(c.n_embd, int(c.mlp_ratio * c.n_embd), c.activation, c.gated_mlp, c.bias, c.dropout)
 
     @property
@@ -264,11 +314,12 @@ class Transformer(LanguageModel):
         super().compile(*args, **kwargs)
 
     def new_cache(self) -> Cache:
-        """A cache of block_size tokens; unbounded when every layer is local and positions are RoPE's, which are
-        relative: each layer keeps only its window, and a query reads its window alike at any position."""
+        """A cache of block_size tokens; unbounded when no layer attends to every past token and positions are
+        RoPE's, which are relative: a local layer keeps only its window, a recurrent one its state, and a query reads
+        alike at any position."""
         c = self.config
-        local = all(c.mixer(layer) == "local_attention" for layer in range(c.n_layer)) and c.positions == "rope"
-        return Cache(c.n_layer, None if local else self.block_size)
+        unbounded = all(c.mixer(layer) != "attention" for layer in range(c.n_layer)) and c.positions == "rope"
+        return Cache(c.n_layer, None if unbounded else self.block_size)
 
     def output_head(self) -> nn.Module:
         return self.lm_head
@@ -284,7 +335,15 @@ class Transformer(LanguageModel):
         c = self.config
         return sum(block.attn.cache_values_per_token() * (min(context, c.window) if c.mixer(layer) == "local_attention"
                                                           else context)
-                   for layer, block in enumerate(self.transformer.h))
+                   for layer, block in enumerate(self.transformer.h) if c.mixer(layer) in ATTENTION_MIXERS)
+
+    def state_bytes(self, batch: int = 1) -> int:
+        """Bytes of the decoding cache of `batch` sequences at block_size tokens in the weights' dtype: keys and
+        values of the attention layers, the recurrent layers' state (the same at any length)."""
+        c = self.config
+        recurrent = sum(block.attn.state_numel(c.block_size) for layer, block in enumerate(self.transformer.h)
+                        if c.mixer(layer) not in ATTENTION_MIXERS)
+        return batch * (self.cache_values(c.block_size) + recurrent) * self.transformer.wte.weight.element_size()
 
     def describe(self) -> list[str]:
         c = self.config
@@ -298,6 +357,8 @@ class Transformer(LanguageModel):
                             for kind in c.layer_pattern)
         per_token = 4 * self.cache_values(c.block_size) / c.block_size
         standard = 4 * 2 * c.n_layer * c.n_embd
+        grows = ", the same at any length" if self.new_cache().capacity is None else ""
+        lines.append(f"decoding state per sequence: {self.state_bytes():,} bytes at {c.block_size} tokens{grows}")
         return lines + [
             f"attention: {c.attention}{options[c.attention]}{', qk_norm' if c.qk_norm else ''}; layers: {pattern}",
             f"KV cache at block_size {c.block_size} in fp32: {per_token:,.0f} B per token (multi-head attention of "

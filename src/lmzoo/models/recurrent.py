@@ -1,0 +1,94 @@
+"""What the recurrent sequence mixers (Mamba-2, Gated DeltaNet) share: the short causal convolution that keeps
+its own state, the gated RMSNorm on their output, and the decoding state they keep in the cache."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RecurrentState:
+    """A recurrent layer's decoding state: the last kernel - 1 inputs of its short convolution and its
+    recurrent matrix per head. Both keep their size however many tokens have been read."""
+
+    def __init__(self):
+        self.conv: torch.Tensor | None = None
+        self.recurrent: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.conv, self.recurrent) if t is not None)
+
+
+class ShortConv(nn.Conv1d):
+    """A depthwise causal convolution over the sequence, of `kernel` taps per channel. With a state, it
+    continues from the inputs the state holds and keeps the last kernel - 1 for the next step."""
+
+    def __init__(self, channels: int, kernel: int, bias: bool):
+        super().__init__(channels, channels, kernel, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor, state: RecurrentState | None = None) -> torch.Tensor:
+        """x: (B, T, channels) -> (B, T, channels)."""
+        x = x.transpose(1, 2)
+        keep = self.kernel_size[0] - 1
+        past = state.conv if state is not None and state.conv is not None else x.new_zeros(x.size(0), x.size(1), keep)
+        x = torch.cat((past, x), dim=-1)
+        if state is not None:
+            state.conv = x[..., x.size(-1) - keep:]
+        return F.conv1d(x, self.weight, self.bias, groups=self.groups).transpose(1, 2)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of `group_size` channels with a learned scale of `dim`, gated by silu(gate).
+
+    Mamba-2 gates before normalising (`gate_first`), Gated DeltaNet after, as their references do.
+    """
+
+    def __init__(self, dim: int, group_size: int, gate_first: bool, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.group_size, self.gate_first, self.eps = group_size, gate_first, eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        if self.gate_first:
+            x = x * F.silu(gate)
+        shape = x.shape
+        x = F.rms_norm(x.reshape(*shape[:-1], -1, self.group_size), (self.group_size,), eps=self.eps).reshape(shape)
+        x = x * self.weight
+        return x if self.gate_first else x * F.silu(gate)
+
+
+def recur(step, chunked, inputs: tuple[torch.Tensor, ...], chunk: int, state: RecurrentState | None) -> torch.Tensor:
+    """A mixer's recurrence over `inputs` ((batch, heads, T, ...) each, or a constant per head): one token after a
+    state by `step`, anything else by `chunked`, continuing from the state's recurrent matrix and leaving the
+    final one there. It runs in float32 outside autocast, as the references do: a state summed over thousands
+    of tokens would lose its small updates in bf16. The outputs come back in the first input's dtype."""
+    dtype = inputs[0].dtype
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        inputs = tuple(t.float() for t in inputs)
+        previous = state.recurrent if state is not None else None
+        if previous is not None and inputs[0].size(2) == 1:
+            outputs, final = step(*(t[:, :, 0] if t.dim() > 1 else t for t in inputs), previous)
+            outputs = outputs[:, :, None]
+        else:
+            outputs, final = chunked(*inputs, chunk, previous)
+    if state is not None:
+        state.recurrent = final
+    return outputs.to(dtype)
+
+
+def chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x (B, heads, T, ...) zero-padded along T to whole chunks: (B, heads, T / size, size, ...)."""
+    pad = -x.size(2) % size
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+    return x.reshape(x.size(0), x.size(1), -1, size, *x.shape[3:])
+
+
+def softplus_inverse(x: torch.Tensor) -> torch.Tensor:
+    """The y with softplus(y) = x, for initialising a bias that goes through softplus."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def initial_time_steps(n_head: int, low: float = 1e-3, high: float = 0.1) -> torch.Tensor:
+    """Time steps log-uniform in [low, high], one per head, as Mamba initialises them."""
+    return torch.exp(torch.rand(n_head) * (torch.log(torch.tensor(high)) - torch.log(torch.tensor(low)))
+                     + torch.log(torch.tensor(low)))

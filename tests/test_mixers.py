@@ -1,0 +1,198 @@
+"""The recurrent sequence mixers (Mamba-2, Gated DeltaNet) and hybrids: the chunked scans equal their recurrences,
+the layers are causal, decoding with their state equals reading the whole text, the state stays the same size
+however long the text, and each layer equals the published implementation."""
+
+import pytest
+import torch
+from helpers import RECURRENT, V, ZOO, make
+
+from lmzoo.inference.sampling import SamplingSettings, generate
+from lmzoo.models.base import sized
+from lmzoo.models.cache import KVState
+from lmzoo.models.gated_deltanet import (fla_rule, gated_delta_chunked, gated_delta_kernel, gated_delta_step,
+                                         l2_normalized)
+from lmzoo.models.mamba2 import mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
+from lmzoo.models.recurrent import RecurrentState
+
+
+def ssd_inputs(T: int, heads: int = 4, width: int = 4, state: int = 5):
+    """Random inputs of the SSD scan: batch 2, heads of `width` in 2 groups of B and C, a state of `state`."""
+    return (torch.randn(2, heads, T, width), torch.rand(2, heads, T), -2 * torch.rand(heads),
+            torch.randn(2, 2, T, state), torch.randn(2, 2, T, state))
+
+
+def gated_delta_inputs(T: int, heads: int = 3, keys: int = 4, values: int = 6):
+    """Random inputs of the gated delta rule: batch 2, `heads` heads, keys of `keys`, values of `values`."""
+    return (l2_normalized(torch.randn(2, heads, T, keys)), l2_normalized(torch.randn(2, heads, T, keys)),
+            torch.randn(2, heads, T, values), -torch.rand(2, heads, T), torch.rand(2, heads, T))
+
+
+SCANS = {"ssd": (ssd_inputs, ssd_chunked, ssd_step), "gated_delta": (gated_delta_inputs, gated_delta_chunked,
+                                                                     gated_delta_step)}
+
+
+def recurrence(step, inputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs and final state of `step` applied token by token."""
+    outputs = []
+    for t in range(inputs[0].size(2)):
+        output, state = step(*(x[:, :, t] if x.dim() > 1 else x for x in inputs), state)
+        outputs.append(output)
+    return torch.stack(outputs, dim=2), state
+
+
+@pytest.mark.parametrize("scan", SCANS)
+@pytest.mark.parametrize("chunk", [1, 3, 8, 16])
+def test_the_chunked_form_equals_the_step_by_step_recurrence(scan, chunk):
+    """Over 13 tokens (no multiple of 3 or 8; 16 is longer than the text), from a zero state and from a given one."""
+    torch.manual_seed(0)
+    make_inputs, chunked, step = SCANS[scan]
+    inputs = make_inputs(13)
+    shape = chunked(*inputs, chunk)[1].shape
+    for start in (None, torch.randn(shape)):
+        expected, final = recurrence(step, inputs, torch.zeros(shape) if start is None else start)
+        outputs, state = chunked(*inputs, chunk, start)
+        torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(state, final, atol=1e-5, rtol=0)
+
+
+KERNELS = {"ssd": (mamba_ssm_scan, ssd_kernel, "mamba_ssm"), "gated_delta": (fla_rule, gated_delta_kernel, "fla")}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scan", SCANS)
+def test_the_fast_kernels_give_the_same_outputs_and_gradients(scan):
+    """On CUDA with mamba_ssm or flash-linear-attention installed, the layers use their kernels instead."""
+    available, kernel, package = KERNELS[scan]
+    if available() is None:
+        pytest.skip(f"{package} is not installed")
+    torch.manual_seed(0)
+    make_inputs, chunked, _ = SCANS[scan]
+    # 100 tokens: a chunk of 64 and a part of one; 64-wide heads, as the kernels are tuned for.
+    inputs = [t.cuda().requires_grad_() for t in make_inputs(100, 4, 64, 64)]
+    results = []
+    for run in (chunked, kernel):
+        output, state = run(*inputs, 64)
+        grads = torch.autograd.grad((output.square().sum() + state.square().sum()), inputs)
+        results.append((output, state, *grads))
+    for ours, theirs in zip(*results):
+        # The kernels multiply in TF32.
+        torch.testing.assert_close(theirs, ours, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_the_layers_are_causal(name):
+    model = make(name).eval()
+    idx = torch.randint(0, V, (1, 20))
+    changed = idx.clone()
+    changed[0, 11] = (idx[0, 11] + 1) % V
+    with torch.no_grad():
+        before, after = model(idx).logits, model(changed).logits
+    torch.testing.assert_close(before[:, :11], after[:, :11], atol=1e-5, rtol=0)
+    assert not torch.allclose(before[:, 11], after[:, 11])
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_cached_logits_equal_uncached_and_greedy_text_too(name):
+    """A prefill of 7 tokens (within a chunk of 8, then across it as the steps go on), then one token at a time."""
+    model = make(name).eval()
+    idx = torch.randint(0, V, (2, 20))
+    with torch.no_grad():
+        full = model(idx).logits
+        cache = model.new_cache()
+        stepped = [model(idx[:, :7], cache).logits] + [model(idx[:, t : t + 1], cache).logits for t in range(7, 20)]
+    assert cache.position == 20
+    torch.testing.assert_close(torch.cat(stepped, dim=1), full, atol=1e-5, rtol=0)
+    prompt = idx[:, :4]
+    cached, uncached = (torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=18, temperature=0,
+                                                                                  kv_cache=kv))), dim=1)
+                        for kv in (True, False))
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet"])
+def test_a_recurrent_model_decodes_past_block_size_in_constant_memory(name):
+    """No layer's state grows: the cache has no capacity, holds as many bytes after 3 * block_size tokens as after
+    the prompt (what describe states), and the greedy text is what the model predicts from the whole text."""
+    model = make(name).eval()
+    assert model.new_cache().capacity is None
+    idx = torch.randint(0, V, (1, 3 * model.block_size))
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(idx[:, :5], cache)
+        after_prompt = cache.nbytes()
+        for t in range(5, idx.size(1)):
+            model(idx[:, t : t + 1], cache)
+    assert cache.nbytes() == after_prompt == model.state_bytes()
+    assert f"decoding state per sequence: {model.state_bytes():,} bytes" in "\n".join(model.describe())
+    prompt = idx[:, :4]
+    new = generate(model, prompt, SamplingSettings(max_new_tokens=2 * model.block_size, temperature=0))
+    text = torch.cat([prompt, torch.stack(list(new), dim=1)], dim=1)
+    with torch.no_grad():
+        predicted = model(text[:, :-1]).logits.argmax(-1)
+    assert torch.equal(predicted[:, 3:], text[:, 4:])
+
+
+def test_a_hybrid_caches_keys_for_attention_layers_and_a_recurrent_state_for_the_others():
+    model = make("hybrid").eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, V, (1, 5)), cache)
+    assert cache.capacity == model.block_size
+    assert [type(state) for state in cache.states] == [RecurrentState, KVState]
+    assert cache.nbytes() == model.state_bytes()
+
+
+def test_the_layer_pattern_cycles_over_the_layers():
+    config = ZOO["hybrid"]()
+    config.n_layer, config.layer_pattern = 5, ["mamba2", "gated_deltanet", "attention"]
+    config.ssm_head_dim = 16
+    model = config.build()
+    assert [model.layer_kind(i) for i in range(5)] == ["mamba2", "gated_deltanet", "attention", "mamba2",
+                                                       "gated_deltanet"]
+    assert [type(block.attn).__name__ for block in model.transformer.h] == ["Mamba2", "GatedDeltaNet", "Attention",
+                                                                            "Mamba2", "GatedDeltaNet"]
+
+
+# Mamba-2's sizing also picks its head width: a longer search.
+@pytest.mark.parametrize("name", [pytest.param("mamba2", marks=pytest.mark.slow), "hybrid"])
+def test_target_params_sizes_recurrent_models(name):
+    config = ZOO[name]()
+    config.target_params = 200_000
+    with torch.device("meta"):
+        active = sized(config).build().parameter_counts().active
+    assert abs(active - 200_000) <= 0.05 * 200_000
+
+
+def test_gated_deltanet_layer_equals_olmo_hybrids_with_and_without_its_cache():
+    """OLMo-Hybrid's GatedDeltaNet holds the same weights under the same names; its own cache decodes alike."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
+
+    ours = make("gated_deltanet").eval().transformer.h[0].attn
+    config = transformers.OlmoHybridConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=32,
+        linear_allow_neg_eigval=False, vocab_size=V)
+    theirs = OlmoHybridGatedDeltaNet(config, layer_idx=0).eval()
+    weights = {name.replace("c_proj", "o_proj"): tensor for name, tensor in ours.state_dict().items()
+               if name != "c_attn.weight"}
+    weights |= dict(zip(("q_proj.weight", "k_proj.weight", "v_proj.weight"), ours.c_attn.weight.split([32, 32, 64])))
+    theirs.load_state_dict(weights)
+    x = torch.randn(2, 11, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
+        cache = transformers.DynamicCache(config=config)
+        mine = make("gated_deltanet").new_cache()
+        for piece in (x[:, :6], x[:, 6:7], x[:, 7:8]):
+            torch.testing.assert_close(theirs(piece, cache=cache), ours(piece, mine, 0), atol=1e-5, rtol=0)
+            mine.advance(piece.size(1))
+
+
+def test_the_recurrence_keeps_float32_under_bf16_autocast():
+    """A state summed over many tokens would lose its small updates in bf16; the layers still run under autocast."""
+    model = make("hybrid").eval()
+    cache = model.new_cache()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        for piece in torch.randint(0, V, (1, 10)).split([9, 1], dim=1):
+            assert model(piece, cache).logits.isfinite().all()
+    assert cache.states[0].recurrent.dtype == torch.float32
