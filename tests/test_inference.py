@@ -122,7 +122,6 @@ def test_describe_prints_the_full_hyper_parameters(trained):
     assert "architecture: lmzoo.models.transformer.TransformerConfig" in out and "  positions: rope" in out
     assert all(line in out for line in ("  n_layer: 2", "  n_embd: 32", "  block_size: 32", "  warmup_steps: 2"))
     assert "global_step: 20" in out and "KV cache at block_size 32 in fp32: 512 B per token" in out
-    assert "decoding state per sequence: " in out
 
 
 def test_plot_draws_the_scalars_of_the_event_files(trained, tmp_path):

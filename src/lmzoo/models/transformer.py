@@ -357,8 +357,9 @@ class Transformer(LanguageModel):
                             for kind in c.layer_pattern)
         per_token = 4 * self.cache_values(c.block_size) / c.block_size
         standard = 4 * 2 * c.n_layer * c.n_embd
-        grows = ", the same at any length" if self.new_cache().capacity is None else ""
-        lines.append(f"decoding state per sequence: {self.state_bytes():,} bytes at {c.block_size} tokens{grows}")
+        if any(c.mixer(layer) not in ATTENTION_MIXERS for layer in range(c.n_layer)):
+            grows = ", the same at any length" if self.new_cache().capacity is None else ""
+            lines.append(f"decoding state per sequence: {self.state_bytes():,} bytes at {c.block_size} tokens{grows}")
         return lines + [
             f"attention: {c.attention}{options[c.attention]}{', qk_norm' if c.qk_norm else ''}; layers: {pattern}",
             f"KV cache at block_size {c.block_size} in fp32: {per_token:,.0f} B per token (multi-head attention of "
