@@ -65,10 +65,11 @@ def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
     assert len(adapted_layers(mlp)) == 3
     # A recurrent mixer's input projection is its qkv target, its output projection its proj target.
     mamba2 = LoRA(r=2, targets=["qkv", "proj"]).apply(make("mamba2"))
-    assert adapted_layers(mamba2) == {f"transformer.h.{layer}.attn.{linear}" for layer in range(2)
+    assert adapted_layers(mamba2) == {f"transformer.h.{layer}.attn.{linear}" for layer in range(mamba2.config.n_layer)
                                       for linear in ("in_proj", "c_proj")}
+    # Gated DeltaNet's q, k and v come from one projection, c_attn, as attention's do.
     hybrid = LoRA(r=2, targets=["qkv"]).apply(make("hybrid"))
-    assert adapted_layers(hybrid) == {"transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"}
+    assert adapted_layers(hybrid) == {f"transformer.h.{layer}.attn.c_attn" for layer in range(hybrid.config.n_layer)}
 
 
 @pytest.mark.parametrize("name, targets, message", [
@@ -79,6 +80,9 @@ def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
     ("mlp", ["qkv"], r"LoRA target 'qkv' matches no layer of MLPLanguageModel; choose finetune.targets from "
                      r"\['head', 'hidden'\]"),
     ("bigram", ["qkv"], r"LoRA target 'qkv' matches no layer of Bigram; LoRA cannot adapt it"),
+    # Mamba-2's blocks have no MLP: the default targets name one.
+    ("mamba2", ["qkv", "proj", "mlp"], r"LoRA target 'mlp' matches no layer of Transformer; choose finetune.targets "
+                                       r"from \['proj', 'qkv'\]"),
 ])
 def test_a_target_that_matches_nothing_is_one_line_naming_the_valid_ones(name, targets, message):
     model = make(name)

@@ -2,9 +2,11 @@
 the layers are causal, decoding with their state equals reading the whole text, the state stays the same size
 however long the text, and each layer equals the published implementation."""
 
+import dataclasses
+
 import pytest
 import torch
-from helpers import RECURRENT, V, ZOO, make
+from helpers import BLOCK, PRESETS, V, make, tiny_config
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models.base import sized
@@ -12,7 +14,20 @@ from lmzoo.models.cache import KVState
 from lmzoo.models.gated_deltanet import (fla_rule, gated_delta_chunked, gated_delta_kernel, gated_delta_step,
                                          l2_normalized)
 from lmzoo.models.mamba2 import mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
+from lmzoo.models.presets import preset
 from lmzoo.models.recurrent import RecurrentState
+from lmzoo.models.transformer import ATTENTION_MIXERS
+
+# The presets with a recurrent layer, and those of them with no attention layer, from conf/model/.
+RECURRENT = [name for name in PRESETS if set(preset(name).settings.get("layer_pattern", ())) - set(ATTENTION_MIXERS)]
+ONLY_RECURRENT = [name for name in RECURRENT if not set(preset(name).settings["layer_pattern"]) & set(ATTENTION_MIXERS)]
+
+
+def chunked_model(name: str, chunk: int = 8):
+    """Preset `name`'s tiny model (helpers.tiny_config), seeded, with chunks of `chunk` tokens: over BLOCK tokens
+    the scans pass their state from chunk to chunk."""
+    torch.manual_seed(0)
+    return dataclasses.replace(tiny_config(name), chunk_size=chunk).build().eval()
 
 
 def ssd_inputs(T: int, heads: int = 4, width: int = 4, state: int = 5):
@@ -80,36 +95,24 @@ def test_the_fast_kernels_give_the_same_outputs_and_gradients(scan):
 
 
 @pytest.mark.parametrize("name", RECURRENT)
-def test_the_layers_are_causal(name):
-    model = make(name).eval()
-    idx = torch.randint(0, V, (1, 20))
-    changed = idx.clone()
-    changed[0, 11] = (idx[0, 11] + 1) % V
-    with torch.no_grad():
-        before, after = model(idx).logits, model(changed).logits
-    torch.testing.assert_close(before[:, :11], after[:, :11], atol=1e-5, rtol=0)
-    assert not torch.allclose(before[:, 11], after[:, 11])
-
-
-@pytest.mark.parametrize("name", RECURRENT)
 def test_cached_logits_equal_uncached_and_greedy_text_too(name):
     """A prefill of 7 tokens (within a chunk of 8, then across it as the steps go on), then one token at a time."""
-    model = make(name).eval()
-    idx = torch.randint(0, V, (2, 20))
+    model = chunked_model(name)
+    idx = torch.randint(0, V, (2, BLOCK))
     with torch.no_grad():
         full = model(idx).logits
         cache = model.new_cache()
-        stepped = [model(idx[:, :7], cache).logits] + [model(idx[:, t : t + 1], cache).logits for t in range(7, 20)]
-    assert cache.position == 20
+        stepped = [model(idx[:, :7], cache).logits] + [model(idx[:, t : t + 1], cache).logits for t in range(7, BLOCK)]
+    assert cache.position == BLOCK
     torch.testing.assert_close(torch.cat(stepped, dim=1), full, atol=1e-5, rtol=0)
     prompt = idx[:, :4]
-    cached, uncached = (torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=18, temperature=0,
+    cached, uncached = (torch.stack(list(generate(model, prompt, SamplingSettings(max_new_tokens=BLOCK - 4, temperature=0,
                                                                                   kv_cache=kv))), dim=1)
                         for kv in (True, False))
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet"])
+@pytest.mark.parametrize("name", ONLY_RECURRENT)
 def test_a_recurrent_model_decodes_past_block_size_in_constant_memory(name):
     """No layer's state grows: the cache has no capacity, holds as many bytes after 3 * block_size tokens as after
     the prompt (what describe states), and the greedy text is what the model predicts from the whole text."""
@@ -141,14 +144,16 @@ def test_a_hybrid_caches_keys_for_attention_layers_and_a_recurrent_state_for_the
     with torch.no_grad():
         model(torch.randint(0, V, (1, 5)), cache)
     assert cache.capacity == model.block_size
-    assert [type(state) for state in cache.states] == [RecurrentState, KVState]
+    kinds = [model.config.mixer(layer) for layer in range(model.config.n_layer)]
+    assert {"attention", "gated_deltanet"} <= set(kinds)
+    assert [type(state) for state in cache.states] == [KVState if kind in ATTENTION_MIXERS else RecurrentState
+                                                       for kind in kinds]
     assert cache.nbytes() == model.state_bytes()
 
 
 def test_the_layer_pattern_cycles_over_the_layers():
-    config = ZOO["hybrid"]()
-    config.n_layer, config.layer_pattern = 5, ["mamba2", "gated_deltanet", "attention"]
-    config.ssm_head_dim = 16
+    config = dataclasses.replace(tiny_config("hybrid"), n_layer=5, layer_pattern=["mamba2", "gated_deltanet",
+                                                                                 "attention"])
     model = config.build()
     assert [model.config.mixer(i) for i in range(5)] == ["mamba2", "gated_deltanet", "attention", "mamba2",
                                                        "gated_deltanet"]
@@ -159,8 +164,7 @@ def test_the_layer_pattern_cycles_over_the_layers():
 # Mamba-2's sizing also picks its head width: a longer search.
 @pytest.mark.parametrize("name", [pytest.param("mamba2", marks=pytest.mark.slow), "hybrid"])
 def test_target_params_sizes_recurrent_models(name):
-    config = ZOO[name]()
-    config.target_params = 200_000
+    config = dataclasses.replace(tiny_config(name), target_params=200_000)
     with torch.device("meta"):
         active = sized(config).build().parameter_counts().active
     assert abs(active - 200_000) <= 0.05 * 200_000
@@ -171,21 +175,24 @@ def test_gated_deltanet_layer_equals_olmo_hybrids_with_and_without_its_cache():
     transformers = pytest.importorskip("transformers")
     from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
 
-    ours = make("gated_deltanet").eval().transformer.h[0].attn
+    model = make("gated_deltanet").eval()
+    ours, dim = model.transformer.h[0].attn, model.config.n_embd
+    heads, keys, values = ours.n_head, ours.key_dim, ours.value_dim
     config = transformers.OlmoHybridConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, layer_types=["linear_attention", "full_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=32,
-        linear_allow_neg_eigval=False, vocab_size=V)
+        hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads,
+        layer_types=["linear_attention", "full_attention"], linear_num_key_heads=heads, linear_num_value_heads=heads,
+        linear_key_head_dim=keys, linear_value_head_dim=values, linear_allow_neg_eigval=False, vocab_size=V)
     theirs = OlmoHybridGatedDeltaNet(config, layer_idx=0).eval()
     weights = {name.replace("c_proj", "o_proj"): tensor for name, tensor in ours.state_dict().items()
                if name != "c_attn.weight"}
-    weights |= dict(zip(("q_proj.weight", "k_proj.weight", "v_proj.weight"), ours.c_attn.weight.split([32, 32, 64])))
+    weights |= dict(zip(("q_proj.weight", "k_proj.weight", "v_proj.weight"),
+                        ours.c_attn.weight.split([heads * keys, heads * keys, heads * values])))
     theirs.load_state_dict(weights)
-    x = torch.randn(2, 11, 32)
+    x = torch.randn(2, 11, dim)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
         cache = transformers.DynamicCache(config=config)
-        mine = make("gated_deltanet").new_cache()
+        mine = model.new_cache()
         for piece in (x[:, :6], x[:, 6:7], x[:, 7:8]):
             torch.testing.assert_close(theirs(piece, cache=cache), ours(piece, mine, 0), atol=1e-5, rtol=0)
             mine.advance(piece.size(1))

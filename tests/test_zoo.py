@@ -165,11 +165,13 @@ def test_each_lora_target_adapts_linears_and_the_adapted_model_starts_as_its_bas
         with pytest.raises(UserError, match="^LoRA target 'qkv' matches no layer of .*; LoRA cannot adapt it$"):
             LoRA(targets=["qkv"]).apply(model)
         return
-    assert all(matching_linears(model, patterns) for patterns in declared.values())
+    # A target may match nothing in a preset's options (Mamba-2's blocks have no MLP); the others adapt linears.
+    present = [target for target, patterns in sorted(declared.items()) if matching_linears(model, patterns)]
+    assert present
     idx = torch.randint(0, V, (2, BLOCK))
     with torch.no_grad():
         before = model(idx).logits
-        LoRA(r=2, alpha=4, targets=sorted(declared)).apply(model)
+        LoRA(r=2, alpha=4, targets=present).apply(model)
         assert torch.equal(model(idx).logits, before)
     adapted = [m for m in model.modules() if isinstance(m, LoRALinear)]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -189,7 +191,8 @@ def test_export_writes_a_model_that_gives_the_same_logits(tmp_path, name):
     with torch.no_grad():
         expected = model(idx).logits
         torch.testing.assert_close(reloaded(idx).logits, expected, atol=1e-6, rtol=0)
-    if message.startswith(f"{type(model).__name__} has no transformers class"):
+    # "Transformer in these options has no transformers class" where other options of its class have one.
+    if message.startswith(type(model).__name__) and "has no transformers class" in message:
         assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
         return
     transformers = pytest.importorskip("transformers")

