@@ -12,25 +12,19 @@ median step is reported. Models are timed in turn within each round, the best of
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from lmzoo.models import TransformerConfig
+from lmzoo.models import TransformerConfig, preset_config
 from lmzoo.models.base import sized
 from lmzoo.models.cache import KVState
 
 MODELS = ("gpt_rope", "mamba2", "gated_deltanet", "hybrid")
 VOCAB = 65
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
 def preset(name: str, block_size: int, target: float | None = None) -> TransformerConfig:
-    fields = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    fields.pop("_target_")
-    fields.update(block_size=block_size, vocab_size=VOCAB, target_params=target)
-    return sized(TransformerConfig(**fields))
+    return sized(preset_config(name, block_size=block_size, vocab_size=VOCAB, target_params=target))
 
 
 def step_seconds(model, batch: int, block: int) -> float:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import BLOCK, PRESETS, V, make, tiny_config
+from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_config
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models.base import sized
@@ -68,6 +68,9 @@ def test_the_chunked_form_equals_the_step_by_step_recurrence(scan, chunk):
         outputs, state = chunked(*inputs, chunk, start)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=0)
         torch.testing.assert_close(state, final, atol=1e-5, rtol=0)
+        # Training keeps no final state: the last chunk's update is skipped, the outputs the same.
+        unkept, none = chunked(*inputs, chunk, start, final_state=False)
+        assert none is None and torch.equal(unkept, outputs)
 
 
 KERNELS = {"ssd": (mamba_ssm_scan, ssd_kernel, "mamba_ssm"), "gated_delta": (fla_rule, gated_delta_kernel, "fla")}
@@ -92,6 +95,14 @@ def test_the_fast_kernels_give_the_same_outputs_and_gradients(scan):
     for ours, theirs in zip(*results):
         # The kernels multiply in TF32.
         torch.testing.assert_close(theirs, ours, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_flops_per_token_equal_pytorchs_count_over_several_chunks(name):
+    """The zoo's test reads one chunk; over 3 chunks of 8 the state is read in every chunk but the first and
+    updated in every one but the last."""
+    model = chunked_model(name)
+    assert model.flops_per_token(BLOCK) == counted_flops_per_token(model, torch.randint(0, V, (3, BLOCK)))
 
 
 @pytest.mark.parametrize("name", RECURRENT)

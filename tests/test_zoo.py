@@ -7,10 +7,9 @@ helpers.TINY_WIDTH through its config's with_width: a new conf/model/NAME.yaml i
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import BLOCK, PRESETS, TINY_WIDTH, V, compose_train, compose_zoo, make, tiny_config, tiny_overrides
+from helpers import (BLOCK, PRESETS, TINY_WIDTH, V, compose_train, compose_zoo, counted_flops_per_token, make,
+                     tiny_config, tiny_overrides)
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.checkpoints.export import export_checkpoint
@@ -121,17 +120,6 @@ def test_past_the_context_the_sliding_cache_gives_the_text_of_its_window(name):
             logits = model(torch.tensor([context[start:]])).logits[0, -1]
             context.append(int(logits.argmax()))
     assert len(text) == new and text == tokenizer.decode(context[len(prompt):])
-
-
-def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float:
-    """PyTorch's count of one training step's FLOPs (forward and backward), per token. Attention runs on SDPA's
-    math backend, the one FlopCounterMode has formulas for on CPU."""
-    model.train()
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        output = model(tokens)
-        loss = F.cross_entropy(output.logits.flatten(0, 1), tokens.flatten())
-        (loss if output.aux_loss is None else loss + output.aux_loss).backward()
-    return counter.get_total_flops() / tokens.numel()
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.presets import model_overrides, preset_names, resized
@@ -65,6 +68,17 @@ def make(name: str, seed: int = 0) -> LanguageModel:
 def tiny_overrides(name: str) -> list[str]:
     """The command-line overrides that shrink `model=NAME` as tiny_config does."""
     return model_overrides(*shrunk_preset(name))
+
+
+def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float:
+    """PyTorch's count of one training step's FLOPs (forward and backward), per token. Attention runs on SDPA's
+    math backend, the one FlopCounterMode has formulas for on CPU."""
+    model.train()
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        output = model(tokens)
+        loss = F.cross_entropy(output.logits.flatten(0, 1), tokens.flatten())
+        (loss if output.aux_loss is None else loss + output.aux_loss).backward()
+    return counter.get_total_flops() / tokens.numel()
 
 
 def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):

@@ -35,8 +35,10 @@ class ShortConv(nn.Conv1d):
         # A sum of shifted products rather than F.conv1d: per-channel work like a norm's, which FlopCounterMode
         # leaves uncounted where it counts a grouped convolution's backward as a dense one.
         taps = self.weight[:, 0]
-        y = sum(x[:, tap : tap + T] * taps[:, tap] for tap in range(keep + 1))
-        return y if self.bias is None else y + self.bias
+        y = x[:, :T] * taps[:, 0] if self.bias is None else torch.addcmul(self.bias, x[:, :T], taps[:, 0])
+        for tap in range(1, keep + 1):
+            y = y.addcmul(x[:, tap : tap + T], taps[:, tap])
+        return y
 
 
 class GatedRMSNorm(nn.Module):
