@@ -49,8 +49,8 @@ class TransformerConfig(ModelConfig):
     # The embedding table and head are padded to a multiple of this for fast matmuls.
     pad_vocab_to: int = 64
     # The sequence mixer of each layer, cycled over n_layer (layer i: layer_pattern[i % len]), from MIXERS:
-    # "attention" (full causal attention, with the options below) or "local_attention" (the same over a
-    # sliding window of `window` tokens).
+    # "attention" (full causal attention, with the options below), "local_attention" (the same over a sliding
+    # window of `window` tokens), "mamba2" or "gated_deltanet" (recurrent mixers, with the knobs below).
     layer_pattern: list[str] = dataclasses.field(default_factory=lambda: ["attention"])
     # The tokens a local_attention query sees, itself included.
     window: int | None = None
