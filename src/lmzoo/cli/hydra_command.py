@@ -254,8 +254,10 @@ class RunFolderLock(Callback):
     # What this process holds; released when the command ends, however it ends (hydra_command's main).
     held = contextlib.ExitStack()
 
-    def __init__(self, hold: bool = True):
+    def __init__(self, hold: bool = True, one_sweep: bool = True):
         self.hold = hold
+        # Whether a sweep folder holds one sweep (train's); a tune continues in its folder by design.
+        self.one_sweep = one_sweep
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         folder = OmegaConf.select(config, "hydra.run.dir")
@@ -266,7 +268,7 @@ class RunFolderLock(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         folder = OmegaConf.select(config, "hydra.sweep.dir")
         overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-        self.take(folder, "hydra.sweep.dir", lambda: check_sweep_folder(Path(folder), overrides))
+        self.take(folder, "hydra.sweep.dir", lambda: self.one_sweep and check_sweep_folder(Path(folder), overrides))
 
     def take(self, folder: str, key: str, check) -> None:
         """Hold `folder`, then `check` that this command may write into it."""
