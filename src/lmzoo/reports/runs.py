@@ -244,6 +244,18 @@ def pool(runs: list[RunFolder]) -> list[Setting]:
     return list(settings.values())
 
 
+# Settings a run resolves from "auto" as it starts (lmzoo.training.acceleration): a job that failed before then
+# keeps "auto" in its config, which is no difference from the runs that resolved it.
+RESOLVED_AT_START = ("trainer.precision", "compile")
+
+
+def differs(key: str, configs: list[dict]) -> bool:
+    values = {json.dumps(config.get(key), default=str) for config in configs}
+    if key in RESOLVED_AT_START:
+        values.discard(json.dumps("auto"))
+    return len(values) > 1
+
+
 def label(setting: Setting, settings: list[Setting]) -> str:
     """The setting's model; where other settings have that model too, with the keys in which they differ,
     `gpt (optim.lr=0.003)`. A run without a config, or without a model (it failed early), is named by its folder."""
@@ -251,6 +263,5 @@ def label(setting: Setting, settings: list[Setting]) -> str:
     if setting.config is None or model is None:
         return f"{model} ({setting.runs[0].name})" if model else setting.runs[0].name
     siblings = [s.config for s in settings if s.config is not None and s.model == model]
-    differing = sorted(key for key in set().union(*siblings)
-                       if len({json.dumps(sibling.get(key), default=str) for sibling in siblings}) > 1)
+    differing = sorted(key for key in set().union(*siblings) if differs(key, siblings))
     return model + (f" ({', '.join(f'{key}={setting.config.get(key)}' for key in differing)})" if differing else "")
