@@ -10,7 +10,7 @@ Under OUT (default .gpu-data/ in the checkout):
 - shared/: what the tests read (LMZOO_SHARED=OUT/shared): data/tinyshakespeare.txt and the tiktoken cache;
 - nanogpt/: train.py, model.py and configurator.py of a nanoGPT checkout (--nanogpt DIR), nothing else of it;
 - wheels/: lmzoo and the packages it needs that the GPU machine lacks (hydra-core, omegaconf and its antlr4
-  runtime), built by pip from the versions installed here (--wheels).
+  runtime, pytest-xdist and execnet), built by pip from the versions installed here (--wheels).
 """
 
 import argparse
@@ -27,7 +27,8 @@ from hydra.utils import instantiate
 CORPORA = ["tinyshakespeare.txt", "tinystories-valid.txt", "hongloumeng.txt"]
 NANOGPT_FILES = ["train.py", "model.py", "configurator.py"]
 # What lmzoo needs beyond the GPU machine's own packages (torch, lightning, tiktoken, tensorboard, numpy, ...).
-MISSING_THERE = ["hydra-core", "omegaconf", "antlr4-python3-runtime"]
+# pytest-xdist (and its execnet): pyproject's addopts give pytest -n.
+MISSING_THERE = ["hydra-core", "omegaconf", "antlr4-python3-runtime", "pytest-xdist", "execnet"]
 
 
 def corpus_overrides(out: Path) -> list[str]:
