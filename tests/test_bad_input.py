@@ -132,6 +132,11 @@ CASES = [
      "tune.search.optim.lr must be a range [low, high] with low < high", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_key", "+tune.search.optim.lrr=[1e-4,1e-2]"],
      "tune.search.optim.lrr: the config has no key optim.lrr", []),
+    # A mistake every trial would make stops the tune before its first trial.
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_data", "data.path={tmp}/missing.txt"],
+     "data file '{tmp}/missing.txt' does not exist", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_trainer", "trainer.max_steps=-5"],
+     "trainer.max_steps must be a positive integer, got -5", []),
     ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
     ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
     ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",

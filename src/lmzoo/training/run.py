@@ -213,8 +213,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None,
     a config describes, with `callbacks` added to its own; with `ckpt_path`, checked to resume that checkpoint
     before anything is written."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
-    datamodule.prepare_data()
+    datamodule = prepared_data(cfg)
     tokenizer = datamodule.meta.tokenizer
     finetune = None
     config = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
@@ -271,6 +270,13 @@ def with_length(cfg: DictConfig, length: RunLength) -> None:
     cfg.trainer.val_check_interval = length.val_check_interval
     if length.max_time:
         cfg.trainer.max_time = length.max_time
+
+
+def prepared_data(cfg: DictConfig) -> TokenDataModule:
+    """The datamodule of cfg.data, its bins prepared (or found prepared)."""
+    datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
+    datamodule.prepare_data()
+    return datamodule
 
 
 def build_model(config):
@@ -334,18 +340,24 @@ def check_before_preparing(cfg: DictConfig, budgeted: bool) -> None:
         instantiate(cfg.optim)
 
 
+def check_settings(cfg: DictConfig) -> dict | None:
+    """The settings' own mistakes, found before anything is written or prepared; cfg takes its tuned values
+    (tuned=PATH), which are returned."""
+    RunSettings.of(cfg)
+    tuned = apply_tuned(cfg)
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
+    check_before_preparing(cfg, bool(Budget(**cfg.budget).given()))
+    return tuned
+
+
 def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
     """Train as configured, with `callbacks` beside the config's; return the best checkpoint path and validation
     loss."""
     log_each_line_once()
-    RunSettings.of(cfg)
-    tuned = apply_tuned(cfg)
-    budgeted = bool(Budget(**cfg.budget).given())
-    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
-    check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
+    tuned = check_settings(cfg)
     check_folder_is_this_runs(Path(cfg.paths.output_dir), Path(cfg.callbacks.model_checkpoint.dirpath), cfg.resume,
                               cfg.ckpt_path, "hydra.run.dir" if HydraConfig.initialized() else "paths.output_dir")
-    check_before_preparing(cfg, budgeted)
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path, callbacks)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError, check_field_types
 from lmzoo.files import write_atomically
-from lmzoo.training.run import train
+from lmzoo.training.run import check_settings, prepared_data, train
 
 STUDY = "study.db"
 TRIALS = "trials.json"
@@ -117,9 +117,13 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     for key in settings.search:
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
+    # A mistake of the config or the data fails every trial alike: found once, before the first.
+    check_settings(copy.deepcopy(cfg))
+    prepared_data(cfg)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
                                 direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed),
                                 pruner=pruner)
@@ -143,11 +147,17 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
         OmegaConf.update(trial_cfg, space.key, space.suggest(trial))
     trial_cfg.paths.output_dir = str(folder / TRIALS_DIR / str(trial.number))
     report = ReportToTrial(trial)
-    result = train(trial_cfg, callbacks=(report,))
+    try:
+        result = train(trial_cfg, callbacks=(report,))
+        if not report.pruned and not math.isfinite(result["best_val_loss"]):
+            raise UserError("it never validated")
+    except UserError as error:
+        values = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in trial.params.items())
+        print(f"trial {trial.number} ({values}) failed: {error}", flush=True)
+        raise
     if report.pruned:
         raise optuna.TrialPruned()
-    if not math.isfinite(result["best_val_loss"]):
-        raise UserError(f"trial {trial.number} never validated")
     return result["best_val_loss"]
 
 
