@@ -39,12 +39,14 @@ def build_text(megabytes: int) -> Path:
 
 
 def run_lmzoo(path: Path, tokenizer: str, workers: int) -> dict:
-    from lmzoo.data import prepare
+    import shutil
 
-    data_dir = WORKDIR / f"bins-{path.stem}"
-    for stale in data_dir.glob("*"):
-        stale.unlink()
-    meta = prepare(data_dir, {"kind": "tiktoken", "name": tokenizer}, path=str(path), workers=workers, progress=False)
+    from lmzoo.data import DataConfig, prepare
+
+    config = DataConfig(name=f"bins-{path.stem}", root=str(WORKDIR), tokenizer={"kind": "tiktoken", "name": tokenizer},
+                        path=str(path), prepare_workers=workers)
+    shutil.rmtree(config.data_dir, ignore_errors=True)
+    meta = prepare(config, progress=False)
     return {"tokens": sum(split.tokens for split in meta.splits.values())}
 
 
