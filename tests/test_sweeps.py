@@ -3,6 +3,7 @@ parallel (hydra/launcher=parallel) and through submitit (hydra/launcher=submitit
 
 import importlib
 import json
+import math
 import shlex
 import sqlite3
 import sys
@@ -44,6 +45,23 @@ def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_pat
     assert json.loads((folder / "trials.json").read_text())["trials"][3]["value"] == study.trials[3].value
     with sqlite3.connect(folder / "study.db") as db:
         assert db.execute("select count(*) from trials").fetchone() == (4,)
+
+
+def test_the_first_trials_spread_over_the_whole_range_then_tpe_takes_over(tmp_path, monkeypatch):
+    """Four random draws may all miss a decade: the first trials put one learning rate in each quarter of the
+    log-range, the middle of each, and later trials come from TPE."""
+    folder = tmp_path / "tune"
+    cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, "trainer.max_steps=2", "model=bigram",
+                         f"paths.output_dir={folder}")
+    settings = TuneSettings(folder=str(folder), trials=5, seed=0, search={"optim": {"lr": [1e-4, 1e-0]}},
+                            prune_after=None, final_seeds=3, final=[])
+    folder.mkdir()
+    monkeypatch.setattr("lmzoo.training.tune.STARTUP_TRIALS", 4)
+    study = tune_model(cfg, settings, "bigram", folder)
+    assert sorted(math.log10(trial.params["optim.lr"]) for trial in study.trials[:4]) == pytest.approx(
+        [-3.5, -2.5, -1.5, -0.5])
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 5
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
 
 
 def test_a_best_value_at_the_edge_of_its_range_is_named_with_the_range_to_search():

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import math
+import random
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,8 @@ from lmzoo.training.run import check_settings, prepared_data, train
 STUDY = "study.db"
 TRIALS = "trials.json"
 TRIALS_DIR = "trials"
+# Trials spread evenly over the search space (spread) before TPE takes over.
+STARTUP_TRIALS = 8
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -80,8 +83,29 @@ class Space:
             return trial.suggest_int(self.key, int(self.low), int(self.high))
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
+    def at(self, fraction: float):
+        """The value `fraction` of the way through the range (on its scale), or through the choices."""
+        if self.choices is not None:
+            return self.choices[int(fraction * len(self.choices))]
+        if self.log:
+            return math.exp(math.log(self.low) + fraction * (math.log(self.high) - math.log(self.low)))
+        value = self.low + fraction * (self.high - self.low)
+        return round(value) if self.integer else value
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def spread(search: dict, count: int, seed: int) -> list[dict]:
+    """`count` settings that cut each key's range into `count` equal parts and take the middle of each, the keys
+    paired at random (a Latin hypercube). Optuna's samplers start at random, and a few random draws may all miss
+    a decade; these bracket an optimum from the first trials."""
+    rng = random.Random(seed)
+    columns = {}
+    for key, space in search.items():
+        columns[key] = [space.at((part + 0.5) / count) for part in range(count)]
+        rng.shuffle(columns[key])
+    return [{key: column[trial] for key, column in columns.items()} for trial in range(count)]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -125,13 +149,17 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
-                                direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed),
-                                pruner=pruner)
+                                direction="minimize", pruner=pruner)
     # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
-    # killed with the tune. It fails, and runs again first with the same values.
+    # killed with the tune. It fails, and runs again with the same values.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params)
+    startup = min(settings.trials, STARTUP_TRIALS)
+    if not study.trials:
+        for values in spread(settings.search, startup, settings.seed):
+            study.enqueue_trial(values)
+    study.sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
