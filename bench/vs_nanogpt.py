@@ -4,6 +4,8 @@
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 3 --max-iters 2000 --sample-pairs 5
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 1 --max-iters 20 --eval-interval 10 --sample-pairs 1  # smoke
     python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --pairs 3 --max-iters 200 --sample-pairs 0
+    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --pairs 3 --max-iters 600 --sample-pairs 0
+    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.activation=gelu_erf --pairs 3 --max-iters 600
 
 `--config cpu` (the default) is nanoGPT's README CPU command, below. `--config shakespeare` is its
 config/train_shakespeare_char.py as that file says to run it on a CPU (`--device=cpu --compile=False`): 6 layers,
@@ -11,6 +13,10 @@ config/train_shakespeare_char.py as that file says to run it on a CPU (`--device
 iteration (`--eval-interval` defaults to `--max-iters` there); lmzoo trains the same model with its defaults for
 everything else, `trainer.precision=auto` and `compile=auto` included (bf16 on a CPU with AMX at this width).
 The CPU's model name and its `amx_bf16` and `avx512_bf16` flags are printed first: record them beside the numbers.
+
+`--as-typed` trains lmzoo's `model=gpt` as a user types it with nanoGPT's sizes: GPT-2's biases, tanh GELU,
+padded vocabulary and untied head, not nanoGPT's model (so the same-text evaluation, which loads nanoGPT's
+weights into lmzoo's model, is skipped). `--lmzoo KEY=VALUE ...` adds overrides to lmzoo's command.
 
 Nothing of nanoGPT is part of lmzoo: DIR is copied into a temporary folder, its data folder gets
 tinyshakespeare from ../shared (so its prepare.py downloads nothing) and its own prepare.py writes its bins.
@@ -75,6 +81,8 @@ CONFIGS = {
                      *(override for override in LMZOO_RUN if not override.startswith(("block_size", "data."))),
                      "block_size=256", "data.batch_size=64", "data.val_batches=40"], 256, None),
 }
+# The overrides that make lmzoo's gpt nanoGPT's model; --as-typed leaves them out.
+NANOGPT_MODEL_CHOICES = ("model.tie_embeddings", "model.bias", "model.activation", "model.pad_vocab_to")
 SAMPLE = {"max_new_tokens": 500, "top_k": 200, "temperature": 0.8}
 
 
@@ -113,8 +121,14 @@ def main():
                         help="iterations between evaluations (default: 250 for --config cpu, --max-iters for shakespeare)")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu",
                         help="nanoGPT's README CPU run, or its Shakespeare (GPU) config on the CPU")
+    parser.add_argument("--as-typed", action="store_true",
+                        help="lmzoo's model=gpt as it comes with nanoGPT's sizes, not nanoGPT's model")
+    parser.add_argument("--lmzoo", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of lmzoo's command")
     args = parser.parse_args()
     nanogpt_args, lmzoo_args, context, default_interval = CONFIGS[args.config]
+    if args.as_typed:
+        lmzoo_args = [arg for arg in lmzoo_args if not arg.startswith(NANOGPT_MODEL_CHOICES)]
+    lmzoo_args = [*lmzoo_args, *args.lmzoo]
     if args.pairs < 1 or args.sample_pairs < 0:
         sys.exit("error: --pairs must be >= 1 and --sample-pairs >= 0")
 
@@ -145,16 +159,19 @@ def main():
                        "device=cpu", "num_samples=1", *(f"{k}={v}" for k, v in SAMPLE.items())], work),
         }
         print(f"CPU: {cpu_description()}")
+        print(f"lmzoo: {' '.join(lmzoo_args)}")
         print(f"config {args.config}; load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s) each; "
               f"{iters} iterations")
         train = measure(commands, args.pairs, env, "train", val_loss)
-        same_text = same_text_losses(work / "out-nanogpt" / "ckpt.pt", nanogpt / "data" / "shakespeare_char",
-                                     work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data", context)
+        same_text = None if args.as_typed else same_text_losses(
+            work / "out-nanogpt" / "ckpt.pt", nanogpt / "data" / "shakespeare_char",
+            work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data", context)
         sample = measure(samplers, args.sample_pairs, env, "sample", None) if args.sample_pairs else None
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         report("train", train)
-        print("val loss of the final checkpoints on every token of the same validation text: "
-              + ", ".join(f"{name} {loss:.4f}" for name, loss in same_text.items()))
+        if same_text:
+            print("val loss of the final checkpoints on every token of the same validation text: "
+                  + ", ".join(f"{name} {loss:.4f}" for name, loss in same_text.items()))
         if sample:
             report("sample", sample)
 
