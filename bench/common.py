@@ -7,7 +7,7 @@ composed directly, whichever copy of lmzoo the Python environment has installed.
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -31,8 +31,9 @@ NANOGPT_CPU = [
 
 
 def compose_train(overrides: list[str]):
-    """The checkout's `train` config with `overrides`."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    """The installed lmzoo's `train` config with `overrides` (the package lmzoo.conf, whose import registers the
+    architectures' nodes that the presets extend; the conf folder read as files would lack them)."""
+    with initialize_config_module(config_module="lmzoo.conf", version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
