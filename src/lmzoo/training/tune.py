@@ -148,18 +148,18 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    startup = min(settings.trials, STARTUP_TRIALS)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
-                                direction="minimize", pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup))
+                                direction="minimize", pruner=pruner)
     # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
     # killed with the tune. It fails, and runs again with the same values.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params)
+    startup = min(settings.trials, STARTUP_TRIALS)
     if not study.trials:
         for values in spread(settings.search, startup, settings.seed):
             study.enqueue_trial(values)
+    study.sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
     if left > 0:
