@@ -176,6 +176,15 @@ def test_flops_spanning_more_than_two_decades_go_on_a_log_axis(curves):
     assert plot_settings(load_runs([curves]), "flops")[0].axes[0].get_xscale() == "log"
 
 
+def test_a_zoo_larger_than_the_colour_cycle_draws_no_two_curves_alike(tmp_path):
+    models = [f"model{index}" for index in range(14)]
+    for index, model in enumerate(models):
+        write_run(tmp_path / f"{index}_{model}", model, 1, {"flops_per_token": 600}, curve={9: 3.0 - index / 100})
+    axis = plot_settings(load_runs([tmp_path]), "flops")[0].axes[0]
+    looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in axis.get_lines()}
+    assert len(axis.get_lines()) == 14 and len(looks) == 14
+
+
 def write_scaling_sweep(sweep, exponent=0.5, budgets=(1e14, 3e14, 1e15), sizes=(1e5, 2e5, 5e5, 1e6, 2e6, 5e6),
                         seeds=(1, 2)):
     """Runs whose best loss follows a known law: N*(C) = k C^exponent, L = L*(C) + 0.05 (ln N - ln N*)², with a

@@ -205,6 +205,17 @@ def plot(runs: list[Run]):
     return figure
 
 
+LINE_STYLES = (("-", "o"), ("--", "s"), (":", "^"))
+
+
+def series_style(index: int, colours: list[str]) -> dict:
+    """The index-th curve's colour, line and marker: the colour cycle first solid, then dashed, then dotted, so
+    that the 14 models of the reference comparison draw 14 different curves from matplotlib's 10 colours."""
+    cycle, position = divmod(index, len(colours))
+    linestyle, marker = LINE_STYLES[cycle % len(LINE_STYLES)]
+    return {"color": colours[position], "linestyle": linestyle, "marker": marker}
+
+
 def plot_settings(runs: list[Run], x: str, y: str = "loss"):
     """The comparison figure: val/`y` against `x` (a key of X_AXES), a mean line and a min-max band per setting.
     Returns the figure and the names of runs left out for lack of what `x` takes."""
@@ -230,15 +241,15 @@ def plot_settings(runs: list[Run], x: str, y: str = "loss"):
         drawn = [curves[id(run)] for run in setting.runs if curves[id(run)][0] is not None]
         if not drawn:
             continue
-        colour = colours[index % len(colours)]
+        style = series_style(index, colours)
         # Seeds are put on the union of their x values; where a seed stopped early, the mean is of the others.
         grid = np.unique(np.concatenate([xs for xs, _ in drawn]))
         stacked = np.array([np.interp(grid, xs, ys, left=math.nan, right=math.nan) for xs, ys in drawn])
-        axis.plot(grid, np.nanmean(stacked, axis=0), "-o", color=colour, markersize=3,
+        axis.plot(grid, np.nanmean(stacked, axis=0), **style, markersize=3,
                   label=f"{setting.label} (n={len(drawn)})", gid=setting.label)
         if len(drawn) > 1:
-            axis.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=colour, alpha=0.2,
-                              gid=f"{setting.label}:band")
+            axis.fill_between(grid, np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0), color=style["color"],
+                              alpha=0.2, gid=f"{setting.label}:band")
     xlabel = "seconds since each run's first logged step" if x == "time" else X_AXES[x]
     # Models of a zoo at equal FLOPs differ by orders of magnitude in tokens (bigram's curve would sit on the
     # axis of a linear scale): beyond two decades, the x axis is logarithmic.
