@@ -5,7 +5,7 @@
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 1 --max-iters 20 --eval-interval 10 --sample-pairs 1  # smoke
     python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --pairs 3 --max-iters 200 --sample-pairs 0
     python bench/vs_nanogpt.py --nanogpt DIR --as-typed --pairs 3 --max-iters 600 --sample-pairs 0
-    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.activation=gelu_erf --pairs 3 --max-iters 600
+    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.activation=gelu_erf model.bias=false --pairs 3 --max-iters 600
 
 `--config cpu` (the default) is nanoGPT's README CPU command, below. `--config shakespeare` is its
 config/train_shakespeare_char.py as that file says to run it on a CPU (`--device=cpu --compile=False`): 6 layers,
