@@ -386,7 +386,12 @@ CASES = [
     ("plot", ["{tmp}/tb_garbage", "--x", "tokens"], "the TensorBoard event files of tb_garbage hold no scalars", []),
     ("plot", ["{tmp}/trained/run", "--bogus"], "unrecognized arguments: --bogus", []),
     # compare
-    ("compare", [], "usage: python -m lmzoo.compare SWEEP_DIR", []),
+    ("compare", [], "the following arguments are required: SWEEP_DIR; usage: python -m lmzoo.compare", []),
+    ("compare", ["{tmp}/sweep_json", "{tmp}/sweep_json/"], "{tmp}/sweep_json is given more than once; pass each "
+     "sweep folder once", []),
+    ("compare", ["{tmp}/sweep_json", "{tmp}/sweep_list", "--out", "{tmp}/trained/run"], "--out {tmp}/trained/run "
+     "holds a sweep or a run ({tmp}/trained/run/summary.json), whose tables describe its own runs; pass a new folder",
+     []),
     ("compare", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
     ("compare", ["{tmp}/adir"], "no runs in {tmp}/adir", []),
     ("compare", ["{tmp}/sweep_json"], "{tmp}/sweep_json/0_a/summary.json is not valid JSON", []),

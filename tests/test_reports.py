@@ -12,7 +12,7 @@ from helpers import markdown_tables
 from lmzoo.cli.plot import main as plot_main
 from lmzoo.cli.scaling import main as scaling_main
 from lmzoo.reports.compare import compare
-from lmzoo.reports.plot import load_runs, plot_settings
+from lmzoo.reports.plot import load_runs, plot, plot_settings
 from lmzoo.reports.report import write_report
 from lmzoo.reports.scaling import fit_sweep
 from lmzoo.reports.stats import holm, regularized_incomplete_beta, welch_t_test
@@ -180,7 +180,12 @@ def test_a_zoo_larger_than_the_colour_cycle_draws_no_two_curves_alike(tmp_path):
     models = [f"model{index}" for index in range(14)]
     for index, model in enumerate(models):
         write_run(tmp_path / f"{index}_{model}", model, 1, {"flops_per_token": 600}, curve={9: 3.0 - index / 100})
-    axis = plot_settings(load_runs([tmp_path]), "flops")[0].axes[0]
+    runs = load_runs([tmp_path])
+    axis = plot_settings(runs, "flops")[0].axes[0]
+    looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in axis.get_lines()}
+    assert len(axis.get_lines()) == 14 and len(looks) == 14
+    # The overview, without --x: each run's val curve against steps.
+    axis = plot(runs).axes[0]
     looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in axis.get_lines()}
     assert len(axis.get_lines()) == 14 and len(looks) == 14
 
@@ -235,3 +240,38 @@ def test_the_report_gives_the_command_as_typed_and_draws_against_flops(curves):
     assert "![val/loss against training FLOPs](val_loss.png)" in report
     assert "Left out, for lack of their training FLOPs: 2_mlp." in report
     assert (curves / "val_loss.png").stat().st_size > 10_000
+
+
+def test_sweeps_at_two_budgets_compare_as_one_study_labelled_by_their_budget(tmp_path, capsys):
+    from lmzoo.cli.compare import main as compare_main
+
+    # One study run as two sweeps (a budget each): the budget derives the steps, which the labels need not repeat.
+    for budget, steps, losses in [(1e12, 30, (2.0, 2.1)), (1.5e13, 450, (1.5, 1.55))]:
+        for index, (model, seed) in enumerate([("gpt", 1), ("gpt", 2), ("mlp", 1)]):
+            write_run(tmp_path / f"sweep_{budget:g}" / f"{index}_{model}_seed-{seed}", model, seed,
+                      {"best_val_loss": losses[seed - 1] + (model == "mlp"), "flops_per_token": 600},
+                      {"budget.flops": budget, "trainer.max_steps": steps, "optim.decay_steps": steps},
+                      curve={9: 3.0, 29: losses[seed - 1] + (model == "mlp")})
+    small, large, out = tmp_path / "sweep_1e+12", tmp_path / "sweep_1.5e+13", tmp_path / "study"
+    compare_main([str(small), str(large), "--out", str(out)])
+    ranked, runs = markdown_tables(capsys.readouterr().out)
+    assert [(row["model"], row["n"]) for row in ranked] == [
+        ("gpt (budget.flops=1.5e+13)", "2"), ("gpt (budget.flops=1e+12)", "2"),
+        ("mlp (budget.flops=1.5e+13)", "1"), ("mlp (budget.flops=1e+12)", "1")]
+    # Job folders of two sweeps share names: each run is named by its sweep too.
+    assert runs[0]["run"] == "sweep_1e+12/0_gpt_seed-1" and runs[3]["run"] == "sweep_1.5e+13/0_gpt_seed-1"
+    report = (out / "report.md").read_text()
+    assert f"python -m lmzoo.compare {small} {large} --out {out}" in report
+    assert f"`{small}`: Not recorded" in report and (out / "comparison.md").read_text().strip() in report
+    assert (out / "val_loss.png").stat().st_size > 10_000
+    # A sweep folder's own tables describe its runs alone: without --out, the pooled table is only printed.
+    compare_main([str(small), str(large)])
+    assert markdown_tables(capsys.readouterr().out)[0] == ranked
+    assert not (small / "comparison.md").exists() and not (large / "comparison.md").exists()
+    # Steps typed, with no budget that derives them, still tell settings apart.
+    for steps in (30, 60):
+        write_run(tmp_path / "steps" / f"{steps}_gpt", "gpt", 1, {"best_val_loss": 3 - steps / 100},
+                  {"trainer.max_steps": steps})
+    assert [row["model"] for row in markdown_tables(compare(tmp_path / "steps"))[0]] == [
+        "gpt (trainer.max_steps=60)", "gpt (trainer.max_steps=30)"]
+

@@ -1,7 +1,10 @@
 """Entry points: each composes its config and calls library code. `python -m lmzoo.NAME` runs lmzoo.cli.NAME."""
 
+import argparse
 import gc
 import importlib
+
+from lmzoo.errors import UserError
 
 
 def run_command(name: str) -> None:
@@ -20,3 +23,10 @@ def run_command(name: str) -> None:
         gc.freeze()
         gc.enable()
     main()
+
+
+class Arguments(argparse.ArgumentParser):
+    """argparse whose mistakes are lmzoo's one line, `error: ...`, rather than its usage and a second line."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; usage: {' '.join(self.format_usage().split()[1:])}")

@@ -1,19 +1,12 @@
 """python -m lmzoo.plot RUN_OR_SWEEP_DIR... [--x tokens|flops|time] [--y loss|bpb] [--out loss.png]: loss curves
 of runs from their TensorBoard logs."""
 
-import argparse
 import sys
 from pathlib import Path
 
-from lmzoo.errors import UserError, report_user_errors
+from lmzoo.cli import Arguments
+from lmzoo.errors import report_user_errors
 from lmzoo.reports.plot import X_AXES, image_format, load_runs, plot, plot_settings, save
-
-
-class Arguments(argparse.ArgumentParser):
-    """argparse whose mistakes are lmzoo's one line, `error: ...`, rather than its usage and a second line."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; usage: {' '.join(self.format_usage().split()[1:])}")
 
 
 @report_user_errors

@@ -88,6 +88,23 @@ def read_sweep(sweep_dir: str | Path) -> list[RunFolder]:
     return runs
 
 
+def read_sweeps(sweep_dirs: list[str | Path]) -> list[RunFolder]:
+    """The runs of several sweep folders, each in job order; a folder given twice (its runs counted twice) is a
+    UserError."""
+    resolved = [Path(sweep_dir).resolve() for sweep_dir in sweep_dirs]
+    for sweep_dir, path in zip(sweep_dirs, resolved):
+        if resolved.count(path) > 1:
+            raise UserError(f"{sweep_dir} is given more than once; pass each sweep folder once")
+    return [run for sweep_dir in sweep_dirs for run in read_sweep(sweep_dir)]
+
+
+def run_names(runs: list[RunFolder]) -> dict[int, str]:
+    """Each run's name in the tables: its job folder, or SWEEP/JOB where the runs come from several sweeps, whose
+    job folders share names."""
+    several = len({run.folder.parent for run in runs}) > 1
+    return {id(run): f"{run.folder.parent.name}/{run.name}" if several else run.name for run in runs}
+
+
 def table(rows: list[dict], columns: list[Column]) -> str:
     """A Markdown table; a value a row lacks (a failed run's metrics, a key older runs did not write) shows as '-'."""
     lines = ["| " + " | ".join(c.header for c in columns) + " |", "|" + " --- |" * len(columns)]
@@ -97,12 +114,12 @@ def table(rows: list[dict], columns: list[Column]) -> str:
     return "\n".join(lines)
 
 
-def run_rows(runs: list[RunFolder], settings: list[Setting]) -> list[dict]:
+def run_rows(runs: list[RunFolder], settings: list[Setting], names: dict[int, str]) -> list[dict]:
     """One row per run, in the order of `runs`, named by its setting's label; the seed from the config where the
     summary has none (runs of older releases)."""
     label = {id(run): setting.label for setting in settings for run in setting.runs}
-    return [{**asdict(run.summary), "setting": label[id(run)], "seed": run.seed, "data_seed": run.data_seed}
-            for run in runs]
+    return [{**asdict(run.summary), "setting": label[id(run)], "seed": run.seed, "data_seed": run.data_seed,
+             "run": names[id(run)]} for run in runs]
 
 
 def ranking_key(settings: list[Setting]) -> str:
@@ -161,12 +178,12 @@ def seeds_note(settings: list[Setting]) -> str:
     return "Each setting has one seed."
 
 
-def setting_table(settings: list[Setting]) -> str:
+def setting_table(settings: list[Setting], names: dict[int, str]) -> str:
     """One row per setting with a result, best first."""
     key = ranking_key(settings)
     ranked = sorted((s for s in settings if s.values(key)), key=lambda s: statistics.fmean(s.values(key)))
     if not ranked:
-        return "No run has finished yet." + unranked(settings, key)
+        return "No run has finished yet." + unranked(settings, key, names)
     columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"),
                Column("best val/bpb", "bpb"), Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS]
     if any(tuned(setting) for setting in ranked):
@@ -187,7 +204,7 @@ def setting_table(settings: list[Setting]) -> str:
     holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
     return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
             f"of best {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
-            "\n\n" + table(rows, columns) + unranked(settings, key) + incomparable(ranked, key))
+            "\n\n" + table(rows, columns) + unranked(settings, key, names) + incomparable(ranked, key))
 
 
 # What says which text a run trained on; the data's name and tokenizer say how it was cut into tokens.
@@ -211,11 +228,11 @@ def incomparable(ranked: list[Setting], key: str) -> str:
     return ""
 
 
-def unranked(settings: list[Setting], key: str) -> str:
+def unranked(settings: list[Setting], key: str, names: dict[int, str]) -> str:
     """A line naming the runs the ranking leaves out, or counts only up to a divergence, and why."""
     runs = [run for setting in settings for run in setting.runs]
-    left_out = [f"{run.name} ({run.value('status')})" for run in runs if run.value(key) is None]
-    diverged = [f"{run.name} ({run.value('status')})" for run in runs
+    left_out = [f"{names[id(run)]} ({run.value('status')})" for run in runs if run.value(key) is None]
+    diverged = [f"{names[id(run)]} ({run.value('status')})" for run in runs
                 if run.value(key) is not None and str(run.value("status")).startswith("diverged")]
     lines = ([f"Not ranked: {', '.join(left_out)}."] if left_out else []) + (
         [f"Ranked by their best before they diverged: {', '.join(diverged)}."] if diverged else [])
@@ -225,11 +242,19 @@ def unranked(settings: list[Setting], key: str) -> str:
 def tables(runs: list[RunFolder]) -> str:
     """The comparison: settings ranked, then every run."""
     settings = pool(runs)
-    return f"{setting_table(settings)}\n\nRuns:\n\n{table(run_rows(runs, settings), RUN_COLUMNS)}"
+    names = run_names(runs)
+    return f"{setting_table(settings, names)}\n\nRuns:\n\n{table(run_rows(runs, settings, names), RUN_COLUMNS)}"
 
 
 def compare(sweep_dir: str | Path) -> str:
     """Write SWEEP_DIR/comparison.md from the runs' summaries, and return its text."""
-    text = tables(read_sweep(sweep_dir))
-    write_atomically(Path(sweep_dir) / TABLE, (text + "\n").encode("utf-8"))
+    return compare_sweeps([sweep_dir], Path(sweep_dir))
+
+
+def compare_sweeps(sweep_dirs: list[str | Path], out: Path | None) -> str:
+    """The comparison of the runs of several sweeps, pooled as one sweep's: written to OUT/comparison.md (unless
+    out is None), and returned."""
+    text = tables(read_sweeps(sweep_dirs))
+    if out is not None:
+        write_atomically(out / TABLE, (text + "\n").encode("utf-8"))
     return text

@@ -163,7 +163,9 @@ def save(figure, path: Path) -> None:
 
 
 def plot(runs: list[Run]):
-    """The figure: loss against steps and tokens; for several runs, a row of bars of their best values."""
+    """The figure: loss against steps and tokens; for several runs, a row of bars of their best values. A run's
+    colour and marker are series_style's (the line style says train or val), its train line marked too past the
+    colour cycle, so that no two runs look alike."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,16 +177,19 @@ def plot(runs: list[Run]):
     by_steps, by_tokens = axes[0]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run in enumerate(runs):
-        colour = colours[index % len(colours)]
-        for tag, style in (("train/loss", "-"), ("val/loss", "--o")):
+        style = series_style(index, colours)
+        for tag, linestyle in (("train/loss", "-"), ("val/loss", "--")):
             if tag not in run.scalars:
                 continue
             steps, values = run.scalars[tag]
+            marker = style["marker"] if tag == "val/loss" or index >= len(colours) else ""
+            look = {"color": style["color"], "linestyle": linestyle, "marker": marker, "markersize": 3,
+                    "markevery": 1 if tag == "val/loss" else max(1, len(steps) // 8)}
             label = run.name if tag == "train/loss" or "train/loss" not in run.scalars else None
-            line = by_steps.plot(steps, values, style, color=colour, markersize=3, label=label)[0]
+            line = by_steps.plot(steps, values, label=label, **look)[0]
             line.set_gid(f"{run.name}:{tag}")
             if run.tokens_per_step:
-                line = by_tokens.plot(run.tokens(tag), values, style, color=colour, markersize=3)[0]
+                line = by_tokens.plot(run.tokens(tag), values, **look)[0]
                 line.set_gid(f"{run.name}:{tag}")
     by_steps.set(xlabel="step", ylabel="loss", title="loss (solid: train, dashed: val)")
     by_tokens.set(xlabel="training tokens", ylabel="loss", title="loss against tokens seen")

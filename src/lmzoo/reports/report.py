@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.reports.compare import compare
+from lmzoo.reports.compare import TABLE, compare, compare_sweeps
 from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, save
-from lmzoo.reports.runs import MULTIRUN
+from lmzoo.reports.runs import MULTIRUN, SUMMARY
 
 REPORT = "report.md"
 FIGURE = "val_loss.png"
@@ -43,29 +43,53 @@ def sweep_command(sweep_dir: Path) -> tuple[str, str] | None:
     return cwd, shlex.join(["python", "-m", "lmzoo.train", *options, *overrides])
 
 
-def figure_section(sweep_dir: Path) -> str:
-    """Draw SWEEP_DIR/val_loss.png and return its Markdown; a sweep with no curves yet gets a line saying so."""
+def figure_section(sweep_dirs: list[Path], out: Path) -> str:
+    """Draw OUT/val_loss.png from the sweeps' runs and return its Markdown; sweeps with no curves yet get a line
+    saying so."""
     try:
-        runs = load_runs([sweep_dir])
+        runs = load_runs(sweep_dirs)
         x = "flops" if any(run.folder.value("flops_per_token") for run in runs) else "tokens"
         figure, left_out = plot_settings(runs, x)
     except UserError as error:
         return f"No curves yet: {error}."
-    save(figure, sweep_dir / FIGURE)
+    save(figure, out / FIGURE)
     note = f" Left out, for lack of their {X_AXES[x]}: {', '.join(left_out)}." if left_out else ""
     return (f"![val/loss against {X_AXES[x]}]({FIGURE})\n\nval/loss against {X_AXES[x]}: one colour per row of the "
             f"comparison, the mean of its seeds as a line and their range as a band.{note}")
+
+
+def how_section(sweep_dir: Path) -> str:
+    """Where the sweep ran and its command, from its multirun.yaml."""
+    command = sweep_command(sweep_dir)
+    return (f"In `{command[0]}`:\n\n```bash\n{command[1]}\n```" if command
+            else "Not recorded: this folder has no multirun.yaml (Hydra writes it when a sweep starts).")
 
 
 def write_report(sweep_dir: str | Path) -> str:
     """Write SWEEP_DIR/comparison.md, report.md and its figure; return the comparison's text."""
     sweep_dir = Path(sweep_dir)
     tables = compare(sweep_dir)
-    command = sweep_command(sweep_dir)
-    how = (f"In `{command[0]}`:\n\n```bash\n{command[1]}\n```" if command
-           else "Not recorded: this folder has no multirun.yaml (Hydra writes it when a sweep starts).")
     text = (f"# Sweep {sweep_dir.name}\n\nWritten after every job of the sweep, and by `python -m lmzoo.compare "
-            f"{sweep_dir}`.\n\n## Command\n\n{how}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
-            f"{figure_section(sweep_dir)}\n")
+            f"{sweep_dir}`.\n\n## Command\n\n{how_section(sweep_dir)}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
+            f"{figure_section([sweep_dir], sweep_dir)}\n")
     write_atomically(sweep_dir / REPORT, text.encode("utf-8"))
+    return tables
+
+
+def write_combined_report(sweep_dirs: list[Path], out: Path) -> str:
+    """Write OUT/comparison.md, report.md and its figure for the runs of several sweeps pooled; return the
+    comparison's text. OUT may not hold a sweep or a run: its own tables describe its own runs."""
+    for held in (MULTIRUN, SUMMARY):
+        if (out / held).is_file():
+            raise UserError(f"--out {out} holds a sweep or a run ({out / held}), whose tables describe its own "
+                            "runs; pass a new folder")
+    tables = compare_sweeps(sweep_dirs, None)
+    commands = "\n\n".join(f"`{d}`: {how_section(d)}" for d in sweep_dirs)
+    typed = shlex.join(["python", "-m", "lmzoo.compare", *map(str, sweep_dirs), "--out", str(out)])
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / TABLE, (tables + "\n").encode("utf-8"))
+    text = (f"# Comparison of {len(sweep_dirs)} sweeps\n\nWritten by `{typed}`, their runs pooled as one sweep's.\n\n"
+            f"## Commands\n\n{commands}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
+            f"{figure_section(sweep_dirs, out)}\n")
+    write_atomically(out / REPORT, text.encode("utf-8"))
     return tables

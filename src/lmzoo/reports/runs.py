@@ -256,12 +256,36 @@ def differs(key: str, configs: list[dict]) -> bool:
     return len(values) > 1
 
 
+# The keys a FLOP, token or minutes budget sets as the run starts (lmzoo.training.budget.run_length's RunLength).
+BUDGET_DERIVED = ("trainer.max_steps", "optim.decay_steps", "trainer.val_check_interval", "trainer.max_time")
+
+
+def determined_by(key: str, keys: list[str], configs: list[dict]) -> bool:
+    """Whether configs that agree on `keys` always agree on `key` too."""
+    seen = {}
+    for config in configs:
+        given = json.dumps([config.get(k) for k in keys], default=str)
+        if seen.setdefault(given, json.dumps(config.get(key), default=str)) != json.dumps(config.get(key), default=str):
+            return False
+    return True
+
+
 def label(setting: Setting, settings: list[Setting]) -> str:
     """The setting's model; where other settings have that model too, with the keys in which they differ,
-    `gpt (optim.lr=0.003)`. A run without a config, or without a model (it failed early), is named by its folder."""
+    `gpt (optim.lr=0.003)`. The steps a budget derives are left out where the other keys say them:
+    `gpt (budget.flops=1.5e+13)`, not also its trainer.max_steps and optim.decay_steps. A run without a config, or
+    without a model (it failed early), is named by its folder."""
     model = setting.model
     if setting.config is None or model is None:
         return f"{model} ({setting.runs[0].name})" if model else setting.runs[0].name
     siblings = [s.config for s in settings if s.config is not None and s.model == model]
     differing = sorted(key for key in set().union(*siblings) if differs(key, siblings))
-    return model + (f" ({', '.join(f'{key}={setting.config.get(key)}' for key in differing)})" if differing else "")
+    chosen = [key for key in differing if key not in BUDGET_DERIVED]
+    differing = [key for key in differing if key in chosen or not determined_by(key, chosen, siblings)]
+    shown_keys = ", ".join(f"{key}={shown(setting.config.get(key))}" for key in differing)
+    return model + (f" ({shown_keys})" if differing else "")
+
+
+def shown(value) -> str:
+    """A value as a label shows it: a float in its shortest exact form, 1.5e+13 rather than 15000000000000.0."""
+    return f"{value:g}" if isinstance(value, float) and float(f"{value:g}") == value else str(value)
