@@ -137,6 +137,10 @@ CASES = [
      "data file '{tmp}/missing.txt' does not exist", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_trainer", "trainer.max_steps=-5"],
      "trainer.max_steps must be a positive integer, got -5", []),
+    # One that only a trial finds fails every trial, and the tune with it: no tuned value, no final command.
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_budget", "budget.flops=1e3", "tune.trials=2"],
+     "no trial of bigram finished, so it has no tuned value; the last failed with: budget.flops=1000 is less than "
+     "one step", ["tune_budget/tuned.yaml"]),
     ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
     ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
     ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",
@@ -561,7 +565,7 @@ def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, en
     code = run_main(entry, [arg.format(**places) for arg in args], monkeypatch)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "Error executing job" not in err
     ours = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and expected.format(**places) in ours[0], err
     # New files may appear (the bins of data refused after preparing them); none that was there changed.

@@ -1,6 +1,7 @@
 """The library internals lmzoo leans on (lmzoo.training.compat, lmzoo.cli.compat) still behave as relied on:
 an upgrade of Lightning, lightning-utilities, torch or Hydra that changes one fails here, naming it."""
 
+import contextlib
 import re
 import warnings
 
@@ -17,7 +18,8 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_utilities.core.imports import RequirementCache
 
-from lmzoo.cli.compat import failed_instantiation, group_not_in_defaults, is_ambiguous_value, job_error, not_an_override
+from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, group_not_in_defaults,
+                              is_ambiguous_value, job_error, not_an_override)
 from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
 
@@ -106,6 +108,20 @@ def test_job_error_is_the_exception_of_a_failed_sweep_job():
     assert job_error(failed) is error
     with pytest.raises(ValueError):
         failed.return_value
+
+
+def test_the_line_hydra_writes_for_a_failed_job_is_the_one_left_out(capsys):
+    import sys
+
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad"), overrides=["model=gpt"])
+    with pytest.raises(ValueError):
+        failed.return_value
+    assert capsys.readouterr().err.startswith(f"{FAILED_JOB_LINE}['model=gpt']")
+    filtered = WithoutFailedJobLines(sys.stderr)
+    with pytest.raises(ValueError), contextlib.redirect_stderr(filtered):
+        failed.return_value
+    filtered.write("error: ours\n")
+    assert capsys.readouterr().err == "error: ours\n"
 
 
 def test_hydra_errors_recognised_by_their_wording_are_recognised():

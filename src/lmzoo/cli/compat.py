@@ -17,6 +17,24 @@ def job_error(job_return: JobReturn) -> BaseException:
     return job_return._return_value
 
 
+# hydra-core 1.3: JobReturn.return_value writes this line to stderr as it re-raises a failed job's error at the end
+# of a sweep; lmzoo's own line follows, and the sweep's comparison names every failed job.
+FAILED_JOB_LINE = "Error executing job with overrides: "
+
+
+class WithoutFailedJobLines:
+    """sys.stderr, less Hydra's FAILED_JOB_LINE (one write call each)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(FAILED_JOB_LINE) else self.stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def group_not_in_defaults(message: str) -> str | None:
     """The config group of an override `GROUP=OPTION` whose command has no such group in its defaults list, from
     the first line of Hydra's ConfigCompositionException; None for any other message."""

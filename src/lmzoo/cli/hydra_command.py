@@ -28,7 +28,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from lmzoo.cli.compat import failed_instantiation, group_not_in_defaults, is_ambiguous_value, not_an_override
+from lmzoo.cli.compat import (WithoutFailedJobLines, failed_instantiation, group_not_in_defaults, is_ambiguous_value,
+                              not_an_override)
 from lmzoo.errors import UserError, report_user_errors, user_error_behind
 from lmzoo.files import hold_folder
 from lmzoo.reports.runs import check_folder_is_this_runs, check_sweep_folder
@@ -105,7 +106,8 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
             # Hydra then raises its errors instead of printing them.
             os.environ["HYDRA_FULL_ERROR"] = "1"
             try:
-                return run()
+                with contextlib.redirect_stderr(WithoutFailedJobLines(sys.stderr)):
+                    return run()
             except (HydraException, OmegaConfBaseException) as error:
                 # A sweep ends by raising the error of a failed job, which may be a UserError Hydra wrapped.
                 if asked == "1" or running or user_error_behind(error):

@@ -25,6 +25,8 @@ from lmzoo.training.run import check_settings, prepared_data, train
 STUDY = "study.db"
 TRIALS = "trials.json"
 TRIALS_DIR = "trials"
+# The user attribute in which a failed trial keeps its error: a study none of whose trials finished names it.
+ERROR = "error"
 # Trials spread evenly over the search space (spread) before TPE takes over.
 STARTUP_TRIALS = 8
 
@@ -165,6 +167,10 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     if left > 0:
         study.optimize(lambda trial: objective(trial, cfg, settings, folder), n_trials=left, catch=(UserError,))
     write_atomically(folder / TRIALS, json.dumps(trial_records(study, settings), indent=2).encode("utf-8"))
+    if not study.get_trials(deepcopy=False, states=finished):
+        errors = [t.user_attrs[ERROR] for t in study.get_trials(deepcopy=False) if ERROR in t.user_attrs]
+        raise UserError(f"no trial of {model} finished, so it has no tuned value" +
+                        (f"; the last failed with: {errors[-1]}" if errors else ""))
     return study
 
 
@@ -183,6 +189,7 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
         values = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
                            for key, value in trial.params.items())
         print(f"trial {trial.number} ({values}) failed: {error}", flush=True)
+        trial.set_user_attr(ERROR, str(error))
         raise
     if report.pruned:
         raise optuna.TrialPruned()
