@@ -120,6 +120,8 @@ CASES = [
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
+    ("train", [*BASE, "model=mla", "model.n_kv_head=2"], "model.n_kv_head does not apply to mla, whose keys and "
+     "values all come from one latent per token (model.kv_rank sets its size); leave it null, got 2", []),
     ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),

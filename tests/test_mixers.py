@@ -11,9 +11,9 @@ from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_confi
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models.base import sized
 from lmzoo.models.cache import KVState
-from lmzoo.models.gated_deltanet import (fla_rule, gated_delta_chunked, gated_delta_kernel, gated_delta_step,
-                                         l2_normalized)
-from lmzoo.models.mamba2 import mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
+from lmzoo.models.gated_deltanet import (GatedDeltaNet, fla_rule, gated_delta_chunked, gated_delta_kernel,
+                                         gated_delta_step, l2_normalized)
+from lmzoo.models.mamba2 import Mamba2, mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
 from lmzoo.models.presets import preset
 from lmzoo.models.recurrent import RecurrentState
 from lmzoo.models.transformer import ATTENTION_MIXERS
@@ -121,6 +121,15 @@ def test_cached_logits_equal_uncached_and_greedy_text_too(name):
                                                                                   kv_cache=kv))), dim=1)
                         for kv in (True, False))
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("name", ONLY_RECURRENT)
+def test_model_dropout_acts_on_a_recurrent_mixers_output_in_training_only(name):
+    model = dataclasses.replace(tiny_config(name), dropout=0.5).build()
+    mixer = next(m for m in model.modules() if isinstance(m, (Mamba2, GatedDeltaNet)))
+    x = torch.randn(2, BLOCK, tiny_config(name).n_embd)
+    assert not torch.equal(mixer.train()(x), mixer(x))
+    assert torch.equal(mixer.eval()(x), mixer(x))
 
 
 @pytest.mark.parametrize("name", ONLY_RECURRENT)

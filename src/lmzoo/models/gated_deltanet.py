@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.models.base import FORWARD_AND_BACKWARD, SequenceMixer
+from lmzoo.models.blocks import make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, ShortConv, chunks, initial_time_steps, recur,
                                     softplus_inverse)
@@ -101,7 +102,7 @@ class GatedDeltaNet(SequenceMixer):
     """Gated DeltaNet's mixer: (B, T, dim) -> (B, T, dim), with the Attention's call signature."""
 
     def __init__(self, dim: int, n_head: int, head_dim: int, value_expand: int = 2, conv_kernel: int = 4,
-                 chunk_size: int = 64):
+                 chunk_size: int = 64, dropout: float = 0.0):
         super().__init__()
         self.n_head, self.key_dim, self.value_dim = n_head, head_dim, value_expand * head_dim
         self.chunk_size = chunk_size
@@ -117,6 +118,8 @@ class GatedDeltaNet(SequenceMixer):
         self.A_log = nn.Parameter(torch.empty(n_head).uniform_(1e-3, 16).log())
         self.o_norm = GatedRMSNorm(self.value_dim, self.value_dim, gate_first=False)
         self.c_proj = nn.Linear(values, dim, bias=False)
+        # On the mixer's output, as the Attention's.
+        self.resid_dropout = make_dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0, routing=None) -> torch.Tensor:
         batch, T, _ = x.shape
@@ -130,7 +133,7 @@ class GatedDeltaNet(SequenceMixer):
         g = (-self.A_log.exp() * F.softplus(self.a_proj(x) + self.dt_bias)).transpose(1, 2)
         o = recur(gated_delta_step, chunked_rule(q), (q, k, v, g, beta), self.chunk_size, state)
         gate = self.g_proj(x).view(batch, T, self.n_head, self.value_dim)
-        return self.c_proj(self.o_norm(o.transpose(1, 2), gate).flatten(2))
+        return self.resid_dropout(self.c_proj(self.o_norm(o.transpose(1, 2), gate).flatten(2)))
 
     def residual_outputs(self) -> list[nn.Module]:
         return [self.c_proj]

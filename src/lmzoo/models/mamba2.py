@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.models.base import FORWARD_AND_BACKWARD, SequenceMixer
+from lmzoo.models.blocks import make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, ShortConv, chunks, initial_time_steps, recur,
                                     softplus_inverse)
@@ -90,7 +91,7 @@ class Mamba2(SequenceMixer):
     """Mamba-2's mixer: (B, T, dim) -> (B, T, dim), with the Attention's call signature."""
 
     def __init__(self, dim: int, state_size: int = 64, head_dim: int = 64, expand: int = 2, n_groups: int = 1,
-                 conv_kernel: int = 4, chunk_size: int = 64):
+                 conv_kernel: int = 4, chunk_size: int = 64, dropout: float = 0.0):
         super().__init__()
         self.inner = expand * dim
         self.n_head, self.head_dim, self.state_size = self.inner // head_dim, head_dim, state_size
@@ -104,6 +105,8 @@ class Mamba2(SequenceMixer):
         self.D = nn.Parameter(torch.ones(self.n_head))
         self.norm = GatedRMSNorm(self.inner, self.inner // n_groups, gate_first=True)
         self.c_proj = nn.Linear(self.inner, dim, bias=False)
+        # On the mixer's output, as the Attention's.
+        self.resid_dropout = make_dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0, routing=None) -> torch.Tensor:
         batch, T, _ = x.shape
@@ -116,7 +119,7 @@ class Mamba2(SequenceMixer):
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)
         y = recur(ssd_step, chunked_scan(xs), (xs, dt, -self.A_log.exp(), B, C), self.chunk_size, state)
         y = (y + self.D[:, None, None] * xs).transpose(1, 2).reshape(batch, T, self.inner)
-        return self.c_proj(self.norm(y, z))
+        return self.resid_dropout(self.c_proj(self.norm(y, z)))
 
     def residual_outputs(self) -> list[nn.Module]:
         return [self.c_proj]

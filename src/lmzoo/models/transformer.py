@@ -110,6 +110,8 @@ class TransformerConfig(ModelConfig):
             require(self.positions == "rope", "positions must be rope for mla, whose keys carry RoPE channels",
                     self.positions)
             require(not self.qk_norm, "qk_norm does not apply to mla, which normalizes its latents", self.qk_norm)
+            require(self.n_kv_head in (None, self.n_head), "n_kv_head does not apply to mla, whose keys and values "
+                    "all come from one latent per token (model.kv_rank sets its size); leave it null", self.n_kv_head)
             self.kv_rank = self.n_embd // 2 if self.kv_rank is None else self.kv_rank
             if self.rope_head_dim is None:
                 self.rope_head_dim = max(2, self.head_dim // 4 * 2)
@@ -214,9 +216,9 @@ MIXERS = {
     "attention": full_attention,
     "local_attention": lambda c, layer, rotary: full_attention(c, layer, rotary, c.window),
     "mamba2": lambda c, layer, rotary: Mamba2(c.n_embd, c.ssm_state, c.ssm_head_dim, c.ssm_expand, c.ssm_groups,
-                                              c.conv_kernel, c.chunk_size),
+                                              c.conv_kernel, c.chunk_size, c.dropout),
     "gated_deltanet": lambda c, layer, rotary: GatedDeltaNet(c.n_embd, c.n_head, c.head_dim, c.gdn_value_expand,
-                                                             c.conv_kernel, c.chunk_size),
+                                                             c.conv_kernel, c.chunk_size, c.dropout),
 }
 # The mixers that attend, whose cache holds keys and values.
 ATTENTION_MIXERS = ("attention", "local_attention")
