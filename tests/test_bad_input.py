@@ -395,6 +395,8 @@ CASES = [
     ("compare", [], "the following arguments are required: SWEEP_DIR; usage: python -m lmzoo.compare", []),
     ("compare", ["{tmp}/sweep_json", "{tmp}/sweep_json/"], "{tmp}/sweep_json is given more than once; pass each "
      "sweep folder once", []),
+    ("compare", ["{tmp}/trained", "--out", "{tmp}/truncated.ckpt/study"], "cannot write "
+     "{tmp}/truncated.ckpt/study/comparison.md (Not a directory); choose a writable folder with --out DIR", []),
     ("compare", ["{tmp}/sweep_json", "{tmp}/sweep_list", "--out", "{tmp}/trained/run"], "--out {tmp}/trained/run "
      "holds a sweep or a run ({tmp}/trained/run/summary.json), whose tables describe its own runs; pass a new folder",
      []),

@@ -86,9 +86,9 @@ def write_combined_report(sweep_dirs: list[Path], out: Path) -> str:
     tables = compare_sweeps(sweep_dirs, None)
     commands = "\n\n".join(f"`{d}`: {how_section(d)}" for d in sweep_dirs)
     typed = shlex.join(["python", "-m", "lmzoo.compare", *map(str, sweep_dirs), "--out", str(out)])
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / TABLE, (tables + "\n").encode("utf-8"))
-    text = (f"# Comparison of {len(sweep_dirs)} sweeps\n\nWritten by `{typed}`, their runs pooled as one sweep's.\n\n"
+    write_atomically(out / TABLE, (tables + "\n").encode("utf-8"), "choose a writable folder with --out DIR")
+    title = f"{len(sweep_dirs)} sweep{'s' if len(sweep_dirs) > 1 else ''}"
+    text = (f"# Comparison of {title}\n\nWritten by `{typed}`, their runs pooled as one sweep's.\n\n"
             f"## Commands\n\n{commands}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
             f"{figure_section(sweep_dirs, out)}\n")
     write_atomically(out / REPORT, text.encode("utf-8"))
