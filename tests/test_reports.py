@@ -115,6 +115,20 @@ def test_the_table_says_which_seeds_it_averaged_over_and_each_models_tuned_value
     assert {(row["seed"], row["data seed"]) for row in runs} == {("11", "7"), ("12", "7")}
 
 
+def test_runs_of_one_text_typed_as_a_relative_and_an_absolute_path_are_one_setting(tmp_path):
+    text = tmp_path / "shared" / "a.txt"
+    for seed, path in [(1, str(text)), (2, "../shared/a.txt"), (3, "shared/a.txt")]:
+        run = write_run(tmp_path / f"{seed}_gpt", "gpt", seed, {"best_val_loss": 1.5 + seed / 100}, {"data.path": path})
+        (run / ".hydra").mkdir()
+        started_in = tmp_path / "work" if seed == 2 else tmp_path
+        (run / ".hydra" / "hydra.yaml").write_text(json.dumps({"hydra": {"runtime": {"cwd": str(started_in)}}}))
+    write_run(tmp_path / "4_gpt", "gpt", 4, {"best_val_loss": 1.6}, {"data.path": str(tmp_path / "other.txt")})
+    ranked, _ = markdown_tables(compare(tmp_path))
+    assert [(row["model"], row["n"]) for row in ranked] == [(f"gpt (data.path={text})", "3"),
+                                                           (f"gpt (data.path={tmp_path / 'other.txt'})", "1")]
+    assert "trained on different text" in compare(tmp_path)
+
+
 def test_a_lone_best_setting_claims_no_significance(tmp_path):
     write_run(tmp_path / "0_a", "gpt", 1, {"best_val_loss": 1.0})
     for seed in (1, 2):

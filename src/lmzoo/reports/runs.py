@@ -8,6 +8,7 @@ what it trained.
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -180,7 +181,27 @@ def read_run(folder: Path) -> RunFolder:
     path = folder / SUMMARY
     summary = (RunSummary.read(path) if path.is_file()
                else RunSummary(run=folder.name, status="no summary (running, or killed)"))
-    return RunFolder(folder, summary, read_config(folder))
+    return RunFolder(folder, summary, absolute_data_paths(read_config(folder), folder))
+
+
+def absolute_data_paths(config: dict | None, folder: Path) -> dict | None:
+    """The config with data.path and data.val_path made absolute from the folder the run was started in (Hydra's
+    runtime.cwd), so that `../shared/a.txt` and `/work/shared/a.txt` are the same text, and their runs one setting."""
+    data = (config or {}).get("data")
+    if not isinstance(data, dict):
+        return config
+    relative = [key for key in ("path", "val_path")
+                if isinstance(data.get(key), str) and data[key] and not Path(data[key]).expanduser().is_absolute()]
+    hydra_yaml = folder / ".hydra" / "hydra.yaml"
+    if not relative or not hydra_yaml.is_file():
+        return config
+    try:
+        cwd = OmegaConf.load(hydra_yaml).hydra.runtime.cwd
+    except (OmegaConfBaseException, OSError, ValueError):
+        return config
+    for key in relative:
+        data[key] = os.path.normpath(os.path.join(cwd, data[key]))
+    return config
 
 
 def read_config(folder: Path) -> dict | None:
