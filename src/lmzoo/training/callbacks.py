@@ -50,8 +50,12 @@ class TokensPerSecond(L.Callback):
         self.tokens, self.seconds = state_dict["tokens"], state_dict["seconds"]
         self.peak = state_dict.get("peak")
 
-    def on_train_start(self, trainer, pl_module):
+    def setup(self, trainer, pl_module, stage):
+        # Here, not at train start: a finished run resumed (resume=auto) skips training, and its summary's MFU
+        # still needs the FLOPs per token.
         self.flops_per_token = pl_module.flops_per_token
+
+    def on_train_start(self, trainer, pl_module):
         device_peak = peak_flops(pl_module.device, trainer.precision, self.given_peak)
         self.peak = device_peak and device_peak * trainer.world_size
         if trainer.is_global_zero:
