@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
+from helpers import FIXTURES, SHAKESPEARE, compose_train
 
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.record import architecture_record

@@ -3,6 +3,7 @@ an upgrade of Lightning, lightning-utilities, torch or Hydra that changes one fa
 
 import contextlib
 import re
+import sys
 import warnings
 
 import lightning as L
@@ -111,8 +112,6 @@ def test_job_error_is_the_exception_of_a_failed_sweep_job():
 
 
 def test_the_line_hydra_writes_for_a_failed_job_is_the_one_left_out(capsys):
-    import sys
-
     failed = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bad"), overrides=["model=gpt"])
     with pytest.raises(ValueError):
         failed.return_value
