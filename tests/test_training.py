@@ -3,7 +3,6 @@ import json
 import logging
 import math
 import sys
-import time
 
 import lightning as L
 import pytest
@@ -83,12 +82,10 @@ def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_
     checkpoint = torch.load(last, weights_only=False)
     checkpoint["lmzoo"]["wall_time_s"] = 1000.0
     torch.save(checkpoint, last)
-    # resume=auto on a finished run trains nothing, and reports the run as it was.
-    started = time.perf_counter()
-    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", "resume=auto"))
-    again = json.loads(summary.read_text())
-    assert again["tokens_per_sec"] == first["tokens_per_sec"] and again["steps"] == 10
-    assert 1000 < again["wall_time_s"] < 1000 + time.perf_counter() - started
+    # resume=auto on a finished run trains nothing, and leaves its summary as it was.
+    result = train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", "resume=auto"))
+    assert result["steps"] == 10 and result["best_val_loss"] == first["best_val_loss"]
+    assert json.loads(summary.read_text()) == first
 
     capsys.readouterr()
     result = train(compose_train(tmp_path, "trainer.max_steps=20", "resume=auto"))
@@ -98,7 +95,7 @@ def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_
     assert rate["tokens"] == 20 * 4 * 32
     both = json.loads(summary.read_text())
     assert both["tokens_per_sec"] == pytest.approx(rate["tokens"] / rate["seconds"])
-    assert both["wall_time_s"] > again["wall_time_s"]
+    assert both["wall_time_s"] > 1000
     # The schedule stays the checkpoint's, and the command says so.
     assert ("warning: resuming keeps the checkpoint's optimizer and learning-rate schedule (decay_steps=10), not this "
             "command's optim.decay_steps=20") in capsys.readouterr().err

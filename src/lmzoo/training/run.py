@@ -26,7 +26,7 @@ from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
-from lmzoo.reports.runs import RunSummary, check_folder_is_this_runs
+from lmzoo.reports.runs import SUMMARY, RunSummary, check_folder_is_this_runs
 from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.callbacks import ModelSummary, TokensPerSecond
@@ -239,8 +239,6 @@ def build(cfg: DictConfig, ckpt_path: str | None = None,
         model.compile()
     trainer = build_trainer(cfg, callbacks)
     say(trainer, f"precision: {cfg.trainer.precision} ({reason})")
-    if trainer.is_global_zero:
-        write_provenance(lit.provenance, cfg.paths.output_dir)
     return datamodule, lit, trainer
 
 
@@ -360,6 +358,10 @@ def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
                               cfg.ckpt_path, "hydra.run.dir" if HydraConfig.initialized() else "paths.output_dir")
     ckpt_path = resume_path(cfg)
     datamodule, lit, trainer = build(cfg, ckpt_path, callbacks)
+    if cfg.resume == "auto" and (ended := ended_run(Path(cfg.paths.output_dir), ckpt_path, trainer)):
+        return ended
+    if trainer.is_global_zero:
+        write_provenance(lit.provenance, cfg.paths.output_dir)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     save_last_step(trainer, lit)
@@ -376,6 +378,27 @@ def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
         text = sample_text(model, tokenizer, "", settings, torch.Generator().manual_seed(cfg.seed))
         print(f"\nSample from {best}:\n{text}\n")
     return result
+
+
+def ended_run(folder: Path, ckpt_path: str | None, trainer: L.Trainer) -> dict | None:
+    """With resume=auto, the result of a run that already ended in `folder` (its summary says done, at the step of
+    its last.ckpt, which reached max_steps or stopped early), said in one line; None when there is a run to
+    continue. An ended run is left as it is, so that its summary and provenance keep describing the run that
+    trained (a sweep continued with resume=auto passes over its finished jobs)."""
+    summary_path = folder / SUMMARY
+    if not ckpt_path or not summary_path.is_file():
+        return None
+    summary = RunSummary.read(summary_path)
+    step = read_checkpoint(ckpt_path).get("global_step", 0)
+    stopped_early = summary.status.startswith("done: stopped early")
+    if not summary.status.startswith("done") or summary.steps != step or (step < trainer.max_steps and not stopped_early):
+        return None
+    checkpoint = trainer.checkpoint_callback
+    best = Path(checkpoint.dirpath) / f"{checkpoint.filename}{checkpoint.FILE_EXTENSION}" if checkpoint else None
+    print(f"{folder} already ended at step {step} ({summary.status}); it is left as it is, its summary in "
+          f"{summary_path}", file=sys.stderr)
+    return {"best_checkpoint": str(best) if best and best.is_file() else "",
+            "best_val_loss": summary.best_val_loss if summary.best_val_loss is not None else math.inf, "steps": step}
 
 
 def save_last_step(trainer: L.Trainer, lit: LitLM) -> None:
