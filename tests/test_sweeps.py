@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import REPO, SHAKESPEARE, compose_config, markdown_tables, run
 
-from lmzoo.reports.tune import edge_warnings
+from lmzoo.reports.tune import edge_warnings, pruning_warnings
 from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
 
 # bigram and mlp are tiny as they are; a few steps of 4 windows of 32 tokens, validated twice.
@@ -62,6 +62,32 @@ def test_the_first_trials_spread_over_the_whole_range_then_tpe_takes_over(tmp_pa
         [-3.5, -2.5, -1.5, -0.5])
     assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 5
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
+
+
+@pytest.mark.parametrize("val_check_interval", [2, 4])
+def test_a_hopeless_trial_is_pruned_at_a_validation_before_its_end(tmp_path, val_check_interval):
+    """Two trials at sound learning rates, then one at a rate that learns nothing: worse than both at step 2, it
+    stops there. Validating only at the last step leaves the pruner nothing to act on, and the report says so."""
+    folder = tmp_path / "tune"
+    cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, f"trainer.val_check_interval={val_check_interval}",
+                         "model=bigram", "optim.min_lr=0", f"paths.output_dir={folder}")
+    settings = TuneSettings(folder=str(folder), trials=3, seed=0, search={"optim": {"lr": [1e-9, 1e-0]}},
+                            prune_after=2, final_seeds=3, final=[])
+    folder.mkdir()
+    queued = optuna.create_study(study_name="bigram", storage=f"sqlite:///{folder / 'study.db'}")
+    for lr in (1e-1, 3e-1, 1e-9):
+        queued.enqueue_trial({"optim.lr": lr})
+    study = tune_model(cfg, settings, "bigram", folder)
+    records = json.loads((folder / "trials.json").read_text())
+    warnings = pruning_warnings(records)
+    if val_check_interval == 2:
+        assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+        assert [trial["last_step"] for trial in records["trials"]] == [4, 4, 2] and warnings == []
+    else:
+        assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 3
+        assert warnings == ["warning: model=bigram: no trial could be pruned before its end, as each validated only "
+                            "at its last step (4); validate more often for the pruner to act: "
+                            "trainer.val_check_interval=1"]
 
 
 def test_a_best_value_at_the_edge_of_its_range_is_named_with_the_range_to_search():

@@ -1,6 +1,6 @@
 """What a tune (python -m lmzoo.tune) leaves for a reader: per model, the best values, the loss against each
 searched value as a figure (so one sees whether the optimum was bracketed), a warning when the best lies at the
-edge of its range; for the whole tune, tuned.yaml and the exact command of the final comparison, in tune.md.
+edge of its range or when the trials validated too seldom to be pruned; for the whole tune, tuned.yaml and the exact command of the final comparison, in tune.md.
 
 It reads the trials.json each model's study writes (lmzoo.training.tune), so it needs no Optuna.
 """
@@ -63,6 +63,20 @@ def edge_warnings(study: dict) -> list[str]:
                      f"{'lower' if where <= EDGE else 'upper'} edge of the range searched [{low:g}, {high:g}]; widen it: "
                      f"tune.search.{key}=[{wider[0]:g},{wider[1]:g}]")
     return lines
+
+
+def pruning_warnings(study: dict) -> list[str]:
+    """One line when pruning was asked for but could not act: every finished trial validated only at its last
+    step, so the pruner had no curve to compare trials on before their end."""
+    ended = [t for t in study["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+    if not study.get("prune_after") or not ended or any(t.get("validations", 0) > 1 for t in ended):
+        return []
+    steps = max((t.get("last_step") or 0 for t in ended), default=0)
+    if not steps:
+        return []
+    return [f"warning: model={study['model']}: no trial could be pruned before its end, as each validated only at "
+            f"its last step ({steps}); validate more often for the pruner to act: "
+            f"trainer.val_check_interval={max(1, steps // 4)}"]
 
 
 def plot_trials(study: dict, path: Path) -> None:
@@ -133,7 +147,7 @@ def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int, final:
         tuned[model] = best["params"]
         figure = job / "loss_vs_settings.png"
         plot_trials(study, figure)
-        lines = edge_warnings(study)
+        lines = edge_warnings(study) + pruning_warnings(study)
         warnings += lines
         values = ", ".join(f"`{key}={value:.3g}`" if isinstance(value, float) else f"`{key}={value}`"
                            for key, value in best["params"].items())

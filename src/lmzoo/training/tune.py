@@ -122,7 +122,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 class ReportToTrial(L.Callback):
-    """Gives every validation's val/loss to the Optuna trial; stops the run when the pruner says so."""
+    """Gives every validation's val/loss to the Optuna trial; stops the run when the pruner says so before its
+    last step."""
 
     def __init__(self, trial: optuna.Trial):
         self.trial = trial
@@ -133,7 +134,8 @@ class ReportToTrial(L.Callback):
         if trainer.sanity_checking or loss is None:
             return
         self.trial.report(float(loss), trainer.global_step)
-        if self.trial.should_prune():
+        # At its last step a trial has finished: its loss counts, whatever the median says.
+        if trainer.global_step < trainer.max_steps and self.trial.should_prune():
             self.pruned = trainer.should_stop = True
 
 
@@ -202,6 +204,7 @@ def trial_records(study: optuna.Study, settings: TuneSettings) -> dict:
     for trial in study.get_trials(deepcopy=False):
         losses = trial.intermediate_values
         trials.append({"number": trial.number, "state": trial.state.name, "params": trial.params, "value": trial.value,
-                       "last_loss": losses[max(losses)] if losses else None})
+                       "last_loss": losses[max(losses)] if losses else None, "validations": len(losses),
+                       "last_step": max(losses) if losses else None})
     return {"model": study.study_name, "search": {key: space.as_dict() for key, space in settings.search.items()},
-            "trials": trials}
+            "prune_after": settings.prune_after, "trials": trials}
