@@ -334,8 +334,8 @@ def check_before_preparing(cfg: DictConfig, budgeted: bool) -> None:
     instantiate(cfg.data, _convert_="all")
     if not cfg.init_from:
         instantiate(cfg.model, vocab_size=2, _convert_="all")
-    if not budgeted:
-        instantiate(cfg.optim)
+    # A budget's schedule length is known once the model is built: its own settings are checked meanwhile.
+    instantiate(cfg.optim, **({"decay_steps": sys.maxsize} if budgeted else {}))
 
 
 def check_settings(cfg: DictConfig) -> dict | None:

@@ -18,7 +18,7 @@ import lightning as L
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.errors import UserError, check_field_types
+from lmzoo.errors import UserError, check_field_types, user_error_behind
 from lmzoo.files import write_atomically
 from lmzoo.training.run import check_settings, prepared_data, train
 
@@ -94,6 +94,12 @@ class Space:
         value = self.low + fraction * (self.high - self.low)
         return round(value) if self.integer else value
 
+    def ends(self) -> list:
+        """The values at the range's ends, or every choice."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -147,6 +153,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
     # A mistake of the config or the data fails every trial alike: found once, before the first.
     check_settings(copy.deepcopy(cfg))
+    check_search_ends(cfg, settings)
     prepared_data(cfg)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
@@ -174,6 +181,24 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
         raise UserError(f"no trial of {model} finished, so it has no tuned value" +
                         (f"; the last failed with: {errors[-1]}" if errors else ""))
     return study
+
+
+def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
+    """Each searched key at each end of its range (each choice) is a setting the run accepts: a range reaching
+    past a limit (optim.lr below optim.min_lr) would fail every trial near that end."""
+    for space in settings.search.values():
+        for value in space.ends():
+            corner = copy.deepcopy(cfg)
+            OmegaConf.update(corner, space.key, value)
+            try:
+                check_settings(corner)
+            except Exception as error:
+                refused = user_error_behind(error)
+                if refused is None:
+                    raise
+                shown = f"{value:g}" if isinstance(value, float) else value
+                raise UserError(f"tune.search.{space.key} reaches {shown}, which a run refuses ({refused}); search a "
+                                "range the run accepts, or change the setting it conflicts with") from None
 
 
 def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, folder: Path) -> float:
