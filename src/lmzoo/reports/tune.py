@@ -1,6 +1,7 @@
 """What a tune (python -m lmzoo.tune) leaves for a reader: per model, the best values, the loss against each
 searched value as a figure (so one sees whether the optimum was bracketed), a warning when the best lies at the
-edge of its range or when the trials validated too seldom to be pruned; for the whole tune, tuned.yaml and the exact command of the final comparison, in tune.md.
+edge of its range or when the trials validated too seldom to be pruned; for the whole tune, tuned.yaml and the
+exact command of the final comparison, in tune.md.
 
 It reads the trials.json each model's study writes (lmzoo.training.tune), so it needs no Optuna.
 """

@@ -390,8 +390,8 @@ def ended_run(folder: Path, ckpt_path: str | None, trainer: L.Trainer) -> dict |
         return None
     summary = RunSummary.read(summary_path)
     step = read_checkpoint(ckpt_path).get("global_step", 0)
-    stopped_early = summary.status.startswith("done: stopped early")
-    if not summary.status.startswith("done") or summary.steps != step or (step < trainer.max_steps and not stopped_early):
+    reached_its_end = step >= trainer.max_steps or summary.status.startswith("done: stopped early")
+    if not summary.status.startswith("done") or summary.steps != step or not reached_its_end:
         return None
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.dirpath) / f"{checkpoint.filename}{checkpoint.FILE_EXTENSION}" if checkpoint else None
