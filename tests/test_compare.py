@@ -75,7 +75,7 @@ def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(t
     assert "resume=auto" in (sweep / "report.md").read_text() and "already holds" not in resumed.stderr
     assert [r["steps"] for r in run_rows(sweep / "comparison.md")] == ["-", "-", "3", "3"]
     # The finished runs are left as they are: their summary and provenance (commit, config) still describe the runs
-    # that trained, and their rows are the same (an MFU of 0% once: the resumed run skipped training).
+    # that trained, and their rows are the same, MFU included.
     assert resumed.stderr.count("already ended at step 3 (done); it is left as it is") == 2
     assert [p.name for p in records] == ["provenance.json", "summary.json"] * 2
     assert {path: path.stat().st_mtime_ns for path in records} == written

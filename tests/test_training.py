@@ -101,6 +101,18 @@ def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_
             "command's optim.decay_steps=20") in capsys.readouterr().err
 
 
+
+def test_a_finished_run_continued_from_its_own_checkpoint_keeps_its_mfu(tmp_path):
+    """ckpt_path= a finished run's own last.ckpt trains nothing and writes its summary again: with its MFU, which
+    needs the FLOPs per token although no training step ran."""
+    summary = tmp_path / "run" / "summary.json"
+    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
+    first = json.loads(summary.read_text())
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", f"ckpt_path={last}"))
+    again = json.loads(summary.read_text())
+    assert again["steps"] == 10 and first["mfu"] > 0 and again["mfu"] == pytest.approx(first["mfu"])
+
 class LossCurve(L.Callback):
     def __init__(self):
         self.losses = []
