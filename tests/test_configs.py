@@ -116,10 +116,10 @@ def test_trainer_configs(tmp_path, name, monkeypatch):
         assert OmegaConf.to_container(cfg.trainer)["devices"] == "${lmzoo.job_gpu:${hydra:job.num}}"
         assert job_gpu(5) == [1]
         return
-    _, _, trainer = build(cfg)
+    _, lit, trainer = build(cfg)
     assert trainer.max_steps == cfg.trainer.max_steps and trainer.checkpoint_callback is not None
-    # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration).
-    assert trainer.precision == cfg.trainer.precision != "auto"
+    # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration), and recorded.
+    assert trainer.precision == lit.provenance["config"]["trainer"]["precision"] != "auto"
 
 
 @pytest.mark.parametrize("name", options("hydra/launcher"))

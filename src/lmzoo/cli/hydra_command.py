@@ -32,7 +32,8 @@ from lmzoo.cli.compat import (WithoutFailedJobLines, failed_instantiation, group
                               not_an_override)
 from lmzoo.errors import UserError, report_user_errors, user_error_behind
 from lmzoo.files import hold_folder
-from lmzoo.reports.runs import check_folder_is_this_runs, check_sweep_folder
+from lmzoo.reports.runs import check_sweep_folder
+from lmzoo.training.folder import check_folder_is_this_runs
 
 # Set by Lightning, torchrun and SLURM in every process but the first of a distributed run.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")

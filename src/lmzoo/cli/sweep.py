@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from lmzoo.cli.compat import job_error
 from lmzoo.reports.compare import TABLE
 from lmzoo.reports.report import write_report
-from lmzoo.reports.runs import SUMMARY, RunSummary
+from lmzoo.training.summary import SUMMARY, RunSummary
 
 
 def failure(job_return: JobReturn) -> str:

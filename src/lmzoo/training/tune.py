@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError, check_field_types, user_error_behind
 from lmzoo.files import write_atomically
-from lmzoo.training.run import check_settings, prepared_data, train
+from lmzoo.training.plan import Command, prepared_data, settle
+from lmzoo.training.run import train
 
 STUDY = "study.db"
 TRIALS = "trials.json"
@@ -152,8 +153,8 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
     # A mistake of the config or the data fails every trial alike: found once, before the first.
-    check_settings(copy.deepcopy(cfg))
-    check_search_ends(cfg, settings)
+    settle(cfg, Command(model))
+    check_search_ends(cfg, settings, Command(model))
     prepared_data(cfg)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
@@ -183,7 +184,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     return study
 
 
-def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
+def check_search_ends(cfg: DictConfig, settings: TuneSettings, command: Command) -> None:
     """Each searched key at each end of its range (each choice) is a setting the run accepts: a range reaching
     past a limit (optim.lr below optim.min_lr) would fail every trial near that end."""
     for space in settings.search.values():
@@ -191,7 +192,7 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
             corner = copy.deepcopy(cfg)
             OmegaConf.update(corner, space.key, value)
             try:
-                check_settings(corner)
+                settle(corner, command)
             except Exception as error:
                 refused = user_error_behind(error)
                 if refused is None:
