@@ -11,8 +11,6 @@ import re
 import sys
 import warnings
 
-from lightning_utilities.core.imports import RequirementCache
-
 # lightning-utilities 0.15 (Lightning 2.6): RequirementCache, which torchmetrics asks whether a package is
 # installed, finds out in its private _check_requirement; there is no public way to answer for it.
 LIGHTNING_UTILITIES = "0.15"
@@ -33,6 +31,9 @@ warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING)
 @contextlib.contextmanager
 def packages_reported_missing(names: tuple[str, ...]):
     """While open, lightning_utilities' RequirementCache (what torchmetrics checks) finds none of `names`."""
+    # Imported here: lmzoo.training imports this module, and its modules that need no Lightning load without it.
+    from lightning_utilities.core.imports import RequirementCache
+
     check = RequirementCache._check_requirement
 
     def check_unless_named(self):
