@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 import lmzoo.conf  # noqa: F401  (registers the nodes the options extend)
 
 from lmzoo.cli.generate import sampling_settings
-from lmzoo.cli.hydra_command import job_gpu, quote_literal_values
+from lmzoo.cli.hydra_command import job_gpu
+from lmzoo.cli.quoting import quote_literal_values
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.inference import SamplingSettings

@@ -6,9 +6,12 @@ tests/test_compat.py checks each against the installed Hydra, so an upgrade that
 import re
 
 from hydra.core.utils import JobReturn
+from hydra.errors import MissingConfigException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 # hydra-core 1.3: a failed job's exception is kept in the private JobReturn._return_value (the public
-# return_value re-raises it); some composition errors differ from the others only in their wording.
+# return_value re-raises it); some composition errors differ from the others only in their wording, others are told
+# by the attributes of Hydra's and OmegaConf's exceptions; the parser of Hydra's flags is private.
 HYDRA = "1.3"
 
 
@@ -61,3 +64,37 @@ def failed_instantiation(message: str) -> tuple[str, str] | None:
     section = re.search(r"full_key: (\S+)", message)
     target = re.search(r"Error in call to target '([\w.]+)'", message)
     return (section.group(1), target.group(1)) if section and target else None
+
+
+def flags_parser():
+    """Hydra's parser of its command-line flags (--cfg, -m, ...), which hydra.main uses (hydra-core 1.3: private)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def unexpected_keyword(error: BaseException | None) -> str | None:
+    """The keyword a class was called with and does not take, from Python's TypeError (as instantiating a
+    dataclass with a key added by `+section.key=...` raises it); None for any other error."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error)) if isinstance(error, TypeError) else None
+    return found and found.group(1)
+
+
+def missing_option(error: BaseException) -> tuple[str, str, list[str]] | None:
+    """The group and option of an override GROUP=OPTION naming no file of the group, and the group's options, from
+    Hydra's MissingConfigException; None for any other error."""
+    if not isinstance(error, MissingConfigException) or error.options is None:
+        return None
+    group, _, option = (error.missing_cfg_file or "").rpartition("/")
+    return group, option, list(error.options)
+
+
+def missing_key(error: BaseException) -> tuple[str, str, list[str]] | None:
+    """The section and key of an override of a key the config does not have, and the section's keys, from the
+    OmegaConf error Hydra raises it from; None for any other error."""
+    cause = error.__cause__
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return None
+    section, _, key = (cause.full_key or cause.key or "").rpartition(".")
+    keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+    return section, key, keys

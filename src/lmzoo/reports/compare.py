@@ -14,8 +14,9 @@ from pathlib import Path
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.reports.runs import SUMMARY, RunFolder, Setting, pool, read_run
+from lmzoo.reports.runs import RunFolder, Setting, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
+from lmzoo.training.summary import SUMMARY
 
 TABLE = "comparison.md"
 SIGNIFICANCE = 0.05

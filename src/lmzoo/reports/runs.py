@@ -70,22 +70,6 @@ class Setting:
         return [v for v in values if v is not None and not (isinstance(v, float) and math.isinf(v))]
 
 
-def check_sweep_folder(sweep_dir: Path, overrides: list[str]) -> None:
-    """Refuse a sweep into a folder that holds another, so that report.md's command is the one that made its
-    table. A sweep there may be continued: the same overrides with resume=auto (each job resumes its own run)."""
-    path = sweep_dir / MULTIRUN
-    if not path.is_file():
-        return
-    fix = "choose a new folder with hydra.sweep.dir=PATH"
-    if "resume=auto" not in overrides:
-        raise UserError(f"{sweep_dir} already holds a sweep ({path}); continue it with the same command and "
-                        f"resume=auto, or {fix}")
-    earlier = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides.task, resolve=False)
-    if [o for o in earlier if not o.startswith("resume=")] != [o for o in overrides if not o.startswith("resume=")]:
-        raise UserError(f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); continue it with "
-                        f"those and resume=auto, or {fix}")
-
-
 def read_run(folder: Path) -> RunFolder:
     path = folder / SUMMARY
     summary = (RunSummary.read(path) if path.is_file()

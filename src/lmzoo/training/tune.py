@@ -65,7 +65,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
                                 direction="minimize", pruner=pruner)
-    # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
+    # This process holds the folder (lmzoo.cli.folders.RunFolderLock): a trial still marked running was
     # killed with the tune. It fails, and runs again with the same values.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
