@@ -4,6 +4,7 @@ tests/test_compat.py checks each against the installed Hydra, so an upgrade that
 """
 
 import re
+import traceback
 
 from hydra.core.utils import JobReturn
 from hydra.errors import MissingConfigException
@@ -98,3 +99,15 @@ def missing_key(error: BaseException) -> tuple[str, str, list[str]] | None:
     section, _, key = (cause.full_key or cause.key or "").rpartition(".")
     keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
     return section, key, keys
+
+
+def raised_by_launcher(error: BaseException) -> bool:
+    """Whether `error` is a sweep launcher's own (its settings, its start-up), raised before or between the jobs: in
+    hydra-core 1.3 a Launcher's launch runs each job through hydra.core.utils.run_job, which keeps a job's error
+    for the sweeper to raise later, so a launcher's own error is raised inside launch and outside run_job."""
+    from hydra.plugins.launcher import Launcher
+
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    in_launch = any(f.f_code.co_name == "launch" and isinstance(f.f_locals.get("self"), Launcher) for f in frames)
+    in_job = any(f.f_code.co_name == "run_job" and f.f_globals.get("__name__") == "hydra.core.utils" for f in frames)
+    return in_launch and not in_job

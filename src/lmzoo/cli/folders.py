@@ -1,8 +1,10 @@
-"""The folders a command writes into: a sweep job's folder name, and who may write into a run or sweep folder (one
-command at a time; a folder holding a run or sweep only continued, never written over).
+"""The folders a command writes into: a sweep job's folder name; who may write into a run or sweep folder (one
+command at a time; a folder holding a run or sweep only continued, never written over); and a run's record of its
+command, written once every check has passed.
 
-Hydra makes a run's folder before lmzoo's task runs; these checks run in Hydra's callbacks, before anything is
-written there.
+Hydra makes a run's folder before lmzoo's task runs; the folder checks run in Hydra's callbacks, before anything is
+written there, and the record of the command (Hydra's .hydra/, which conf/train.yaml stops Hydra from writing)
+once the run is accepted, so that a refused command leaves every file of its folder as it was.
 """
 
 import contextlib
@@ -11,16 +13,19 @@ import os
 import re
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError
-from lmzoo.files import hold_folder
+from lmzoo.files import hold_folder, write_atomically
 from lmzoo.reports.runs import MULTIRUN
 from lmzoo.training.folder import check_folder_is_this_runs
 
 # Set by Lightning, torchrun and SLURM in every process but the first of a distributed run.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+# Where a run keeps its record of the command, as Hydra names it (hydra.output_subdir).
+RECORD = ".hydra"
 # Longer sweep job folder names are cut, and end in a digest of the whole name (file systems allow 255 bytes).
 FOLDER_NAME_CHARS = 100
 
@@ -53,6 +58,17 @@ def check_sweep_folder(sweep_dir: Path, overrides: list[str]) -> None:
                         f"those and resume=auto, or {fix}")
 
 
+def write_command_record(cfg: DictConfig) -> None:
+    """The run's record of its command, the files Hydra writes: RECORD/config.yaml (the composed config `cfg`, as
+    the task got it), hydra.yaml (Hydra's settings of the run, its working folder among them) and overrides.yaml
+    (the command line's overrides), each written atomically. Called once the run is accepted."""
+    hydra = HydraConfig.instance().cfg
+    folder = Path(hydra.hydra.runtime.output_dir) / RECORD
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra), ("overrides.yaml", hydra.hydra.overrides.task)):
+        write_atomically(folder / name, OmegaConf.to_yaml(node).encode("utf-8"),
+                         "choose a writable run folder with hydra.run.dir=PATH")
+
+
 class Refused(BaseException):
     """A UserError raised in a Hydra callback, which Hydra would turn into a warning and go on: as a
     BaseException it stops the command, and hydra_command's main reports the error in it."""
@@ -69,6 +85,10 @@ class RunFolderLock(Callback):
 
     # What this process holds; released when the command ends, however it ends (hydra_command's main).
     held = contextlib.ExitStack()
+    # A sweep's multirun.yaml as it was before this command (None: there was none) and its launcher's name:
+    # Hydra writes the file before the launcher starts, and hydra_command's main puts it back if the launcher
+    # refuses to (put_back_sweep_record).
+    sweep_before: tuple[Path, bytes | None, str] | None = None
 
     def __init__(self, hold: bool = True, one_sweep: bool = True):
         self.hold = hold
@@ -85,6 +105,20 @@ class RunFolderLock(Callback):
         folder = OmegaConf.select(config, "hydra.sweep.dir")
         overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
         self.take(folder, "hydra.sweep.dir", lambda: self.one_sweep and check_sweep_folder(Path(folder), overrides))
+        record = Path(folder) / MULTIRUN
+        RunFolderLock.sweep_before = (record, record.read_bytes() if record.is_file() else None,
+                                      config.hydra.runtime.choices.get("hydra/launcher"))
+
+    @classmethod
+    def put_back_sweep_record(cls) -> str:
+        """The sweep's multirun.yaml as it was before this command, for a sweep none of whose jobs started; the
+        launcher's name."""
+        record, before, launcher = cls.sweep_before
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            write_atomically(record, before)
+        return launcher
 
     def take(self, folder: str, key: str, check) -> None:
         """Hold `folder`, then `check` that this command may write into it."""

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lmzoo.cli.compat import WithoutFailedJobLines
+from lmzoo.cli.compat import WithoutFailedJobLines, raised_by_launcher
 from lmzoo.cli.folders import Refused, RunFolderLock
 from lmzoo.cli.hydra_errors import check_flags, explain, hydra_errors_raised, unknown_key
 from lmzoo.cli.quoting import quote_literal_values
@@ -90,8 +90,17 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
                         raise
                     raise UserError(f"cannot write {error.filename} ({error.strerror or error}); "
                                     "choose a writable folder with hydra.run.dir=PATH") from None
+                except Exception as error:
+                    if full_error or not raised_by_launcher(error):
+                        raise
+                    # Nothing of the sweep has run: its folder is left as it was.
+                    launcher = RunFolderLock.put_back_sweep_record()
+                    first = f"{type(error).__name__}: {error}".splitlines()[0]
+                    raise UserError(f"hydra/launcher={launcher} cannot start the sweep ({first}); fix hydra.launcher.* "
+                                    f"(conf/hydra/launcher/{launcher}.yaml) or choose another launcher") from None
                 finally:
                     RunFolderLock.held.close()
+                    RunFolderLock.sweep_before = None
 
         return main
 

@@ -72,7 +72,7 @@ MEAN_COLUMNS = [Column("parameters", "parameters", thousands), Column("FLOPs", "
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job folders (those Hydra wrote a .hydra/ into), in job order."""
+    """The sweep's job folders (those holding the record of their command, .hydra/, or a summary), in job order."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / SUMMARY).is_file()]
     return sorted(jobs, key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else math.inf,
                                        p.name))

@@ -2,6 +2,7 @@
 trained, ended with its summary, and sampled."""
 
 import sys
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -41,9 +42,10 @@ def assemble(plan: RunPlan, start: Start, callbacks: tuple = ()) -> tuple[LitLM,
     return lit, trainer
 
 
-def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
+def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] | None = None) -> dict:
     """Train as configured, with `callbacks` beside the config's; return the best checkpoint path and validation
-    loss."""
+    loss. `accepted` is called once every check has passed, before the run writes anything (the command's record
+    of itself, lmzoo.cli.folders.write_command_record)."""
     log_each_line_once()
     plan, start = plan_run(cfg)
     if plan.resume.ended:
@@ -51,6 +53,8 @@ def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
         return plan.resume.ended.result()
     lit, trainer = assemble(plan, start, callbacks)
     if trainer.is_global_zero:
+        if accepted:
+            accepted()
         write_provenance(lit.provenance, plan.output_dir)
     # Our checkpoints hold RNG states (numpy, Python), which torch's weights-only loading refuses.
     trainer.fit(lit, datamodule=start.datamodule, ckpt_path=plan.resume.checkpoint, weights_only=False)

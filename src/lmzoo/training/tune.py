@@ -10,6 +10,7 @@ same values, and finished ones count.
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -49,9 +50,11 @@ class ReportToTrial(L.Callback):
             self.pruned = trainer.should_stop = True
 
 
-def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> optuna.Study:
+def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path,
+               accepted: Callable[[], None] | None = None) -> optuna.Study:
     """Run (or continue) the study of `model` in `folder` until `settings.trials` trials have finished, and
-    write folder/trials.json."""
+    write folder/trials.json. `accepted` is called once the tune's checks have passed, before it writes anything
+    into `folder`."""
     for key in settings.search:
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
@@ -59,6 +62,8 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     settle(cfg, Command(model))
     check_search_ends(cfg, settings, Command(model))
     prepared_data(cfg)
+    if accepted:
+        accepted()
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
