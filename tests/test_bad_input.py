@@ -498,7 +498,7 @@ def folder(tmp_path_factory):
     diverged = dict(checkpoint["state_dict"])
     diverged["model.transformer.h.0.attn.c_attn.weight"] = diverged["model.transformer.h.0.attn.c_attn.weight"] * np.nan
     torch.save({**checkpoint, "state_dict": diverged}, tmp / "nan.ckpt")
-    # A run that diverged (as trainer.skip_nonfinite=true lets one go on until validation): NaN weights in its last.ckpt.
+    # A run that diverged (trainer.skip_nonfinite=true lets one go on until it validates): NaN in its last.ckpt.
     shutil.copytree(trained, tmp / "diverged_run")
     torch.save({**checkpoint, "state_dict": diverged, "lmzoo": {**checkpoint["lmzoo"], "diverged_at": 10}},
                tmp / "diverged_run" / "checkpoints" / "last.ckpt")

@@ -144,9 +144,11 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     precision = Precision(*choose_precision(config.trainer.precision, device_type(config.trainer.accelerator), width))
     ended = None
     if checkpoint:
-        check_resumable(checkpoint, model, datamodule.meta.tokenizer, optim, finetune, settings.init_from)
+        kept = check_resumable(checkpoint, model, datamodule.meta.tokenizer, optim, finetune, settings.init_from)
         best = checkpoints / f"{config.callbacks.model_checkpoint.filename}.ckpt"
-        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best) if settings.resume else None
+        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best)
+        if kept and not ended:
+            print(kept, file=sys.stderr)
     plan = RunPlan(config, settings, command, tuned, output_dir, checkpoints, length, optim, precision, flops_per_token,
                    Resume(checkpoint, ended))
     return plan, Start(datamodule, model, finetune)

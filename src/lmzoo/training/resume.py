@@ -58,10 +58,11 @@ def check_same_start(record: ModelRecord, ckpt_path: str, init_from: str | None,
 
 
 def check_resumable(ckpt_path: str, model: LanguageModel, tokenizer: dict, optim: OptimConfig,
-                    finetune: dict | None = None, init_from: str | None = None) -> None:
+                    finetune: dict | None = None, init_from: str | None = None) -> str | None:
     """A sound lmzoo checkpoint of this release, of the `model` the run builds (with its `finetune` record),
-    trained on tokens of the data's `tokenizer`. Optimizer settings that differ from the checkpoint's are reported:
-    the checkpoint's optimizer and learning-rate schedule are the ones that continue."""
+    trained on tokens of the data's `tokenizer`. Returns the warning that names the optimizer settings that differ
+    from the checkpoint's (the checkpoint's optimizer and learning-rate schedule are the ones that continue), or
+    None."""
     record = ModelRecord.read(read_checkpoint(ckpt_path)["lmzoo"])
     check_same_start(record, ckpt_path, init_from, finetune)
     if record.tokenizer != tokenizer:
@@ -80,13 +81,14 @@ def check_resumable(ckpt_path: str, model: LanguageModel, tokenizer: dict, optim
         raise UserError(f"{ckpt_path} holds a model of other settings than the run builds; resume with {settings}")
     asked = vars(optim)
     kept = {key: value for key, value in (record.optim or {}).items() if asked.get(key) != value}
-    if kept:
-        theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
-        ours_now = ", ".join(f"optim.{key}={asked[key]}" for key in kept)
-        decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
-                 "optim.min_lr)") if "decay_steps" in kept else ""
-        print(f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
-              f"command's {ours_now}{decay}", file=sys.stderr)
+    if not kept:
+        return None
+    theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
+    ours_now = ", ".join(f"optim.{key}={asked[key]}" for key in kept)
+    decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
+             "optim.min_lr)") if "decay_steps" in kept else ""
+    return (f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
+            f"command's {ours_now}{decay}")
 
 
 @dataclasses.dataclass(frozen=True)
