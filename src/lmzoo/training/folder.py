@@ -3,8 +3,17 @@ run. Who may train into a folder; imports no Lightning, so the command line chec
 
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from lmzoo.errors import UserError
 from lmzoo.training.summary import SUMMARY
+
+
+def checkpoints_folder(cfg: DictConfig) -> Path:
+    """Where a run's checkpoints go (callbacks.model_checkpoint.dirpath); a run without that callback writes none,
+    and its folder's checkpoints/ is where an earlier run's are."""
+    return Path(OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+                or Path(cfg.paths.output_dir) / "checkpoints")
 
 
 def earlier_run(folder: Path, checkpoints: Path) -> str | None:

@@ -25,7 +25,7 @@ from lmzoo.training.acceleration import choose_precision, device_type
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.checks import RunSettings, check_before_preparing
 from lmzoo.training.datamodule import TokenDataModule
-from lmzoo.training.folder import check_folder_is_this_runs
+from lmzoo.training.folder import check_folder_is_this_runs, checkpoints_folder
 from lmzoo.training.initial_model import initial_model
 from lmzoo.training.optim import OptimConfig
 from lmzoo.training.resume import EndedRun, check_resumable, ended_run, resume_path
@@ -86,13 +86,15 @@ class Resume:
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
+    """What a run derives from its config before its first step (see the module's docstring)."""
+
     # The composed config with its tuned values (read-only): the settings the run's parts are built from.
     config: DictConfig
     settings: RunSettings
     command: Command
     tuned: dict | None
     output_dir: Path
-    checkpoints: Path
+    # Its steps, schedule length and validation interval, and the line that says what a budget gave.
     length: RunLength
     # The optimizer's settings, its schedule as long as the run.
     optim: OptimConfig
@@ -130,7 +132,7 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     trains, made before anything is written into its folder (a UserError names the first mistake)."""
     command = Command.of_hydra()
     settings, tuned, config, budget = settle(cfg, command)
-    output_dir, checkpoints = Path(config.paths.output_dir), Path(config.callbacks.model_checkpoint.dirpath)
+    output_dir, checkpoints = Path(config.paths.output_dir), checkpoints_folder(config)
     check_folder_is_this_runs(output_dir, checkpoints, settings.resume, settings.ckpt_path,
                               "hydra.run.dir" if HydraConfig.initialized() else "paths.output_dir")
     checkpoint = resume_path(config)
@@ -145,11 +147,11 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     ended = None
     if checkpoint:
         kept = check_resumable(checkpoint, model, datamodule.meta.tokenizer, optim, finetune, settings.init_from)
-        best = checkpoints / f"{config.callbacks.model_checkpoint.filename}.ckpt"
+        best = checkpoints / f"{OmegaConf.select(config, 'callbacks.model_checkpoint.filename', default='best')}.ckpt"
         ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best)
         if kept and not ended:
             print(kept, file=sys.stderr)
-    plan = RunPlan(config, settings, command, tuned, output_dir, checkpoints, length, optim, precision, flops_per_token,
+    plan = RunPlan(config, settings, command, tuned, output_dir, length, optim, precision, flops_per_token,
                    Resume(checkpoint, ended))
     return plan, Start(datamodule, model, finetune)
 
@@ -162,14 +164,11 @@ def prepared_data(cfg: DictConfig) -> TokenDataModule:
 
 
 def resolve_length(cfg: DictConfig, budget: Budget, flops_per_token: int, command: Command) -> RunLength:
-    """The run's length (lmzoo.training.budget.run_length) from its settings, saying what a budget gave."""
+    """The run's length (lmzoo.training.budget.run_length) from its settings."""
     trainer = cfg.trainer
-    length = run_length(budget, max_steps=trainer.max_steps, decay_steps=cfg.optim.decay_steps,
-                        val_check_interval=trainer.val_check_interval, warmup_steps=cfg.optim.get("warmup_steps"),
-                        step_tokens=cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches
-                        * world_size(trainer),
-                        accumulate_grad_batches=trainer.accumulate_grad_batches, flops_per_token=flops_per_token,
-                        max_steps_typed="trainer.max_steps" in command.typed)
-    if length.said:
-        print(length.said, file=sys.stderr)
-    return length
+    return run_length(budget, max_steps=trainer.max_steps, decay_steps=cfg.optim.decay_steps,
+                      val_check_interval=trainer.val_check_interval, warmup_steps=cfg.optim.get("warmup_steps"),
+                      step_tokens=cfg.data.batch_size * cfg.block_size * trainer.accumulate_grad_batches
+                      * world_size(trainer),
+                      accumulate_grad_batches=trainer.accumulate_grad_batches, flops_per_token=flops_per_token,
+                      max_steps_typed="trainer.max_steps" in command.typed)

@@ -15,7 +15,7 @@ from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel
 from lmzoo.models.presets import override_value
 from lmzoo.training.finetune import model_option, source_path
-from lmzoo.training.folder import is_own_checkpoint
+from lmzoo.training.folder import checkpoints_folder, is_own_checkpoint
 from lmzoo.training.optim import OptimConfig
 from lmzoo.training.summary import SUMMARY, RunSummary
 
@@ -28,7 +28,7 @@ def resume_path(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path:
         return str(checkpoint_file(cfg.ckpt_path))
     if cfg.resume == "auto":
-        last = Path(cfg.callbacks.model_checkpoint.dirpath) / LAST
+        last = checkpoints_folder(cfg) / LAST
         return str(last) if last.is_file() else None
     return None
 

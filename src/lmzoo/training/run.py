@@ -38,6 +38,8 @@ def assemble(plan: RunPlan, start: Start, callbacks: tuple = ()) -> tuple[LitLM,
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         start.model.compile()
     trainer = build_trainer(plan, callbacks)
+    if plan.length.said:
+        say(trainer, plan.length.said)
     say(trainer, f"precision: {plan.precision.value} ({plan.precision.reason})")
     return lit, trainer
 
