@@ -93,7 +93,7 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
                 except Exception as error:
                     if full_error or not raised_by_launcher(error):
                         raise
-                    # Nothing of the sweep has run: its folder is left as it was.
+                    # Launchers refuse as they start, before any job (joblib, submitit): the folder is left as it was.
                     launcher = RunFolderLock.put_back_sweep_record()
                     first = f"{type(error).__name__}: {error}".splitlines()[0]
                     raise UserError(f"hydra/launcher={launcher} cannot start the sweep ({first}); fix hydra.launcher.* "
