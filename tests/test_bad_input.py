@@ -134,10 +134,11 @@ CASES = [
      "tune.search.optim.lr must be a range [low, high] with low < high", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_key", "+tune.search.optim.lrr=[1e-4,1e-2]"],
      "tune.search.optim.lrr: the config has no key optim.lrr", []),
-    # A range past a limit of the run would fail every trial near that end (lr below optim.min_lr).
-    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_ends", "budget.flops=1e9",
-              "tune.search.optim.lr=[1e-5,1e-2]"], "tune.search.optim.lr reaches 1e-05, which a run refuses (optim.lr "
-     "must be positive and optim.min_lr within [0, lr]; got 1e-05, 0.0001); search a range the run accepts", []),
+    # A range past a limit of the run would fail every trial near that end (lr below an absolute optim.min_lr).
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_ends", "budget.flops=1e9", "optim.min_lr=1e-4",
+              "tune.search.optim.lr=[1e-5,1e-2]"], "tune.search.optim.lr reaches 1e-05, which a run refuses (optim."
+     "min_lr must lie within [0, lr] (or be null: optim.min_lr_ratio of lr); got 0.0001 with optim.lr=1e-05); search "
+     "a range the run accepts", []),
     # A mistake every trial would make stops the tune before its first trial.
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_data", "data.path={tmp}/missing.txt"],
      "data file '{tmp}/missing.txt' does not exist", []),

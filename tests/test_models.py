@@ -144,6 +144,14 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
 
 
+@pytest.mark.parametrize("lr", [3e-4, 3e-2])
+def test_the_floor_is_a_fraction_of_the_learning_rate_unless_min_lr_sets_it(lr):
+    """A searched or tuned lr decays to a tenth of itself at any value; an absolute min_lr stays as set."""
+    assert Schedule.of(OptimConfig(lr=lr, decay_steps=10))(10) == pytest.approx(0.1)
+    assert Schedule.of(OptimConfig(lr=lr, min_lr_ratio=0.02, decay_steps=10))(10) == pytest.approx(0.02)
+    assert Schedule.of(OptimConfig(lr=lr, min_lr=1e-4, decay_steps=10))(10) * lr == pytest.approx(1e-4)
+
+
 @pytest.mark.parametrize("steps", [30, 2000])
 def test_warmup_and_wsds_decay_are_fractions_of_the_run(steps):
     """5% warmup and wsd's last 20% decay at any length: 30 steps warm up for 2, 2000 for 100."""

@@ -71,6 +71,23 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert actual["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
 
 
+def test_a_checkpoint_from_before_min_lr_ratio_resumes_with_its_absolute_floor(tmp_path, capsys):
+    """A run trained with optim.min_lr=5e-5 at lr 2e-3 (a floor of 1/40), its record without min_lr_ratio as
+    before it existed, continued by a command of today's defaults (a floor of lr/10): the old floor goes on."""
+    first = tmp_path / "first"
+    train(compose_train(first, "trainer.max_steps=4", "optim.lr=2e-3", "optim.min_lr=5e-5", "optim.warmup_steps=0"))
+    old = read_checkpoint(first / "run" / "checkpoints" / "last.ckpt")
+    del old["lmzoo"]["optim"]["min_lr_ratio"]
+    torch.save(old, tmp_path / "old.ckpt")
+    train(compose_train(tmp_path / "resumed", "trainer.max_steps=6", "optim.lr=2e-3", "optim.warmup_steps=0",
+                        f"ckpt_path={tmp_path / 'old.ckpt'}"))
+    resumed = read_checkpoint(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")
+    assert resumed["lr_schedulers"][0]["lr_lambdas"][0]["floor"] == pytest.approx(1 / 40)
+    assert resumed["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(5e-5)
+    assert resumed["lmzoo"]["optim"]["min_lr"] == 5e-5
+    assert "resuming keeps the checkpoint's optimizer and learning-rate schedule (min_lr=5e-05" in capsys.readouterr().err
+
+
 def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_segment(tmp_path, capsys):
     summary, last = tmp_path / "run" / "summary.json", tmp_path / "run" / "checkpoints" / "last.ckpt"
     train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))

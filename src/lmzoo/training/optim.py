@@ -13,8 +13,9 @@ from lmzoo.models import LanguageModel
 
 
 OPTIMIZERS = ("adamw", "muon")
-# cosine: warmup, then a cosine to min_lr at the end. wsd: warmup, a flat stretch at lr, then a linear decay to
-# min_lr over the run's last decay_fraction (torchtitan's, OLMo-core's and llm-baselines' schedule for budget sweeps).
+# cosine: warmup, then a cosine to the floor (OptimConfig.floor) at the end. wsd: warmup, a flat stretch at lr, then
+# a linear decay to the floor over the run's last decay_fraction (torchtitan's, OLMo-core's and llm-baselines'
+# schedule for budget sweeps).
 SCHEDULES = ("cosine", "wsd")
 
 
@@ -24,7 +25,11 @@ class OptimConfig:
 
     name: str = "adamw"
     lr: float = 1e-3
-    min_lr: float = 1e-4
+    # The schedule's floor as a fraction of lr, so that it follows a searched or tuned lr (nanoGPT's and
+    # Chinchilla's lr / 10); min_lr, when set, is an absolute floor instead (the only form before min_lr_ratio,
+    # which older checkpoints record and resume with).
+    min_lr_ratio: float = 0.1
+    min_lr: float | None = None
     schedule: str = "cosine"
     # The schedule's length in steps: the run's (trainer.max_steps, or what a budget buys).
     decay_steps: int = 5000
@@ -52,8 +57,12 @@ class OptimConfig:
             raise UserError(f"optim.muon_lr must be positive, optim.muon_momentum within [0, 1) and "
                             f"optim.muon_weight_decay >= 0; got {self.muon_lr}, {self.muon_momentum}, "
                             f"{self.muon_weight_decay}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise UserError(f"optim.lr must be positive and optim.min_lr within [0, lr]; got {self.lr}, {self.min_lr}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"optim.lr must be positive and optim.min_lr_ratio within [0, 1]; got {self.lr}, "
+                            f"{self.min_lr_ratio}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise UserError(f"optim.min_lr must lie within [0, lr] (or be null: optim.min_lr_ratio of lr); got "
+                            f"{self.min_lr} with optim.lr={self.lr}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.decay_steps < 1:
@@ -79,12 +88,17 @@ class OptimConfig:
         if self.eps <= 0:
             raise UserError(f"optim.eps must be positive, got {self.eps}")
 
+    @property
+    def floor(self) -> float:
+        """The learning rate the schedule decays to, as a fraction of lr."""
+        return self.min_lr_ratio if self.min_lr is None else self.min_lr / self.lr
+
 
 @dataclass
 class Schedule:
     """The learning-rate multiplier of each step: linear warmup to 1 over `warmup` steps; then a cosine to `floor`
-    (min_lr / lr) at step `decay`, or for `shape` wsd 1 until `cooldown` steps before `decay` and a straight line
-    to `floor` there; `floor` after `decay`.
+    (OptimConfig.floor) at step `decay`, or for `shape` wsd 1 until `cooldown` steps before `decay` and a straight
+    line to `floor` there; `floor` after `decay`.
 
     LambdaLR saves these attributes in every checkpoint and sets them back on resume, so a resumed run keeps the
     schedule it was trained with (lmzoo 0.1's WarmupCosine saved warmup, decay and floor: a cosine)."""
@@ -101,7 +115,7 @@ class Schedule:
     @classmethod
     def of(cls, config: OptimConfig) -> "Schedule":
         fraction = None if config.warmup_steps is not None else config.warmup_fraction
-        schedule = cls(warmup=config.warmup_steps or 0, decay=config.decay_steps, floor=config.min_lr / config.lr,
+        schedule = cls(warmup=config.warmup_steps or 0, decay=config.decay_steps, floor=config.floor,
                        shape=config.schedule, warmup_fraction=fraction,
                        decay_fraction=config.decay_fraction if config.schedule == "wsd" else 0.0)
         schedule.stretch(config.decay_steps)
@@ -160,7 +174,7 @@ def configure_adamw(model: LanguageModel, config: OptimConfig, device: torch.dev
 
 
 def with_schedule(optimizer: torch.optim.Optimizer, config: OptimConfig) -> dict:
-    # One multiplier for every group: each decays from its own learning rate to min_lr / lr of it.
+    # One multiplier for every group: each decays from its own learning rate to the floor's fraction of it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule.of(config))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 

@@ -86,7 +86,7 @@ def check_resumable(ckpt_path: str, model: LanguageModel, tokenizer: dict, optim
     theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
     ours_now = ", ".join(f"optim.{key}={asked[key]}" for key in kept)
     decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
-             "optim.min_lr)") if "decay_steps" in kept else ""
+             "the schedule's floor)") if "decay_steps" in kept else ""
     return (f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
             f"command's {ours_now}{decay}")
 

@@ -94,7 +94,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
 
 def check_search_ends(cfg: DictConfig, settings: TuneSettings, command: Command) -> None:
     """Each searched key at each end of its range (each choice) is a setting the run accepts: a range reaching
-    past a limit (optim.lr below optim.min_lr) would fail every trial near that end."""
+    past a limit (optim.lr below an absolute optim.min_lr) would fail every trial near that end."""
     for space in settings.search.values():
         for value in space.ends():
             corner = copy.deepcopy(cfg)
