@@ -3,8 +3,10 @@
 import argparse
 import gc
 import importlib
+import sys
 
 from lmzoo.errors import UserError
+from lmzoo.machine import hold_instruction_set
 
 
 def run_command(name: str) -> None:
@@ -15,7 +17,10 @@ def run_command(name: str) -> None:
     Lightning's import in `train`, at exit). That was 0.9 s of `generate` and 0.35 s before `train`'s first
     step on a 2-core VM (bench/README.md). `gc.freeze` leaves them out of later collections; the few thousand
     objects in import cycles among them are never freed. The command itself runs with the collector on.
+
+    `repro=true` on the command line holds the kernels at AVX2 here, before the command's modules load torch.
     """
+    hold_instruction_set(sys.argv[1:])
     gc.disable()
     try:
         main = importlib.import_module(f"lmzoo.cli.{name}").main

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError, check_field_types
+from lmzoo.machine import REPRO_ENVIRONMENT, instruction_set_held
 from lmzoo.training.acceleration import check_compile
 from lmzoo.training.budget import Budget
 
@@ -25,6 +26,7 @@ class RunSettings:
     init_from: str | None
     sample_tokens: int
     tuned: str | None
+    repro: bool
 
     def __post_init__(self):
         check_field_types(self, None)
@@ -36,6 +38,10 @@ class RunSettings:
             raise UserError(f"sample_tokens must be >= 0 (0 samples nothing), got {self.sample_tokens}")
         if self.resume not in (None, "auto"):
             raise UserError(f"resume={self.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
+        if self.repro and not instruction_set_held():
+            raise UserError("repro=true holds the kernels at AVX2 only when typed on the command line of python -m "
+                            "lmzoo.train or lmzoo.tune (it must act before torch loads); type repro=true there, or set "
+                            + " ".join(f"{key}={value}" for key, value in REPRO_ENVIRONMENT.items()))
 
     @classmethod
     def of(cls, cfg: DictConfig) -> "RunSettings":

@@ -1,4 +1,5 @@
-"""What a run was: its resolved config, the lmzoo version and the git commit of the code that ran it."""
+"""What a run was: its resolved config, the lmzoo version, the git commit of the code that ran it and the machine
+(CPU, vector-ISA flags, the kernels torch chose, threads, library versions: lmzoo.machine)."""
 
 import json
 import subprocess
@@ -6,13 +7,14 @@ from pathlib import Path
 
 from lmzoo import __version__
 from lmzoo.files import write_atomically
+from lmzoo.machine import machine_record
 
 PROVENANCE = "provenance.json"
 
 
 def provenance(config: dict) -> dict:
     """The record of a run of `config` (resolved, as lmzoo.training.plan.RunPlan.recorded_config gives it)."""
-    return {"version": __version__, "git_commit": git_commit(), "config": config}
+    return {"version": __version__, "git_commit": git_commit(), "machine": machine_record(), "config": config}
 
 
 def git_commit() -> str | None:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmzoo.errors import UserError, user_error_behind
 from lmzoo.files import write_atomically
 from lmzoo.training.plan import Command, prepared_data, settle
+from lmzoo.training.provenance import provenance, write_provenance
 from lmzoo.training.run import train
 from lmzoo.training.search import TuneSettings, spread
 
@@ -64,6 +65,8 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     prepared_data(cfg)
     if accepted:
         accepted()
+    # The commit and machine of the tune itself (each trial's folder records its own).
+    write_provenance(provenance(OmegaConf.to_container(cfg, resolve=True)), folder)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
