@@ -22,8 +22,8 @@ HONGLOUMENG = SHARED / "data" / "hongloumeng.txt"
 TINYSTORIES = SHARED / "data" / "tinystories-valid.txt"
 
 
-def all_tokens(data_dir, meta) -> list[int]:
-    return [int(i) for split in ("train", "val") for i in np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype)]
+def all_tokens(data_dir, meta, splits=("train", "val", "test")) -> list[int]:
+    return [int(i) for split in splits for i in np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype)]
 
 
 def one_shot(tok, text: str, separator: str | None) -> list[int]:
@@ -55,8 +55,11 @@ def test_streaming_bins_equal_a_one_shot_encode(tmp_path, monkeypatch, source, c
     path.write_text(text, encoding="utf-8")
     meta = prepare_at(tmp_path / "bins", tokenizer, path=str(path), document_separator=separator, prepare_workers=2)
     tok = tokenizer_from_spec(meta.tokenizer)
-    split_at = len(text.encode("utf-8")[: meta.splits["train"].bytes].decode("utf-8"))
-    expected = one_shot(tok, text[:split_at], separator) + one_shot(tok, text[split_at:], separator)
+    encoded = text.encode("utf-8")
+    split_at = len(encoded[: meta.splits["train"].bytes].decode("utf-8"))
+    test_at = len(encoded[: meta.splits["train"].bytes + meta.splits["val"].bytes].decode("utf-8"))
+    expected = [token for start, stop in ((0, split_at), (split_at, test_at), (test_at, len(text)))
+                for token in one_shot(tok, text[start:stop], separator)]
     assert all_tokens(tmp_path / "bins" / tokenizer_folder(tokenizer), meta) == expected
     assert meta.splits["train"].tokens == len(one_shot(tok, text[:split_at], separator))
 
@@ -69,8 +72,8 @@ def test_hongloumeng_round_trips_in_both_tokenizers(tmp_path, tokenizer):
     text = HONGLOUMENG.read_text(encoding="utf-8")
     tok = tokenizer_from_spec(datamodule.meta.tokenizer)
     assert tok.decode(all_tokens(datamodule.config.data_dir, datamodule.meta)) == text
-    val = datamodule.meta.splits["val"]
-    assert val.bytes == len(text.encode("utf-8")) - datamodule.meta.splits["train"].bytes
+    splits = datamodule.meta.splits
+    assert splits["val"].bytes + splits["test"].bytes == len(text.encode("utf-8")) - splits["train"].bytes
     assert datamodule.meta.dtype == ("uint16" if tokenizer == "char" else "uint32")
 
 
@@ -114,11 +117,12 @@ def test_validation_split_starts_at_a_document_boundary(tmp_path):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(path),
                    document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
-    val = np.fromfile(tmp_path / "bins" / "gpt2" / "val.bin", dtype=np.uint16).tolist()
+    # The held-out documents: validation's, then test's.
+    val = all_tokens(tmp_path / "bins" / "gpt2", meta, ("val", "test"))
     val_documents = tok.decode(val).split("<|endoftext|>")
     assert val_documents[-1] == "" and set(val_documents[:-1]) <= set(documents)
     assert val_documents[0] == documents[100 - len(val_documents) + 1]
-    assert meta.splits["val"].bytes == len("<|endoftext|>".join(val_documents[:-1]).encode())
+    assert meta.splits["val"].bytes + meta.splits["test"].bytes == len("<|endoftext|>".join(val_documents[:-1]).encode())
 
 
 def test_folder_and_glob_sources_read_every_text_file(tmp_path):
@@ -146,8 +150,9 @@ def test_a_local_hugging_face_dataset_with_a_text_column_and_a_validation_split(
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, dataset=dataset,
                    document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
-    for split, name in (("train", "train"), ("val", "validation")):
-        decoded = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / f"{split}.bin", dtype=np.uint16).tolist())
+    # The validation split holds validation and test, cut at a row.
+    for splits, name in ((("train",), "train"), (("val", "test"), "validation")):
+        decoded = tok.decode(all_tokens(tmp_path / "bins" / "gpt2", meta, splits))
         assert decoded == "".join(row["content"] + "<|endoftext|>" for row in rows[name])
     assert meta.splits["train"].tokens > 0
 
@@ -259,9 +264,11 @@ def test_a_separate_validation_file(tmp_path):
     meta = prepare_at(tmp_path / "bins", {"kind": "tiktoken", "name": "gpt2"}, path=str(tmp_path / "train.txt"),
                    val_path=str(tmp_path / "valid.txt"), document_separator="<|endoftext|>")
     tok = TiktokenTokenizer("gpt2")
-    val = tok.decode(np.fromfile(tmp_path / "bins" / "gpt2" / "val.bin", dtype=np.uint16).tolist())
-    assert val == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
-    assert meta.splits["val"].bytes == (tmp_path / "valid.txt").stat().st_size
+    val = tok.decode(all_tokens(tmp_path / "bins" / "gpt2", meta, ("val",)))
+    test = tok.decode(all_tokens(tmp_path / "bins" / "gpt2", meta, ("test",)))
+    assert val + test == "".join(f"valid story {i}<|endoftext|>" for i in range(10))
+    assert test.startswith("valid story") and val.endswith("<|endoftext|>")
+    assert meta.splits["val"].bytes + meta.splits["test"].bytes == (tmp_path / "valid.txt").stat().st_size
 
 
 def test_char_ids_follow_the_vocabulary_order():

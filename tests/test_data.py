@@ -28,12 +28,14 @@ def test_prepare_writes_bins_and_meta(tmp_path, corpus):
     meta = prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     assert meta.dtype == "uint16"
     assert meta.tokenizer == {"kind": "char", "chars": "".join(sorted(set(TEXT)))}
-    train = np.fromfile(tmp_path / "bins" / "char" / "train.bin", dtype=np.uint16)
-    val = np.fromfile(tmp_path / "bins" / "char" / "val.bin", dtype=np.uint16)
+    train, val, test = (np.fromfile(tmp_path / "bins" / "char" / f"{split}.bin", dtype=np.uint16)
+                        for split in ("train", "val", "test"))
     tokenizer = CharTokenizer(meta.tokenizer["chars"])
-    assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == TEXT
+    # Three disjoint splits of the text, in order: train, then the held-out tenth as validation and test halves.
+    assert "".join(tokenizer.decode(split.tolist()) for split in (train, val, test)) == TEXT
     assert len(train) == meta.splits["train"].tokens == int(len(TEXT) * 0.9)
-    assert meta.splits["val"].bytes == len(TEXT) - int(len(TEXT) * 0.9)
+    held_out = len(TEXT) - int(len(TEXT) * 0.9)
+    assert meta.splits["val"].bytes == int(held_out * 0.5) and meta.splits["test"].bytes == held_out - int(held_out * 0.5)
 
 
 def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokenizer(tmp_path, corpus):
@@ -49,8 +51,8 @@ def test_prepare_is_idempotent_and_rebuilds_on_new_inputs_in_a_folder_per_tokeni
     assert {p.name: p.stat().st_mtime_ns for p in (bins / "char").glob("[!.]*")} == stamps
     corpus.write_text(TEXT + "more text\n")
     meta = prepare_at(bins, {"kind": "tiktoken", "name": "gpt2"}, path=str(corpus))
-    val = np.fromfile(bins / "gpt2" / "val.bin", dtype=np.uint16).tolist()
-    assert TiktokenTokenizer("gpt2").decode(val).endswith("more text\n")
+    test = np.fromfile(bins / "gpt2" / "test.bin", dtype=np.uint16).tolist()
+    assert TiktokenTokenizer("gpt2").decode(test).endswith("more text\n")
 
 
 def test_cl100k_base_needs_uint32(tmp_path, corpus):
@@ -84,7 +86,7 @@ def test_interrupted_prepare_says_so_in_one_line_and_leaves_no_bins_that_look_co
     with pytest.raises(Interrupted, match=f"stopped by Ctrl-C while preparing {bins}; its bins are as they were"):
         prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus))
     assert read_meta(bins) is None
-    assert sorted(p.name for p in bins.iterdir()) == [".lmzoo.lock", "train.bin", "val.bin"]
+    assert sorted(p.name for p in bins.iterdir()) == [".lmzoo.lock", "test.bin", "train.bin", "val.bin"]
     monkeypatch.undo()
     assert prepare_at(tmp_path / "bins", {"kind": "char"}, path=str(corpus)).splits["val"].bytes > 0
 

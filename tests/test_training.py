@@ -3,17 +3,22 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
+from helpers import FIXTURES, SHAKESPEARE, TINY, compose_config, compose_train
 
 from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.cli.evaluate import evaluate_checkpoint
+from lmzoo.data import windows
 from lmzoo.errors import UserError
 from lmzoo.files import LOCK
+from lmzoo.inference import evaluation
 from lmzoo.reports.plot import read_scalars
 from lmzoo.training.run import build, train
+from lmzoo.training.tune import TuneSettings, tune_model
 
 
 def test_short_run_lowers_validation_loss(tmp_path):
@@ -86,6 +91,48 @@ def test_a_checkpoint_from_before_min_lr_ratio_resumes_with_its_absolute_floor(t
     assert resumed["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(5e-5)
     assert resumed["lmzoo"]["optim"]["min_lr"] == 5e-5
     assert "resuming keeps the checkpoint's optimizer and learning-rate schedule (min_lr=5e-05" in capsys.readouterr().err
+
+
+def test_selection_never_reads_the_test_split_and_the_summary_reports_the_best_checkpoints_test(tmp_path, monkeypatch):
+    """Training, early stopping, checkpoint choice and a tune's trials read the train and val bins only; the test
+    split is read once, after training, from the best-validation checkpoint: what evaluate split=test reports."""
+    opened, fitting, real = [], [False], windows.open_tokens
+    for module in (windows, evaluation):
+        monkeypatch.setattr(module, "open_tokens", lambda path, dtype: opened.append((Path(path).name, fitting[0]))
+                            or real(path, dtype))
+    fit = L.Trainer.fit
+
+    def recorded_fit(*args, **kwargs):
+        fitting[0] = True
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            fitting[0] = False
+
+    monkeypatch.setattr(L.Trainer, "fit", recorded_fit)
+    cfg = compose_train(tmp_path, "trainer.max_steps=12", "trainer.val_check_interval=2", "optim.lr=0.3",
+                        "callbacks.early_stopping.patience=1")
+    result = train(cfg)
+    assert {name for name, during in opened if during} == {"train.bin", "val.bin"}
+    assert [name for name, during in opened if not during] == ["test.bin"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # In batches of the run's size, so that the sums are rounded alike.
+    evaluated = evaluate_checkpoint(compose_config("evaluate", f"ckpt={result['best_checkpoint']}", "split=test",
+                                                   f"batch_size={cfg.data.batch_size}",
+                                                   "data=shakespeare_char", f"data.path={SHAKESPEARE}",
+                                                   f"paths.data_dir={tmp_path / 'data'}"))
+    assert summary["test_loss"] == evaluated["loss"] and summary["test_bpb"] == evaluated["bits_per_byte"]
+    assert summary["test_loss"] != summary["best_val_loss"]
+
+    opened.clear()
+    folder = tmp_path / "tune"
+    folder.mkdir()
+    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}},
+                            prune_after=None, final_seeds=3, final=[])
+    tune_model(compose_config("tune", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}", *TINY,
+                              "trainer.max_steps=4", "trainer.val_check_interval=2", f"paths.output_dir={folder}"),
+               settings, "gpt_rope", folder)
+    assert {name for name, _ in opened} == {"train.bin", "val.bin"}
 
 
 def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_segment(tmp_path, capsys):

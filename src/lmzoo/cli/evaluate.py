@@ -1,4 +1,5 @@
-"""python -m lmzoo.evaluate ckpt=PATH [data=NAME] [data.path=FILE]: loss, perplexity and bits per byte on validation.
+"""python -m lmzoo.evaluate ckpt=PATH [data=NAME] [data.path=FILE] [split=val|test]: loss, perplexity and bits per
+byte on the validation split, or the test split.
 
 Without data=, the data set the checkpoint's run trained on; with only data.path=FILE, that text, tokenized
 with the checkpoint's own tokenizer.
@@ -16,7 +17,7 @@ from lmzoo.checkpoints.load import load_model, model_card, resolve_device
 from lmzoo.cli.hydra_command import hydra_command
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.inference.evaluation import evaluate, table
+from lmzoo.inference.evaluation import EVALUATED_SPLITS, evaluate, table
 
 # The data preset for any text: evaluated with the checkpoint's own tokenizer.
 ANY_TEXT = "text"
@@ -59,19 +60,21 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
-    """Evaluate cfg.ckpt on the validation split; print a table and write it as JSON beside the checkpoint."""
+    """Evaluate cfg.ckpt on cfg.split; print a table and write it as JSON beside the checkpoint."""
     ckpt = Path(cfg.ckpt).expanduser()
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    if cfg.split not in EVALUATED_SPLITS:
+        raise UserError(f"split must be one of {', '.join(EVALUATED_SPLITS)}, got {cfg.split!r}")
     model, _, record = load_model(ckpt, resolve_device(cfg.device))
     print(model_card(model, record))
     data = instantiate(data_config(cfg, ckpt, record.tokenizer), block_size=model.block_size,
                        batch_size=cfg.batch_size, _convert_="all")
-    result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size)}
+    result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size, cfg.split)}
     if not math.isfinite(result["loss"]):
         raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "
                         "checkpoint saved before the divergence")
-    out = ckpt.with_name(f"{ckpt.stem}.eval.{data.name}.json")
+    out = ckpt.with_name(f"{ckpt.stem}.eval.{data.name}{'' if cfg.split == 'val' else '.' + cfg.split}.json")
     write_atomically(out, (json.dumps(result, indent=2) + "\n").encode("utf-8"),
                      "make the checkpoint's folder writable")
     print(table(result))

@@ -1,4 +1,4 @@
-"""Turn a text source into train.bin, val.bin and meta.json, streaming.
+"""Turn a text source into train.bin, val.bin, test.bin and meta.json, streaming.
 
 The bins are flat arrays of token ids (uint16 when the vocabulary fits, else uint32) that the
 DataModule memory-maps. The text is read in blocks and cut into pieces that threads encode in
@@ -7,6 +7,7 @@ corpus size. Only a complete, valid result replaces the bins: meta.json goes fir
 last, describing the bins exactly, so a failed or killed prepare never leaves data that looks complete.
 """
 
+import contextlib
 import json
 import os
 from collections import deque
@@ -25,8 +26,9 @@ from lmzoo.data.tokenizer import Tokenizer, fit_tokenizer
 from lmzoo.errors import Interrupted, UserError
 from lmzoo.files import atomic_write, hold_folder, sha256_of, write_atomically
 
-FORMAT_VERSION = 2
-SPLITS = ("train", "val")
+# 3: a test split beside train and val.
+FORMAT_VERSION = 3
+SPLITS = ("train", "val", "test")
 META = "meta.json"
 # Characters per piece handed to the tokenizer, and per group of pieces one thread encodes.
 PIECE_CHARS = 1 << 20
@@ -74,8 +76,11 @@ class BinsMeta:
     @property
     def val_tokens_per_byte(self) -> float:
         """Tokens per UTF-8 byte of the validation text: turns val/loss into bits per byte."""
-        val = self.splits["val"]
-        return val.tokens / val.bytes
+        return self.tokens_per_byte("val")
+
+    def tokens_per_byte(self, split: str) -> float:
+        size = self.splits[split]
+        return size.tokens / size.bytes
 
     def write(self, data_dir: Path, fix: str) -> None:
         write_atomically(data_dir / META, json.dumps(asdict(self), indent=2, ensure_ascii=False).encode("utf-8"), fix)
@@ -101,14 +106,15 @@ def read_meta(data_dir: Path) -> BinsMeta | None:
     return BinsMeta.read(data_dir)
 
 
-def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: float, document_separator,
-                dtype: str | None) -> dict:
+def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: float, test_fraction: float,
+                document_separator, dtype: str | None) -> dict:
     """What the bins depend on: when any of it changes, prepare rebuilds them."""
     return {
         "format_version": FORMAT_VERSION,
         "source_sha256": source_sha256,
         "tokenizer_config": tokenizer_config,
         "train_fraction": train_fraction,
+        "test_fraction": test_fraction,
         "document_separator": document_separator,
         "dtype": dtype,
     }
@@ -117,8 +123,9 @@ def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: floa
 def prepare(config: DataConfig, progress: bool = True) -> BinsMeta:
     """Build the bins in `config.data_dir` unless bins for the same inputs are already there; return meta.
 
-    A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`.
-    Both splits must hold more than `block_size` + 1 tokens, or the existing bins stay as they are. One
+    A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`; the
+    test split is the last `test_fraction` of the held-out text (what follows `train_fraction`, or that source).
+    Every split must hold more than `block_size` + 1 tokens, or the existing bins stay as they are. One
     process at a time prepares a data folder: another one waits, then finds the bins ready.
     """
     fix = "free disk space or choose a writable data folder with paths.data_dir=DIR"
@@ -134,7 +141,7 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
     c = config
     sources = source_files(c.path, c.url, c.sha256, c.val_path, c.dataset, c.document_separator, c.cache_dir)
     checksum = "+".join(sha256_of_files(files) for files in sources.values())
-    wanted = fingerprint(checksum, dict(c.tokenizer), c.train_fraction, c.document_separator, c.dtype)
+    wanted = fingerprint(checksum, dict(c.tokenizer), c.train_fraction, c.test_fraction, c.document_separator, c.dtype)
     meta = read_meta(c.data_dir)
     if meta is not None and meta.fingerprint == wanted:
         check_block_size(meta.splits, c.block_size)
@@ -142,7 +149,7 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
         check_unchanged(c.data_dir, meta)
         return meta
 
-    spans = split_spans(sources, c.train_fraction, c.document_separator)
+    spans = split_spans(sources, c.train_fraction, c.test_fraction, c.document_separator)
     tok = fit_tokenizer(
         dict(c.tokenizer),
         lambda: (text for corpus, start, stop in spans.values() for text in corpus.texts(start, stop)),
@@ -150,12 +157,11 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
                                             PIECE_CHARS)),
     )
     token_type = token_dtype(tok.vocab_size, c.dtype)
-    # Both bins are published together, once both are complete and long enough; meta.json goes first.
-    with atomic_write(c.data_dir / "train.bin", fix) as train, atomic_write(c.data_dir / "val.bin", fix) as val:
-        splits = {
-            split: encode_split(*spans[split], tok, file, token_type, c.prepare_workers, progress)
-            for split, file in (("train", train), ("val", val))
-        }
+    # The bins are published together, once all are complete and long enough; meta.json goes first.
+    with contextlib.ExitStack() as bins:
+        files = {split: bins.enter_context(atomic_write(c.data_dir / f"{split}.bin", fix)) for split in SPLITS}
+        splits = {split: encode_split(*spans[split], tok, files[split], token_type, c.prepare_workers, progress)
+                  for split in SPLITS}
         check_block_size(splits, c.block_size)
         (c.data_dir / META).unlink(missing_ok=True)
     # With the size, what tells whether a bin may have changed since, without reading it (check_unchanged).
@@ -188,9 +194,10 @@ def source_files(path, url, sha256, val_path, dataset: dict | None, separator: s
     return sources
 
 
-def split_spans(sources: dict[str, list[Path]], train_fraction: float,
+def split_spans(sources: dict[str, list[Path]], train_fraction: float, test_fraction: float,
                 separator: str | None) -> dict[str, tuple[Corpus, int, int]]:
-    """Each split as (corpus, start byte, stop byte): the two sources, or one cut at a document boundary."""
+    """Each split as (corpus, start byte, stop byte), cut at document boundaries: train, then the held-out text
+    (the validation source, or what follows train_fraction) as validation and, its last test_fraction, test."""
     corpora = {split: Corpus(files, separator) for split, files in sources.items()}
     for split, corpus in corpora.items():
         if not any(text.strip() for text in corpus.texts(0, corpus.size)):
@@ -198,11 +205,14 @@ def split_spans(sources: dict[str, list[Path]], train_fraction: float,
             what = "holds only whitespace" if corpus.size else "is empty"
             raise UserError(f"{names} {what}; point data.{'val_path' if split == 'val' else 'path'} "
                             "at a file with text in it")
+    train = corpora["train"]
     if "val" in corpora:
-        return {split: (corpus, 0, corpus.size) for split, corpus in corpora.items()}
-    corpus = corpora["train"]
-    split_at = corpus.split_offset(train_fraction)
-    return {"train": (corpus, 0, split_at), "val": (corpus, split_at, corpus.size)}
+        train_span, (held_out, start) = (train, 0, train.size), (corpora["val"], 0)
+    else:
+        split_at = train.split_offset(train_fraction)
+        train_span, (held_out, start) = (train, 0, split_at), (train, split_at)
+    test_at = held_out.cut_at(start + int((held_out.size - start) * (1 - test_fraction)))
+    return {"train": train_span, "val": (held_out, start, test_at), "test": (held_out, test_at, held_out.size)}
 
 
 def encode_split(corpus: Corpus, start: int, stop: int, tok: Tokenizer, file: BinaryIO, dtype: np.dtype,

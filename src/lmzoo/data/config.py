@@ -28,6 +28,9 @@ class DataConfig:
     # A Hugging Face dataset, used when there is neither path nor url: {name, config, split, val_split, text_column}.
     dataset: dict | None = None
     train_fraction: float = 0.9
+    # The test split: the last test_fraction of the held-out text (what follows train_fraction, or val_path's or
+    # val_split's), never read by training, early stopping, checkpoint choice or a tune; validation is the rest.
+    test_fraction: float = 0.5
     # Text between documents, replaced by <|endoftext|> for tokenizers that have it; null: one document.
     document_separator: str | None = None
     # Token dtype: null picks uint16 when the vocabulary fits, else uint32.
@@ -55,6 +58,9 @@ class DataConfig:
         check_tokenizer_config(self.tokenizer)
         if not 0.0 < self.train_fraction < 1.0:
             raise UserError(f"data.train_fraction must lie strictly between 0 and 1, got {self.train_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"data.test_fraction (the held-out text's share kept for test) must lie strictly between "
+                            f"0 and 1, got {self.test_fraction}")
         if self.dtype not in (None, "uint16", "uint32"):
             raise UserError(f"data.dtype must be uint16, uint32 or null (the smallest that fits), got {self.dtype!r}")
         for key, least in (("prepare_workers", 1), ("val_batches", 1), ("num_workers", 0)):

@@ -87,7 +87,11 @@ class Corpus:
 
     def split_offset(self, train_fraction: float) -> int:
         """Where validation starts: after the first document separator past the train fraction, else there."""
-        target = int(self.size * train_fraction)
+        return self.cut_at(int(self.size * train_fraction))
+
+    def cut_at(self, target: int) -> int:
+        """Where a split starting near byte `target` starts: after the first document separator from there, else
+        there (not inside a character)."""
         if self.separator:
             separator = self.separator.encode("utf-8")
             tail, position = b"", target

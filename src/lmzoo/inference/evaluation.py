@@ -1,4 +1,4 @@
-"""Loss, perplexity and bits per byte of a model on a whole validation split.
+"""Loss, perplexity and bits per byte of a model on a whole validation or test split.
 
 Every token of the split but the first is predicted exactly once, from non-overlapping windows of
 the model's context taken in order, so the numbers are the same every time.
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lmzoo.data import DataConfig, prepare
+from lmzoo.data.bins import BinsMeta
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.data.windows import open_tokens, window_batch
 from lmzoo.errors import UserError
@@ -56,22 +57,30 @@ def tokenized_differently(data: DataConfig, tokenizer_spec: dict) -> UserError:
                      "data.path=FILE alone")
 
 
-def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int) -> dict:
-    """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
+# The held-out splits a model is evaluated on: validation, which runs and tunes select by, and test, which they
+# report.
+EVALUATED_SPLITS = ("val", "test")
+
+
+def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int, split: str = "val") -> dict:
+    """The model's loss, perplexity and bits per byte on `split` of `data` (prepared if needed)."""
     check_tokenizer(data, tokenizer_spec)
     meta = prepare(data)
     if meta.tokenizer != tokenizer_spec:
         raise tokenized_differently(data, tokenizer_spec)
-    val = meta.splits["val"]
-    loss, predicted = split_loss(model, open_tokens(data.data_dir / "val.bin", meta.dtype), batch_size)
+    return {"data": data.name, **split_result(model, data.data_dir, meta, split, batch_size)}
+
+
+def split_result(model: LanguageModel, data_dir, meta: BinsMeta, split: str, batch_size: int) -> dict:
+    """Loss, perplexity and bits per byte over every token of `split` of the bins in `data_dir`."""
+    loss, predicted = split_loss(model, open_tokens(data_dir / f"{split}.bin", meta.dtype), batch_size)
     return {
-        "data": data.name,
-        "split": "val",
+        "split": split,
         "tokens": predicted,
-        "bytes": val.bytes,
+        "bytes": meta.splits[split].bytes,
         "loss": loss,
         "perplexity": math.exp(loss),
-        "bits_per_byte": bits_per_byte(loss, meta.val_tokens_per_byte),
+        "bits_per_byte": bits_per_byte(loss, meta.tokens_per_byte(split)),
     }
 
 

@@ -8,6 +8,8 @@ from lmzoo.data import DataConfig, prepare, read_meta
 from lmzoo.data.bins import BinsMeta, check_block_size
 from lmzoo.data.windows import FixedWindows, RandomWindows
 from lmzoo.errors import UserError
+from lmzoo.inference.evaluation import split_result
+from lmzoo.models import LanguageModel
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -49,6 +51,12 @@ class TokenDataModule(L.LightningDataModule):
         c = self.config
         return self.loader(FixedWindows(c.data_dir / "val.bin", self.meta.dtype, c.block_size, c.batch_size,
                                         c.val_batches))
+
+    def test_result(self, model: LanguageModel) -> dict:
+        """The test split's loss and bits per byte of `model`, over every token of it (as python -m lmzoo.evaluate
+        split=test reports them): a run's report, read once at its end; nothing that selects reads it."""
+        result = split_result(model, self.config.data_dir, self.meta, "test", self.config.batch_size)
+        return {"test_loss": result["loss"], "test_bpb": result["bits_per_byte"]}
 
     def loader(self, dataset):
         # Our own generator keeps DataLoader from drawing on the global RNG, which resume restores.

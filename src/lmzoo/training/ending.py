@@ -10,8 +10,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from lmzoo.checkpoints.load import load_model
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.training.callbacks import TokensPerSecond
+from lmzoo.training.datamodule import TokenDataModule
 from lmzoo.training.module import LitLM
 from lmzoo.training.summary import RunSummary
 
@@ -44,10 +46,19 @@ def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
     return stopper if stopper and stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED else None
 
 
-def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tuned: dict | None = None) -> RunSummary:
+def test_of_best(best: str, datamodule: TokenDataModule) -> dict:
+    """The test split's metrics of the best-validation checkpoint `best` (none without one)."""
+    if not best:
+        return {}
+    model, _, _ = load_model(best)
+    return datamodule.test_result(model)
+
+
+def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tuned: dict | None = None,
+                test: dict | None = None) -> RunSummary:
     """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
     when it was resumed: tokens, tokens/s, MFU and wall time are carried in its checkpoints. `model`: its model=
-    option (the model's class name without one)."""
+    option (the model's class name without one); `test`: test_of_best's."""
     total, active = lit.model.parameter_counts()
     throughput = next((c for c in trainer.callbacks if isinstance(c, TokensPerSecond)), None)
     tokens = throughput and throughput.tokens
@@ -60,6 +71,7 @@ def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tu
         active_parameters=active,
         best_val_loss=best,
         best_val_bpb=best_bpb,
+        **(test or {}),
         steps=trainer.global_step,
         tokens_per_sec=throughput and throughput.mean_rate,
         wall_time_s=lit.wall_time_s,

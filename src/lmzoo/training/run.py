@@ -13,7 +13,7 @@ from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.training.acceleration import say
 from lmzoo.training.datamodule import TokenDataModule
-from lmzoo.training.ending import run_summary, save_last_step, usable_best
+from lmzoo.training.ending import run_summary, save_last_step, test_of_best, usable_best
 from lmzoo.training.module import LitLM
 from lmzoo.training.plan import RunPlan, Start, plan_run
 from lmzoo.training.provenance import provenance, write_provenance
@@ -44,10 +44,12 @@ def assemble(plan: RunPlan, start: Start, callbacks: tuple = ()) -> tuple[LitLM,
     return lit, trainer
 
 
-def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] | None = None) -> dict:
+def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] | None = None,
+          report_test: bool = True) -> dict:
     """Train as configured, with `callbacks` beside the config's; return the best checkpoint path and validation
     loss. `accepted` is called once every check has passed, before the run writes anything (the command's record
-    of itself, lmzoo.cli.folders.write_command_record)."""
+    of itself, lmzoo.cli.folders.write_command_record). Once training has ended, the best checkpoint's test metrics
+    go into summary.json, unless not `report_test` (a tune's trial, which nothing may report)."""
     log_each_line_once()
     plan, start = plan_run(cfg)
     if plan.resume.ended:
@@ -64,7 +66,8 @@ def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] |
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        run_summary(lit, trainer, plan.command.model, plan.settings.seed, plan.tuned).write(plan.output_dir)
+        test = test_of_best(best, start.datamodule) if report_test else {}
+        run_summary(lit, trainer, plan.command.model, plan.settings.seed, plan.tuned, test).write(plan.output_dir)
     if lit.diverged_at is not None:
         raise UserError(f"the run diverged at step {lit.diverged_at}: val/loss is NaN or inf ({usable_best(trainer)}); "
                         "train again with a lower optim.lr")

@@ -24,6 +24,9 @@ class RunSummary:
     active_parameters: int | None = None
     best_val_loss: float | None = None
     best_val_bpb: float | None = None
+    # The test split's, of the best-validation checkpoint, measured once when the run ended (a tune's trials skip it).
+    test_loss: float | None = None
+    test_bpb: float | None = None
     steps: int | None = None
     tokens_per_sec: float | None = None
     wall_time_s: float | None = None

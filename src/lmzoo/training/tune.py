@@ -121,7 +121,8 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
     trial_cfg.paths.output_dir = str(folder / TRIALS_DIR / str(trial.number))
     report = ReportToTrial(trial)
     try:
-        result = train(trial_cfg, callbacks=(report,))
+        # Selection reads validation only: a trial measures nothing on the test split.
+        result = train(trial_cfg, callbacks=(report,), report_test=False)
         if not report.pruned and not math.isfinite(result["best_val_loss"]):
             raise UserError("it never validated")
     except UserError as error:
