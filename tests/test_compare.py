@@ -86,7 +86,7 @@ def test_a_sweep_over_seeds_pools_them_keeps_failed_jobs_and_writes_its_report(t
     ({"name": "tinystories", "path": "stories.txt", "tokenizer": {"kind": "char"}}, "these runs trained on different text "
      "(shakespeare, tinystories): neither their losses nor their bits per byte compare"),
     ({"name": "shakespeare", "path": "input.txt", "tokenizer": {"kind": "tiktoken", "name": "gpt2"}},
-     "ranked by val/loss across tokenizers, which does not compare"),
+     "ranked by loss across tokenizers, which does not compare"),
 ])
 def test_compare_warns_where_the_ranked_runs_do_not_compare(tmp_path, second, warning):
     first = {"name": "shakespeare", "path": "input.txt", "tokenizer": {"kind": "char"}}
@@ -114,9 +114,35 @@ def test_table_shows_runs_without_metrics(tmp_path):
     assert out == (tmp_path / "comparison.md").read_text()
     # A run without provenance or seed; it has FLOPs and MFU, the job that never wrote a summary has nothing.
     assert "| 1 | moe (1_model=moe) | 1 | 1.7811 | 1.2346 | best | 1,234,567 | 1.50e+14 | 61.2 s | 12,346 | 12.3% |" in out
-    assert ("| moe (1_model=moe) | - | - | 1,234,567 | 654,321 | 1.2346 | 1.7811 | 2,000 | 1.50e+14 | 12,346 | 12.3% | 61.2 s | "
-            "done | 1_model=moe |") in out
-    assert "| 0_model=gpt | - | - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | 0_model=gpt |" in out
+    assert ("| moe (1_model=moe) | - | - | 1,234,567 | 654,321 | 1.2346 | 1.7811 | - | - | 2,000 | 1.50e+14 | 12,346 | 12.3% | "
+            "61.2 s | done | 1_model=moe |") in out
+    assert ("| 0_model=gpt | - | - | - | - | - | - | - | - | - | - | - | - | - | no summary (running, or killed) | "
+            "0_model=gpt |") in out
     assert table([], RUN_COLUMNS).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_published_table_is_the_ranked_table_with_steps_the_test_metric_holm_and_wall_times(tmp_path):
+    """compare --published prints what README.md and bench/README.md paste, and writes nothing."""
+    runs = [("gpt", 1, 2.50, 60.0), ("gpt", 2, 2.52, 62.0), ("gpt", 3, 2.51, 70.0), ("mlp", 1, 2.60, 30.0),
+            ("mlp", 2, 2.62, 31.0), ("mlp", 3, 2.64, 35.0), ("moe", 1, 2.55, 40.0), ("moe", 2, 2.56, 40.0)]
+    for job, (model, seed, bpb, wall) in enumerate(runs):
+        folder = tmp_path / f"{job}_{model}_{seed}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({
+            "model": model, "best_val_loss": 1.7, "best_val_bpb": bpb - 0.01, "test_loss": 1.8, "test_bpb": bpb,
+            "steps": 2000, "wall_time_s": wall, "status": "done", "seed": seed}))
+        (folder / "provenance.json").write_text(json.dumps({"config": {"seed": seed, "model": {"name": model}}}))
+    out = run("lmzoo.compare", str(tmp_path), "--published", cwd=tmp_path).stdout
+    assert out.startswith("Ranked by mean test/bpb over seeds") and "Holm-corrected for the 2 settings" in out
+    assert markdown_tables(out)[0] == [
+        {"rank": "1", "model": "gpt", "n": "3", "steps": "2,000", "test/bpb": "2.5100 ± 0.0100", "vs best": "best",
+         "median wall time": "62.0 s", "mean wall time": "64.0 s"},
+        {"rank": "2", "model": "moe", "n": "2", "steps": "2,000", "test/bpb": "2.5550 ± 0.0071",
+         "vs best": markdown_tables(out)[0][1]["vs best"], "median wall time": "40.0 s", "mean wall time": "40.0 s"},
+        {"rank": "3", "model": "mlp", "n": "3", "steps": "2,000", "test/bpb": "2.6200 ± 0.0200",
+         "vs best": markdown_tables(out)[0][2]["vs best"], "median wall time": "31.0 s", "mean wall time": "32.0 s"},
+    ]
+    assert all("(Holm)" in row["vs best"] for row in markdown_tables(out)[0][1:])
+    assert not (tmp_path / "comparison.md").exists() and not (tmp_path / "report.md").exists()

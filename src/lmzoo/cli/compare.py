@@ -1,12 +1,13 @@
-"""python -m lmzoo.compare SWEEP_DIR... [--out DIR]: the comparison of a sweep (comparison.md, report.md), rebuilt
-from its runs; or of several sweeps' runs pooled, such as one study's budgets run as separate sweeps."""
+"""python -m lmzoo.compare SWEEP_DIR... [--out DIR] [--published]: the comparison of a sweep (comparison.md,
+report.md), rebuilt from its runs; or of several sweeps' runs pooled, such as one study's budgets run as separate
+sweeps."""
 
 import sys
 from pathlib import Path
 
 from lmzoo.cli import Arguments
 from lmzoo.errors import report_user_errors
-from lmzoo.reports.compare import compare_sweeps
+from lmzoo.reports.compare import compare_sweeps, published_table
 from lmzoo.reports.report import write_combined_report, write_report
 
 
@@ -16,8 +17,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweeps", nargs="+", type=Path, metavar="SWEEP_DIR")
     parser.add_argument("--out", type=Path, help="a new folder for the comparison.md, report.md and figure of "
                         "several sweeps (default: one sweep's own folder; several sweeps' comparison is only printed)")
+    parser.add_argument("--published", action="store_true", help="print only the ranked table as README.md and "
+                        "bench/README.md publish it (rank, model, tuned values, n, median steps, the ranking metric "
+                        "as mean ± sd, Welch's test against the best with Holm's correction, median and mean wall "
+                        "time), and write nothing")
     args = parser.parse_args(argv)
-    if args.out is not None:
+    if args.published:
+        print(published_table(args.sweeps))
+    elif args.out is not None:
         print(write_combined_report(args.sweeps, args.out))
     elif len(args.sweeps) == 1:
         print(write_report(args.sweeps[0]))

@@ -1,15 +1,16 @@
 """The comparison of a sweep, from the summary.json each run writes when it ends (and its provenance.json).
 
-Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean best
-val/bpb, each with Welch's t-test against the best (Holm-corrected when several settings are tested against it);
-then one row per run, in job order.
+Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean test/bpb (the
+test split's bits per byte of each run's best-validation checkpoint; best val/bpb for runs of older releases,
+which have none), each with Welch's t-test against the best (Holm-corrected when several settings are tested
+against it); then one row per run, in job order.
 """
 
 import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lmzoo.errors import UserError
@@ -57,6 +58,8 @@ RUN_COLUMNS = [
     Column("active parameters", "active_parameters", thousands),
     Column("best val/loss", "best_val_loss", loss),
     Column("best val/bpb", "best_val_bpb", loss),
+    Column("test/loss", "test_loss", loss),
+    Column("test/bpb", "test_bpb", loss),
     Column("steps", "steps", thousands),
     Column("FLOPs", "flops", flops),
     Column("tokens/s", "tokens_per_sec", thousands),
@@ -69,6 +72,11 @@ RUN_COLUMNS = [
 MEAN_COLUMNS = [Column("parameters", "parameters", thousands), Column("FLOPs", "flops", flops),
                 Column("wall time", "wall_time_s", seconds), Column("tokens/s", "tokens_per_sec", thousands),
                 Column("MFU", "mfu", percent)]
+# The published table (compare --published), as README.md and bench/README.md show it: after rank, model, tuned
+# values and n, the steps (median over the runs), the ranking metric, its test against the best, and the wall time.
+PUBLISHED_COLUMNS = [Column("steps", "median_steps", thousands), Column("METRIC", "metric"),
+                     Column("vs best", "test"), Column("median wall time", "median_wall_time_s", seconds),
+                     Column("mean wall time", "wall_time_s", seconds)]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -123,10 +131,19 @@ def run_rows(runs: list[RunFolder], settings: list[Setting], names: dict[int, st
              "run": names[id(run)]} for run in runs]
 
 
+# The metric a comparison ranks by: the first that every finished run has. The test split's reports what selection
+# (the tune's, early stopping's, the checkpoint's, all by validation) never read; bits per byte compare across
+# tokenizers. Runs of older releases have no test metrics.
+RANKING_KEYS = ("test_bpb", "test_loss", "best_val_bpb", "best_val_loss")
+METRIC_NAMES = {"test_bpb": "test/bpb", "test_loss": "test/loss", "best_val_bpb": "best val/bpb",
+                "best_val_loss": "best val/loss"}
+
+
 def ranking_key(settings: list[Setting]) -> str:
-    """best_val_bpb, comparable across tokenizers, where every finished run has it; else best_val_loss."""
+    """The first of RANKING_KEYS every finished run has."""
     finished = [run for s in settings for run in s.runs if run.value("best_val_loss") is not None]
-    return "best_val_bpb" if all(run.value("best_val_bpb") is not None for run in finished) else "best_val_loss"
+    return next(key for key in RANKING_KEYS if key == "best_val_loss" or all(run.value(key) is not None
+                                                                               for run in finished))
 
 
 def mean_sd(values: list[float]) -> str:
@@ -179,14 +196,17 @@ def seeds_note(settings: list[Setting]) -> str:
     return "Each setting has one seed."
 
 
-def setting_table(settings: list[Setting], names: dict[int, str]) -> str:
-    """One row per setting with a result, best first."""
+def setting_table(settings: list[Setting], names: dict[int, str], published: bool = False) -> str:
+    """One row per setting with a result, best first; `published`: in PUBLISHED_COLUMNS."""
     key = ranking_key(settings)
     ranked = sorted((s for s in settings if s.values(key)), key=lambda s: statistics.fmean(s.values(key)))
     if not ranked:
         return "No run has finished yet." + unranked(settings, key, names)
-    columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"),
-               Column("best val/bpb", "bpb"), Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS]
+    metric = METRIC_NAMES[key]
+    columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"), *(
+        [replace(c, header=metric) if c.header == "METRIC" else c for c in PUBLISHED_COLUMNS] if published
+        else [*([Column("test/bpb", "test_bpb")] if key.startswith("test") else []), Column("best val/bpb", "bpb"),
+              Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS])]
     if any(tuned(setting) for setting in ranked):
         columns.insert(2, Column("tuned", "tuned"))
     tests = ["best", *significance([welch_p(s.values(key), ranked[0].values(key)) for s in ranked[1:]])]
@@ -195,21 +215,34 @@ def setting_table(settings: list[Setting], names: dict[int, str]) -> str:
         n, total = len(setting.values(key)), len(setting.runs)
         row = {"rank": rank, "label": setting.label, "n": f"{n}" if n == total else f"{n} of {total}",
                "bpb": mean_sd(setting.values("best_val_bpb")), "loss": mean_sd(setting.values("best_val_loss")),
-               "test": test, "tuned": tuned(setting)}
+               "test_bpb": mean_sd(setting.values("test_bpb")), "test": test, "tuned": tuned(setting),
+               "metric": mean_sd(setting.values(key)), "median_steps": median(setting.values("steps")),
+               "median_wall_time_s": median(setting.values("wall_time_s"))}
         for column in MEAN_COLUMNS:
             values = setting.values(column.key)
             row[column.key] = statistics.fmean(values) if values else None
         rows.append(row)
-    metric = "val/bpb" if key == "best_val_bpb" else "val/loss"
     tested = sum(test.startswith("p = ") for test in tests)
     holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
-    return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
-            f"of best {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
+    return (f"Ranked by mean {metric} over seeds (mean ± standard deviation, n runs){test_note(key)}; vs best: Welch's "
+            f"t-test of {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
             "\n\n" + table(rows, columns) + unranked(settings, key, names) + incomparable(ranked, key))
 
 
+def median(values: list) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def test_note(key: str) -> str:
+    """What the ranking metric is: the test split's, measured where validation chose nothing, or validation's."""
+    if key.startswith("test"):
+        return (": the test split's, of each run's best-validation checkpoint, measured once when the run ended; "
+                "validation chose the checkpoint and any tuned value, the test split nothing")
+    return ": validation's, which also chose each run's checkpoint (some runs have no test metric)"
+
+
 # What says which text a run trained on; the data's name and tokenizer say how it was cut into tokens.
-DATA_TEXT_KEYS = ("path", "url", "sha256", "dataset", "val_path", "train_fraction")
+DATA_TEXT_KEYS = ("path", "url", "sha256", "dataset", "val_path", "train_fraction", "test_fraction")
 
 
 def incomparable(ranked: list[Setting], key: str) -> str:
@@ -223,8 +256,8 @@ def incomparable(ranked: list[Setting], key: str) -> str:
                 "their bits per byte compare.")
     tokenizers = {json.dumps({k: v for k, v in s.config.items() if k.startswith("data.tokenizer")},
                              default=str, sort_keys=True) for s in ranked}
-    if key == "best_val_loss" and len(tokenizers) > 1:
-        return ("\n\nWarning: ranked by val/loss across tokenizers, which does not compare (a token is not the "
+    if key in ("best_val_loss", "test_loss") and len(tokenizers) > 1:
+        return ("\n\nWarning: ranked by loss across tokenizers, which does not compare (a token is not the "
                 "same unit); some runs lack bits per byte, which would.")
     return ""
 
@@ -245,6 +278,12 @@ def tables(runs: list[RunFolder]) -> str:
     settings = pool(runs)
     names = run_names(runs)
     return f"{setting_table(settings, names)}\n\nRuns:\n\n{table(run_rows(runs, settings, names), RUN_COLUMNS)}"
+
+
+def published_table(sweep_dirs: list[str | Path]) -> str:
+    """The settings of several sweeps' runs ranked as the README publishes them (PUBLISHED_COLUMNS)."""
+    runs = read_sweeps(sweep_dirs)
+    return setting_table(pool(runs), run_names(runs), published=True)
 
 
 def compare(sweep_dir: str | Path) -> str:
