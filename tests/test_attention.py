@@ -11,16 +11,30 @@ from helpers import V
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
-from lmzoo.models.blocks import differential_lambda_init
+from lmzoo.models.blocks import Attention, LocalAttention, differential_lambda_init
 from lmzoo.models.lora import LoRA, LoRALinear
 
 SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
+GLOBAL, LOCAL = Attention.name, LocalAttention.name
+
+
+def local(window: int, *pattern: str, **knobs) -> dict:
+    """Settings of local layers of `window` (and `pattern` after them), each attention with `knobs`."""
+    names = [LOCAL, *pattern]
+    return dict(layer_pattern=names, mixers={name: dict(knobs, **(dict(window=window) if name == LOCAL else {}))
+                                             for name in names})
+
+
+def attention(**knobs) -> dict:
+    return dict(mixers={GLOBAL: knobs})
+
+
 # Each variant at SHAPE, with the small sizes the numbers below are worked out for.
 VARIANTS = {
     "gpt_rope": {},
-    "swa": dict(layer_pattern=["local_attention", "attention"], window=6),
-    "mla": dict(attention="mla", kv_rank=16, rope_head_dim=8),
-    "diff_attn": dict(n_head=4, n_kv_head=2, attention="differential"),
+    "swa": local(6, GLOBAL),
+    "mla": attention(variant="mla", kv_rank=16, rope_head_dim=8),
+    "diff_attn": dict(n_head=4, **attention(n_kv_head=2, variant="differential")),
 }
 
 
@@ -42,10 +56,10 @@ def test_local_layers_see_only_their_window():
     """Two local layers of window 3: a token reaches the 2 positions after it in each layer, 4 in all; one global
     layer reaches every later position."""
     torch.manual_seed(0)
-    local = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=3).build().eval()
-    assert changed_positions(local, 6) == [6, 7, 8, 9, 10]
+    only_local = TransformerConfig(**SHAPE, **local(3)).build().eval()
+    assert changed_positions(only_local, 6) == [6, 7, 8, 9, 10]
     torch.manual_seed(0)
-    mixed = TransformerConfig(**SHAPE, layer_pattern=["local_attention", "attention"], window=3).build().eval()
+    mixed = TransformerConfig(**SHAPE, **local(3, GLOBAL)).build().eval()
     assert changed_positions(mixed, 6) == list(range(6, 20))
 
 
@@ -81,7 +95,7 @@ def test_an_all_local_model_decodes_past_its_context_without_refilling_as_withou
     """Its cache is unbounded: it never restarts from recent context, and each layer keeps its window. The
     uncached path reads the last block_size tokens, which hold every token the two local layers reach."""
     torch.manual_seed(0)
-    model = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=4).build().eval()
+    model = TransformerConfig(**SHAPE, **local(4)).build().eval()
     assert model.new_cache().capacity is None and make("swa").new_cache().capacity == 24
     cache = decoded_cache(model, tokens=60)
     assert cache.position == 60 and all(state.keys.size(-2) == 3 for state in cache.states)
@@ -115,7 +129,7 @@ def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Ten
 @pytest.mark.parametrize("n_kv_head", [4, 2])
 def test_differential_attention_follows_the_papers_equations(n_kv_head):
     torch.manual_seed(0)
-    model = TransformerConfig(**{**SHAPE, "n_head": 4}, n_kv_head=n_kv_head, attention="differential").build()
+    model = TransformerConfig(**{**SHAPE, "n_head": 4}, **attention(n_kv_head=n_kv_head, variant="differential")).build()
     x = torch.randn(1, 10, 32)
     with torch.no_grad():
         for layer, block in enumerate(model.transformer.h):
@@ -130,7 +144,7 @@ def adapted(model) -> set[str]:
 
 def test_lora_targets_cover_latent_attentions_projections():
     torch.manual_seed(0)
-    config = TransformerConfig(**SHAPE, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12)
+    config = TransformerConfig(**SHAPE, **attention(variant="mla", kv_rank=16, rope_head_dim=8, q_rank=12))
     assert adapted(LoRA(r=2, targets=["qkv", "proj"]).apply(config.build())) == {
         "attn.c_q.0", "attn.c_q.2", "attn.c_kv_a", "attn.c_kv_b", "attn.c_proj"}
     idx = torch.randint(0, V, (2, 16))
@@ -141,11 +155,12 @@ def test_lora_targets_cover_latent_attentions_projections():
 
 
 def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention():
-    model = TransformerConfig(vocab_size=65, block_size=64, attention="mla", kv_rank=64, rope_head_dim=16).build()
+    model = TransformerConfig(vocab_size=65, block_size=64, **attention(variant="mla", kv_rank=64,
+                                                                         rope_head_dim=16)).build()
     assert model.describe()[1:] == [
-        "attention: mla (kv_rank 64, rope_head_dim 16, q_rank full); layers: attention",
+        f"layers: 4 x {GLOBAL} (mla: kv_rank 64, rope_head_dim 16, q_rank full) + mlp (341 wide, silu, gated)",
         "KV cache at block_size 64 in fp32: 1,280 B per token (multi-head attention of these 4 heads: 4,096 B)"]
-    swa = TransformerConfig(vocab_size=65, block_size=64, layer_pattern=["local_attention", "attention"], window=16,
-                            qk_norm=True).build()
-    assert swa.describe()[1] == ("attention: standard (4 heads, 4 key/value heads), qk_norm; layers: "
-                                 "local_attention (window 16), attention")
+    swa = TransformerConfig(vocab_size=65, block_size=64, **local(16, GLOBAL, qk_norm=True)).build()
+    assert swa.describe()[1] == (f"layers: 1 x {LOCAL} (window 16; 4 heads, 4 key/value heads, qk_norm) + mlp (341 "
+                                 f"wide, silu, gated); 1 x {GLOBAL} (4 heads, 4 key/value heads, qk_norm) + mlp (341 "
+                                 "wide, silu, gated); cycled over 4")

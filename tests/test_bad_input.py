@@ -8,6 +8,7 @@ in this process, as the command line would.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -28,6 +29,9 @@ from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.record import architecture_record
 from lmzoo.files import hold_folder
 from lmzoo.models import BigramConfig
+from lmzoo.models.base import SequenceMixer
+from lmzoo.models.blocks import Attention, LocalAttention
+from lmzoo.models.presets import preset, preset_names
 from lmzoo.training.run import train
 
 BASE = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir={tmp}/run", "trainer=debug",
@@ -39,6 +43,18 @@ MOE = [*TRAIN, "model=moe"]
 EVALUATE = ["ckpt={ckpt}", "paths.data_dir={tmp}/data"]
 PREPARE = ["paths.data_dir={tmp}/data"]
 NO_CUDA = not torch.cuda.is_available()
+# The attention (global and local), by their registered names.
+GLOBAL, LOCAL = Attention.name, LocalAttention.name
+# Each mixer a preset holds, with its first knob that counts something (a positive integer by default).
+COUNTED_KNOBS = list({mixer: (name, mixer, knob) for name in preset_names()
+                      for mixer in preset(name).settings.get("layer_pattern", [])
+                      for knob in [next((f.name for f in dataclasses.fields(SequenceMixer.registry[mixer].Settings)
+                                         if isinstance(f.default, int) and not isinstance(f.default, bool)
+                                         and f.default >= 1), None)] if knob}.values())
+# A mixer gpt_rope does not hold, and a knob of it.
+OTHER = next(name for name in SequenceMixer.registry if name != GLOBAL and dataclasses.fields(
+    SequenceMixer.registry[name].Settings))
+OTHER_KNOB = dataclasses.fields(SequenceMixer.registry[OTHER].Settings)[0].name
 
 CASES = [
     # train: the command line and the config
@@ -68,11 +84,18 @@ CASES = [
      ["unprepared"]),
     ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "optim.lr=0"], "optim.lr must be positive", ["unprepared"]),
     ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)", []),
-    ("train", [*TRAIN, "model.n_kv_head=3"], "model.n_kv_head must divide n_head (2)", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.n_kv_head=3"], f"model.mixers.{GLOBAL}.n_kv_head must divide n_head (2)",
+     []),
     ("train", [*TRAIN, "model.pad_vocab_to=0"], "model.pad_vocab_to must be a positive integer, got 0", []),
-    ("train", [*TRAIN, "model=mamba2", "model.ssm_head_dim=48"],
-     "model.ssm_head_dim must divide ssm_expand * n_embd (64) into heads that ssm_groups divides, got 48", []),
-    ("train", [*TRAIN, "model=hybrid", "model.chunk_size=0"], "model.chunk_size must be a positive integer, got 0", []),
+    # The first counted knob of each mixer a preset holds, at 0.
+    *[("train", [*TRAIN, f"model={preset}", f"model.mixers.{mixer}.{knob}=0"],
+       f"model.mixers.{mixer}.{knob} must be a positive integer", []) for preset, mixer, knob in COUNTED_KNOBS],
+    # A knob of a mixer the layer pattern does not hold, and lmzoo 0.2's flat key of a mixer's knob.
+    ("train", [*TRAIN, f"model.mixers.{OTHER}.{OTHER_KNOB}=3"], f"model.mixers.{OTHER}.{OTHER_KNOB} sets {OTHER} "
+     f"layers, and model.layer_pattern [{GLOBAL}] has none; add {OTHER} to model.layer_pattern, or leave "
+     f"model.mixers.{OTHER} out", []),
+    ("train", [*TRAIN, "model.qk_norm=true"], f"model.qk_norm is a knob of a mixer now: set model.mixers.{GLOBAL}.qk_norm",
+     []),
     ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
     ("train", [*TRAIN, "model.activation=tanh9"], "model.activation must be one of", []),
@@ -90,26 +113,31 @@ CASES = [
     ("train", [*BASE, "model=moa_moe", "model.n_embd=32", "model.head_dim=8", "model.k_att=9"],
      "model.k_att must lie in 1..n_att_experts (8), got 9", []),
     # train: the attention variants
-    ("train", [*TRAIN, "model=swa", "model.window=64"],
-     "model.window must lie in 1..block_size (32) for local_attention layers, got 64", []),
-    ("train", [*TRAIN, "model=swa", "model.window=0"], "model.window must lie in 1..block_size (32)", []),
-    ("train", [*TRAIN, "model.layer_pattern=[attention,mamba9]"],
-     "model.layer_pattern must list layers of attention, local_attention, mamba2, gated_deltanet, got "
-     "['attention', 'mamba9']", []),
+    ("train", [*TRAIN, "model=swa", f"model.mixers.{LOCAL}.window=64"],
+     f"model.mixers.{LOCAL}.window must lie in 1..block_size (32), got 64", []),
+    ("train", [*TRAIN, "model=swa", f"model.mixers.{LOCAL}.window=0"], f"model.mixers.{LOCAL}.window must lie in "
+     "1..block_size (32)", []),
+    ("train", [*TRAIN, f"model.layer_pattern=[{GLOBAL},mamba9]"],
+     f"model.layer_pattern must list layers of {', '.join(SequenceMixer.registry)}, got ['{GLOBAL}', 'mamba9']", []),
     ("train", [*TRAIN, "model.layer_pattern=[]"], "model.layer_pattern must list layers of", []),
-    ("train", [*TRAIN, "model.attention=linear"],
-     "model.attention must be one of standard, mla, differential, got 'linear'", []),
-    ("train", [*TRAIN, "model=mla", "model.kv_rank=0"],
-     "model.kv_rank must be a positive integer (the latent's rank), got 0", []),
-    ("train", [*TRAIN, "model=mla", "model.rope_head_dim=3"],
-     "model.rope_head_dim must be a positive even integer, got 3", []),
-    ("train", [*TRAIN, "model=mla", "model.q_rank=0"], "model.q_rank must be a positive integer or null, got 0", []),
-    ("train", [*TRAIN, "model=mla", "model.qk_norm=true"], "model.qk_norm does not apply to mla", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.variant=linear"],
+     f"model.mixers.{GLOBAL}.variant must be one of standard, mla, differential, got 'linear'", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.kv_rank=0"],
+     f"model.mixers.{GLOBAL}.kv_rank must be a positive integer (the latent's rank) or null, got 0", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.rope_head_dim=3"],
+     f"model.mixers.{GLOBAL}.rope_head_dim must be a positive even integer or null, got 3", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=0"],
+     f"model.mixers.{GLOBAL}.q_rank must be a positive integer or null, got 0", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.qk_norm=true"],
+     f"model.mixers.{GLOBAL}.qk_norm does not apply to mla", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.kv_rank=8"], f"model.mixers.{GLOBAL}.kv_rank, rope_head_dim and q_rank "
+     f"are mla's; set model.mixers.{GLOBAL}.variant=mla or leave them null", []),
     ("train", [*TRAIN, "model=mla", "model.positions=learned"], "model.positions must be rope for mla", []),
     ("train", [*TRAIN, "model=diff_attn", "model.n_head=1"],
-     "model.n_head and n_kv_head must be even for differential attention, which pairs heads, got (1, 1)", []),
-    ("train", [*BLOCK_SCALING, "model.attention=mla"], "model.attention and model.layer_pattern are gpt_rope's options; "
-     "BlockScalingConfig builds its own attention", []),
+     f"model.n_head and mixers.{GLOBAL}.n_kv_head must be even for differential attention, which pairs heads, got "
+     "(1, 1)", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.variant=mla"], "model.layer_pattern and model.mixers are "
+     "gpt_rope's options; BlockScalingConfig builds its own attention", []),
     ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[1]"], "model.qkv_multipliers must be a list of 2 numbers", []),
     ("train", [*BLOCK_SCALING, "model.ffn_multipliers=[1,2,3]"], "model.ffn_multipliers must be a list of 2 numbers", []),
     ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[0,1]"], "model.qkv_multipliers must be positive", []),
@@ -120,8 +148,9 @@ CASES = [
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
-    ("train", [*BASE, "model=mla", "model.n_kv_head=2"], "model.n_kv_head does not apply to mla, whose keys and "
-     "values all come from one latent per token (model.kv_rank sets its size); leave it null, got 2", []),
+    ("train", [*BASE, "model=mla", f"model.mixers.{GLOBAL}.n_kv_head=2"], f"model.mixers.{GLOBAL}.n_kv_head does not "
+     f"apply to mla, whose keys and values all come from one latent per token (mixers.{GLOBAL}.kv_rank sets its size); "
+     "leave it null, got 2", []),
     ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),

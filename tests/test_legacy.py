@@ -13,6 +13,8 @@ from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.data import CharTokenizer
 from lmzoo.inference.sampling import SamplingSettings, sample_text
+from lmzoo.models import preset_config
+from lmzoo.models.presets import model_overrides, preset_of
 from lmzoo.training.run import train
 
 LEGACY = FIXTURES / "v0.1"
@@ -23,13 +25,18 @@ RESUME = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.enable_
 KINDS = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
 
 
-def recorded_logits_match(model, name):
+# Written by lmzoo 0.2.0 (tests/fixtures/README.md): a folder of each transformer preset, and a checkpoint.
+V02 = FIXTURES / "v0.2"
+RECORDED_V02 = json.loads((V02 / "fixtures.json").read_text())
+
+
+def recorded_logits_match(model, name, recorded=RECORDED):
     torch.manual_seed(0)
     idx = torch.randint(0, 65, (1, 16))
     with torch.no_grad():
         logits = model(idx).logits
-    assert logits.double().sum().item() == pytest.approx(RECORDED[name]["logits_sum"], abs=1e-4)
-    assert logits[0, -1, :4].tolist() == pytest.approx(RECORDED[name]["logits_00"], abs=1e-6)
+    assert logits.double().sum().item() == pytest.approx(recorded[name]["logits_sum"], abs=1e-4)
+    assert logits[0, -1, :4].tolist() == pytest.approx(recorded[name]["logits_00"], abs=1e-6)
 
 
 @pytest.fixture
@@ -103,3 +110,26 @@ def test_a_0_1_lora_checkpoint_resumes(tmp_path, lora_checkpoint):
     assert result["steps"] == 6
     model, tokenizer, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert isinstance(tokenizer, CharTokenizer) and any("lora_" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", sorted(name for name in RECORDED_V02 if (V02 / name).is_dir()))
+def test_a_0_2_folder_loads_to_its_logits_in_this_releases_config(name):
+    """lmzoo 0.2 kept every mixer's knobs among the trunk's: the record is upgraded to this release's config, which
+    builds the same model and is its preset's."""
+    model, _, info = load_model(V02 / name)
+    recorded_logits_match(model, name, RECORDED_V02)
+    stored = json.loads((V02 / name / "lmzoo.json").read_text())
+    assert info.version == "0.2.0" and info.config != stored["config"] and preset_of(model.config) == name
+
+
+def test_a_0_2_checkpoint_resumes_with_its_settings_in_this_releases_spelling(tmp_path):
+    shutil.copy(V02 / "hybrid.ckpt", tmp_path / "old.ckpt")
+    model, _, _ = load_model(tmp_path / "old.ckpt")
+    recorded_logits_match(model, "hybrid_ckpt", RECORDED_V02)
+    name = preset_of(model.config)
+    overrides = model_overrides(preset_config(name, vocab_size=65, block_size=model.block_size), model.config)
+    result = train(compose_train(tmp_path, *RESUME[:-1], f"model={name}", f"block_size={model.block_size}",
+                                 *overrides, f"ckpt_path={tmp_path / 'old.ckpt'}", tiny=False))
+    assert result["steps"] == 6
+    resumed = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert "mixers" in resumed["lmzoo"]["config"] and "window" not in resumed["lmzoo"]["config"]

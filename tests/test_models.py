@@ -9,14 +9,15 @@ from torch import nn
 
 from lmzoo.models import Transformer, TransformerConfig, preset_config
 from lmzoo.models.base import Sublayer
-from lmzoo.models.blocks import MLP
+from lmzoo.models.blocks import MLP, Attention
 from lmzoo.training.optim import OptimConfig, Schedule, configure_adamw
 
 SHAPE = dict(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 ARCHITECTURES = {
     "gpt": lambda: preset_config("gpt", **SHAPE, tie_embeddings=True, init="gpt2"),
     "gpt_rope": lambda: TransformerConfig(**SHAPE),
-    "gpt_rope_gqa": lambda: TransformerConfig(**{**SHAPE, "n_head": 4, "n_kv_head": 2, "dropout": 0.0}),
+    "gpt_rope_gqa": lambda: TransformerConfig(**{**SHAPE, "n_head": 4, "dropout": 0.0},
+                                              mixers={Attention.name: dict(n_kv_head=2)}),
 }
 
 

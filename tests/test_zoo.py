@@ -14,6 +14,7 @@ from torch import nn
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.folder import save_folder
+from lmzoo.cli.describe import describe
 from lmzoo.data import CharTokenizer
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, generate
@@ -128,7 +129,7 @@ def test_flops_per_token_equal_pytorchs_flop_counter(name):
     # A local layer counts the keys of its window only, where the masked kernel FlopCounterMode counts computes
     # every score: within the window the two agree.
     model = make(name)
-    context = min(BLOCK, getattr(model.config, "window", None) or BLOCK)
+    context = min([BLOCK] + [m.window for m in model.modules() if getattr(m, "window", None)])
     counted = counted_flops_per_token(model, torch.randint(0, V, (3, context)))
     if counted == 0:
         pytest.skip(f"{name} does no matrix product for PyTorch to count (see test_bigram_counts_the_row_a_token_reads)")
@@ -148,7 +149,7 @@ def test_bigram_counts_the_row_a_token_reads():
 @pytest.mark.parametrize("name", PRESETS)
 def test_each_lora_target_adapts_linears_and_the_adapted_model_starts_as_its_base(name):
     model = randomized(make(name))
-    declared = type(model).lora_targets
+    declared = model.lora_targets
     if not declared:
         with pytest.raises(UserError, match="^LoRA target 'qkv' matches no layer of .*; LoRA cannot adapt it$"):
             LoRA(targets=["qkv"]).apply(model)
@@ -188,6 +189,18 @@ def test_export_writes_a_model_that_gives_the_same_logits(tmp_path, name):
     assert message.startswith(f"wrote {type(hf_model).__name__} ")
     with torch.no_grad():
         torch.testing.assert_close(hf_model(idx).logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_describe_gives_the_card_and_each_layers_parts(tmp_path, name):
+    """`python -m lmzoo.describe` on a saved model: its card, its own lines (each layer's mixer by the name the
+    pattern gives it), and the recorded config, which builds the same model."""
+    model = make(name)
+    save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "model")
+    text = describe(str(tmp_path / "model"))
+    assert text.startswith(type(model).__name__) and "\n".join(model.describe()) in text
+    assert all(mixer in text for mixer in getattr(model.config, "layer_pattern", []))
+    assert load_model(tmp_path / "model")[0].config == model.config
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +293,7 @@ def test_block_scaling_widths_follow_openelm():
     model = BlockScalingConfig(vocab_size=V, block_size=16, n_layer=4, n_embd=128, head_dim=32).build()
     built = [(b.attn.n_head, b.attn.n_kv_head, b.mlp.c_proj.in_features) for b in model.transformer.h]
     assert built == layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0))
-    assert "    1       3        3       224" in model.describe()
+    assert "layer 1: attention (3 heads, 3 key/value heads) + mlp (224 wide, silu, gated)" in model.describe()
 
 
 def expert_row_counts(moe: MoE) -> list[int]:

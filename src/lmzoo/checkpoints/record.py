@@ -1,8 +1,9 @@
 """What lmzoo records about a model in its checkpoints and folders, and how the model is rebuilt from it.
 
 The record names the architecture by its config class (`lmzoo.models.transformer.TransformerConfig`)
-and holds the config's fields, so a checkpoint needs no training config to load. Records of lmzoo 0.1,
-which named the model class and kept the optimizer settings among the model's, are upgraded on reading.
+and holds the config's fields, so a checkpoint needs no training config to load. Records of earlier releases are
+upgraded on reading: lmzoo 0.1's, which named the model class and kept the optimizer settings among the model's,
+and lmzoo 0.2's transformers, which kept every mixer's knobs among the trunk's.
 """
 
 import dataclasses
@@ -10,24 +11,25 @@ import importlib
 
 from lmzoo import __version__
 from lmzoo.errors import UserError
-from lmzoo.models import (BigramConfig, BlockScalingConfig, LanguageModel, MLPConfig, ModelConfig, MoAMoEConfig,
-                          MoEConfig, TransformerConfig)
+from lmzoo.models import LanguageModel, ModelConfig, TransformerConfig
+from lmzoo.models.base import SequenceMixer
 
 # The releases whose checkpoints this one reads.
 READABLE = ("0.1", "0.2")
 
-# lmzoo 0.1's model classes: the config that replaces each, and the choices the class made itself (GPT's
-# config kept its own `bias`; the other transformers made this release's default choices). Fixed here, as 0.1 made
-# them, whatever the presets become.
+# lmzoo 0.1's model classes: the config class that replaced each in lmzoo 0.2, and the choices the class made
+# itself (GPT's config kept its own `bias`; the other transformers made that release's default choices). Fixed
+# here, as 0.1 made them, whatever the presets become.
 LEGACY_ARCHITECTURES = {
-    "lmzoo.models.gpt.GPT": (TransformerConfig, dict(positions="learned", norm="layernorm", activation="gelu",
-                                                     gated_mlp=False, mlp_ratio=4.0)),
-    "lmzoo.models.gpt_rope.GPTRope": (TransformerConfig, {}),
-    "lmzoo.models.bigram.Bigram": (BigramConfig, {}),
-    "lmzoo.models.mlp.MLPLanguageModel": (MLPConfig, {}),
-    "lmzoo.models.block_scaling.BlockScaling": (BlockScalingConfig, {}),
-    "lmzoo.models.moe.MoEGPT": (MoEConfig, {}),
-    "lmzoo.models.moa_moe.MoAMoE": (MoAMoEConfig, {}),
+    "lmzoo.models.gpt.GPT": ("lmzoo.models.transformer.TransformerConfig",
+                             dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False,
+                                  mlp_ratio=4.0)),
+    "lmzoo.models.gpt_rope.GPTRope": ("lmzoo.models.transformer.TransformerConfig", {}),
+    "lmzoo.models.bigram.Bigram": ("lmzoo.models.bigram.BigramConfig", {}),
+    "lmzoo.models.mlp.MLPLanguageModel": ("lmzoo.models.mlp.MLPConfig", {}),
+    "lmzoo.models.block_scaling.BlockScaling": ("lmzoo.models.block_scaling.BlockScalingConfig", {}),
+    "lmzoo.models.moe.MoEGPT": ("lmzoo.models.moe.MoEConfig", {}),
+    "lmzoo.models.moa_moe.MoAMoE": ("lmzoo.models.moa_moe.MoAMoEConfig", {}),
 }
 
 
@@ -80,16 +82,7 @@ class ModelRecord:
 
     def build_config(self) -> ModelConfig:
         """The recorded architecture's config; one this release does not have is a UserError."""
-        module_name, _, class_name = str(self.architecture).rpartition(".")
-        config_class = None
-        if module_name.startswith("lmzoo.models"):
-            try:
-                config_class = getattr(importlib.import_module(module_name), class_name, None)
-            except ImportError:
-                pass
-        if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
-            raise UserError(f"the checkpoint's architecture {self.architecture!r} is not one of lmzoo {__version__}; "
-                            "load it with the lmzoo that wrote it")
+        config_class = config_class_of(self.architecture)
         try:
             return config_class(**self.config)
         except TypeError as error:
@@ -121,17 +114,53 @@ def check_readable(version: str, source) -> None:
                         f"use lmzoo {version} (pip install lmzoo=={version}) or retrain")
 
 
+def config_class_of(architecture: str) -> type[ModelConfig]:
+    """The config class a record names; one this release does not have is a UserError."""
+    module_name, _, class_name = str(architecture).rpartition(".")
+    config_class = None
+    if module_name.startswith("lmzoo.models"):
+        try:
+            config_class = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError:
+            pass
+    if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
+        raise UserError(f"the checkpoint's architecture {architecture!r} is not one of lmzoo {__version__}; "
+                        "load it with the lmzoo that wrote it")
+    return config_class
+
+
 def upgrade_record(record: dict) -> dict:
-    """The record in this release's layout; a 0.1 record (which names a `target` class) is translated, a
-    current one returned as it is."""
-    if "target" not in record:
+    """The record in this release's layout: a 0.1 record (which names a `target` class) and a 0.2 transformer's
+    (whose config has no `mixers`) translated, a current one returned as it is."""
+    legacy = "target" in record
+    if legacy:
+        record = legacy_record(record)
+    config_class = config_class_of(record["architecture"])
+    transformer = issubclass(config_class, TransformerConfig)
+    if not legacy and (not transformer or "mixers" in record["config"]):
         return record
-    config_class, choices = LEGACY_ARCHITECTURES[record["target"]]
-    old = dict(record["config"])
-    optim = old.pop("optim", None) or {}
-    if config_class in (BigramConfig, MLPConfig):
-        old.pop("block_size", None)
-    config: ModelConfig = config_class(**old, **choices)
+    config = with_mixers(record["config"]) if transformer else record["config"]
+    return {**record, "config": config_class(**config).as_dict()}
+
+
+def legacy_record(record: dict) -> dict:
+    """A 0.1 record in lmzoo 0.2's layout: the config class for the model class, the optimizer's settings apart."""
+    architecture, choices = LEGACY_ARCHITECTURES[record["target"]]
+    config = dict(record["config"])
+    optim = config.pop("optim", None) or {}
+    if not issubclass(config_class_of(architecture), TransformerConfig):
+        config.pop("block_size", None)
     upgraded = {key: value for key, value in record.items() if key not in ("target", "config")}
-    return {**upgraded, "architecture": f"{config_class.__module__}.{config_class.__qualname__}",
-            "config": config.as_dict(), "optim": optim}
+    return {**upgraded, "architecture": architecture, "config": {**config, **choices}, "optim": optim}
+
+
+def with_mixers(config: dict) -> dict:
+    """A 0.2 transformer's config, whose mixers' knobs lay among the trunk's (window, qk_norm, ssm_state, ...), with
+    each under model.mixers.NAME for the mixers of its layer_pattern (the keys each mixer's settings declare as
+    `former`); a knob of a mixer the model does not hold did nothing, and is dropped."""
+    mixers = SequenceMixer.registry
+    former = {old for mixer in mixers.values() for old in mixer.Settings.former}
+    pattern = config.get("layer_pattern") or TransformerConfig(vocab_size=1, block_size=1).layer_pattern
+    trunk = {key: value for key, value in config.items() if key not in former}
+    return {**trunk, "mixers": {name: {knob: config[old] for old, knob in mixers[name].Settings.former.items()
+                                       if old in config} for name in dict.fromkeys(pattern)}}

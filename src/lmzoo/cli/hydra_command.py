@@ -32,6 +32,7 @@ from lmzoo.cli.compat import (WithoutFailedJobLines, failed_instantiation, group
                               not_an_override)
 from lmzoo.errors import UserError, report_user_errors, user_error_behind
 from lmzoo.files import hold_folder
+from lmzoo.models.presets import moved_keys
 from lmzoo.reports.runs import check_folder_is_this_runs, check_sweep_folder
 
 # Set by Lightning, torchrun and SLURM in every process but the first of a distributed run.
@@ -158,6 +159,8 @@ def explain(error: Exception, command: str) -> str:
         return f"{group}={option} is not an option; choose one of {', '.join(error.options)}{nearest(option, error.options)}"
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         section, _, key = (cause.full_key or cause.key or "").rpartition(".")
+        if section == "model" and (moved := moved_keys(key)):
+            return f"model.{key} is a knob of a mixer now: set {' or '.join(moved)}"
         keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
         keys = [k for k in keys if k not in ("hydra", "_target_")]
         where = section or "the config"

@@ -3,7 +3,7 @@
 import dataclasses
 
 from lmzoo.models.base import require
-from lmzoo.models.blocks import MLP, Attention, Rotary
+from lmzoo.models.blocks import MLP, Attention
 from lmzoo.models.transformer import HeadDimConfig, Transformer
 
 
@@ -62,15 +62,13 @@ def layer_widths(n_layer: int, n_embd: int, head_dim: int, qkv_multipliers: tupl
 class BlockScaling(Transformer):
     config: BlockScalingConfig
 
-    def attention(self, layer: int, rotary: Rotary | None) -> Attention:
+    def attention(self, layer: int, rotary) -> Attention:
         c = self.config
         n_head, n_kv_head, _ = c.widths[layer]
-        return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary, qk_norm=c.qk_norm)
+        return Attention(c.n_embd, n_head, c.head_dim, n_kv_head, c.bias, c.dropout, rotary(c.head_dim),
+                         qk_norm=c.mixers["attention"].qk_norm)
 
     def feed_forward(self, layer: int) -> MLP:
         c = self.config
         return MLP(c.n_embd, c.widths[layer][2], c.activation, c.gated_mlp, c.bias, c.dropout)
 
-    def describe(self) -> list[str]:
-        rows = [f"{layer:>5} {q:>7} {kv:>8} {ffn:>9}" for layer, (q, kv, ffn) in enumerate(self.config.widths)]
-        return super().describe() + ["layer  heads  kv heads  FFN width", *rows]

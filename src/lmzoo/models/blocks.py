@@ -1,20 +1,26 @@
 """The building blocks every architecture shares: one norm, one MLP, one attention, one block.
 
-Parameter names follow Hugging Face GPT-2 (c_attn, c_proj, c_fc, ln_1, ln_2) so weights map across.
+The attention is the sequence mixers `attention` (every past token) and `local_attention` (a sliding window), each
+with its settings (grouped-query heads, QK-norm, the latent and differential variants) and its transformers classes
+(GPT-2, Llama, Qwen2, Qwen3, DeepSeek-V3, DiffLlama: `AttentionHF`). Parameter names follow Hugging Face GPT-2
+(c_attn, c_proj, c_fc, ln_1, ln_2) so weights map across.
 
 A block's sublayers share two call signatures: attention is `attn(x, cache, layer, routing)` and the
 feed-forward layer `mlp(x, routing)`. `routing` collects what routed sublayers decided in this forward
 pass (see lmzoo.models.routing); dense sublayers ignore it.
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import FORWARD_AND_BACKWARD, RoutingLog, SequenceMixer, Sublayer
+from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, RoutingLog, SequenceMixer, Sublayer, require
 from lmzoo.models.cache import Cache, KVState, WindowState
+from lmzoo.models.hf_layout import (HFLayout, Layout, joined, laid_out, load_into, same_names, tied_and_checked,
+                                    true_vocabulary, trunk_names)
 
 NORMS = ("layernorm", "rmsnorm")
 
@@ -66,6 +72,12 @@ class MLP(Sublayer):
     def mlp_inputs(self) -> list[nn.Module]:
         return [self.c_fc]
 
+    lora_targets = {"mlp": ("c_fc", "c_proj")}
+
+    def describe(self) -> str:
+        gated = ", gated" if self.gated else ""
+        return f"mlp ({self.c_proj.in_features} wide, {type(self.act).__name__.lower()}{gated})"
+
 
 class Rotary(nn.Module):
     """Rotary position embedding (RoPE), rotating pairs (i, i + head_dim/2) as Llama does."""
@@ -103,7 +115,72 @@ class Rotary(nn.Module):
 DIFFERENTIAL_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
-class Attention(SequenceMixer):
+VARIANTS = ("standard", "mla", "differential")
+
+
+@dataclasses.dataclass(kw_only=True)
+class AttentionSettings(PartSettings):
+    """The attention's knobs (model.mixers.attention.KNOB): its heads are the model's n_head of n_embd / n_head."""
+
+    # Key/value heads (grouped-query attention); null: as many as query heads.
+    n_kv_head: int | None = None
+    # RMSNorm of each query and key head before the scores.
+    qk_norm: bool = False
+    # One of VARIANTS: "standard"; "mla", multi-head latent attention; "differential" (Diff Transformer).
+    variant: str = "standard"
+    # mla: the rank of the latent keys and values come from (null: n_embd / 2), the RoPE channels added to each
+    # query and key head (null: head_dim / 2), and the rank of the queries' latent (null: full-rank queries).
+    kv_rank: int | None = None
+    rope_head_dim: int | None = None
+    q_rank: int | None = None
+
+    choices = ("variant", "qk_norm")
+    former = {"n_kv_head": "n_kv_head", "qk_norm": "qk_norm", "attention": "variant", "kv_rank": "kv_rank",
+              "rope_head_dim": "rope_head_dim", "q_rank": "q_rank"}
+
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        heads, mla = trunk.n_head, self.variant == "mla"
+        require(self.n_kv_head is None or (self.n_kv_head >= 1 and heads % self.n_kv_head == 0),
+                f"{key}.n_kv_head must divide n_head ({heads}), or be null", self.n_kv_head)
+        require(self.variant in VARIANTS, f"{key}.variant must be one of {', '.join(VARIANTS)}", self.variant)
+        require(self.variant != "differential" or (heads % 2 == 0 and (self.n_kv_head or heads) % 2 == 0),
+                f"n_head and {key}.n_kv_head must be even for differential attention, which pairs heads",
+                (heads, self.n_kv_head or heads))
+        require(not mla or trunk.positions == "rope", f"positions must be rope for mla ({key}.variant), whose keys "
+                "carry RoPE channels", trunk.positions)
+        require(not (mla and self.qk_norm), f"{key}.qk_norm does not apply to mla, which normalizes its latents",
+                self.qk_norm)
+        require(not mla or self.n_kv_head in (None, heads), f"{key}.n_kv_head does not apply to mla, whose keys and "
+                f"values all come from one latent per token ({key}.kv_rank sets its size); leave it null",
+                self.n_kv_head)
+        require(mla or (self.kv_rank, self.rope_head_dim, self.q_rank) == (None, None, None),
+                f"{key}.kv_rank, rope_head_dim and q_rank are mla's; set model.{key}.variant=mla or leave them null",
+                (self.kv_rank, self.rope_head_dim, self.q_rank))
+        require(self.kv_rank is None or self.kv_rank >= 1, f"{key}.kv_rank must be a positive integer (the latent's "
+                "rank) or null", self.kv_rank)
+        require(self.rope_head_dim is None or (self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0),
+                f"{key}.rope_head_dim must be a positive even integer or null", self.rope_head_dim)
+        require(self.q_rank is None or self.q_rank >= 1, f"{key}.q_rank must be a positive integer or null",
+                self.q_rank)
+
+
+@dataclasses.dataclass(kw_only=True)
+class LocalAttentionSettings(AttentionSettings):
+    """The attention's knobs, and the window of a local layer (model.mixers.local_attention.KNOB)."""
+
+    # The tokens a query sees, itself included.
+    window: int | None = None
+
+    former = {**AttentionSettings.former, "window": "window"}
+
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        require(self.window is not None and 1 <= self.window <= trunk.block_size,
+                f"{key}.window must lie in 1..block_size ({trunk.block_size})", self.window)
+
+
+class Attention(SequenceMixer, name="attention"):
     """Causal self-attention with grouped-query heads, optional RoPE and a KV cache; the options of the
     attention variants lmzoo compares:
 
@@ -116,6 +193,22 @@ class Attention(SequenceMixer):
       reference gives that norm a learned scale; here the output projection holds it, as in Hugging Face's
       DiffLlama.
     """
+
+    Settings = AttentionSettings
+    lora_targets = {"qkv": ("c_attn",), "proj": ("c_proj",)}
+
+    @classmethod
+    def build(cls, trunk, settings: AttentionSettings, layer: int, rotary) -> SequenceMixer:
+        """The attention `settings.variant` names, over every past token or the last `window` (a local layer's)."""
+        window, head_dim = getattr(settings, "window", None), trunk.head_dim
+        if settings.variant == "mla":
+            rope_head_dim = settings.rope_head_dim or max(2, head_dim // 4 * 2)
+            return LatentAttention(trunk.n_embd, trunk.n_head, head_dim, settings.kv_rank or trunk.n_embd // 2,
+                                   rope_head_dim, settings.q_rank, trunk.bias, trunk.dropout, rotary(rope_head_dim),
+                                   window=window)
+        lambda_init = differential_lambda_init(layer) if settings.variant == "differential" else None
+        return cls(trunk.n_embd, trunk.n_head, head_dim, settings.n_kv_head, trunk.bias, trunk.dropout,
+                   rotary(head_dim), qk_norm=settings.qk_norm, window=window, lambda_init=lambda_init)
 
     def __init__(self, dim: int, n_head: int, head_dim: int, n_kv_head: int | None = None, bias: bool = True,
                  dropout: float = 0.0, rotary: Rotary | None = None, *, qk_norm: bool = False,
@@ -178,8 +271,27 @@ class Attention(SequenceMixer):
         value_width = 2 * self.head_dim if self.lambda_init is not None else self.head_dim
         return attention_flops(seen(context, self.window), self.n_head * self.head_dim, self.n_head * value_width)
 
-    def cache_values_per_token(self) -> int:
-        return 2 * self.n_kv_head * self.head_dim
+    @property
+    def kind(self) -> Kind:
+        return Kind.GROWING if self.window is None else Kind.WINDOW
+
+    def state_numel(self, context: int) -> int:
+        return 2 * self.n_kv_head * self.head_dim * seen(context, self.window)
+
+    def describe(self) -> str:
+        window = f"window {self.window}; " if self.window is not None else ""
+        if self.lambda_init is not None:
+            heads = f"differential: {self.n_head // 2} pairs of heads, {self.n_kv_head} key/value heads"
+        else:
+            heads = f"{self.n_head} heads, {self.n_kv_head} key/value heads"
+        return window + heads + (", qk_norm" if self.qk_norm else "")
+
+
+class LocalAttention(Attention, name="local_attention"):
+    """The attention over a sliding window (Mistral, Gemma 2/3): a query sees the last `window` tokens, itself
+    included, and its cache keeps only them."""
+
+    Settings = LocalAttentionSettings
 
 
 def differential_lambda_init(layer: int) -> float:
@@ -198,6 +310,7 @@ class LatentAttention(SequenceMixer):
                  bias: bool, dropout: float, rotary: Rotary, *, window: int | None = None):
         super().__init__()
         self.n_head, self.head_dim, self.kv_rank, self.rope_head_dim = n_head, head_dim, kv_rank, rope_head_dim
+        self.q_rank = q_rank
         query_width = n_head * (head_dim + rope_head_dim)
         if q_rank is None:
             self.c_q = nn.Linear(dim, query_width, bias=bias)
@@ -236,8 +349,16 @@ class LatentAttention(SequenceMixer):
         return attention_flops(seen(context, self.window), self.n_head * (self.head_dim + self.rope_head_dim),
                                self.n_head * self.head_dim)
 
-    def cache_values_per_token(self) -> int:
-        return self.kv_rank + self.rope_head_dim
+    # Its query, latent and expansion projections are its qkv.
+    lora_targets = {"qkv": ("c_q", "c_q.*", "c_kv_a", "c_kv_b"), "proj": ("c_proj",)}
+    kind = Attention.kind
+
+    def state_numel(self, context: int) -> int:
+        return (self.kv_rank + self.rope_head_dim) * seen(context, self.window)
+
+    def describe(self) -> str:
+        window = f"window {self.window}; " if self.window is not None else ""
+        return f"{window}mla: kv_rank {self.kv_rank}, rope_head_dim {self.rope_head_dim}, q_rank {self.q_rank or 'full'}"
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary | None,
@@ -340,3 +461,223 @@ def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float 
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+# GPT-2 stores these as Conv1D (in, out) matrices; nn.Linear holds (out, in).
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class AttentionHF(HFLayout):
+    """The transformers classes of a model whose every layer attends (global or local, any variant): in GPT-2's
+    choices GPT2LMHeadModel; in Llama's LlamaForCausalLM, Qwen3ForCausalLM with QK-norm, Qwen2ForCausalLM with local
+    layers, DeepseekV3ForCausalLM with latent attention, DiffLlamaForCausalLM with differential attention."""
+
+    model_types = ("gpt2", "llama", "qwen2", "qwen3", "deepseek_v3", "diffllama")
+
+    def exporter(self, model):
+        config = model.config
+        settings = attention_settings(config)
+        if settings is None or not config.mlp_ratio:
+            return None
+        local = any(mixer.kind is Kind.WINDOW for mixer in model.mixers())
+        if gpt2_shaped(config):
+            fits = (config.mlp_ratio == 4.0 and settings.n_kv_head in (None, config.n_head) and not local
+                    and not settings.qk_norm and settings.variant == "standard")
+            return to_gpt2 if fits else None
+        if (config.positions, config.norm, config.activation, config.gated_mlp, config.bias) != (
+                "rope", "rmsnorm", "silu", True, False):
+            return None
+        if settings.variant == "mla":
+            return None if local else to_deepseek_v3
+        if settings.variant == "differential":
+            return None if local or settings.qk_norm else to_diffllama
+        if settings.qk_norm:
+            return to_qwen3
+        return to_qwen2 if local else to_llama
+
+    def state_dict(self, weights, model, source):
+        if gpt2_shaped(model.config):
+            return gpt2_state_dict(weights, model, source)
+        return joined(weights, model, source, llama_layout(model))
+
+
+def attention_settings(config) -> AttentionSettings | None:
+    """The settings every attending layer of `config` shares but for a local layer's window; None where they differ,
+    which no transformers class has."""
+    shared = [{field.name: getattr(settings, field.name) for field in dataclasses.fields(AttentionSettings)}
+              for settings in config.mixers.values()]
+    return AttentionSettings(**shared[0]) if all(values == shared[0] for values in shared) else None
+
+
+def gpt2_shaped(config) -> bool:
+    return (config.positions, config.norm, config.activation, config.gated_mlp) == ("learned", "layernorm", "gelu",
+                                                                                    False)
+
+
+def to_gpt2(model, eot_id: int | None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hp = model.config
+    config = GPT2Config(
+        vocab_size=model.vocab_size, n_positions=model.block_size, n_embd=hp.n_embd, n_layer=hp.n_layer,
+        n_head=hp.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id,
+        eos_token_id=eot_id,
+    )
+    state = {name: tensor.T if name.endswith(CONV1D_WEIGHTS) else tensor
+             for name, tensor in true_vocabulary(model).items()
+             if not (hp.tie_embeddings and name == "lm_head.weight")}
+    return load_into(GPT2LMHeadModel(config), state)
+
+
+def gpt2_state_dict(weights: dict[str, torch.Tensor], model, source: str) -> dict[str, torch.Tensor]:
+    """Hugging Face GPT-2 weights renamed, transposed and padded into `model`'s state dict."""
+    expected, state = model.state_dict(), {}
+    for name, tensor in weights.items():
+        # The causal-mask buffers (attn.bias, attn.masked_bias) and a tied head carry no weights of their own.
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or (model.config.tie_embeddings
+                                                                  and name == "lm_head.weight"):
+            continue
+        key = name if name == "lm_head.weight" else "transformer." + name.removeprefix("transformer.")
+        # A model without biases was exported with zero ones (load_into).
+        if key not in expected and key.endswith(".bias") and not tensor.any():
+            continue
+        state[key] = tensor.T if key.endswith(CONV1D_WEIGHTS) else tensor
+    return tied_and_checked(state, model, source)
+
+
+def llama_family(model, hf_class, config_class, eot_id: int | None, **settings):
+    """`model` as `hf_class`, a transformers class of Llama's layout (llama_layout)."""
+    hp = model.config
+    attn, mlp = model.transformer.h[0].attn, model.transformer.h[0].mlp
+    config = config_class(
+        vocab_size=model.vocab_size, hidden_size=hp.n_embd, intermediate_size=mlp.c_proj.in_features,
+        num_hidden_layers=hp.n_layer, num_attention_heads=attn.n_head, max_position_embeddings=model.block_size,
+        rms_norm_eps=1e-5, rope_theta=hp.rope_base, hidden_act="silu", tie_word_embeddings=hp.tie_embeddings,
+        bos_token_id=eot_id, eos_token_id=eot_id, **settings,
+    )
+    return load_into(hf_class(config), laid_out(model, llama_layout(model)))
+
+
+def to_llama(model, eot_id: int | None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, LlamaForCausalLM, LlamaConfig, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def sliding_windows(model) -> dict:
+    """Qwen's settings for the local layers: their window and which layers they are."""
+    mixers = model.mixers()
+    windows = [mixer.window for mixer in mixers if mixer.kind is Kind.WINDOW]
+    return dict(use_sliding_window=bool(windows), sliding_window=windows[0] if windows else None,
+                layer_types=["sliding_attention" if mixer.kind is Kind.WINDOW else "full_attention"
+                             for mixer in mixers])
+
+
+def to_qwen2(model, eot_id: int | None):
+    """Qwen2 has per-layer sliding windows and no QK-norm; its q, k, v biases are exported as zeros."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, Qwen2ForCausalLM, Qwen2Config, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, **sliding_windows(model))
+
+
+def to_qwen3(model, eot_id: int | None):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, Qwen3ForCausalLM, Qwen3Config, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, **sliding_windows(model))
+
+
+def to_diffllama(model, eot_id: int | None):
+    from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
+
+    attn = model.transformer.h[0].attn
+    return llama_family(model, DiffLlamaForCausalLM, DiffLlamaConfig, eot_id, num_key_value_heads=attn.n_kv_head,
+                        head_dim=attn.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def to_deepseek_v3(model, eot_id: int | None):
+    """Every layer dense (first_k_dense_replace = n_layer), RoPE on the halves of the rope channels as lmzoo's."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    hp, attn = model.config, model.transformer.h[0].attn
+    return llama_family(model, DeepseekV3ForCausalLM, DeepseekV3Config, eot_id, num_key_value_heads=hp.n_head,
+                        kv_lora_rank=attn.kv_rank, q_lora_rank=attn.q_rank, qk_rope_head_dim=attn.rope_head_dim,
+                        qk_nope_head_dim=attn.head_dim, v_head_dim=attn.head_dim, first_k_dense_replace=hp.n_layer,
+                        rope_interleave=False, attention_bias=False)
+
+
+def llama_layout(model) -> Layout:
+    """Each lmzoo weight, the weights of Llama's layout it is made of (Qwen2, Qwen3, DiffLlama and DeepSeek-V3
+    share it, each with what its attention adds), and their rows in it (None: all of them)."""
+    layout = trunk_names(model, "model.embed_tokens.weight", "model.norm.weight")
+    for i, block in enumerate(model.transformer.h):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        width = block.mlp.c_proj.in_features
+        layout += [
+            (ours + "ln_1.weight", [theirs + "input_layernorm.weight"], None),
+            *attention_layout(block.attn, ours + "attn.", theirs + "self_attn."),
+            (ours + "attn.c_proj.weight", [theirs + "self_attn.o_proj.weight"], None),
+            (ours + "ln_2.weight", [theirs + "post_attention_layernorm.weight"], None),
+            # c_fc computes [gate, up] in one matmul; Llama has a projection for each.
+            (ours + "mlp.c_fc.weight", [theirs + "mlp.gate_proj.weight", theirs + "mlp.up_proj.weight"], [width, width]),
+            (ours + "mlp.c_proj.weight", [theirs + "mlp.down_proj.weight"], None),
+        ]
+    return layout
+
+
+def attention_layout(a, ours: str, theirs: str) -> Layout:
+    """The input side of an attention's weights in Llama's layout: q, k, v (with Qwen3's QK-norm and DiffLlama's
+    lambdas), or DeepSeek-V3's latent projections."""
+    if isinstance(a, LatentAttention):
+        query = ([(ours + "c_q.weight", [theirs + "q_proj.weight"], None)] if isinstance(a.c_q, nn.Linear) else
+                 [(ours + f"c_q.{index}.weight", [theirs + name], None)
+                  for index, name in enumerate(("q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight"))])
+        return [*query, (ours + "c_kv_a.weight", [theirs + "kv_a_proj_with_mqa.weight"], None),
+                (ours + "kv_norm.weight", [theirs + "kv_a_layernorm.weight"], None),
+                (ours + "c_kv_b.weight", [theirs + "kv_b_proj.weight"], None)]
+    # c_attn computes [q, k, v] in one matmul; Llama has a projection for each.
+    qkv = [a.n_head * a.head_dim, a.n_kv_head * a.head_dim, a.n_kv_head * a.head_dim]
+    layout = [(ours + "c_attn.weight", [theirs + f"{p}_proj.weight" for p in "qkv"], qkv)]
+    if a.qk_norm:
+        layout += same_names(ours, theirs, ["q_norm.weight", "k_norm.weight"])
+    if a.lambda_init is not None:
+        layout += same_names(ours, theirs, list(DIFFERENTIAL_LAMBDAS))
+    return layout
+
+
+# GPT-2's choices, and a local/global pattern whose greedy texts in tests/test_interop.py run past its window.
+GPT2 = dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False, mlp_ratio=4.0, bias=True,
+            tie_embeddings=True)
+LOCAL_GLOBAL = dict(layer_pattern=[LocalAttention.name, Attention.name],
+                    mixers={LocalAttention.name: dict(window=5)})
+# Every layer of a model that attends, in any of the attention's variants, has these transformers classes.
+Attention.hf = LatentAttention.hf = AttentionHF(examples={
+    "gpt": (dict(n_head=2, **GPT2), "GPT2LMHeadModel"),
+    "gpt_no_bias": (dict(n_head=2, **{**GPT2, "bias": False}), "GPT2LMHeadModel"),
+    "gpt_untied": (dict(n_head=2, **{**GPT2, "tie_embeddings": False}), "GPT2LMHeadModel"),
+    "gpt_rope_gqa_untied": (dict(n_head=4, mixers={Attention.name: dict(n_kv_head=2)}, rope_base=500.0,
+                                 tie_embeddings=False), "LlamaForCausalLM"),
+    "qk_norm_gqa": (dict(n_head=4, mixers={Attention.name: dict(n_kv_head=2, qk_norm=True)}), "Qwen3ForCausalLM"),
+    "qk_norm_local_global": (dict(n_head=2, layer_pattern=LOCAL_GLOBAL["layer_pattern"],
+                                  mixers={LocalAttention.name: dict(window=5, qk_norm=True),
+                                          Attention.name: dict(qk_norm=True)}), "Qwen3ForCausalLM"),
+    "local_global": (dict(n_head=2, tie_embeddings=False, **LOCAL_GLOBAL), "Qwen2ForCausalLM"),
+    "mla": (dict(n_head=2, mixers={Attention.name: dict(variant="mla", kv_rank=16, rope_head_dim=8)}),
+            "DeepseekV3ForCausalLM"),
+    "mla_query_latent_untied": (dict(n_head=2, tie_embeddings=False, mixers={Attention.name: dict(
+        variant="mla", kv_rank=16, rope_head_dim=8, q_rank=12)}), "DeepseekV3ForCausalLM"),
+    "differential_gqa": (dict(n_head=4, mixers={Attention.name: dict(n_kv_head=2, variant="differential")}),
+                         "DiffLlamaForCausalLM"),
+    # Latent attention over a window, and differential attention with QK-norm, have no transformers class.
+    "mla_local": (dict(n_head=2, layer_pattern=LOCAL_GLOBAL["layer_pattern"], mixers={
+        name: dict(variant="mla", kv_rank=16, rope_head_dim=8, **window)
+        for name, window in ((LocalAttention.name, dict(window=5)), (Attention.name, {}))}), None),
+    "differential_qk_norm": (dict(n_head=2, mixers={Attention.name: dict(variant="differential", qk_norm=True)}),
+                             None),
+})

@@ -23,7 +23,8 @@ class MoAMoEConfig(HeadDimConfig, MoEConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self.n_att_experts >= 1, "n_att_experts must be a positive integer", self.n_att_experts)
-        require(not self.qk_norm, "qk_norm does not apply to moa_moe's mixture of heads", self.qk_norm)
+        require(not self.mixers["attention"].qk_norm, "mixers.attention.qk_norm does not apply to moa_moe's mixture "
+                "of heads", True)
         require(1 <= self.k_att <= self.n_att_experts, f"k_att must lie in 1..n_att_experts ({self.n_att_experts})",
                 self.k_att)
 
@@ -78,23 +79,23 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer):
         out = (out * decision.weights[..., None]).sum(dim=1)
         return self.resid_dropout(out.view_as(x))
 
+    lora_targets = {"qkv": ("experts.*.c_q", "c_kv"), "proj": ("experts.*.c_proj",)}
+
     def mixing_flops(self, context: int) -> int:
         # A token's queries are its k_att heads.
         return attention_flops(context, self.k_att * self.head_dim)
 
-    def cache_values_per_token(self) -> int:
-        return 2 * self.head_dim
+    def state_numel(self, context: int) -> int:
+        return 2 * self.head_dim * context
+
+    def describe(self) -> str:
+        return f"{self.k_att} of {len(self.experts)} heads of {self.head_dim}, one key/value head"
 
 
 class MoAMoE(MoETransformer):
     config: MoAMoEConfig
-    lora_targets = {
-        "qkv": ("transformer.h.*.attn.experts.*.c_q", "transformer.h.*.attn.c_kv"),
-        "proj": ("transformer.h.*.attn.experts.*.c_proj",),
-        "mlp": MoETransformer.lora_targets["mlp"],
-    }
 
-    def attention(self, layer: int, rotary: Rotary | None) -> MixtureOfAttention:
+    def attention(self, layer: int, rotary) -> MixtureOfAttention:
         c = self.config
-        return MixtureOfAttention(f"{layer}.attn", c.n_embd, c.head_dim, c.n_att_experts, c.k_att, rotary,
+        return MixtureOfAttention(f"{layer}.attn", c.n_embd, c.head_dim, c.n_att_experts, c.k_att, rotary(c.head_dim),
                                   c.balance_weight, c.z_weight, c.bias, c.dropout)

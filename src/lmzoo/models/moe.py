@@ -34,10 +34,6 @@ class MoEConfig(TransformerConfig):
 
 class MoETransformer(Transformer):
     config: MoEConfig
-    lora_targets = {
-        **Transformer.lora_targets,
-        "mlp": ("transformer.h.*.mlp.experts.*.c_fc", "transformer.h.*.mlp.experts.*.c_proj"),
-    }
 
     def feed_forward(self, layer: int) -> MoE:
         c = self.config

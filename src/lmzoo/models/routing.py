@@ -108,6 +108,11 @@ class MoE(RoutedLayer):
         self.experts = nn.ModuleList(MLP(dim, hidden, activation, gated, bias, dropout) for _ in range(n_experts))
         self.capacity_factor = capacity_factor
 
+    lora_targets = {"mlp": ("experts.*.c_fc", "experts.*.c_proj")}
+
+    def describe(self) -> str:
+        return f"moe ({self.router.n_experts} experts, top {self.router.top_k}, each {self.experts[0].describe()})"
+
     def forward(self, x: torch.Tensor, routing: RoutingLog | None = None) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))
         decision = self.router(flat)

@@ -25,7 +25,7 @@ from lmzoo.errors import UserError, check_field_types
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
-from lmzoo.models.presets import override_value
+from lmzoo.models.presets import flat, override_value
 from lmzoo.reports.runs import SUMMARY, RunSummary, check_folder_is_this_runs
 from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
@@ -161,9 +161,10 @@ def check_resumable(ckpt_path: str, lit: LitLM, init_from: str | None = None) ->
                         f"the {describe_tokenizer(lit.tokenizer)}; resume with the data=/tokenizer= of that run")
     ours = architecture_record(lit.model)
     # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
-    changed = {key: value for key, value in record.config.items()
-               if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
-    if record.architecture != ours["architecture"] or set(changed) & set(type(lit.model.config).choices):
+    recorded, built = flat(record.config), flat(ours["config"])
+    changed = {key: value for key, value in recorded.items()
+               if key not in ("dropout", "init") and as_list(built.get(key)) != as_list(value)}
+    if record.architecture != ours["architecture"] or set(changed) & set(lit.model.config.choice_values()):
         config = record.build_config()
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
                         f"with model={model_option(config)} and that run's model settings")
