@@ -31,6 +31,7 @@ from lmzoo.files import hold_folder
 from lmzoo.models import BigramConfig
 from lmzoo.models.base import SequenceMixer
 from lmzoo.models.blocks import Attention, LocalAttention
+from lmzoo.models.moa import MixtureOfAttention
 from lmzoo.models.presets import preset, preset_names
 from lmzoo.training.run import train
 
@@ -38,13 +39,13 @@ BASE = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir=
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "block_size=32", "sample_tokens=0"]
 TRAIN = [*BASE, "model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
 RESUME = [*TRAIN, "ckpt_path={ckpt}"]
-BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.head_dim=8"]
+BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.n_head=4"]
 MOE = [*TRAIN, "model=moe"]
 EVALUATE = ["ckpt={ckpt}", "paths.data_dir={tmp}/data"]
 PREPARE = ["paths.data_dir={tmp}/data"]
 NO_CUDA = not torch.cuda.is_available()
 # The attention (global and local), by their registered names.
-GLOBAL, LOCAL = Attention.name, LocalAttention.name
+GLOBAL, LOCAL, MOA = Attention.name, LocalAttention.name, MixtureOfAttention.name
 # Each mixer a preset holds, with its first knob that counts something (a positive integer by default).
 COUNTED_KNOBS = list({mixer: (name, mixer, knob) for name in preset_names()
                       for mixer in preset(name).settings.get("layer_pattern", [])
@@ -94,24 +95,32 @@ CASES = [
     ("train", [*TRAIN, f"model.mixers.{OTHER}.{OTHER_KNOB}=3"], f"model.mixers.{OTHER}.{OTHER_KNOB} sets {OTHER} "
      f"layers, and model.layer_pattern [{GLOBAL}] has none; add {OTHER} to model.layer_pattern, or leave "
      f"model.mixers.{OTHER} out", []),
-    ("train", [*TRAIN, "model.qk_norm=true"], f"model.qk_norm is a knob of a mixer now: set model.mixers.{GLOBAL}.qk_norm",
-     []),
+    ("train", [*TRAIN, "model.qk_norm=true"], "model.qk_norm is a knob of the parts that have it now: set "
+     f"model.mixers.{GLOBAL}.qk_norm", []),
     ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
-    ("train", [*TRAIN, "model.activation=tanh9"], "model.activation must be one of", []),
+    ("train", [*TRAIN, "model.ffns.mlp.activation=tanh9"], "model.ffns.mlp.activation must be one of", []),
     ("train", [*TRAIN, "model.init=xavier"], "model.init must be one of gpt2, plain, unit_mlp, got 'xavier'", []),
     ("train", [*TRAIN, "model.positions=alibi"], "model.positions must be one of learned, rope", []),
     ("train", [*TRAIN, "model.rope_base=0"], "model.rope_base must be positive, got 0", []),
-    ("train", [*TRAIN, "model.mlp_ratio=-1"], "model.mlp_ratio must be >= 0 (0: no feed-forward layer), got -1", []),
+    ("train", [*TRAIN, "model.ffns.mlp.ratio=-1"], "model.ffns.mlp.ratio must be positive (an empty "
+     "model.ffn_pattern has no feed-forward layer), got -1", []),
+    ("train", [*TRAIN, "model.ffn_pattern=[mlp,moe9]"], "model.ffn_pattern must list feed-forward parts of", []),
+    ("train", [*TRAIN, "model.mlp_ratio=0"], "model.mlp_ratio is a knob of the parts that have it now: set "
+     "model.ffns.mlp.ratio", []),
     ("train", [*TRAIN, "model.bias=maybe"], "model.bias must be true or false", []),
-    ("train", [*MOE, "model.capacity_factor=0"], "model.capacity_factor must be positive or null, got 0", []),
-    ("train", [*MOE, "model.capacity_factor=-1"], "model.capacity_factor must be positive or null, got -1", []),
-    ("train", [*MOE, "model.top_k=5"], "model.top_k must lie in 1..n_experts (4), got 5", []),
-    ("train", [*MOE, "model.top_k=0"], "model.top_k must lie in 1..n_experts (4), got 0", []),
-    ("train", [*MOE, "model.n_experts=0"], "model.n_experts must be a positive integer, got 0", []),
-    ("train", [*MOE, "model.balance_weight=-1"], "model.balance_weight must be >= 0", []),
-    ("train", [*BASE, "model=moa_moe", "model.n_embd=32", "model.head_dim=8", "model.k_att=9"],
-     "model.k_att must lie in 1..n_att_experts (8), got 9", []),
+    ("train", [*MOE, "model.ffns.moe.capacity_factor=0"], "model.ffns.moe.capacity_factor must be positive or null, "
+     "got 0", []),
+    ("train", [*MOE, "model.ffns.moe.capacity_factor=-1"], "model.ffns.moe.capacity_factor must be positive or null, "
+     "got -1", []),
+    ("train", [*MOE, "model.ffns.moe.top_k=5"], "model.ffns.moe.top_k must lie in 1..n_experts (4), got 5", []),
+    ("train", [*MOE, "model.ffns.moe.top_k=0"], "model.ffns.moe.top_k must lie in 1..n_experts (4), got 0", []),
+    ("train", [*MOE, "model.ffns.moe.n_experts=0"], "model.ffns.moe.n_experts must be a positive integer, got 0", []),
+    ("train", [*MOE, "model.ffns.moe.balance_weight=-1"], "model.ffns.moe.balance_weight must be >= 0", []),
+    ("train", [*TRAIN, "model.ffns.moe.top_k=1"], "model.ffns.moe.top_k sets moe layers, and model.ffn_pattern [mlp] "
+     "has none; add moe to model.ffn_pattern, or leave model.ffns.moe out", []),
+    ("train", [*BASE, "model=moa_moe", "model.n_embd=32", f"model.mixers.{MOA}.top_k=9"],
+     f"model.mixers.{MOA}.top_k must lie in 1..n_experts (8), got 9", []),
     # train: the attention variants
     ("train", [*TRAIN, "model=swa", f"model.mixers.{LOCAL}.window=64"],
      f"model.mixers.{LOCAL}.window must lie in 1..block_size (32), got 64", []),
@@ -134,22 +143,28 @@ CASES = [
      f"are mla's; set model.mixers.{GLOBAL}.variant=mla or leave them null", []),
     ("train", [*TRAIN, "model=mla", "model.positions=learned"], "model.positions must be rope for mla", []),
     ("train", [*TRAIN, "model=diff_attn", "model.n_head=1"],
-     f"model.n_head and mixers.{GLOBAL}.n_kv_head must be even for differential attention, which pairs heads, got "
-     "(1, 1)", []),
-    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.variant=mla"], "model.layer_pattern and model.mixers are "
-     "gpt_rope's options; BlockScalingConfig builds its own attention", []),
-    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[1]"], "model.qkv_multipliers must be a list of 2 numbers", []),
-    ("train", [*BLOCK_SCALING, "model.ffn_multipliers=[1,2,3]"], "model.ffn_multipliers must be a list of 2 numbers", []),
-    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[0,1]"], "model.qkv_multipliers must be positive", []),
-    ("train", [*BLOCK_SCALING, "model.gqa_groups=0"], "model.gqa_groups must be a positive integer", []),
-    ("train", [*BLOCK_SCALING, "model.head_dim=5"], "model.n_embd must be a positive multiple of head_dim (5)", []),
+     f"model.n_head and model.mixers.{GLOBAL}.n_kv_head must be even for differential attention, which pairs "
+     "heads, got (1, 1)", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.variant=mla"], f"model.mixers.{GLOBAL}.qkv_multipliers gives "
+     f"each layer's heads (in groups of model.mixers.{GLOBAL}.gqa_groups) for the standard variant", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.qkv_multipliers=[1]"],
+     f"model.mixers.{GLOBAL}.qkv_multipliers must be a list of 2 numbers", []),
+    ("train", [*BLOCK_SCALING, "model.ffns.mlp.multipliers=[1,2,3]"], "model.ffns.mlp.multipliers must be a list of 2 "
+     "numbers", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.qkv_multipliers=[0,1]"],
+     f"model.mixers.{GLOBAL}.qkv_multipliers must be positive", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.gqa_groups=0"],
+     f"model.mixers.{GLOBAL}.gqa_groups must be a positive integer", []),
+    ("train", [*BLOCK_SCALING, "model.ffns.mlp.ratio=3"], "model.ffns.mlp.ratio does not apply with "
+     "model.ffns.mlp.multipliers", []),
     ("train", [*BASE, "model=mlp", "model.context=0"], "model.context must be a positive integer, got 0", []),
     ("train", [*BASE, "model=mlp", "model.n_layer=2"], "model has no key n_layer; its keys are context,", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
     ("train", [*BASE, "model=mla", f"model.mixers.{GLOBAL}.n_kv_head=2"], f"model.mixers.{GLOBAL}.n_kv_head does not "
-     f"apply to mla, whose keys and values all come from one latent per token (mixers.{GLOBAL}.kv_rank sets its size); "
+     f"apply to mla, whose keys and values all come from one latent per token (model.mixers.{GLOBAL}.kv_rank sets its "
+     "size); "
      "leave it null, got 2", []),
     ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer

@@ -57,8 +57,9 @@ def test_model_configs_build_their_model(tmp_path, name):
     kept = flat(config.as_dict())
     for key, value in flat(OmegaConf.to_container(cfg.model, resolve=True)).items():
         assert key == "_target_" or kept.get(key, value) == value, key
+    held = {f"{group}.{name}" for group in ("mixers", "ffns") for name in getattr(config, group, {})}
     assert all(key in kept for key in flat(OmegaConf.to_container(cfg.model, resolve=True)) if key != "_target_"
-               and not (key.startswith("mixers.") and key.split(".")[1] not in getattr(config, "mixers", {})))
+               and not (key.startswith(("mixers.", "ffns.")) and ".".join(key.split(".")[:2]) not in held))
     # Fixed-context models read fewer tokens than the training windows; attention models read the windows.
     assert model.block_size == {"bigram": 1, "mlp": cfg.model.get("context")}.get(name, cfg.block_size)
 

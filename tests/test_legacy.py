@@ -23,6 +23,8 @@ RECORDED = json.loads((LEGACY / "checkpoints.json").read_text())
 RESUME = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "sample_tokens=0",
           "trainer.max_steps=6", "trainer.val_check_interval=2", "optim.schedule=wsd"]
 KINDS = ["bigram", "mlp", "gpt", "gpt_rope", "block_scaling", "moe", "moa_moe"]
+# The fixtures' context.
+RECORDED_BLOCK = 16
 
 
 # Written by lmzoo 0.2.0 (tests/fixtures/README.md): a folder of each transformer preset, and a checkpoint.
@@ -86,11 +88,20 @@ def test_a_0_1_gpt_exports_as_the_tied_gpt2_it_was(tmp_path):
         torch.testing.assert_close(hf_model(idx).logits, model(idx).logits, atol=1e-5, rtol=0)
 
 
+def settings_of(path) -> list[str]:
+    """The overrides that compose the model of the checkpoint at `path` in this release's spelling: its preset and
+    what differs from it (checkpoints.json has those 0.1 trained it with, in 0.1's)."""
+    config = load_model(path)[0].config
+    name = preset_of(config)
+    sizes = {key: getattr(config, key) for key in ("vocab_size", "block_size") if hasattr(config, key)}
+    return [f"model={name}", f"block_size={RECORDED_BLOCK}", *model_overrides(preset_config(name, **sizes), config)]
+
+
 @pytest.mark.parametrize("name", KINDS)
 def test_a_0_1_checkpoint_resumes_and_is_saved_in_the_current_layout(tmp_path, name):
     shutil.copy(LEGACY / f"{name}.ckpt", tmp_path / "old.ckpt")
-    result = train(compose_train(tmp_path, *RESUME, *RECORDED[name]["overrides"], f"ckpt_path={tmp_path / 'old.ckpt'}",
-                                 tiny=False))
+    result = train(compose_train(tmp_path, *RESUME, *settings_of(tmp_path / "old.ckpt"),
+                                 f"ckpt_path={tmp_path / 'old.ckpt'}", tiny=False))
     assert result["steps"] == 6
     resumed = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 6 and resumed["lmzoo"]["version"] != "0.1.0"

@@ -55,13 +55,14 @@ def adapted_layers(model) -> set[str]:
 
 def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
     moe = LoRA(r=2, targets=["mlp"]).apply(make("moe"))
-    c = moe.config
+    c, n_experts = moe.config, len(moe.transformer.h[0].mlp.experts)
     experts = {f"transformer.h.{layer}.mlp.experts.{e}.{linear}" for layer in range(c.n_layer)
-               for e in range(c.n_experts) for linear in ("c_fc", "c_proj")}
+               for e in range(n_experts) for linear in ("c_fc", "c_proj")}
     assert adapted_layers(moe) == experts
     moa = LoRA(r=2, targets=["qkv", "proj"]).apply(make("moa_moe"))
     assert {name.split(".", 4)[-1] for name in adapted_layers(moa)} == {
-        *(f"experts.{e}.{linear}" for e in range(moa.config.n_att_experts) for linear in ("c_q", "c_proj")), "c_kv"}
+        *(f"experts.{e}.{linear}" for e in range(len(moa.transformer.h[0].attn.experts))
+          for linear in ("c_q", "c_proj")), "c_kv"}
     mlp = LoRA(r=2, targets=["hidden"]).apply(make("mlp"))
     assert len(adapted_layers(mlp)) == 3
 
@@ -82,8 +83,8 @@ def test_a_transformers_targets_are_those_its_layers_parts_declare(name):
 @pytest.mark.parametrize("name, targets, message", [
     ("gpt", ["qkv", "attention"], r"LoRA target 'attention' matches no layer of Transformer; choose finetune.targets "
                                   r"from \['mlp', 'proj', 'qkv'\]"),
-    ("moa_moe", ["qkv", "c_attn"], r"LoRA target 'c_attn' matches no layer of MoAMoE; choose finetune.targets from "
-                                   r"\['mlp', 'proj', 'qkv'\]"),
+    ("moa_moe", ["qkv", "c_attn"], r"LoRA target 'c_attn' matches no layer of Transformer; choose finetune.targets "
+                                   r"from \['mlp', 'proj', 'qkv'\]"),
     ("mlp", ["qkv"], r"LoRA target 'qkv' matches no layer of MLPLanguageModel; choose finetune.targets from "
                      r"\['head', 'hidden'\]"),
     ("bigram", ["qkv"], r"LoRA target 'qkv' matches no layer of Bigram; LoRA cannot adapt it"),
@@ -92,7 +93,7 @@ def test_a_transformers_targets_are_those_its_layers_parts_declare(name):
                                        r"from \['proj', 'qkv'\]"),
 ])
 def test_a_target_that_matches_nothing_is_one_line_naming_the_valid_ones(name, targets, message):
-    model = dataclasses.replace(tiny_config("gpt_rope"), mlp_ratio=0).build() if name == "no_mlp" else make(name)
+    model = dataclasses.replace(tiny_config("gpt_rope"), ffn_pattern=[]).build() if name == "no_mlp" else make(name)
     with pytest.raises(UserError, match="^" + message + "$"):
         LoRA(targets=targets).apply(model)
     assert all(p.requires_grad for p in model.parameters()) and not adapted_layers(model)

@@ -18,8 +18,8 @@ from lmzoo.cli.describe import describe
 from lmzoo.data import CharTokenizer
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, generate
-from lmzoo.models import BlockScalingConfig, LanguageModel, MLPConfig
-from lmzoo.models.block_scaling import layer_widths
+from lmzoo.models import LanguageModel, MLPConfig, preset_config
+from lmzoo.models.presets import preset
 from lmzoo.models.lora import LoRA, LoRALinear, matching_linears
 from lmzoo.models.routing import MoE, Router
 from lmzoo.training.run import build, train
@@ -287,13 +287,20 @@ def test_mlp_permutation_codes_come_back_from_the_checkpoint(tmp_path):
     assert torch.equal(loaded.codes, lit.model.codes.flip(0))
 
 
-def test_block_scaling_widths_follow_openelm():
-    assert layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0)) == [(2, 2, 64), (3, 3, 224), (3, 3, 352), (4, 4, 512)]
-    assert layer_widths(3, 128, 32, (0.5, 1.0), (0.5, 4.0), gqa_groups=2) == [(2, 1, 64), (4, 2, 288), (4, 2, 512)]
-    model = BlockScalingConfig(vocab_size=V, block_size=16, n_layer=4, n_embd=128, head_dim=32).build()
-    built = [(b.attn.n_head, b.attn.n_kv_head, b.mlp.c_proj.in_features) for b in model.transformer.h]
-    assert built == layer_widths(4, 128, 32, (0.5, 1.0), (0.5, 4.0))
-    assert "layer 1: attention (3 heads, 3 key/value heads) + mlp (224 wide, silu, gated)" in model.describe()
+@pytest.mark.parametrize("n_layer, gqa_groups, widths", [
+    (4, 1, [(2, 2, 64), (3, 3, 224), (3, 3, 352), (4, 4, 512)]),
+    (3, 2, [(2, 1, 64), (4, 2, 288), (4, 2, 512)]),
+])
+def test_block_scaling_widths_follow_openelm(n_layer, gqa_groups, widths):
+    """Heads of 32 at width 128: query widths 0.5 to 1.0 x 128 in multiples of 32 x gqa_groups, FFN widths 0.5 to
+    4.0 x 128 in multiples of 32, as OpenELM rounds them; the summary gives each layer's."""
+    attention = preset("block_scaling").settings["mixers"]
+    model = preset_config("block_scaling", vocab_size=V, block_size=16, n_layer=n_layer,
+                          mixers={name: dict(gqa_groups=gqa_groups) for name in attention}).build()
+    assert [(b.attn.n_head, b.attn.n_kv_head, b.mlp.c_proj.in_features) for b in model.transformer.h] == widths
+    described = model.describe()
+    assert all(f"layer {layer}: " in line and f"({q} heads, {kv} key/value heads" in line and f"({ffn} wide," in line
+               for layer, ((q, kv, ffn), line) in enumerate(zip(widths, described[1:])))
 
 
 def expert_row_counts(moe: MoE) -> list[int]:
@@ -359,11 +366,11 @@ def test_load_balancing_spreads_a_collapsed_router_over_every_expert():
 
 def test_sparse_models_count_active_parameters():
     model = make("moe")
-    c = model.config
+    c, experts = model.config, model.config.ffns[MoE.name]
     total, active = model.parameter_counts()
     per_expert = sum(p.numel() for p in model.transformer.h[0].mlp.experts[0].parameters())
     assert total == sum(p.numel() for p in model.parameters())
-    assert total - active == c.n_layer * (c.n_experts - c.top_k) * per_expert
+    assert total - active == c.n_layer * (experts.n_experts - experts.top_k) * per_expert
     assert make("gpt").parameter_counts().total == make("gpt").parameter_counts().active
 
 

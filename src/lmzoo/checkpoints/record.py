@@ -3,7 +3,8 @@
 The record names the architecture by its config class (`lmzoo.models.transformer.TransformerConfig`)
 and holds the config's fields, so a checkpoint needs no training config to load. Records of earlier releases are
 upgraded on reading: lmzoo 0.1's, which named the model class and kept the optimizer settings among the model's,
-and lmzoo 0.2's transformers, which kept every mixer's knobs among the trunk's.
+and lmzoo 0.2's transformers, which kept every part's knobs among the trunk's and had config classes of their own
+for the mixtures of experts and OpenELM's scaling.
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ import importlib
 from lmzoo import __version__
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel, ModelConfig, TransformerConfig
-from lmzoo.models.base import SequenceMixer
+from lmzoo.models.base import FeedForward, SequenceMixer
 
 # The releases whose checkpoints this one reads.
 READABLE = ("0.1", "0.2")
@@ -31,6 +32,13 @@ LEGACY_ARCHITECTURES = {
     "lmzoo.models.moe.MoEGPT": ("lmzoo.models.moe.MoEConfig", {}),
     "lmzoo.models.moa_moe.MoAMoE": ("lmzoo.models.moa_moe.MoAMoEConfig", {}),
 }
+
+
+TRANSFORMER = f"{TransformerConfig.__module__}.{TransformerConfig.__qualname__}"
+# lmzoo 0.2's transformer config classes that this release builds as a TransformerConfig whose patterns name the
+# parts that replace them (Part.replaces).
+FOLDED = ("lmzoo.models.moe.MoEConfig", "lmzoo.models.moa_moe.MoAMoEConfig",
+          "lmzoo.models.block_scaling.BlockScalingConfig")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -135,12 +143,11 @@ def upgrade_record(record: dict) -> dict:
     legacy = "target" in record
     if legacy:
         record = legacy_record(record)
-    config_class = config_class_of(record["architecture"])
-    transformer = issubclass(config_class, TransformerConfig)
-    if not legacy and (not transformer or "mixers" in record["config"]):
-        return record
-    config = with_mixers(record["config"]) if transformer else record["config"]
-    return {**record, "config": config_class(**config).as_dict()}
+    architecture, config = record["architecture"], record["config"]
+    if architecture in FOLDED or (architecture == TRANSFORMER and "mixers" not in config):
+        return {**record, "architecture": TRANSFORMER, "config": TransformerConfig(**with_parts(architecture,
+                                                                                                 config)).as_dict()}
+    return {**record, "config": config_class_of(architecture)(**config).as_dict()} if legacy else record
 
 
 def legacy_record(record: dict) -> dict:
@@ -148,19 +155,32 @@ def legacy_record(record: dict) -> dict:
     architecture, choices = LEGACY_ARCHITECTURES[record["target"]]
     config = dict(record["config"])
     optim = config.pop("optim", None) or {}
-    if not issubclass(config_class_of(architecture), TransformerConfig):
+    if architecture not in FOLDED and architecture != TRANSFORMER:
         config.pop("block_size", None)
     upgraded = {key: value for key, value in record.items() if key not in ("target", "config")}
     return {**upgraded, "architecture": architecture, "config": {**config, **choices}, "optim": optim}
 
 
-def with_mixers(config: dict) -> dict:
-    """A 0.2 transformer's config, whose mixers' knobs lay among the trunk's (window, qk_norm, ssm_state, ...), with
-    each under model.mixers.NAME for the mixers of its layer_pattern (the keys each mixer's settings declare as
-    `former`); a knob of a mixer the model does not hold did nothing, and is dropped."""
-    mixers = SequenceMixer.registry
-    former = {old for mixer in mixers.values() for old in mixer.Settings.former}
-    pattern = config.get("layer_pattern") or TransformerConfig(vocab_size=1, block_size=1).layer_pattern
-    trunk = {key: value for key, value in config.items() if key not in former}
-    return {**trunk, "mixers": {name: {knob: config[old] for old, knob in mixers[name].Settings.former.items()
-                                       if old in config} for name in dict.fromkeys(pattern)}}
+def with_parts(architecture: str, config: dict) -> dict:
+    """A 0.2 transformer's config, whose parts' knobs lay among the trunk's (window, qk_norm, ssm_state, mlp_ratio,
+    n_experts, ...), as this release's: its patterns (a folded class's parts, those that replace it; no feed-forward
+    part at mlp_ratio 0), each part's knobs under model.mixers.NAME or model.ffns.NAME (the keys its settings declare
+    as `former`), and the heads a head_dim gave. A knob of a part the model does not hold did nothing, and is
+    dropped."""
+    fields = {field.name: field for field in dataclasses.fields(TransformerConfig)}
+    patterns = {}
+    for key, registry in (("layer_pattern", SequenceMixer.registry), ("ffn_pattern", FeedForward.registry)):
+        replacing = [name for name, part in registry.items() if architecture in part.replaces]
+        patterns[key] = replacing or config.get(key) or fields[key].default_factory()
+    if config.get("mlp_ratio") == 0:
+        patterns["ffn_pattern"] = []
+    trunk = {key: value for key, value in config.items() if key in fields and key not in ("mixers", "ffns")}
+    if "n_head" not in config and "head_dim" in config:
+        trunk["n_head"] = config["n_embd"] // config["head_dim"]
+
+    def settings(registry: dict, pattern: list[str]) -> dict:
+        return {name: {knob: config[old] for old, knob in registry[name].Settings.former.items() if old in config}
+                for name in dict.fromkeys(pattern)}
+
+    return {**trunk, **patterns, "mixers": settings(SequenceMixer.registry, patterns["layer_pattern"]),
+            "ffns": settings(FeedForward.registry, patterns["ffn_pattern"])}

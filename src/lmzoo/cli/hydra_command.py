@@ -160,7 +160,7 @@ def explain(error: Exception, command: str) -> str:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         section, _, key = (cause.full_key or cause.key or "").rpartition(".")
         if section == "model" and (moved := moved_keys(key)):
-            return f"model.{key} is a knob of a mixer now: set {' or '.join(moved)}"
+            return f"model.{key} is a knob of the parts that have it now: set {' or '.join(moved)}"
         keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
         keys = [k for k in keys if k not in ("hydra", "_target_")]
         where = section or "the config"

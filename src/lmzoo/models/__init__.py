@@ -3,6 +3,9 @@
 Importing the package imports every module in it (`discover`), so that each registers the block parts it defines
 (lmzoo.models.base.Part: the sequence mixers `model.layer_pattern` names): a new file here is found with no other
 edit.
+
+The zoo's architectures are three classes: the bigram table, the MLP over a fixed context, and the transformer, whose
+presets (conf/model/) choose its layers' parts by name.
 """
 
 import importlib
@@ -10,11 +13,8 @@ import pkgutil
 
 from lmzoo.models.base import LanguageModel, ModelConfig, ModelOutput, ParameterCounts
 from lmzoo.models.bigram import Bigram, BigramConfig
-from lmzoo.models.block_scaling import BlockScaling, BlockScalingConfig
 from lmzoo.models.cache import Cache
 from lmzoo.models.mlp import MLPConfig, MLPLanguageModel
-from lmzoo.models.moa_moe import MoAMoE, MoAMoEConfig
-from lmzoo.models.moe import MoEConfig, MoETransformer
 from lmzoo.models.presets import preset_config
 from lmzoo.models.transformer import Transformer, TransformerConfig
 
@@ -30,5 +30,4 @@ discover()
 __all__ = [
     "preset_config", "LanguageModel", "ModelConfig", "ModelOutput", "ParameterCounts", "Cache",
     "Bigram", "BigramConfig", "MLPLanguageModel", "MLPConfig", "Transformer", "TransformerConfig",
-    "BlockScaling", "BlockScalingConfig", "MoETransformer", "MoEConfig", "MoAMoE", "MoAMoEConfig",
 ]

@@ -267,6 +267,9 @@ class Part(Sublayer):
     # The nn.Linear modules LoRA may adapt: a target name (qkv, proj, mlp) to glob patterns of their names
     # within this part; a model gathers those of its parts (LanguageModel.lora_targets).
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # lmzoo 0.2's config classes whose models held this part in every layer (lmzoo.models.moe.MoEConfig): their
+    # checkpoints are upgraded to a TransformerConfig whose pattern names it.
+    replaces: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -279,6 +282,20 @@ class Part(Sublayer):
         cls.name = name
         cls.registry[name] = cls
 
+
+
+class FeedForward(Part):
+    """A block's feed-forward part, called as `ffn(x, routing)` on x (B, T, dim): a dense MLP, a sparse mixture of
+    experts. A registered one (`class NAME(FeedForward, name="NAME")`) is what `model.ffn_pattern` names, with its
+    knobs under model.ffns.NAME."""
+
+    registry: ClassVar[dict[str, type["FeedForward"]]] = {}
+
+    @classmethod
+    def build(cls, trunk, settings: PartSettings, layer: int) -> "FeedForward":
+        """The feed-forward part of layer `layer` (from 0) in a model of config `trunk` (its n_embd, bias,
+        dropout), with these settings."""
+        raise NotImplementedError
 
 
 class SequenceMixer(Part):

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, RoutingLog, SequenceMixer, Sublayer, require
+from lmzoo.models.base import (FORWARD_AND_BACKWARD, FeedForward, Kind, PartSettings, RoutingLog, SequenceMixer,
+                               Sublayer, require)
 from lmzoo.models.cache import Cache, KVState, WindowState
 from lmzoo.models.hf_layout import (HFLayout, Layout, joined, laid_out, load_into, same_names, tied_and_checked,
                                     true_vocabulary, trunk_names)
@@ -45,8 +46,63 @@ ACTIVATIONS = {
 }
 
 
-class MLP(Sublayer):
+def make_divisible(value: float, divisor: int) -> int:
+    """OpenELM's rounding: to the nearest multiple of divisor, at least divisor, never more than 10% down."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def scaled_width(trunk, multipliers: tuple[float, float], layer: int, divisor: int) -> int:
+    """OpenELM's layer-wise scaling (Mehta et al. 2024): layer `layer`'s width, n_embd times a multiplier that goes
+    linearly from multipliers[0] at the first layer to multipliers[1] at the last, rounded to `divisor`."""
+    low, high = multipliers
+    return make_divisible(trunk.n_embd * (low + (high - low) * layer / max(trunk.n_layer - 1, 1)), divisor)
+
+
+@dataclasses.dataclass(kw_only=True)
+class MLPSettings(PartSettings):
+    """The MLP's knobs (model.ffns.mlp.KNOB)."""
+
+    # Width over n_embd; SwiGLU's 8/3 keeps the parameters of a 4x GELU MLP.
+    ratio: float = 8 / 3
+    # One of ACTIVATIONS.
+    activation: str = "silu"
+    # A GLU (SwiGLU with silu): act(gate) * up.
+    gated: bool = True
+    # OpenELM's per-layer widths, replacing ratio: (first layer, last layer) multipliers of n_embd, rounded to
+    # multiples of the heads' size; null: every layer at ratio.
+    multipliers: tuple[float, float] | None = None
+
+    choices = ("activation", "gated", "multipliers")
+    former = {"mlp_ratio": "ratio", "activation": "activation", "gated_mlp": "gated", "ffn_multipliers": "multipliers"}
+
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        require(self.ratio > 0, f"{key}.ratio must be positive (an empty model.ffn_pattern has no feed-forward "
+                "layer)", self.ratio)
+        require(self.activation in ACTIVATIONS, f"{key}.activation must be one of {', '.join(ACTIVATIONS)}",
+                self.activation)
+        require(self.multipliers is None or min(self.multipliers) > 0, f"{key}.multipliers must be positive",
+                self.multipliers)
+        require(self.multipliers is None or self.ratio == 8 / 3, f"{key}.ratio does not apply with "
+                f"model.{key}.multipliers, which give each layer's width; leave it out", self.ratio)
+
+    def width(self, trunk, layer: int) -> int:
+        """Layer `layer`'s hidden width."""
+        if self.multipliers is None:
+            return int(self.ratio * trunk.n_embd)
+        return scaled_width(trunk, self.multipliers, layer, trunk.head_dim)
+
+
+class MLP(FeedForward, name="mlp"):
     """Feed-forward layer; `gated` makes it a GLU (SwiGLU with silu): act(gate) * up."""
+
+    Settings = MLPSettings
+
+    @classmethod
+    def build(cls, trunk, settings: MLPSettings, layer: int) -> "MLP":
+        return cls(trunk.n_embd, settings.width(trunk, layer), settings.activation, settings.gated, trunk.bias,
+                   trunk.dropout)
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", gated: bool = False, bias: bool = True,
                  dropout: float = 0.0):
@@ -76,7 +132,7 @@ class MLP(Sublayer):
 
     def describe(self) -> str:
         gated = ", gated" if self.gated else ""
-        return f"mlp ({self.c_proj.in_features} wide, {type(self.act).__name__.lower()}{gated})"
+        return f"{self.c_proj.in_features} wide, {type(self.act).__name__.lower()}{gated}"
 
 
 class Rotary(nn.Module):
@@ -133,10 +189,15 @@ class AttentionSettings(PartSettings):
     kv_rank: int | None = None
     rope_head_dim: int | None = None
     q_rank: int | None = None
+    # OpenELM's per-layer heads: the query width of the first and last layer over n_embd, rounded to whole heads in
+    # groups of gqa_groups query heads per key/value head; null: every layer has the model's n_head.
+    qkv_multipliers: tuple[float, float] | None = None
+    gqa_groups: int = 1
 
-    choices = ("variant", "qk_norm")
+    choices = ("variant", "qk_norm", "qkv_multipliers")
     former = {"n_kv_head": "n_kv_head", "qk_norm": "qk_norm", "attention": "variant", "kv_rank": "kv_rank",
-              "rope_head_dim": "rope_head_dim", "q_rank": "q_rank"}
+              "rope_head_dim": "rope_head_dim", "q_rank": "q_rank", "qkv_multipliers": "qkv_multipliers",
+              "gqa_groups": "gqa_groups"}
 
     def check(self, trunk, key: str) -> None:
         super().check(trunk, key)
@@ -145,14 +206,14 @@ class AttentionSettings(PartSettings):
                 f"{key}.n_kv_head must divide n_head ({heads}), or be null", self.n_kv_head)
         require(self.variant in VARIANTS, f"{key}.variant must be one of {', '.join(VARIANTS)}", self.variant)
         require(self.variant != "differential" or (heads % 2 == 0 and (self.n_kv_head or heads) % 2 == 0),
-                f"n_head and {key}.n_kv_head must be even for differential attention, which pairs heads",
+                f"n_head and model.{key}.n_kv_head must be even for differential attention, which pairs heads",
                 (heads, self.n_kv_head or heads))
-        require(not mla or trunk.positions == "rope", f"positions must be rope for mla ({key}.variant), whose keys "
-                "carry RoPE channels", trunk.positions)
+        require(not mla or trunk.positions == "rope", f"positions must be rope for mla (model.{key}.variant), whose "
+                "keys carry RoPE channels", trunk.positions)
         require(not (mla and self.qk_norm), f"{key}.qk_norm does not apply to mla, which normalizes its latents",
                 self.qk_norm)
         require(not mla or self.n_kv_head in (None, heads), f"{key}.n_kv_head does not apply to mla, whose keys and "
-                f"values all come from one latent per token ({key}.kv_rank sets its size); leave it null",
+                f"values all come from one latent per token (model.{key}.kv_rank sets its size); leave it null",
                 self.n_kv_head)
         require(mla or (self.kv_rank, self.rope_head_dim, self.q_rank) == (None, None, None),
                 f"{key}.kv_rank, rope_head_dim and q_rank are mla's; set model.{key}.variant=mla or leave them null",
@@ -163,6 +224,23 @@ class AttentionSettings(PartSettings):
                 f"{key}.rope_head_dim must be a positive even integer or null", self.rope_head_dim)
         require(self.q_rank is None or self.q_rank >= 1, f"{key}.q_rank must be a positive integer or null",
                 self.q_rank)
+        scaled = self.qkv_multipliers is not None
+        require(not scaled or min(self.qkv_multipliers) > 0, f"{key}.qkv_multipliers must be positive",
+                self.qkv_multipliers)
+        require(self.gqa_groups >= 1, f"{key}.gqa_groups must be a positive integer", self.gqa_groups)
+        require(scaled or self.gqa_groups == 1, f"{key}.gqa_groups shares the heads model.{key}.qkv_multipliers gives; "
+                f"without them, model.{key}.n_kv_head sets the key/value heads", self.gqa_groups)
+        require(not scaled or (self.variant == "standard" and self.n_kv_head is None),
+                f"{key}.qkv_multipliers gives each layer's heads (in groups of model.{key}.gqa_groups) for the "
+                f"standard variant; leave model.{key}.variant and model.{key}.n_kv_head at their defaults",
+                (self.variant, self.n_kv_head))
+
+    def heads(self, trunk, layer: int) -> tuple[int, int | None]:
+        """Layer `layer`'s query heads and key/value heads (None: as many as query heads)."""
+        if self.qkv_multipliers is None:
+            return trunk.n_head, self.n_kv_head
+        n_head = scaled_width(trunk, self.qkv_multipliers, layer, trunk.head_dim * self.gqa_groups) // trunk.head_dim
+        return n_head, n_head // self.gqa_groups
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -207,8 +285,9 @@ class Attention(SequenceMixer, name="attention"):
                                    rope_head_dim, settings.q_rank, trunk.bias, trunk.dropout, rotary(rope_head_dim),
                                    window=window)
         lambda_init = differential_lambda_init(layer) if settings.variant == "differential" else None
-        return cls(trunk.n_embd, trunk.n_head, head_dim, settings.n_kv_head, trunk.bias, trunk.dropout,
-                   rotary(head_dim), qk_norm=settings.qk_norm, window=window, lambda_init=lambda_init)
+        n_head, n_kv_head = settings.heads(trunk, layer)
+        return cls(trunk.n_embd, n_head, head_dim, n_kv_head, trunk.bias, trunk.dropout, rotary(head_dim),
+                   qk_norm=settings.qk_norm, window=window, lambda_init=lambda_init)
 
     def __init__(self, dim: int, n_head: int, head_dim: int, n_kv_head: int | None = None, bias: bool = True,
                  dropout: float = 0.0, rotary: Rotary | None = None, *, qk_norm: bool = False,
@@ -476,16 +555,15 @@ class AttentionHF(HFLayout):
 
     def exporter(self, model):
         config = model.config
-        settings = attention_settings(config)
-        if settings is None or not config.mlp_ratio:
+        settings, mlp = attention_settings(config), uniform_mlp(config)
+        if settings is None or settings.qkv_multipliers is not None or mlp is None:
             return None
         local = any(mixer.kind is Kind.WINDOW for mixer in model.mixers())
         if gpt2_shaped(config):
-            fits = (config.mlp_ratio == 4.0 and settings.n_kv_head in (None, config.n_head) and not local
+            fits = (mlp.ratio == 4.0 and settings.n_kv_head in (None, config.n_head) and not local
                     and not settings.qk_norm and settings.variant == "standard")
             return to_gpt2 if fits else None
-        if (config.positions, config.norm, config.activation, config.gated_mlp, config.bias) != (
-                "rope", "rmsnorm", "silu", True, False):
+        if not llama_shaped(config):
             return None
         if settings.variant == "mla":
             return None if local else to_deepseek_v3
@@ -509,9 +587,25 @@ def attention_settings(config) -> AttentionSettings | None:
     return AttentionSettings(**shared[0]) if all(values == shared[0] for values in shared) else None
 
 
+def uniform_mlp(config) -> MLPSettings | None:
+    """The settings of the feed-forward layers where every layer has the same dense MLP, as transformers classes
+    have; None otherwise."""
+    settings = config.ffns.get(MLP.name) if config.ffn_pattern == [MLP.name] else None
+    return settings if settings is not None and settings.multipliers is None else None
+
+
 def gpt2_shaped(config) -> bool:
-    return (config.positions, config.norm, config.activation, config.gated_mlp) == ("learned", "layernorm", "gelu",
-                                                                                    False)
+    """GPT-2's choices: learned positions, LayerNorm, a GELU MLP."""
+    mlp = uniform_mlp(config)
+    return (config.positions, config.norm) == ("learned", "layernorm") and mlp is not None and (
+        mlp.activation, mlp.gated) == ("gelu", False)
+
+
+def llama_shaped(config) -> bool:
+    """Llama's choices: RoPE, RMSNorm, a SwiGLU MLP, no biases."""
+    mlp = uniform_mlp(config)
+    return (config.positions, config.norm, config.bias) == ("rope", "rmsnorm", False) and mlp is not None and (
+        mlp.activation, mlp.gated) == ("silu", True)
 
 
 def to_gpt2(model, eot_id: int | None):
@@ -652,8 +746,8 @@ def attention_layout(a, ours: str, theirs: str) -> Layout:
 
 
 # GPT-2's choices, and a local/global pattern whose greedy texts in tests/test_interop.py run past its window.
-GPT2 = dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False, mlp_ratio=4.0, bias=True,
-            tie_embeddings=True)
+GPT2 = dict(positions="learned", norm="layernorm", ffns={MLP.name: dict(ratio=4.0, activation="gelu", gated=False)},
+            bias=True, tie_embeddings=True)
 LOCAL_GLOBAL = dict(layer_pattern=[LocalAttention.name, Attention.name],
                     mixers={LocalAttention.name: dict(window=5)})
 # Every layer of a model that attends, in any of the attention's variants, has these transformers classes.

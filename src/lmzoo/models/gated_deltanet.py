@@ -21,7 +21,7 @@ from torch import nn
 
 from lmzoo.errors import UserError
 from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, SequenceMixer
-from lmzoo.models.blocks import make_dropout
+from lmzoo.models.blocks import llama_shaped, make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.hf_layout import HFLayout, load_into, tied_and_checked, true_vocabulary
 from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, initial_time_steps, recur,
@@ -210,9 +210,7 @@ class Qwen3NextHF(HFLayout):
     model_types = ("qwen3_next",)
 
     def exporter(self, model):
-        c = model.config
-        modern = (c.norm, c.activation, c.gated_mlp, c.bias, c.positions) == ("rmsnorm", "silu", True, False, "rope")
-        return to_qwen3_next if modern and all(block.mlp is not None for block in model.transformer.h) else None
+        return to_qwen3_next if llama_shaped(model.config) else None
 
     def state_dict(self, weights, model, source):
         state = {}

@@ -117,7 +117,7 @@ class Mamba2Settings(PartSettings):
         self.require_counts(key, "state", "expand", "head_dim", "groups", "conv_kernel", "chunk_size")
         inner = self.expand * trunk.n_embd
         require(inner % self.head_dim == 0 and (inner // self.head_dim) % self.groups == 0,
-                f"{key}.head_dim must divide expand * n_embd ({inner}) into heads that {key}.groups divides",
+                f"{key}.head_dim must divide expand * n_embd ({inner}) into heads that model.{key}.groups divides",
                 self.head_dim)
 
     def at_width(self, width: int) -> "Mamba2Settings | None":
@@ -238,7 +238,7 @@ def mamba2_layout(model) -> Layout:
 
 
 Mamba2.hf = Mamba2HF(examples={
-    "groups_of_heads": (dict(layer_pattern=[Mamba2.name], mlp_ratio=0, mixers={Mamba2.name: dict(
+    "groups_of_heads": (dict(layer_pattern=[Mamba2.name], ffn_pattern=[], mixers={Mamba2.name: dict(
         state=8, head_dim=16, groups=2, chunk_size=8)}), "Mamba2ForCausalLM"),
     # The attention's MLP after each layer: no transformers class has it.
     "with_mlp": (dict(layer_pattern=[Mamba2.name], mixers={Mamba2.name: dict(head_dim=16, chunk_size=8)}), None),

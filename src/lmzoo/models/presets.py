@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
-from lmzoo.models.base import ModelConfig, SequenceMixer, plain
+from lmzoo.models.base import FeedForward, ModelConfig, SequenceMixer, plain
 
 # A preset's defaults list names its architecture as ARCHITECTURE/CLASS@_here_.
 ARCHITECTURE = "/architecture/"
@@ -177,7 +177,8 @@ def override_value(value) -> str:
 
 
 def moved_keys(key: str) -> list[str]:
-    """Where lmzoo 0.2's flat model key `key` (window, qk_norm, ssm_state, ...) is now: the knob of each mixer whose
-    settings name it as `former`, as model.mixers.NAME.KNOB."""
-    return [f"model.mixers.{name}.{mixer.Settings.former[key]}" for name, mixer in SequenceMixer.registry.items()
-            if key in mixer.Settings.former]
+    """Where lmzoo 0.2's flat model key `key` (window, qk_norm, ssm_state, mlp_ratio, ...) is now: the knob of each
+    part whose settings name it as `former`, as model.mixers.NAME.KNOB or model.ffns.NAME.KNOB."""
+    return [f"model.{group}.{name}.{part.Settings.former[key]}"
+            for group, registry in (("mixers", SequenceMixer.registry), ("ffns", FeedForward.registry))
+            for name, part in registry.items() if key in part.Settings.former]

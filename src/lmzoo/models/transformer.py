@@ -1,20 +1,21 @@
 """A decoder-only transformer assembled from the shared blocks: the trunk (embeddings, a stack of pre-norm blocks,
-the final norm and the head), whose every layer's sequence mixer is one that `layer_pattern` names from the
-registry of mixers (lmzoo.models.base.SequenceMixer), built from its own settings (`mixers`). GPT-2 and a modern
-GPT are the same class with different choices (the presets conf/model/gpt.yaml and gpt_rope.yaml);
-architectures that vary the layers otherwise subclass it and override `attention(layer, rotary)` or
-`feed_forward(layer)`, and their configs extend its config."""
+the final norm and the head), whose every layer holds a sequence mixer that `layer_pattern` names and a
+feed-forward part that `ffn_pattern` names, each from its registry (lmzoo.models.base.SequenceMixer,
+FeedForward) and built from its own settings (`mixers`, `ffns`). GPT-2, a modern GPT, the attention variants, the
+recurrent mixers, the mixtures of experts and OpenELM's layer-wise scaling are all this class with different
+settings (the presets of conf/model/)."""
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
 
-from lmzoo.errors import UserError, check_field_types
-from lmzoo.models.base import (FORWARD_AND_BACKWARD, Kind, LanguageModel, ModelConfig, ModelOutput, ParameterCounts,
-                               PartSettings, RoutingLog, SequenceMixer, linear_weights, near, require)
-from lmzoo.models.blocks import (ACTIVATIONS, INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout,
-                                 make_norm)
+from lmzoo.errors import UserError
+from lmzoo.models.base import (FORWARD_AND_BACKWARD, FeedForward, Kind, LanguageModel, ModelConfig, ModelOutput,
+                               ParameterCounts, PartSettings, RoutingLog, SequenceMixer, linear_weights, near,
+                               require)
+from lmzoo.models.blocks import INITS, MLP, NORMS, Attention, Block, Rotary, init_weights, make_dropout, make_norm
 from lmzoo.models.cache import Cache
 from lmzoo.models.hf_layout import HFLayout
 from lmzoo.models.routing import RoutedLayer
@@ -25,6 +26,11 @@ POSITIONS = ("learned", "rope")
 def default_mixers() -> dict[str, PartSettings]:
     """Every registered mixer's settings at their defaults: the `mixers` a config starts from."""
     return {name: mixer.Settings() for name, mixer in SequenceMixer.registry.items()}
+
+
+def default_ffns() -> dict[str, PartSettings]:
+    """Every registered feed-forward part's settings at their defaults: the `ffns` a config starts from."""
+    return {name: ffn.Settings() for name, ffn in FeedForward.registry.items()}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -38,15 +44,10 @@ class TransformerConfig(ModelConfig):
     # The heads of the mixers that have them (attention, Gated DeltaNet): heads of n_embd / n_head channels.
     n_head: int = 4
     n_embd: int = 128
-    # Feed-forward width over n_embd; SwiGLU's 8/3 keeps the parameters of a 4x GELU MLP.
-    mlp_ratio: float = 8 / 3
     dropout: float = 0.0
     bias: bool = False
     positions: str = "rope"
     norm: str = "rmsnorm"
-    activation: str = "silu"
-    # A GLU feed-forward (SwiGLU with silu): act(gate) * up.
-    gated_mlp: bool = True
     rope_base: float = 10000.0
     tie_embeddings: bool = True
     # Weight init, one of blocks.INITS: "gpt2" scales the residual projections by 1/sqrt(2 n_layer), "plain" does not.
@@ -58,6 +59,11 @@ class TransformerConfig(ModelConfig):
     # Each mixer's settings by its name (model.mixers.NAME.KNOB; its Settings class has the knobs and defaults). Only
     # the mixers layer_pattern names may differ from their defaults, and only theirs are kept.
     mixers: dict = dataclasses.field(default_factory=default_mixers)
+    # The feed-forward part after each layer's mixer by its registered name, cycled as layer_pattern is; empty: none
+    # (the mixer alone, as Mamba-2's blocks).
+    ffn_pattern: list[str] = dataclasses.field(default_factory=lambda: [MLP.name])
+    # Each feed-forward part's settings by its name (model.ffns.NAME.KNOB), as `mixers`.
+    ffns: dict = dataclasses.field(default_factory=default_ffns)
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,33 +72,41 @@ class TransformerConfig(ModelConfig):
         require(self.n_head >= 1, "n_head must be a positive integer", self.n_head)
         require(self.n_embd >= 1 and self.n_embd % self.n_head == 0,
                 f"n_embd must be a positive multiple of n_head ({self.n_head})", self.n_embd)
-        require(self.mlp_ratio >= 0, "mlp_ratio must be >= 0 (0: no feed-forward layer)", self.mlp_ratio)
         require(0 <= self.dropout < 1, "dropout must lie in [0, 1)", self.dropout)
         require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}", self.positions)
         require(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}", self.norm)
-        require(self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}", self.activation)
         require(self.init in INITS, f"init must be one of {', '.join(INITS)}", self.init)
         require(self.rope_base > 0, "rope_base must be positive", self.rope_base)
         require(self.pad_vocab_to >= 1, "pad_vocab_to must be a positive integer", self.pad_vocab_to)
         mixers = SequenceMixer.registry
         require(len(self.layer_pattern) >= 1 and all(name in mixers for name in self.layer_pattern),
                 f"layer_pattern must list layers of {', '.join(mixers)}", self.layer_pattern)
+        ffns = FeedForward.registry
+        require(all(name in ffns for name in self.ffn_pattern),
+                f"ffn_pattern must list feed-forward parts of {', '.join(ffns)}, or none", self.ffn_pattern)
         self.mixers = chosen_settings(mixers, self.mixers, self.layer_pattern, "mixers", "layer_pattern")
-        for name, settings in self.mixers.items():
-            settings.check(self, f"mixers.{name}")
+        self.ffns = chosen_settings(ffns, self.ffns, self.ffn_pattern, "ffns", "ffn_pattern")
+        for group in ("mixers", "ffns"):
+            for name, settings in getattr(self, group).items():
+                settings.check(self, f"{group}.{name}")
 
     def mixer(self, layer: int) -> str:
         """The name of layer `layer`'s sequence mixer."""
         return self.layer_pattern[layer % len(self.layer_pattern)]
 
+    def ffn(self, layer: int) -> str | None:
+        """The name of layer `layer`'s feed-forward part; None without one."""
+        return self.ffn_pattern[layer % len(self.ffn_pattern)] if self.ffn_pattern else None
+
     width_field = "n_embd"
-    choices = ("positions", "norm", "activation", "gated_mlp", "layer_pattern")
+    choices = ("positions", "norm", "layer_pattern", "ffn_pattern")
 
     def choice_values(self) -> dict:
-        """The trunk's choices and those of its mixers' settings (`mixers.NAME.KNOB`)."""
+        """The trunk's choices and those of its parts' settings (`mixers.NAME.KNOB`, `ffns.NAME.KNOB`)."""
         values = super().choice_values()
-        for name, settings in self.mixers.items():
-            values |= {f"mixers.{name}.{knob}": getattr(settings, knob) for knob in settings.choices}
+        for group in ("mixers", "ffns"):
+            for name, settings in getattr(self, group).items():
+                values |= {f"{group}.{name}.{knob}": getattr(settings, knob) for knob in settings.choices}
         return values
 
     def with_width(self, width: int) -> "TransformerConfig | None":
@@ -102,11 +116,12 @@ class TransformerConfig(ModelConfig):
         heads = sorted((h for h in range(1, width // 2 + 1) if width % (2 * h) == 0 and near(width // h, self.head_dim)),
                        key=lambda h: abs(width / h - self.head_dim))
         mixers = {name: settings.at_width(width) for name, settings in self.mixers.items()}
-        if None in mixers.values():
+        ffns = {name: settings.at_width(width) for name, settings in self.ffns.items()}
+        if None in mixers.values() or None in ffns.values():
             return None
         for n_head in heads:
             try:
-                return dataclasses.replace(self, n_embd=width, n_head=n_head, mixers=mixers)
+                return dataclasses.replace(self, n_embd=width, n_head=n_head, mixers=mixers, ffns=ffns)
             except UserError:
                 continue
         return None
@@ -154,35 +169,6 @@ def part_settings(settings_class: type[PartSettings], values, key: str) -> PartS
     return settings_class(**values)
 
 
-@dataclasses.dataclass(kw_only=True)
-class HeadDimConfig(TransformerConfig):
-    """For architectures whose attention is sized by head_dim and decides its own heads per layer:
-    n_head follows from n_embd / head_dim (it sets the rotary size)."""
-
-    head_dim: int = 32
-    n_head: int = dataclasses.field(init=False, default=1)
-
-    def __post_init__(self):
-        check_field_types(self, "model")
-        require(self.head_dim >= 1 and self.n_embd % self.head_dim == 0,
-                f"n_embd must be a positive multiple of head_dim ({self.head_dim})", self.n_embd)
-        self.n_head = self.n_embd // self.head_dim
-        super().__post_init__()
-        attention = type(self.mixers.get("attention"))
-        require(self.layer_pattern == ["attention"] and self.mixers["attention"] in (attention(),
-                                                                                    attention(qk_norm=True)),
-                f"layer_pattern and model.mixers are gpt_rope's options; {type(self).__name__} builds its own "
-                "attention", (self.layer_pattern, self.mixers))
-
-    def with_width(self, width: int) -> "HeadDimConfig | None":
-        """At `width`, the even head_dim that divides it nearest to this config's, within a factor 2 of it (the
-        heads follow from it)."""
-        sizes = [d for d in range(2, width + 1, 2) if width % d == 0 and near(d, self.head_dim)]
-        if not sizes:
-            return None
-        return dataclasses.replace(self, n_embd=width, head_dim=min(sizes, key=lambda d: abs(d - self.head_dim)))
-
-
 def padded(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
@@ -222,8 +208,8 @@ class Transformer(LanguageModel):
         init_weights(self, c.n_layer, c.init)
 
     def attention(self, layer: int, rotary) -> nn.Module:
-        """Layer `layer`'s sequence mixer, as the config's layer pattern names it, unless a subclass varies it;
-        `rotary(head_dim)` gives the RoPE of heads of that size."""
+        """Layer `layer`'s sequence mixer, as the config's layer_pattern names it; `rotary(head_dim)` gives the RoPE of
+        heads of that size."""
         name = self.config.mixer(layer)
         return SequenceMixer.registry[name].build(self.config, self.config.mixers[name], layer, rotary)
 
@@ -235,12 +221,10 @@ class Transformer(LanguageModel):
                      make_norm(c.norm, c.n_embd, c.bias) if feed_forward is not None else None)
 
     def feed_forward(self, layer: int) -> nn.Module | None:
-        """Layer `layer`'s feed-forward module; the config's uniform MLP unless a subclass varies it; none at
-        mlp_ratio 0 (Mamba-2's blocks are the mixer alone)."""
-        c = self.config
-        if not c.mlp_ratio:
-            return None
-        return MLP(c.n_embd, int(c.mlp_ratio * c.n_embd), c.activation, c.gated_mlp, c.bias, c.dropout)
+        """Layer `layer`'s feed-forward part, as the config's ffn_pattern names it, unless a subclass varies it; None
+        without one (Mamba-2's blocks are the mixer alone)."""
+        name = self.config.ffn(layer)
+        return None if name is None else FeedForward.registry[name].build(self.config, self.config.ffns[name], layer)
 
     @property
     def block_size(self) -> int:
@@ -320,9 +304,9 @@ class Transformer(LanguageModel):
 
     def describe(self) -> list[str]:
         c = self.config
-        lines = super().describe() + layer_lines([layer_description(c.mixer(layer), block)
+        lines = super().describe() + layer_lines([layer_description(c.mixer(layer), c.ffn(layer), block)
                                                   for layer, block in enumerate(self.transformer.h)],
-                                                 len(c.layer_pattern))
+                                                 math.lcm(len(c.layer_pattern), len(c.ffn_pattern) or 1))
         kinds = {mixer.kind for mixer in self.mixers()}
         if Kind.FLAT in kinds:
             grows = ", the same at any length" if self.new_cache().capacity is None else ""
@@ -339,11 +323,11 @@ class Transformer(LanguageModel):
         return ParameterCounts(total, total - inactive)
 
 
-def layer_description(name: str, block: Block) -> str:
-    """A layer in a few words: its mixer's name and sizes, then its feed-forward layer's."""
-    mixer = f"{name} ({block.attn.describe()})" if block.attn.describe() else name
-    feed_forward = block.mlp.describe() if block.mlp is not None else "no feed-forward layer"
-    return f"{mixer} + {feed_forward}"
+def layer_description(mixer: str, ffn: str | None, block: Block) -> str:
+    """A layer in a few words: its mixer's name and sizes, then its feed-forward part's."""
+    described = [(name, part.describe()) for name, part in ((mixer, block.attn), (ffn, block.mlp)) if part is not None]
+    return " + ".join(f"{name} ({details})" if details else name for name, details in described) + (
+        "" if ffn else " alone")
 
 
 def layer_lines(described: list[str], period: int) -> list[str]:
