@@ -107,10 +107,33 @@ def test_an_all_local_model_decodes_past_its_context_without_refilling_as_withou
 
 
 def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Tensor:
-    """Diff Transformer's equations, head pair by head pair: [Q1; Q2] = X W_q, [K1; K2] = X W_k, V = X W_v,
+    """Diff Transformer's equations as the paper's code lays the heads out (microsoft/unilm,
+    Diff-Transformer/multihead_flashdiff_1.py), pair by pair: [Q1; Q2] = X W_q, [K1; K2] = X W_k, V = X W_v,
     DiffAttn(X) = (softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V, lambda = exp(lq1 . lk1) -
-    exp(lq2 . lk2) + lambda_init, each head RMS-normalized and scaled by 1 - lambda_init, then W_o. Pair i takes
-    query heads i and i + h and the key heads they share (DiffLlama's layout of the paper's heads)."""
+    exp(lq2 . lk2) + lambda_init, each pair RMS-normalized with a learned scale and scaled by 1 - lambda_init, then
+    W_o. Pair i is query heads 2i and 2i + 1, and reads key heads 2m and 2m + 1 and value heads 2m and 2m + 1 side by
+    side, m = i // (the query pairs per key pair)."""
+    T, d, H, kv = x.size(0), attn.head_dim, attn.n_head, attn.n_kv_head
+    q, k, v = attn.c_attn(x).split([H * d, kv * d, kv * d], dim=-1)
+    q, k, v = (t.view(T, -1, d).transpose(0, 1) for t in (q, k, v))
+    q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    groups, lambda_init = H // kv, differential_lambda_init(layer)
+    lam = (math.exp(attn.lambda_q1 @ attn.lambda_k1) - math.exp(attn.lambda_q2 @ attn.lambda_k2) + lambda_init)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    heads = []
+    for i in range(H // 2):
+        m = i // groups
+        maps = [(q[2 * i + s] @ k[2 * m + s].T / math.sqrt(d)).masked_fill(future, -math.inf).softmax(-1)
+                for s in (0, 1)]
+        values = torch.cat((v[2 * m], v[2 * m + 1]), dim=-1)
+        normed = F.rms_norm((maps[0] - lam * maps[1]) @ values, (2 * d,), attn.pair_norm.weight, eps=1e-5)
+        heads.append((1 - lambda_init) * normed)
+    return attn.c_proj(torch.cat(heads, dim=-1))
+
+
+def diffllama_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The same in Hugging Face's DiffLlama's layout (lmzoo 0.2's): pair i takes query heads i and i + h and the
+    key heads they share, and no scale in the norm."""
     T, d, H, kv = x.size(0), attn.head_dim, attn.n_head, attn.n_kv_head
     q, k, v = attn.c_attn(x).split([H * d, kv * d, kv * d], dim=-1)
     q, k, v = (t.view(T, -1, d).transpose(0, 1) for t in (q, k, v))
@@ -126,16 +149,23 @@ def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Ten
     return attn.c_proj(torch.cat(heads, dim=-1))
 
 
-@pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_differential_attention_follows_the_papers_equations(n_kv_head):
+LAYOUT_ORACLES = {"paper": paper_differential_attention, "diffllama": diffllama_differential_attention}
+
+
+@pytest.mark.parametrize("layout", LAYOUT_ORACLES)
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 4), (4, 2), (8, 2)])
+def test_differential_attention_follows_the_papers_equations_in_either_layout(layout, n_head, n_kv_head):
     torch.manual_seed(0)
-    model = TransformerConfig(**{**SHAPE, "n_head": 4}, **attention(n_kv_head=n_kv_head, variant="differential")).build()
+    model = TransformerConfig(**{**SHAPE, "n_head": n_head}, **attention(
+        n_kv_head=n_kv_head, variant="differential", differential_layout=layout)).build()
     x = torch.randn(1, 10, 32)
     with torch.no_grad():
         for layer, block in enumerate(model.transformer.h):
             attn = block.attn
+            if layout == "paper":
+                attn.pair_norm.weight.normal_(1.0, 0.5)
             assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer))
-            torch.testing.assert_close(attn(x)[0], paper_differential_attention(attn, x[0], layer), atol=1e-6, rtol=0)
+            torch.testing.assert_close(attn(x)[0], LAYOUT_ORACLES[layout](attn, x[0], layer), atol=1e-6, rtol=0)
 
 
 def adapted(model) -> set[str]:

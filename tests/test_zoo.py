@@ -178,12 +178,16 @@ def test_export_writes_a_model_that_gives_the_same_logits(tmp_path, name):
     reloaded, tokenizer, _ = load_model(tmp_path / "out")
     assert type(reloaded) is type(model) and reloaded.config == model.config and tokenizer.spec == spec
     with torch.no_grad():
-        expected = model(idx).logits
-        torch.testing.assert_close(reloaded(idx).logits, expected, atol=1e-6, rtol=0)
-    # "Transformer in these options has no transformers class" where other options of its class have one.
+        expected, again = model(idx).logits, reloaded(idx).logits
+    # "Transformer in these options has no transformers class" where other options of its class have one: lmzoo's
+    # own weights, the same bits back.
     if message.startswith(type(model).__name__) and "has no transformers class" in message:
         assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.safetensors", "lmzoo.json"}
+        assert torch.equal(again, expected)
         return
+    # A transformers class may hold a weight of lmzoo's folded into another (differential attention's norm scale in
+    # DiffLlama's output projection), which rounds otherwise.
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=0)
     transformers = pytest.importorskip("transformers")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert message.startswith(f"wrote {type(hf_model).__name__} ")

@@ -179,7 +179,8 @@ def with_parts(architecture: str, config: dict) -> dict:
         trunk["n_head"] = config["n_embd"] // config["head_dim"]
 
     def settings(registry: dict, pattern: list[str]) -> dict:
-        return {name: {knob: config[old] for old, knob in registry[name].Settings.former.items() if old in config}
+        return {name: registry[name].Settings.upgraded({knob: config[old] for old, knob in
+                                                        registry[name].Settings.former.items() if old in config})
                 for name in dict.fromkeys(pattern)}
 
     return {**trunk, **patterns, "mixers": settings(SequenceMixer.registry, patterns["layer_pattern"]),

@@ -210,6 +210,10 @@ class Sublayer(nn.Module):
         """Its MLP input projections: init unit_mlp draws them at std 1/sqrt(their input width)."""
         return []
 
+    def reference_init(self, residual_scale: float) -> None:
+        """Initialise what this part's reference initialises otherwise than the model's shared init does (normal(0,
+        0.02), its residual outputs scaled by `residual_scale`, which has run); most parts keep the shared init."""
+
     def describe(self) -> str:
         """Its sizes and options in a few words, for the model summary."""
         return ""
@@ -243,6 +247,12 @@ class PartSettings:
         """Refuse a value in one line naming `model.KEY.KNOB`; `trunk` is the config of the model that holds these
         settings (its n_embd, n_head, block_size, ...). Subclasses add their checks after this one."""
         check_field_types(self, f"model.{key}")
+
+    @classmethod
+    def upgraded(cls, knobs: dict) -> dict:
+        """The knobs of a part of an lmzoo 0.2 model (from `former`), with those this release added that the model
+        had otherwise than their defaults say."""
+        return knobs
 
     def require_counts(self, key: str, *knobs: str) -> None:
         """Refuse any of `knobs` (counts: sizes, kernel taps) that is not a positive integer."""

@@ -20,7 +20,7 @@ from torch import nn
 from lmzoo.models.base import (FORWARD_AND_BACKWARD, FeedForward, Kind, PartSettings, RoutingLog, SequenceMixer,
                                Sublayer, require)
 from lmzoo.models.cache import Cache, KVState, WindowState
-from lmzoo.models.hf_layout import (HFLayout, Layout, joined, laid_out, load_into, same_names, tied_and_checked,
+from lmzoo.models.hf_layout import (HFLayout, Layout, gathered, laid_out, load_into, same_names, tied_and_checked,
                                     true_vocabulary, trunk_names)
 
 NORMS = ("layernorm", "rmsnorm")
@@ -172,6 +172,11 @@ DIFFERENTIAL_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
 VARIANTS = ("standard", "mla", "differential")
+# How differential attention lays its heads out: "paper", as microsoft/unilm's Diff-Transformer code
+# (multihead_flashdiff_1.py; multihead_diffattn.py without grouped keys) does, with the learned scale of its per-pair
+# norm; "diffllama", Hugging Face's DiffLlama (and lmzoo 0.2's), the same maps with the heads in another order and no
+# scale. Either exports as DiffLlamaForCausalLM.
+DIFFERENTIAL_LAYOUTS = ("paper", "diffllama")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -193,6 +198,8 @@ class AttentionSettings(PartSettings):
     # groups of gqa_groups query heads per key/value head; null: every layer has the model's n_head.
     qkv_multipliers: tuple[float, float] | None = None
     gqa_groups: int = 1
+    # One of DIFFERENTIAL_LAYOUTS, for variant differential.
+    differential_layout: str = "paper"
 
     choices = ("variant", "qk_norm", "qkv_multipliers")
     former = {"n_kv_head": "n_kv_head", "qk_norm": "qk_norm", "attention": "variant", "kv_rank": "kv_rank",
@@ -205,6 +212,11 @@ class AttentionSettings(PartSettings):
         require(self.n_kv_head is None or (self.n_kv_head >= 1 and heads % self.n_kv_head == 0),
                 f"{key}.n_kv_head must divide n_head ({heads}), or be null", self.n_kv_head)
         require(self.variant in VARIANTS, f"{key}.variant must be one of {', '.join(VARIANTS)}", self.variant)
+        require(self.differential_layout in DIFFERENTIAL_LAYOUTS, f"{key}.differential_layout must be one of "
+                f"{', '.join(DIFFERENTIAL_LAYOUTS)}", self.differential_layout)
+        require(self.variant == "differential" or self.differential_layout == "paper", f"{key}.differential_layout "
+                f"is differential attention's; set model.{key}.variant=differential or leave it out",
+                self.differential_layout)
         require(self.variant != "differential" or (heads % 2 == 0 and (self.n_kv_head or heads) % 2 == 0),
                 f"n_head and model.{key}.n_kv_head must be even for differential attention, which pairs heads",
                 (heads, self.n_kv_head or heads))
@@ -234,6 +246,11 @@ class AttentionSettings(PartSettings):
                 f"{key}.qkv_multipliers gives each layer's heads (in groups of model.{key}.gqa_groups) for the "
                 f"standard variant; leave model.{key}.variant and model.{key}.n_kv_head at their defaults",
                 (self.variant, self.n_kv_head))
+
+    @classmethod
+    def upgraded(cls, knobs: dict) -> dict:
+        """lmzoo 0.2's differential attention had DiffLlama's layout."""
+        return {**knobs, "differential_layout": "diffllama"} if knobs.get("variant") == "differential" else knobs
 
     def heads(self, trunk, layer: int) -> tuple[int, int | None]:
         """Layer `layer`'s query heads and key/value heads (None: as many as query heads)."""
@@ -267,9 +284,8 @@ class Attention(SequenceMixer, name="attention"):
       keeps only them;
     - `lambda_init`: differential attention (Diff Transformer, Ye et al. 2025): query and key heads come in
       pairs whose two softmax maps are subtracted, the second weighted by a learned lambda, over values of
-      twice the head size; each difference is RMS-normalized and scaled by 1 - lambda_init. The paper's
-      reference gives that norm a learned scale; here the output projection holds it, as in Hugging Face's
-      DiffLlama.
+      twice the head size; each difference is RMS-normalized and scaled by 1 - lambda_init, the norm with a
+      learned scale in the paper's layout (`differential_layout`, DIFFERENTIAL_LAYOUTS).
     """
 
     Settings = AttentionSettings
@@ -287,11 +303,12 @@ class Attention(SequenceMixer, name="attention"):
         lambda_init = differential_lambda_init(layer) if settings.variant == "differential" else None
         n_head, n_kv_head = settings.heads(trunk, layer)
         return cls(trunk.n_embd, n_head, head_dim, n_kv_head, trunk.bias, trunk.dropout, rotary(head_dim),
-                   qk_norm=settings.qk_norm, window=window, lambda_init=lambda_init)
+                   qk_norm=settings.qk_norm, window=window, lambda_init=lambda_init,
+                   differential_layout=settings.differential_layout)
 
     def __init__(self, dim: int, n_head: int, head_dim: int, n_kv_head: int | None = None, bias: bool = True,
                  dropout: float = 0.0, rotary: Rotary | None = None, *, qk_norm: bool = False,
-                 window: int | None = None, lambda_init: float | None = None):
+                 window: int | None = None, lambda_init: float | None = None, differential_layout: str = "paper"):
         super().__init__()
         self.n_head, self.head_dim = n_head, head_dim
         self.n_kv_head = n_kv_head or n_head
@@ -310,6 +327,11 @@ class Attention(SequenceMixer, name="attention"):
             # reparameterization, which keeps lambda's learning in step with the other weights'.
             for name in DIFFERENTIAL_LAMBDAS:
                 self.register_parameter(name, nn.Parameter(torch.empty(head_dim).normal_(0, 0.1)))
+        self.paper_layout = lambda_init is not None and differential_layout == "paper"
+        if self.paper_layout:
+            # The per-pair norm's learned scale, shared by the pairs: the paper's subln (microsoft/unilm,
+            # Diff-Transformer/multihead_diffattn.py).
+            self.pair_norm = nn.RMSNorm(2 * head_dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, layer: int = 0,
                 routing: RoutingLog | None = None) -> torch.Tensor:
@@ -328,18 +350,32 @@ class Attention(SequenceMixer, name="attention"):
 
     def differential(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Cache | None,
                      layer: int) -> torch.Tensor:
-        """The differences of the paired maps (B, n_head / 2, T, 2 head_dim): query heads i and i + n_head / 2
-        pair up, as key heads do, and each pair reads the values of its two key heads side by side."""
+        """The differences of the paired maps (B, n_head / 2, T, 2 head_dim). In the paper's layout, as its code
+        (microsoft/unilm, Diff-Transformer/multihead_flashdiff_1.py) lays them out: pair i is query heads 2i and
+        2i + 1, key heads come in pairs 2m and 2m + 1 as its K1 and K2, and pair i reads key pair i // groups
+        (groups = n_head / n_kv_head, the query pairs that share a key pair), its first map the first key head, its
+        second the second, both over value pair i // groups (value heads 2m and 2m + 1 side by side). In DiffLlama's,
+        query heads i and i + n_head / 2 pair up, as key and value heads do. Either runs as DiffLlama's: one
+        attention of the first maps then the second ones over the key heads in that order."""
         def rebuild(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            first, second = values.chunk(2, dim=1)
-            return keys, torch.cat((first, second), dim=-1).repeat(1, 2, 1, 1)
+            if self.paper_layout:
+                keys = torch.cat((keys[:, 0::2], keys[:, 1::2]), dim=1)
+                batch, heads, length, width = values.shape
+                pairs = values.reshape(batch, heads // 2, 2, length, width).transpose(2, 3).flatten(3)
+            else:
+                first, second = values.chunk(2, dim=1)
+                pairs = torch.cat((first, second), dim=-1)
+            return keys, pairs.repeat(1, 2, 1, 1)
 
+        if self.paper_layout:
+            q = torch.cat((q[:, 0::2], q[:, 1::2]), dim=1)
         maps = causal_attention(q, k, v, self.rotary, cache, layer, self.dropout if self.training else 0.0,
                                 self.window, rebuild)
         first, second = maps.chunk(2, dim=1)
         lam = (torch.exp(torch.dot(self.lambda_q1, self.lambda_k1))
                - torch.exp(torch.dot(self.lambda_q2, self.lambda_k2)) + self.lambda_init)
-        y = F.rms_norm(first - lam * second, (2 * self.head_dim,), eps=1e-5)
+        difference = first - lam * second
+        y = self.pair_norm(difference) if self.paper_layout else F.rms_norm(difference, (2 * self.head_dim,), eps=1e-5)
         return (1 - self.lambda_init) * y
 
     def residual_outputs(self) -> list[nn.Module]:
@@ -512,18 +548,20 @@ class Block(nn.Module):
         return x if self.mlp is None else x + self.mlp(self.ln_2(x), routing)
 
 
-# "gpt2": normal(0, 0.02), the residual outputs (Sublayer.residual_outputs) scaled by 1/sqrt(2 n_layer) so that
-# the residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere; "unit_mlp": gpt2's,
-# but the MLP's input projection (Sublayer.mlp_inputs) at std 1/sqrt(its input width), so that the activation sees
-# inputs of about unit scale: at std 0.02 and width 128 they stay near 0.5 for a whole short run, where GELU is
-# nearly linear.
+# "gpt2": normal(0, 0.02), the residual outputs (Sublayer.residual_outputs) scaled by 1/sqrt(N), N the residual
+# branches of the model (2 n_layer in blocks of a mixer and a feed-forward part, n_layer in blocks of a mixer alone),
+# so that the residual stream's variance does not grow with depth; "plain": normal(0, 0.02) everywhere; "unit_mlp":
+# gpt2's, but the MLP's input projection (Sublayer.mlp_inputs) at std 1/sqrt(its input width), so that the
+# activation sees inputs of about unit scale: at std 0.02 and width 128 they stay near 0.5 for a whole short run,
+# where GELU is nearly linear. Under each, a part whose reference initialises it otherwise then does so
+# (Sublayer.reference_init).
 INITS = ("gpt2", "plain", "unit_mlp")
 
 
-def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float = 0.02) -> None:
+def init_weights(model: nn.Module, branches: int, init: str = "gpt2", std: float = 0.02) -> None:
     """Normal weights for linears and embeddings, zero biases, as `init` (one of INITS) says of the linears each
-    Sublayer declares."""
-    residual_scale = 1.0 if init == "plain" else 1 / math.sqrt(2 * n_layer)
+    Sublayer declares, in a model of `branches` residual branches; then each part's own (Sublayer.reference_init)."""
+    residual_scale = 1.0 if init == "plain" else 1 / math.sqrt(branches)
     sublayers = [m for m in model.modules() if isinstance(m, Sublayer)]
     residual_outputs = {id(linear) for m in sublayers for linear in m.residual_outputs()}
     mlp_inputs = {id(linear) for m in sublayers for linear in m.mlp_inputs()}
@@ -540,6 +578,8 @@ def init_weights(model: nn.Module, n_layer: int, init: str = "gpt2", std: float 
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+    for sublayer in sublayers:
+        sublayer.reference_init(residual_scale)
 
 
 # GPT-2 stores these as Conv1D (in, out) matrices; nn.Linear holds (out, in).
@@ -576,7 +616,14 @@ class AttentionHF(HFLayout):
     def state_dict(self, weights, model, source):
         if gpt2_shaped(model.config):
             return gpt2_state_dict(weights, model, source)
-        return joined(weights, model, source, llama_layout(model))
+        state = gathered(weights, llama_layout(model), source)
+        for layer, block in enumerate(model.transformer.h):
+            if getattr(block.attn, "paper_layout", False):
+                ours = f"transformer.h.{layer}.attn."
+                # DiffLlama's output projection holds the per-pair norm's scale (to_diffllama).
+                state[ours + "c_attn.weight"] = state[ours + "c_attn.weight"][diffllama_rows(block.attn).argsort()]
+                state[ours + "pair_norm.weight"] = torch.ones(2 * block.attn.head_dim)
+        return tied_and_checked(state, model, source)
 
 
 def attention_settings(config) -> AttentionSettings | None:
@@ -640,8 +687,10 @@ def gpt2_state_dict(weights: dict[str, torch.Tensor], model, source: str) -> dic
     return tied_and_checked(state, model, source)
 
 
-def llama_family(model, hf_class, config_class, eot_id: int | None, **settings):
-    """`model` as `hf_class`, a transformers class of Llama's layout (llama_layout)."""
+def llama_family(model, hf_class, config_class, eot_id: int | None, ours: dict[str, torch.Tensor] | None = None,
+                 **settings):
+    """`model` as `hf_class`, a transformers class of Llama's layout (llama_layout), from `ours` where given (the
+    model's state dict cut to the true vocabulary, rearranged for it)."""
     hp = model.config
     attn, mlp = model.transformer.h[0].attn, model.transformer.h[0].mlp
     config = config_class(
@@ -650,7 +699,7 @@ def llama_family(model, hf_class, config_class, eot_id: int | None, **settings):
         rms_norm_eps=1e-5, rope_theta=hp.rope_base, hidden_act="silu", tie_word_embeddings=hp.tie_embeddings,
         bos_token_id=eot_id, eos_token_id=eot_id, **settings,
     )
-    return load_into(hf_class(config), laid_out(model, llama_layout(model)))
+    return load_into(hf_class(config), laid_out(model, llama_layout(model), ours))
 
 
 def to_llama(model, eot_id: int | None):
@@ -688,11 +737,30 @@ def to_qwen3(model, eot_id: int | None):
 
 
 def to_diffllama(model, eot_id: int | None):
+    """DiffLlama's heads are the paper's in another order (diffllama_rows), and its per-pair norm has no scale: the
+    paper layout's goes into the output projection's columns, which that norm's output meets first."""
     from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 
-    attn = model.transformer.h[0].attn
-    return llama_family(model, DiffLlamaForCausalLM, DiffLlamaConfig, eot_id, num_key_value_heads=attn.n_kv_head,
+    attn, ours = model.transformer.h[0].attn, true_vocabulary(model)
+    for layer, block in enumerate(model.transformer.h):
+        if block.attn.paper_layout:
+            name = f"transformer.h.{layer}.attn."
+            ours[name + "c_attn.weight"] = ours[name + "c_attn.weight"][diffllama_rows(block.attn)]
+            ours[name + "c_proj.weight"] = ours[name + "c_proj.weight"] * ours[name + "pair_norm.weight"].repeat(
+                block.attn.n_head // 2)
+    return llama_family(model, DiffLlamaForCausalLM, DiffLlamaConfig, eot_id, ours, num_key_value_heads=attn.n_kv_head,
                         head_dim=attn.head_dim, attention_bias=False, mlp_bias=False)
+
+
+def diffllama_rows(a: Attention) -> torch.Tensor:
+    """The rows of a paper-layout differential attention's c_attn in DiffLlama's order: of its query, key and value
+    heads each, the even ones (the first of each pair), then the odd ones."""
+    def heads(count: int, start: int) -> torch.Tensor:
+        order = [*range(0, count, 2), *range(1, count, 2)]
+        return torch.cat([torch.arange(start + h * a.head_dim, start + (h + 1) * a.head_dim) for h in order])
+
+    queries, keys = a.n_head * a.head_dim, a.n_kv_head * a.head_dim
+    return torch.cat((heads(a.n_head, 0), heads(a.n_kv_head, queries), heads(a.n_kv_head, queries + keys)))
 
 
 def to_deepseek_v3(model, eot_id: int | None):
@@ -766,8 +834,10 @@ Attention.hf = LatentAttention.hf = AttentionHF(examples={
             "DeepseekV3ForCausalLM"),
     "mla_query_latent_untied": (dict(n_head=2, tie_embeddings=False, mixers={Attention.name: dict(
         variant="mla", kv_rank=16, rope_head_dim=8, q_rank=12)}), "DeepseekV3ForCausalLM"),
-    "differential_gqa": (dict(n_head=4, mixers={Attention.name: dict(n_kv_head=2, variant="differential")}),
+    "differential_gqa": (dict(n_head=8, mixers={Attention.name: dict(n_kv_head=4, variant="differential")}),
                          "DiffLlamaForCausalLM"),
+    "differential_gqa_diffllama_layout": (dict(n_head=4, mixers={Attention.name: dict(
+        n_kv_head=2, variant="differential", differential_layout="diffllama")}), "DiffLlamaForCausalLM"),
     # Latent attention over a window, and differential attention with QK-norm, have no transformers class.
     "mla_local": (dict(n_head=2, layer_pattern=LOCAL_GLOBAL["layer_pattern"], mixers={
         name: dict(variant="mla", kv_rank=16, rope_head_dim=8, **window)

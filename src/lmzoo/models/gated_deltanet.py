@@ -151,7 +151,8 @@ class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
         self.b_proj = nn.Linear(dim, n_head, bias=False)
         self.g_proj = nn.Linear(dim, values, bias=False)
         self.dt_bias = nn.Parameter(softplus_inverse(initial_time_steps(n_head)))
-        # g = -exp(A_log) softplus(a + dt_bias): per-head decay rates drawn in (0, 16) as the reference does.
+        # g = -exp(A_log) softplus(a + dt_bias): per-head decay rates drawn in (0, 16) as flash-linear-attention does
+        # (fla/models/gated_deltanet/modeling_gated_deltanet.py, `_init_weights`), kept off 0 for the log.
         self.A_log = nn.Parameter(torch.empty(n_head).uniform_(1e-3, 16).log())
         self.o_norm = GatedRMSNorm(self.value_dim, self.value_dim, gate_first=False)
         self.c_proj = nn.Linear(values, dim, bias=False)
@@ -172,8 +173,12 @@ class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
         gate = self.g_proj(x).view(batch, T, self.n_head, self.value_dim)
         return self.resid_dropout(self.c_proj(self.o_norm(o.transpose(1, 2), gate).flatten(2)))
 
-    def residual_outputs(self) -> list[nn.Module]:
-        return [self.c_proj]
+    def reference_init(self, residual_scale: float) -> None:
+        """As flash-linear-attention does (fla/models/gated_deltanet/modeling_gated_deltanet.py, `_init_weights`,
+        whose prenorm_residual_strategy is None by default): every linear and the short convolution at normal(0,
+        0.02), the output projection not scaled down (it declares no residual output), the convolution not left at
+        nn.Conv1d's own init (std about 0.29 at 4 taps)."""
+        nn.init.normal_(self.conv1d.weight, mean=0.0, std=0.02)
 
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked form's products over `context` tokens in chunks of

@@ -49,21 +49,26 @@ def true_vocabulary(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def laid_out(model, layout: Layout) -> dict[str, torch.Tensor]:
-    """`model`'s weights under the names of `layout`'s class, split where it has several."""
-    ours, state = true_vocabulary(model), {}
+def laid_out(model, layout: Layout, ours: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """`model`'s weights (or `ours`, its state dict cut to the true vocabulary) under the names of `layout`'s class,
+    split where it has several."""
+    ours, state = true_vocabulary(model) if ours is None else ours, {}
     for name, theirs, rows in layout:
         state |= dict(zip(theirs, ours[name].split(rows) if rows else [ours[name]]))
     return state
 
 
-def joined(weights: dict[str, torch.Tensor], model, source: str, layout: Layout) -> dict[str, torch.Tensor]:
-    """Weights of `layout`'s class (as lmzoo exports them) joined and padded into `model`'s state dict."""
+def gathered(weights: dict[str, torch.Tensor], layout: Layout, source: str) -> dict[str, torch.Tensor]:
+    """Weights of `layout`'s class (as lmzoo exports them) joined under lmzoo's names."""
     try:
-        state = {ours: torch.cat([weights[name] for name in theirs]) for ours, theirs, _ in layout}
+        return {ours: torch.cat([weights[name] for name in theirs]) for ours, theirs, _ in layout}
     except KeyError as error:
         raise UserError(f"{source} has no weight {error.args[0]}; it does not match its lmzoo.json") from None
-    return tied_and_checked(state, model, source)
+
+
+def joined(weights: dict[str, torch.Tensor], model, source: str, layout: Layout) -> dict[str, torch.Tensor]:
+    """Weights of `layout`'s class (as lmzoo exports them) joined and padded into `model`'s state dict."""
+    return tied_and_checked(gathered(weights, layout, source), model, source)
 
 
 def tied_and_checked(state: dict[str, torch.Tensor], model, source: str) -> dict[str, torch.Tensor]:

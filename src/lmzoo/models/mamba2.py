@@ -151,8 +151,9 @@ class Mamba2(SequenceMixer, name="mamba2"):
         self.in_proj = nn.Linear(dim, self.inner + conv_width + self.n_head, bias=False)
         self.conv1d = ShortConv(conv_width, conv_kernel, bias=True)
         self.dt_bias = nn.Parameter(softplus_inverse(initial_time_steps(self.n_head)))
-        # A = -exp(A_log): head h decays at rate h + 1, as Mamba initialises it.
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.n_head + 1, dtype=torch.float32)))
+        # A = -exp(A_log), the heads' decay rates drawn uniformly in (1, 16), as state-spaces/mamba's
+        # mamba_ssm/modules/mamba2.py does (A_init_range).
+        self.A_log = nn.Parameter(torch.empty(self.n_head).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(self.n_head))
         self.norm = GatedRMSNorm(self.inner, self.inner // n_groups, gate_first=True)
         self.c_proj = nn.Linear(self.inner, dim, bias=False)
@@ -174,6 +175,16 @@ class Mamba2(SequenceMixer, name="mamba2"):
 
     def residual_outputs(self) -> list[nn.Module]:
         return [self.c_proj]
+
+    def reference_init(self, residual_scale: float) -> None:
+        """As state-spaces/mamba does (mamba_ssm/models/mixer_seq_simple.py, `_init_weights`): the input projection
+        at nn.Linear's own init, the output projection at it too, scaled by 1/sqrt(N) for the model's N residual
+        branches (N = n_layer for its blocks of a mixer alone, where the reference counts 1 per layer; `residual_scale`,
+        1 under init=plain); the convolution at nn.Conv1d's own init, which the shared init leaves."""
+        self.in_proj.reset_parameters()
+        self.c_proj.reset_parameters()
+        with torch.no_grad():
+            self.c_proj.weight.mul_(residual_scale)
 
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of

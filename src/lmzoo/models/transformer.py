@@ -205,7 +205,8 @@ class Transformer(LanguageModel):
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size, c.pad_vocab_to), bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        init_weights(self, c.n_layer, c.init)
+        # A block adds its mixer's output to the residual stream, and its feed-forward part's where it has one.
+        init_weights(self, sum(1 + (block.mlp is not None) for block in self.transformer.h), c.init)
 
     def attention(self, layer: int, rotary) -> nn.Module:
         """Layer `layer`'s sequence mixer, as the config's layer_pattern names it; `rotary(head_dim)` gives the RoPE of
