@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import V
+from helpers import V, counted_flops_per_token
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
-from lmzoo.models.blocks import Attention, LocalAttention, differential_lambda_init
+from lmzoo.models.blocks import (Attention, LocalAttention, attention_mask, banded_attention,
+                                 differential_lambda_init)
 from lmzoo.models.lora import LoRA, LoRALinear
 
 SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -86,9 +87,28 @@ def test_a_local_layers_cache_keeps_only_its_window_and_latent_attention_only_th
     assert mla.cache_values(24) == 2 * 24 * (16 + 8) and make("gpt_rope").cache_values(24) == 2 * 24 * 2 * 32
 
 
-def test_a_local_layer_counts_the_flops_of_its_window():
-    """swa's first layer sees 6 of 24 keys: 18 keys' score and value products (2 x 32 channels) fewer."""
-    assert make("gpt_rope").flops_per_token(24) - make("swa").flops_per_token(24) == 3 * 2 * 2 * 18 * 32
+@pytest.mark.parametrize("T, window, heads, kv_heads, value_width", [
+    (20, 3, 4, 2, 8), (24, 6, 2, 2, 8), (37, 5, 4, 1, 16), (64, 16, 4, 4, 8)])
+def test_the_band_of_blocks_gives_the_sliding_window_attention(T, window, heads, kv_heads, value_width):
+    """Computed only in the band (blocks of the window against themselves and the block before), grouped keys and
+    wider values included, over lengths that are no multiple of the window."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, heads, T, 8), torch.randn(2, kv_heads, T, 8)
+    v = torch.randn(2, kv_heads, T, value_width)
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, T, 0, window, q.device),
+                                            enable_gqa=kv_heads != heads)
+    torch.testing.assert_close(banded_attention(q, k, v, window, 0.0), masked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("context, keys", [(12, 12), (24, 12), (22, 12 * 24 / 22)])
+def test_a_local_layer_is_charged_the_keys_its_kernel_computes(context, keys):
+    """swa's first layer (window 6): up to 2 windows the masked kernel computes every key of the context; past them
+    the band, 2 windows a query over whole blocks (24 padded tokens at a context of 22). Its FLOPs are FlopCounterMode's
+    where a token's count is whole."""
+    swa, full = make("swa"), make("gpt_rope")
+    assert full.flops_per_token(context) - swa.flops_per_token(context) == round(3 * 2 * 2 * (context - keys) * 32)
+    if context != 22:
+        assert swa.flops_per_token(context) == counted_flops_per_token(swa, torch.randint(0, V, (3, context)))
 
 
 def test_an_all_local_model_decodes_past_its_context_without_refilling_as_without_the_cache():

@@ -126,10 +126,8 @@ def test_past_the_context_the_sliding_cache_gives_the_text_of_its_window(name):
 @pytest.mark.parametrize("name", PRESETS)
 def test_flops_per_token_equal_pytorchs_flop_counter(name):
     # No capacity limit in the presets: every token reaches its top_k experts, as the count assumes.
-    # A local layer counts the keys of its window only, where the masked kernel FlopCounterMode counts computes
-    # every score: within the window the two agree.
     model = make(name)
-    context = min([BLOCK] + [m.window for m in model.modules() if getattr(m, "window", None)])
+    context = BLOCK
     counted = counted_flops_per_token(model, torch.randint(0, V, (3, context)))
     if counted == 0:
         pytest.skip(f"{name} does no matrix product for PyTorch to count (see test_bigram_counts_the_row_a_token_reads)")

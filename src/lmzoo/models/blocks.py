@@ -384,7 +384,8 @@ class Attention(SequenceMixer, name="attention"):
     def mixing_flops(self, context: int) -> int:
         # Differential attention's values are twice as wide as its queries.
         value_width = 2 * self.head_dim if self.lambda_init is not None else self.head_dim
-        return attention_flops(seen(context, self.window), self.n_head * self.head_dim, self.n_head * value_width)
+        return attention_flops(keys_computed(context, self.window), self.n_head * self.head_dim,
+                               self.n_head * value_width)
 
     @property
     def kind(self) -> Kind:
@@ -461,8 +462,8 @@ class LatentAttention(SequenceMixer):
         return [self.c_proj]
 
     def mixing_flops(self, context: int) -> int:
-        return attention_flops(seen(context, self.window), self.n_head * (self.head_dim + self.rope_head_dim),
-                               self.n_head * self.head_dim)
+        keys = keys_computed(context, self.window)
+        return attention_flops(keys, self.n_head * (self.head_dim + self.rope_head_dim), self.n_head * self.head_dim)
 
     # Its query, latent and expansion projections are its qkv.
     lora_targets = {"qkv": ("c_q", "c_q.*", "c_kv_a", "c_kv_b"), "proj": ("c_proj",)}
@@ -473,7 +474,8 @@ class LatentAttention(SequenceMixer):
 
     def describe(self) -> str:
         window = f"window {self.window}; " if self.window is not None else ""
-        return f"{window}mla: kv_rank {self.kv_rank}, rope_head_dim {self.rope_head_dim}, q_rank {self.q_rank or 'full'}"
+        q_rank = self.q_rank or "full"
+        return f"{window}mla: kv_rank {self.kv_rank}, rope_head_dim {self.rope_head_dim}, q_rank {q_rank}"
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary | None,
@@ -501,6 +503,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
         k, v = cache.state(layer, make).update(k, v, start)
     if rebuild is not None:
         k, v = rebuild(k, v)
+    if window is not None and start == 0 and k.size(-2) == T > 2 * window:
+        return banded_attention(q, k, v, window, dropout)
     first = start + T - k.size(-2)
     windowed = window is not None and start + T - first > window
     return F.scaled_dot_product_attention(
@@ -512,16 +516,46 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
     )
 
 
-def attention_flops(context: int, query_width: int, value_width: int | None = None) -> int:
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float) -> torch.Tensor:
+    """Causal attention over a sliding window of q (B, heads, T, head_dim) and k, v (B, kv_heads, T, ...) that
+    computes only the band, where the masked kernel computes every key of the context: the queries in blocks of
+    `window`, each block against its own keys and those of the block before (the first block's before are padding,
+    masked), so a query costs 2 x window keys however long the context (keys_computed). By hand, as no kernel of
+    PyTorch's skips the masked blocks on the CPU (FlexAttention's needs torch.compile there)."""
+    batch, heads, T, _ = q.shape
+    blocks = -(-T // window)
+    pad = blocks * window - T
+    # (B, heads, blocks, window, head_dim) and (B, kv_heads, blocks, 2 window, width), the blocks then into the batch.
+    q = F.pad(q, (0, 0, 0, pad)).unflatten(2, (blocks, window))
+    k, v = (F.pad(t, (0, 0, window, pad)).unfold(2, 2 * window, window).transpose(-1, -2) for t in (k, v))
+    q, k, v = (t.transpose(1, 2).flatten(0, 1) for t in (q, k, v))
+    # Query i of a block sees keys window + i - (window - 1) .. window + i of its 2 window: i < j <= i + window.
+    query, key = torch.arange(window, device=q.device)[:, None], torch.arange(2 * window, device=q.device)[None, :]
+    mask = ((key > query) & (key <= query + window)).expand(blocks, window, 2 * window).clone()
+    mask[0, :, :window] = False
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(batch, 1, 1)[:, None], dropout_p=dropout,
+                                       enable_gqa=k.size(1) != q.size(1))
+    return y.unflatten(0, (batch, blocks)).transpose(1, 2).flatten(2, 3)[:, :, :T]
+
+
+def attention_flops(keys: float, query_width: int, value_width: int | None = None) -> int:
     """Training FLOPs per token of causal attention with `query_width` query channels (heads x head_dim) over
-    `context` keys: a score product of each query channel and a value product of each of the `value_width`
-    value channels (query_width unless given) with each key, forward and backward."""
-    return FORWARD_AND_BACKWARD * 2 * context * (query_width + (value_width or query_width))
+    `keys` keys a query (keys_computed): a score product of each query channel and a value product of each of the
+    `value_width` value channels (query_width unless given) with each key, forward and backward."""
+    return round(FORWARD_AND_BACKWARD * 2 * keys * (query_width + (value_width or query_width)))
+
+
+def keys_computed(context: int, window: int | None) -> float:
+    """The keys whose scores the kernel computes for a query at `context` tokens of context: every one of the
+    context (the masked kernel computes those a window hides too), or, where the band is computed
+    (banded_attention, past 2 windows), 2 windows for each query of the whole blocks it pads the context to."""
+    if window is None or context <= 2 * window:
+        return context
+    return -(-context // window) * window * 2 * window / context
 
 
 def seen(context: int, window: int | None) -> int:
-    """The keys a query sees at `context` tokens of context: a sliding window's at most. (The masked kernel
-    computes every score of the context; the count is what attention needs, as a sparse kernel computes it.)"""
+    """The keys a query sees at `context` tokens of context: a sliding window's at most."""
     return context if window is None else min(context, window)
 
 
