@@ -51,4 +51,4 @@ def test_a_copied_mixer_file_and_one_preset_pass_the_zoo_and_mixer_tests(tmp_pat
     # Every zoo test of the preset (causality, loss, cached decoding, FLOPs, LoRA, export, describe, resume), the
     # recurrence against its steps, and its export examples.
     passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed >= 20 and "failed" not in summary, summary
+    assert passed >= 18 and "failed" not in summary, summary

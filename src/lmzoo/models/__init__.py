@@ -1,8 +1,8 @@
 """The zoo, as plain PyTorch: each architecture is an nn.Module built from its config dataclass.
 
 Importing the package imports every module in it (`discover`), so that each registers the block parts it defines
-(lmzoo.models.base.Part: the sequence mixers `model.layer_pattern` names): a new file here is found with no other
-edit.
+(lmzoo.models.base.Part: the sequence mixers `model.layer_pattern` names, the feed-forward parts `model.ffn_pattern`
+names): a new file here is found with no other edit.
 
 The zoo's architectures are three classes: the bigram table, the MLP over a fixed context, and the transformer, whose
 presets (conf/model/) choose its layers' parts by name.

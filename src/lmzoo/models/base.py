@@ -293,7 +293,6 @@ class Part(Sublayer):
         cls.registry[name] = cls
 
 
-
 class FeedForward(Part):
     """A block's feed-forward part, called as `ffn(x, routing)` on x (B, T, dim): a dense MLP, a sparse mixture of
     experts. A registered one (`class NAME(FeedForward, name="NAME")`) is what `model.ffn_pattern` names, with its

@@ -35,9 +35,9 @@ def default_ffns() -> dict[str, PartSettings]:
 
 @dataclasses.dataclass(kw_only=True)
 class TransformerConfig(ModelConfig):
-    """A decoder-only transformer: the trunk's knobs, and each sequence mixer's own under `mixers`. The defaults
-    make it a modern GPT (the preset gpt_rope); the preset gpt (`lmzoo.models.preset_config("gpt", ...)`) is
-    GPT-2's architecture."""
+    """A decoder-only transformer: the trunk's knobs, and each part's own, the sequence mixers' under `mixers` and
+    the feed-forward parts' under `ffns`. The defaults make it a modern GPT (the preset gpt_rope); the preset gpt
+    (`lmzoo.models.preset_config("gpt", ...)`) is GPT-2's architecture."""
 
     block_size: int
     n_layer: int = 4
