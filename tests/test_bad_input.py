@@ -56,6 +56,8 @@ COUNTED_KNOBS = list({mixer: (name, mixer, knob) for name in preset_names()
 OTHER = next(name for name in SequenceMixer.registry if name != GLOBAL and dataclasses.fields(
     SequenceMixer.registry[name].Settings))
 OTHER_KNOB = dataclasses.fields(SequenceMixer.registry[OTHER].Settings)[0].name
+# The hybrid preset's layer pattern, whose last part is in none of the layers before it.
+HYBRID = preset("hybrid").settings["layer_pattern"]
 
 CASES = [
     # train: the command line and the config
@@ -85,6 +87,17 @@ CASES = [
      ["unprepared"]),
     ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "optim.lr=0"], "optim.lr must be positive", ["unprepared"]),
     ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)", []),
+    # Heads of an odd size, which RoPE cannot rotate in pairs (it crashed at the first step, after the data).
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model.n_embd=6", "model.n_head=2"], "model.n_embd / n_head "
+     "must be even with positions rope, which rotates each head's channels in pairs: choose another model.n_head, or "
+     "model.positions=learned, got 3", ["unprepared"]),
+    ("train", [*TRAIN, "model.n_embd=2", "model.n_head=2"], "model.n_embd / n_head must be even with positions rope", []),
+    # A layer pattern longer than the model is deep, whose last part no layer built (the hybrid preset's attention).
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model=hybrid", "model.n_layer=2"],
+     f"model.n_layer=2 builds the first 2 of model.layer_pattern [{', '.join(HYBRID)}] and no {HYBRID[-1]} layer; "
+     f"set model.n_layer to {len(HYBRID)} or more, or a model.layer_pattern without {HYBRID[-1]}", ["unprepared"]),
+    ("train", [*TRAIN, "model.n_layer=1", "model.ffn_pattern=[mlp,moe]"], "model.n_layer=1 builds the first 1 of "
+     "model.ffn_pattern [mlp, moe] and no moe layer", []),
     ("train", [*TRAIN, f"model.mixers.{GLOBAL}.n_kv_head=3"], f"model.mixers.{GLOBAL}.n_kv_head must divide n_head (2)",
      []),
     ("train", [*TRAIN, "model.pad_vocab_to=0"], "model.pad_vocab_to must be a positive integer, got 0", []),
@@ -97,6 +110,12 @@ CASES = [
      f"model.mixers.{OTHER} out", []),
     ("train", [*TRAIN, "model.qk_norm=true"], "model.qk_norm is a knob of the parts that have it now: set "
      f"model.mixers.{GLOBAL}.qk_norm", []),
+    # A window on a model without local layers (it was ignored), as typed and in this release's spelling.
+    ("train", [*TRAIN, "model.window=8"], f"model.window is a knob of the parts that have it now: set "
+     f"model.mixers.{LOCAL}.window", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", f"model.mixers.{LOCAL}.window=8"],
+     f"model.mixers.{LOCAL}.window sets {LOCAL} layers, and model.layer_pattern [{GLOBAL}] has none; add {LOCAL} to "
+     f"model.layer_pattern, or leave model.mixers.{LOCAL} out", ["unprepared"]),
     ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
     ("train", [*TRAIN, "model.ffns.mlp.activation=tanh9"], "model.ffns.mlp.activation must be one of", []),
@@ -132,11 +151,19 @@ CASES = [
     ("train", [*TRAIN, f"model.mixers.{GLOBAL}.variant=linear"],
      f"model.mixers.{GLOBAL}.variant must be one of standard, mla, differential, got 'linear'", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.kv_rank=0"],
-     f"model.mixers.{GLOBAL}.kv_rank must be a positive integer (the latent's rank) or null, got 0", []),
+     f"model.mixers.{GLOBAL}.kv_rank must be a positive integer up to 2 x n_embd (64)", []),
+    # A latent larger than the keys and values it expands to (it built 19.4M parameters at width 32), as typed.
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model=mla", f"model.mixers.{GLOBAL}.kv_rank=100000"],
+     f"model.mixers.{GLOBAL}.kv_rank must be a positive integer up to 2 x n_embd (64), the keys and values the "
+     "latent expands to (a larger latent compresses nothing), or null, got 100000", ["unprepared"]),
+    ("train", [*TRAIN, "model=mla", "model.kv_rank=100000"], "model.kv_rank is a knob of the parts that have it now: "
+     f"set model.mixers.{GLOBAL}.kv_rank", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=33"],
+     f"model.mixers.{GLOBAL}.q_rank must be a positive integer up to n_embd (32)", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.rope_head_dim=3"],
      f"model.mixers.{GLOBAL}.rope_head_dim must be a positive even integer or null, got 3", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=0"],
-     f"model.mixers.{GLOBAL}.q_rank must be a positive integer or null, got 0", []),
+     f"model.mixers.{GLOBAL}.q_rank must be a positive integer up to n_embd (32)", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.qk_norm=true"],
      f"model.mixers.{GLOBAL}.qk_norm does not apply to mla", []),
     ("train", [*TRAIN, f"model.mixers.{GLOBAL}.kv_rank=8"], f"model.mixers.{GLOBAL}.kv_rank, rope_head_dim and q_rank "

@@ -166,12 +166,14 @@ def with_parts(architecture: str, config: dict) -> dict:
     n_experts, ...), as this release's: its patterns (a folded class's parts, those that replace it; no feed-forward
     part at mlp_ratio 0), each part's knobs under model.mixers.NAME or model.ffns.NAME (the keys its settings declare
     as `former`), and the heads a head_dim gave. A knob of a part the model does not hold did nothing, and is
-    dropped."""
+    dropped, as is a part its pattern names past n_layer."""
     fields = {field.name: field for field in dataclasses.fields(TransformerConfig)}
     patterns = {}
     for key, registry in (("layer_pattern", SequenceMixer.registry), ("ffn_pattern", FeedForward.registry)):
         replacing = [name for name, part in registry.items() if architecture in part.replaces]
-        patterns[key] = replacing or config.get(key) or fields[key].default_factory()
+        # Cut to the layers built: 0.2 accepted a pattern longer than n_layer, whose parts past it were no layer's.
+        n_layer = config.get("n_layer", fields["n_layer"].default)
+        patterns[key] = (replacing or config.get(key) or fields[key].default_factory())[:n_layer]
     if config.get("mlp_ratio") == 0:
         patterns["ffn_pattern"] = []
     trunk = {key: value for key, value in config.items() if key in fields and key not in ("mixers", "ffns")}

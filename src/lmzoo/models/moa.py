@@ -6,8 +6,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from lmzoo.models.base import Kind, RoutingLog, SequenceMixer, Sublayer
-from lmzoo.models.blocks import Rotary, attention_flops, causal_attention, make_dropout
+from lmzoo.models.base import Kind, RoutingLog, SequenceMixer, Sublayer, require
+from lmzoo.models.blocks import Rotary, attention_flops, causal_attention, make_dropout, rotated_head_dim
 from lmzoo.models.cache import Cache
 from lmzoo.models.routing import RoutedLayer, Router, RoutingSettings
 
@@ -25,6 +25,8 @@ class MixtureOfAttentionSettings(RoutingSettings):
     def check(self, trunk, key: str) -> None:
         super().check(trunk, key)
         self.require_counts(key, "head_dim")
+        require(rotated_head_dim(trunk, self.head_dim), f"{key}.head_dim must be even with positions rope, which "
+                "rotates each head's channels in pairs (or model.positions=learned)", self.head_dim)
 
 
 class AttentionExpert(Sublayer):

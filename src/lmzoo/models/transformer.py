@@ -89,6 +89,18 @@ class TransformerConfig(ModelConfig):
         for group in ("mixers", "ffns"):
             for name, settings in getattr(self, group).items():
                 settings.check(self, f"{group}.{name}")
+        for pattern_key in ("layer_pattern", "ffn_pattern"):
+            self.check_every_part_built(pattern_key)
+
+    def check_every_part_built(self, pattern_key: str) -> None:
+        """Refuse a pattern longer than the model is deep where a part it names is in none of the layers built."""
+        pattern = getattr(self, pattern_key)
+        built = pattern[: self.n_layer]
+        missing = [name for name in pattern if name not in built]
+        if missing:
+            raise UserError(f"model.n_layer={self.n_layer} builds the first {self.n_layer} of model.{pattern_key} "
+                            f"[{', '.join(pattern)}] and no {missing[0]} layer; set model.n_layer to {len(pattern)} "
+                            f"or more, or a model.{pattern_key} without {missing[0]}")
 
     def mixer(self, layer: int) -> str:
         """The name of layer `layer`'s sequence mixer."""
