@@ -10,6 +10,7 @@ from helpers import FIXTURES, SHAKESPEARE, compose_config, compose_train
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.checkpoints.export import export_checkpoint
+from lmzoo.checkpoints.record import upgrade_record
 from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.data import CharTokenizer
 from lmzoo.inference.sampling import SamplingSettings, sample_text
@@ -144,3 +145,12 @@ def test_a_0_2_checkpoint_resumes_with_its_settings_in_this_releases_spelling(tm
     assert result["steps"] == 6
     resumed = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert "mixers" in resumed["lmzoo"]["config"] and "window" not in resumed["lmzoo"]["config"]
+
+
+def test_a_0_2_pattern_longer_than_its_model_is_cut_to_the_layers_it_built():
+    """0.2 accepted a layer pattern longer than n_layer (model=hybrid model.n_layer=2), whose parts past n_layer were
+    no layer's; such a record loads as the model it built, which this release's config refuses to describe otherwise."""
+    stored = json.loads((V02 / "hybrid" / "lmzoo.json").read_text())
+    pattern = stored["config"]["layer_pattern"]
+    config = upgrade_record({**stored, "config": {**stored["config"], "n_layer": 2}})["config"]
+    assert config["layer_pattern"] == pattern[:2] and list(config["mixers"]) == list(dict.fromkeys(pattern[:2]))
