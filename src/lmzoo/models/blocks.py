@@ -235,13 +235,12 @@ class AttentionSettings(PartSettings):
         require(mla or (self.kv_rank, self.rope_head_dim, self.q_rank) == (None, None, None),
                 f"{key}.kv_rank, rope_head_dim and q_rank are mla's; set model.{key}.variant=mla or leave them null",
                 (self.kv_rank, self.rope_head_dim, self.q_rank))
-        require(self.kv_rank is None or 1 <= self.kv_rank <= 2 * trunk.n_embd, f"{key}.kv_rank must be a positive "
-                f"integer up to 2 x n_embd ({2 * trunk.n_embd}), the keys and values the latent expands to (a larger "
-                "latent compresses nothing), or null", self.kv_rank)
+        require(self.kv_rank is None or self.kv_rank >= 1, f"{key}.kv_rank must be a positive integer (the latent's "
+                "rank) or null", self.kv_rank)
         require(self.rope_head_dim is None or (self.rope_head_dim >= 2 and self.rope_head_dim % 2 == 0),
                 f"{key}.rope_head_dim must be a positive even integer or null", self.rope_head_dim)
-        require(self.q_rank is None or 1 <= self.q_rank <= trunk.n_embd, f"{key}.q_rank must be a positive integer "
-                f"up to n_embd ({trunk.n_embd}), the width the queries' latent compresses, or null", self.q_rank)
+        require(self.q_rank is None or self.q_rank >= 1, f"{key}.q_rank must be a positive integer or null",
+                self.q_rank)
         require(mla or rotated_head_dim(trunk, trunk.head_dim), "n_embd / n_head must be even with positions rope, "
                 "which rotates each head's channels in pairs: choose another model.n_head, or model.positions=learned",
                 trunk.head_dim)
