@@ -20,6 +20,7 @@ import sys
 import zipfile
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from helpers import FIXTURES, SHAKESPEARE, compose_train
@@ -147,6 +148,24 @@ CASES = [
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_budget", "budget.flops=1e3", "tune.trials=2"],
      "no trial of bigram finished, so it has no tuned value; the last failed with: budget.flops=1000 is less than "
      "one step", ["tune_budget/tuned.yaml"]),
+    # A tune is one study per model in its folder.
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_seeds", "seed=1,2"], "a tune holds one study per "
+     "model, and seed=1,2 would make 2 of each; give seed one value (the trials train with one seed", ["tune_seeds"]),
+    ("tune", [*BASE, "model=bigram,mlp,bigram", "hydra.sweep.dir={tmp}/tune_twice"], "model=bigram,mlp,bigram names "
+     "bigram more than once", ["tune_twice"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_final", "seed=2",
+              "tune.final=['experiment=reference']"], "the final comparison (tune.final=experiment=reference) runs "
+     "seed=1,2,3, among them the trials' seed=2; tune with another seed", ["tune_final"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_other", "tune.search.optim.lr=[1e-3,1e-1]"],
+     "{tmp}/tune_other/model-bigram holds the study of model=bigram over tune.search optim.lr=[0.0001,0.03], not "
+     "optim.lr=[0.001,0.1]; add trials to it with that search, or tune it in another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_earlier"], "{tmp}/tune_earlier holds the study of "
+     "model=bigram in 0_model-bigram, a folder named after its job by an earlier lmzoo; rename it to model-bigram", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_garbage"], "{tmp}/tune_garbage/model-bigram/study.db "
+     "cannot be used as a study (file is not a database); move it away to start this model's study again, or choose "
+     "another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_truncated"], "{tmp}/tune_truncated/model-bigram/"
+     "study.db cannot be used as a study (database disk image is malformed)", []),
     ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
     ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
     ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",
@@ -454,6 +473,23 @@ def unwritable_folder(folder):
         yield None
 
 
+def make_studies(tmp):
+    """Tune folders holding a study of bigram with one trial of optim.lr in [1e-4, 3e-2] (as an earlier release
+    left it, its search recorded only by its trial): in its folder, in the folder an earlier lmzoo named after its
+    job, damaged and truncated."""
+    for path in (tmp / "tune_other" / "model-bigram", tmp / "tune_earlier" / "0_model-bigram"):
+        path.mkdir(parents=True)
+        study = optuna.create_study(study_name="bigram", storage=f"sqlite:///{path / 'study.db'}")
+        study.optimize(lambda trial: trial.suggest_float("optim.lr", 1e-4, 3e-2, log=True), n_trials=1)
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra").mkdir()
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      model: bigram\n")
+    data = (tmp / "tune_other" / "model-bigram" / "study.db").read_bytes()
+    for name, damaged in (("tune_garbage", b"not a database " * 100), ("tune_truncated", data[: len(data) // 2])):
+        (tmp / name / "model-bigram").mkdir(parents=True)
+        (tmp / name / "model-bigram" / "study.db").write_bytes(damaged)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Bad and good files the cases point at, a checkpoint trained for 10 steps, and the data it trained on."""
@@ -531,6 +567,7 @@ def folder(tmp_path_factory):
             (job / "summary.json").write_text(json.dumps({"model": "gpt_rope", "parameters": int(size), "best_val_loss": loss}))
             config = {"seed": 1, "budget": {"flops": budget}, "model": {"target_params": size}}
             (job / "provenance.json").write_text(json.dumps({"config": config}))
+    make_studies(tmp)
     (tmp / "unwritable").mkdir()
     shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
     with unwritable_folder(tmp / "unwritable") as unwritable:
@@ -549,7 +586,7 @@ def protected(tmp):
     """Every checkpoint, bin, weights file, meta.json, summary, provenance and sweep record under `tmp`, and the
     config of the trained run (a refused run writes its own into a new folder), with its digest."""
     patterns = ("*.ckpt", "*.bin", "*.safetensors", "meta.json", "summary.json", "provenance.json", "multirun.yaml",
-                "trained/run/.hydra/config.yaml")
+                "study.db", "trained/run/.hydra/config.yaml")
     paths = [p for pattern in patterns for p in tmp.glob(f"**/{pattern}")]
     return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
 

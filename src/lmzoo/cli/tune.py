@@ -2,12 +2,27 @@
 
 from pathlib import Path
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from lmzoo.cli.hydra_command import hydra_command
+from lmzoo.cli.hydra_command import Refused, folder_name, hydra_command
+from lmzoo.errors import UserError
+
+
+def study_folder(model: str) -> str:
+    """The folder of a model's study in the tune's folder (conf/tune.yaml's hydra.sweep.subdir): named after the
+    model alone, so that every command that tunes it in that folder adds to the same study."""
+    return f"model-{folder_name(model)}"
+
+
+OmegaConf.register_new_resolver("lmzoo.study_folder", study_folder, replace=True)
 
 
 @hydra_command("tune")
@@ -22,9 +37,90 @@ def main(cfg: DictConfig) -> float:
     return min(finished) if finished else float("nan")
 
 
+def swept(params: dict | None, overrides: list[str]) -> dict[str, list[str]]:
+    """Each key a multirun sets, with its values, as Hydra's basic sweeper takes them: the sweeper's params (an
+    experiment's) and then the command line's overrides, a later one of a key replacing an earlier."""
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    keys = {}
+    for override in parser.parse_overrides([*(f"{key}={value}" for key, value in (params or {}).items()), *overrides]):
+        key = override.get_key_element().lstrip("+~")
+        keys[key] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                     else [override.get_value_element_as_str()])
+    return keys
+
+
+def check_one_study_per_model(config: DictConfig) -> None:
+    """A tune is one study per model in its folder: refuse, before anything is written, a sweep of another key
+    (seed=1,2 would make two studies of each model), a model named twice, a final comparison that would run a
+    trial's seed, and a search other than that of a model's study already in the folder."""
+    overrides = list(config.hydra.overrides.task)
+    keys = swept(config.hydra.sweeper.params, overrides)
+    for key, values in keys.items():
+        if key != "model" and len(values) > 1:
+            fix = ("the trials train with one seed, and the final comparison with tune.final_seeds others"
+                   if key == "seed" else f"search it with tune.search.{key}=[LOW,HIGH] or {{choices: [A, B]}}")
+            raise UserError(f"a tune holds one study per model, and {key}={','.join(values)} would make "
+                            f"{len(values)} of each; give {key} one value ({fix})")
+    models = keys.get("model", [config.hydra.runtime.choices.model])
+    if twice := sorted({model for model in models if models.count(model) > 1}):
+        raise UserError(f"model={','.join(models)} names {', '.join(twice)} more than once; name each model once")
+    trial_seed = int(keys["seed"][0]) if "seed" in keys else config.seed
+    check_final_seeds(list(config.tune.final), trial_seed)
+    # Imported here: Optuna only where a study may be read.
+    from lmzoo.training.tune import TuneSettings, check_study
+
+    settings = TuneSettings(**OmegaConf.to_container(config.tune, resolve=True))
+    sweep_dir = Path(config.hydra.sweep.dir)
+    for model in models:
+        check_study(sweep_dir / study_folder(model), model, settings.search, None)
+        if earlier := earlier_study_folders(sweep_dir, model):
+            raise UserError(f"{sweep_dir} holds the study of model={model} in {earlier[0].name}, a folder named after "
+                            f"its job by an earlier lmzoo; rename it to {study_folder(model)} to add trials to it, or "
+                            "choose another tune.folder")
+
+
+def check_final_seeds(final: list[str], trial_seed: int) -> None:
+    """Refuse a final comparison (tune.final, as [experiment=reference]) that would run the trials' seed: its row
+    would gain from the selection on that seed's noise. Without tune.final, the final command's seeds skip it."""
+    if not final:
+        return
+    try:
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        fixed = [o.input_line for o in parser.parse_overrides(final) if not o.is_sweep_override()]
+        composed = compose(config_name="train", overrides=fixed, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(f"tune.final={final} is not a command of train: {str(error).strip().splitlines()[0]}") from None
+    seeds = swept(composed.hydra.sweeper.params, final).get("seed", [str(composed.seed)])
+    if str(trial_seed) in seeds:
+        raise UserError(f"the final comparison (tune.final={','.join(final)}) runs seed={','.join(seeds)}, among them "
+                        f"the trials' seed={trial_seed}; tune with another seed")
+
+
+def earlier_study_folders(sweep_dir: Path, model: str) -> list[Path]:
+    """Folders of `sweep_dir` other than the model's study folder that hold a study of `model`: an earlier lmzoo
+    named them after their jobs (3_model-gpt_tune.trials-12)."""
+    from lmzoo.reports.tune import STUDY
+
+    found = []
+    for job in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else []:
+        hydra_yaml = job / ".hydra" / "hydra.yaml"
+        if job.name == study_folder(model) or not (job / STUDY).is_file() or not hydra_yaml.is_file():
+            continue
+        if OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices.model") == model:
+            found.append(job)
+    return found
+
+
 class TuneSummary(Callback):
-    """After each model's study: SWEEP_DIR/tuned.yaml, the figures and tune.md, and the edge warnings and the
-    final comparison's command printed."""
+    """Before the tune, its checks (check_one_study_per_model); after each model's study: SWEEP_DIR/tuned.yaml,
+    the figures and tune.md, and the edge warnings and the final comparison's command printed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_one_study_per_model(config)
+        except UserError as error:
+            # Hydra turns a callback's Exception into a warning and goes on.
+            raise Refused(error) from None
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.COMPLETED:

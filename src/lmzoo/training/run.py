@@ -27,6 +27,7 @@ from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.models.base import sized
 from lmzoo.models.presets import override_value
 from lmzoo.reports.runs import SUMMARY, RunSummary, check_folder_is_this_runs
+from lmzoo.reports.tune import tuned_value
 from lmzoo.training.acceleration import check_compile, choose_precision, device_type, say
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.callbacks import ModelSummary, TokensPerSecond
@@ -200,11 +201,12 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
         models = ", ".join(tuned) if isinstance(tuned, dict) else "none"
         raise UserError(f"{path} holds no tuned values for model={model} (it has {models}); tune it with "
                         f"python -m lmzoo.tune model={model}")
-    for key, value in tuned[model].items():
+    values = {key: tuned_value(entry) for key, entry in tuned[model].items()}
+    for key, value in values.items():
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"{path} tunes {key}, which the config has no key for; tune again with this release")
         OmegaConf.update(cfg, key, value)
-    return tuned[model]
+    return values
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None,
