@@ -1,19 +1,21 @@
 """python -m lmzoo.tune model=gpt,mlp [key=value ...]: tune each model's settings at a proxy budget (conf/tune.yaml)."""
 
+import contextlib
 from pathlib import Path
 
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from lmzoo.cli.hydra_command import Refused, folder_name, hydra_command
-from lmzoo.errors import UserError
+from lmzoo.errors import UserError, user_error_behind
 
 
 def study_folder(model: str) -> str:
@@ -38,45 +40,65 @@ def main(cfg: DictConfig) -> float:
 
 
 def swept(params: dict | None, overrides: list[str]) -> dict[str, list[str]]:
-    """Each key a multirun sets, with its values, as Hydra's basic sweeper takes them: the sweeper's params (an
-    experiment's) and then the command line's overrides, a later one of a key replacing an earlier."""
+    """Each key a multirun sets (as Hydra writes it: `+key` adds), with its values, as Hydra's basic sweeper takes
+    them: the sweeper's params (an experiment's), then the command line's overrides, a later one of a key
+    replacing an earlier."""
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     keys = {}
     for override in parser.parse_overrides([*(f"{key}={value}" for key, value in (params or {}).items()), *overrides]):
-        key = override.get_key_element().lstrip("+~")
-        keys[key] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
-                     else [override.get_value_element_as_str()])
+        keys[override.get_key_element()] = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                                            else [override.get_value_element_as_str()])
     return keys
 
 
 def check_one_study_per_model(config: DictConfig) -> None:
     """A tune is one study per model in its folder: refuse, before anything is written, a sweep of another key
     (seed=1,2 would make two studies of each model), a model named twice, a final comparison that would run a
-    trial's seed, and a search other than that of a model's study already in the folder."""
-    overrides = list(config.hydra.overrides.task)
-    keys = swept(config.hydra.sweeper.params, overrides)
+    trial's seed, a study of a model in a folder an earlier lmzoo named after its job, and, for each model as its
+    job composes it, what its first trial would refuse or its study in the folder does not match
+    (lmzoo.training.tune.check_tune)."""
+    keys = swept(config.hydra.sweeper.params, list(config.hydra.overrides.task))
     for key, values in keys.items():
-        if key != "model" and len(values) > 1:
+        if key.lstrip("+~") != "model" and len(values) > 1:
+            key = key.lstrip("+~")
             fix = ("the trials train with one seed, and the final comparison with tune.final_seeds others"
                    if key == "seed" else f"search it with tune.search.{key}=[LOW,HIGH] or {{choices: [A, B]}}")
             raise UserError(f"a tune holds one study per model, and {key}={','.join(values)} would make "
                             f"{len(values)} of each; give {key} one value ({fix})")
-    models = keys.get("model", [config.hydra.runtime.choices.model])
+    models = keys.pop("model", [config.hydra.runtime.choices.model])
     if twice := sorted({model for model in models if models.count(model) > 1}):
         raise UserError(f"model={','.join(models)} names {', '.join(twice)} more than once; name each model once")
-    trial_seed = int(keys["seed"][0]) if "seed" in keys else config.seed
-    check_final_seeds(list(config.tune.final), trial_seed)
-    # Imported here: Optuna only where a study may be read.
-    from lmzoo.training.tune import TuneSettings, check_study
-
-    settings = TuneSettings(**OmegaConf.to_container(config.tune, resolve=True))
+    fixed = [f"{key}={values[0]}" for key, values in keys.items()]
     sweep_dir = Path(config.hydra.sweep.dir)
-    for model in models:
-        check_study(sweep_dir / study_folder(model), model, settings.search, None)
+    # Imported here: Lightning and Optuna only once the command line has composed.
+    from lmzoo.training.tune import TuneSettings, check_tune
+
+    for index, model in enumerate(models):
         if earlier := earlier_study_folders(sweep_dir, model):
             raise UserError(f"{sweep_dir} holds the study of model={model} in {earlier[0].name}, a folder named after "
                             f"its job by an earlier lmzoo; rename it to {study_folder(model)} to add trials to it, or "
                             "choose another tune.folder")
+        with job_config(config, [*fixed, f"model={model}"], sweep_dir / study_folder(model)) as job:
+            settings = TuneSettings(**OmegaConf.to_container(job.tune, resolve=True))
+            check_tune(job, settings, model, Path(job.paths.output_dir))
+            if index == 0:
+                check_final_seeds(settings.final, job.seed)
+
+
+@contextlib.contextmanager
+def job_config(config: DictConfig, overrides: list[str], folder: Path):
+    """The config of the sweep's job of `overrides` in `folder`, as Hydra composes it for that job (with Hydra's
+    config set to it, which ${hydra:...} reads), without its hydra node."""
+    job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+    with open_dict(job.hydra.runtime):
+        job.hydra.runtime.output_dir = str(folder.absolute())
+    HydraConfig.instance().set_config(job)
+    try:
+        with open_dict(job):
+            del job["hydra"]
+        yield job
+    finally:
+        HydraConfig.instance().set_config(config)
 
 
 def check_final_seeds(final: list[str], trial_seed: int) -> None:
@@ -118,9 +140,11 @@ class TuneSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
             check_one_study_per_model(config)
-        except UserError as error:
-            # Hydra turns a callback's Exception into a warning and goes on.
-            raise Refused(error) from None
+        except Exception as error:
+            # Hydra would turn a callback's Exception into a warning and go on.
+            if (refused := user_error_behind(error)) is None:
+                raise
+            raise Refused(refused) from None
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or job_return.status != JobStatus.COMPLETED:

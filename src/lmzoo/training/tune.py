@@ -207,14 +207,7 @@ class ReportToTrial(L.Callback):
 def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> optuna.Study:
     """Run (or continue) the study of `model` in `folder` until `settings.trials` trials have finished, and
     write folder/trials.json."""
-    for key in settings.search:
-        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
-            raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
-    # A mistake of the config or the data fails every trial alike: found once, before the first.
-    check_settings(copy.deepcopy(cfg))
-    check_search_ends(cfg, settings)
-    trained_with = trial_setting(cfg, settings, folder)
-    check_study(folder, model, settings.search, trained_with)
+    trained_with = check_tune(cfg, settings, model, folder)
     prepared_data(cfg)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prunes
               else optuna.pruners.NopPruner())
@@ -247,6 +240,20 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
             raise UserError(f"no trial of {model} finished, so it has no tuned value" +
                             (f"; the last failed with: {errors[-1]}" if errors else ""))
     return study
+
+
+def check_tune(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> dict:
+    """What the tune of `model` in `folder` refuses before anything is written (also before Hydra writes, from
+    lmzoo.cli.tune): a mistake of the config or the search, which would fail every trial alike, or trials that
+    would not be trials of the study already in `folder` (check_study). Returns what its trials train with."""
+    for key in settings.search:
+        if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
+            raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
+    check_settings(copy.deepcopy(cfg))
+    check_search_ends(cfg, settings)
+    trained_with = trial_setting(cfg, settings, folder)
+    check_study(folder, model, settings.search, trained_with)
+    return trained_with
 
 
 def storage(path: Path) -> str:
