@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import REPO, SHAKESPEARE, compose_config, markdown_tables, run
 
-from lmzoo.reports.tune import choose, edge_warnings, tuned_entry
+from lmzoo.reports.tune import choose, edge_warnings, pruning_note, tuned_entry
 from lmzoo.training.run import check_settings
 from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
 
@@ -85,6 +85,7 @@ def test_a_hopeless_trial_is_pruned_at_a_check_before_its_end_however_seldom_run
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert [(trial["steps"], trial["pruned_at"], trial["checks"]) for trial in records["trials"]] == [
         (4, None, 3), (4, None, 3), (4, 1, 1)]
+    assert pruning_note(records) == "Pruning stopped 1 of 3 trials, at step 1 of 4: 3 of 12 trial steps not trained (25%)."
 
 
 def test_the_checks_leave_a_trials_result_as_it_is_without_them(tmp_path):

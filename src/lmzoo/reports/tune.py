@@ -83,11 +83,10 @@ def pruning_note(study: dict) -> str | None:
         return None
     total = sum(t["steps"] for t in ended)
     saved = sum(t["steps"] - t["pruned_at"] for t in pruned)
-    where = ", ".join(f"{t['pruned_at']}" for t in pruned)
-    steps = sorted({t["steps"] for t in pruned})
-    return (f"Pruning stopped {len(pruned)} of {len(ended)} trials" +
-            (f" (at steps {where} of {', '.join(map(str, steps))})" if pruned else "") +
-            f": {saved:,} of {total:,} trial steps not trained ({saved / total:.0%}).")
+    where = (f", at step{'s' if len(pruned) > 1 else ''} {', '.join(str(t['pruned_at']) for t in pruned)} of "
+             f"{'/'.join(str(steps) for steps in sorted({t['steps'] for t in pruned}))}" if pruned else "")
+    return (f"Pruning stopped {len(pruned)} of {len(ended)} trials{where}: {saved:,} of {total:,} trial steps not "
+            f"trained ({saved / total:.0%}).")
 
 
 @dataclasses.dataclass(frozen=True)
