@@ -85,7 +85,8 @@ def test_a_hopeless_trial_is_pruned_at_a_check_before_its_end_however_seldom_run
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert [(trial["steps"], trial["pruned_at"], trial["checks"]) for trial in records["trials"]] == [
         (4, None, 3), (4, None, 3), (4, 1, 1)]
-    assert pruning_note(records) == "Pruning stopped 1 of 3 trials, at step 1 of 4: 3 of 12 trial steps not trained (25%)."
+    assert pruning_note(records) == ("Pruning stopped 1 of 3 trials, at step 1 of 4: 3 of 12 trial steps not trained "
+                                     "(25%).")
 
 
 def test_the_checks_leave_a_trials_result_as_it_is_without_them(tmp_path):
