@@ -92,13 +92,15 @@ def job_config(config: DictConfig, overrides: list[str], folder: Path):
     job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
     with open_dict(job.hydra.runtime):
         job.hydra.runtime.output_dir = str(folder.absolute())
+    # As Hydra's run_job does: set for the job, then as it was (before the jobs, not set).
+    before = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(job)
     try:
         with open_dict(job):
             del job["hydra"]
         yield job
     finally:
-        HydraConfig.instance().set_config(config)
+        HydraConfig.instance().cfg = before
 
 
 def check_final_seeds(final: list[str], trial_seed: int) -> None:
