@@ -202,7 +202,7 @@ def plot_trials(study: dict, choice: Choice, path: Path) -> None:
             grid = np.linspace(ends[0], ends[-1], 100)
             values = np.exp(grid) if fit.log else grid
             axis.plot(values, [fit.loss(v) for v in values], color="C2", label="fit")
-            axis.axvspan(*fit.interval, color="C2", alpha=0.15, zorder=0)
+            axis.axvspan(*fit.interval, color="C2", alpha=0.2, zorder=1, label="interval")
             axis.axvline(fit.chosen, color="C2", linestyle="--", label=f"chosen {fit.chosen:.3g}")
         if space["log"]:
             axis.set_xscale("log")
