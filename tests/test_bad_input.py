@@ -156,6 +156,11 @@ CASES = [
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_final", "seed=2",
               "tune.final=['experiment=reference']"], "the final comparison (tune.final=experiment=reference) runs "
      "seed=1,2,3, among them the trials' seed=2; tune with another seed", ["tune_final"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "seed=0", "tune.repeats=2",
+              "tune.final=['experiment=reference']"], "runs seed=1,2,3, among them the trials' seed=1,2; tune with "
+     "another seed", ["tune_repeats"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "tune.repeats=-1"],
+     "tune.repeats must be >= 0 (0: no repeats), got -1", ["tune_repeats"]),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_other", "tune.search.optim.lr=[1e-3,1e-1]"],
      "{tmp}/tune_other/model-bigram holds the study of model=bigram over tune.search optim.lr=[0.0001,0.03], not "
      "optim.lr=[0.001,0.1]; add trials to it with that search, or tune it in another tune.folder", []),

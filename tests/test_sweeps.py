@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import REPO, SHAKESPEARE, compose_config, markdown_tables, run
 
-from lmzoo.reports.tune import choose, edge_warnings, pruning_note, tuned_entry
+from lmzoo.reports.tune import choose, edge_warnings, final_seeds, pruning_note, tuned_entry
 from lmzoo.training.run import check_settings
 from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
 
@@ -28,8 +28,9 @@ def offline(tmp_path):
 
 def settings(trials, search, prune_after=None, **more):
     """conf/tune/default.yaml's tune: block with these values."""
-    return TuneSettings(**{"folder": "unused", "seed": 0, "checks": 3, "check_batches": 5, "final_seeds": 3,
-                           "final": [], "trials": trials, "search": search, "prune_after": prune_after, **more})
+    return TuneSettings(**{"folder": "unused", "seed": 0, "checks": 3, "check_batches": 5, "repeats": 0,
+                           "final_seeds": 3, "final": [], "trials": trials, "search": search,
+                           "prune_after": prune_after, **more})
 
 
 def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_path):
@@ -153,50 +154,74 @@ def test_more_trials_in_a_tunes_folder_are_added_to_each_models_one_study(tmp_pa
     assert {path: path.read_bytes() for path in tune_dir.glob("**/*") if path.is_file()} == before
 
 
-def trials_on(losses: dict, state="COMPLETE") -> list[dict]:
-    return [{"number": number, "state": state, "params": {"optim.lr": lr}, "value": loss, "last_loss": loss}
-            for number, (lr, loss) in enumerate(losses.items())]
+def trials_on(losses: dict, seed=1337, first=0) -> list[dict]:
+    return [{"number": number, "state": "COMPLETE", "params": {"optim.lr": lr}, "value": loss, "last_loss": loss,
+             "seed": seed} for number, (lr, loss) in enumerate(losses.items(), first)]
 
 
 LR_SEARCH = {"optim.lr": {"key": "optim.lr", "low": 1e-4, "high": 1e-1, "log": True, "integer": False, "choices": None}}
 
 
-def test_the_tuned_rate_is_the_lowest_point_of_a_parabola_fitted_around_the_best_trial():
-    """Losses on a parabola in log lr, lowest at 2.5e-3, sampled on a grid of factors of 2: the best trial is 3.2e-3,
-    the fit finds 2.5e-3. With noise of 0.01 the best trial is 1.6e-3, the fit still near 2.5e-3, and the interval
-    of rates within the noise of its lowest holds 2.5e-3."""
+def test_the_tuned_rate_is_the_lowest_point_of_the_parabola_through_the_best_and_its_neighbours():
+    """Losses on a parabola in log lr, lowest at 2.5e-3, on a grid of factors of 2: the best trial is 3.2e-3, the
+    parabola through it and its neighbours finds 2.5e-3, within their bracket. Repeats over another seed, 0.01
+    apart, measure the noise: the interval is where the lowest point lies under it, 2.5e-3 inside."""
     grid = [1e-4 * 2 ** k for k in range(10)]
     curve = {lr: 2 + 0.05 * math.log(lr / 2.5e-3) ** 2 for lr in grid}
-    exact = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(curve)})
-    assert exact.values == {"optim.lr": 0.0025} and exact.fit.noise == pytest.approx(0, abs=1e-9)
-    assert len(exact.fit.points) == 5 and "trial 5, optim.lr=0.0032" in exact.how
-    noisy = {lr: loss + (0.01 if index % 2 else -0.01) for index, (lr, loss) in enumerate(curve.items())}
-    choice = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(noisy)})
-    low, high = choice.fit.interval
-    assert "trial 4, optim.lr=0.0016" in choice.how and 2.2e-3 < choice.values["optim.lr"] < 2.8e-3
-    assert 8e-4 < low < 2.5e-3 < high < 1.28e-2 and 0.005 < choice.fit.noise < 0.02
-    assert tuned_entry(choice) == {"optim.lr": {"value": choice.values["optim.lr"], "interval": [low, high]}}
+    choice = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(curve)})
+    assert choice.values == {"optim.lr": 0.0025} and choice.fit.interval == (0.0016, 0.0064)
+    assert choice.fit.noise is None and "optim.lr=0.0032, and at its neighbours (3 trials)" in choice.how
+    assert tuned_entry(choice) == {"optim.lr": {"value": 0.0025, "interval": [0.0016, 0.0064]}}
+    near = {lr: curve[lr] + 0.01 for lr in grid[4:7]}
+    repeated = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(curve) + trials_on(near, 1338, 10)})
+    low, high = repeated.fit.interval
+    assert repeated.fit.noise == pytest.approx(0.01 / math.sqrt(2)) and 1.6e-3 < low < 2.5e-3 < high < 6.4e-3
+    assert 2.4e-3 <= repeated.values["optim.lr"] <= 2.6e-3 and "(6 trials)" in repeated.how
+    # A steep rise above the best, gentle below (as a rate near instability): the point leans away from the cliff.
+    cliff = {1.27e-3: 2.4157, 2.25e-3: 2.3880, 4e-3: 2.3698, 7.11e-3: 2.6617}
+    leaning = choose({"model": "gpt_rope", "search": LR_SEARCH, "trials": trials_on(cliff)})
+    assert 2.25e-3 < leaning.values["optim.lr"] < 4e-3 and leaning.fit.interval == (0.00225, 0.00711)
 
 
 def test_without_a_curve_to_fit_the_best_trials_value_is_taken():
-    """The best at the end of the finished trials (not bracketed), a loss that bends down around it, or two
-    searched keys: the best trial's values, and tune.md says why."""
+    """The best at the end of the finished trials (not bracketed), or two searched keys: the best trial's values,
+    and tune.md says why."""
     not_bracketed = choose({"model": "gpt", "search": LR_SEARCH,
                             "trials": trials_on({1e-3: 2.0, 2e-3: 2.1, 4e-3: 2.3})})
-    bending_down = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(
-        {1e-3: 2.1, 2e-3: 2.4, 4e-3: 2.0, 8e-3: 2.4, 1.6e-2: 2.1})})
     two_keys = {**LR_SEARCH, "model.dropout": {**LR_SEARCH["optim.lr"], "key": "model.dropout", "low": 0.0,
                                                 "high": 0.2, "log": False}}
     trials = [{**trial, "params": {**trial["params"], "model.dropout": 0.1}}
               for trial in trials_on({1e-3: 2.5, 2e-3: 2.0, 4e-3: 2.5})]
     both = choose({"model": "gpt", "search": two_keys, "trials": trials})
-    assert [(c.values, c.fit) for c in (not_bracketed, bending_down)] == [({"optim.lr": 1e-3}, None),
-                                                                           ({"optim.lr": 4e-3}, None)]
+    assert (not_bracketed.values, not_bracketed.fit) == ({"optim.lr": 1e-3}, None)
     assert both.values == {"optim.lr": 2e-3, "model.dropout": 0.1} and both.fit is None
     assert tuned_entry(both) == {"optim.lr": 2e-3, "model.dropout": 0.1}
-    assert [c.how.split(": ")[1] for c in (not_bracketed, bending_down, both)] == [
-        "no finished trial on one side of it to fit a curve through", "the loss around it does not curve upwards",
-        "a fit takes one searched range of numbers"]
+    assert [c.how.split(": ")[1] for c in (not_bracketed, both)] == [
+        "no finished trial on one side of it to fit a curve through", "a fit takes one searched range of numbers"]
+
+
+def test_the_best_value_and_its_neighbours_are_repeated_over_seeds_which_the_final_comparison_avoids(tmp_path):
+    """tune.repeats=1: the best of three rates and its neighbours each train again with seed 1338, never pruned;
+    the same command later runs nothing more. The final comparison's seeds skip both trial seeds."""
+    folder = tmp_path / "tune"
+    cfg = compose_config("tune", *offline(tmp_path), *TINY_RUN, "model=bigram", "optim.min_lr=0",
+                         f"paths.output_dir={folder}")
+    folder.mkdir()
+    queued = optuna.create_study(study_name="bigram", storage=f"sqlite:///{folder / 'study.db'}")
+    for lr in (10.0, 1e-2, 3e-1):
+        queued.enqueue_trial({"optim.lr": lr})
+    # The repeat of 10.0, worse than the median at its checks, would be pruned if it were checked.
+    tune = settings(3, {"optim": {"lr": [1e-3, 1e3]}}, prune_after=2, repeats=1)
+    tune_model(cfg, tune, "bigram", folder)
+    study = tune_model(cfg, tune, "bigram", folder)
+    records = json.loads((folder / "trials.json").read_text())
+    assert [(t["params"]["optim.lr"], t["seed"], t["state"], t["checks"]) for t in records["trials"]] == [
+        *[(lr, 1337, "COMPLETE", 3) for lr in (10.0, 1e-2, 3e-1)],
+        *[(lr, 1338, "COMPLETE", 0) for lr in (1e-2, 3e-1, 10.0)]]
+    assert len({trial.value for trial in study.trials}) == 6
+    choice = choose(records)
+    assert choice.fit.noise > 0 and 1e-2 <= choice.fit.interval[0] < choice.values["optim.lr"] < choice.fit.interval[1]
+    assert final_seeds({1337, 1338}, 3) == [1, 2, 3] and final_seeds({0, 1, 2}, 3) == [3, 4, 5]
 
 
 @pytest.mark.parametrize("entry", ["0.02", "{value: 0.02, interval: [0.01, 0.04]}"])

@@ -82,7 +82,7 @@ def check_one_study_per_model(config: DictConfig) -> None:
             settings = TuneSettings(**OmegaConf.to_container(job.tune, resolve=True))
             check_tune(job, settings, model, Path(job.paths.output_dir))
             if index == 0:
-                check_final_seeds(settings.final, job.seed)
+                check_final_seeds(settings.final, settings.trial_seeds(job.seed))
 
 
 @contextlib.contextmanager
@@ -103,9 +103,9 @@ def job_config(config: DictConfig, overrides: list[str], folder: Path):
         HydraConfig.instance().cfg = before
 
 
-def check_final_seeds(final: list[str], trial_seed: int) -> None:
-    """Refuse a final comparison (tune.final, as [experiment=reference]) that would run the trials' seed: its row
-    would gain from the selection on that seed's noise. Without tune.final, the final command's seeds skip it."""
+def check_final_seeds(final: list[str], trial_seeds: list[int]) -> None:
+    """Refuse a final comparison (tune.final, as [experiment=reference]) that would run a trial's seed: its row
+    would gain from the selection on that seed's noise. Without tune.final, the final command's seeds skip them."""
     if not final:
         return
     try:
@@ -115,9 +115,9 @@ def check_final_seeds(final: list[str], trial_seed: int) -> None:
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(f"tune.final={final} is not a command of train: {str(error).strip().splitlines()[0]}") from None
     seeds = swept(composed.hydra.sweeper.params, final).get("seed", [str(composed.seed)])
-    if str(trial_seed) in seeds:
+    if shared := [seed for seed in seeds if seed in map(str, trial_seeds)]:
         raise UserError(f"the final comparison (tune.final={','.join(final)}) runs seed={','.join(seeds)}, among them "
-                        f"the trials' seed={trial_seed}; tune with another seed")
+                        f"the trials' seed={','.join(shared)}; tune with another seed")
 
 
 def earlier_study_folders(sweep_dir: Path, model: str) -> list[Path]:

@@ -1,6 +1,6 @@
 """What a tune (python -m lmzoo.tune) leaves for a reader: per model, the chosen values and how they were chosen
-(a parabola fitted to the loss against the searched value near the best trial, with the values it cannot tell
-from the chosen one), the loss against each searched value as a figure (so one sees whether the optimum was
+(the lowest point of a parabola through the mean loss at the best searched value and its neighbours, with the
+interval it lies in), the loss against each searched value as a figure (so one sees whether the optimum was
 bracketed), what pruning saved, a warning when the best lies at the edge of its range; for the whole tune,
 tuned.yaml and the exact command of the final comparison, in tune.md.
 
@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import shlex
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,6 @@ TUNED = "tuned.yaml"
 REPORT = "tune.md"
 # A best value within this share of its range's (log) width from an end lies at the edge.
 EDGE = 0.1
-# The finished trials on each side of the best (nearest first, on the searched key's scale) that the parabola is
-# fitted to: five points at most, three parameters.
-FIT_NEIGHBOURS = 2
 
 
 def read_trials(folder: Path) -> dict:
@@ -90,23 +88,34 @@ def pruning_note(study: dict) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Point:
+    """A searched value (u: on the key's scale, its log on a log range) and the val/loss of each of its finished
+    trials (one per seed: the trials' own, and tune.repeats others)."""
+
+    u: float
+    losses: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.losses)
+
+
+@dataclasses.dataclass(frozen=True)
 class Fit:
-    """A parabola a + b·u + c·u² of the loss against the searched key on its scale (u: its log on a log range)
-    through the finished trials around the best, its lowest point and the interval of values it cannot tell from it."""
+    """The parabola through the mean loss at the best searched value and at its neighbours, its lowest point (the
+    chosen value) and the interval in which that point lies."""
 
     key: str
     log: bool
-    coefficients: tuple[float, float, float]
-    points: list[tuple[float, float]]
+    points: tuple[Point, Point, Point]
     chosen: float
     interval: tuple[float, float]
-    # The residual standard deviation of the fit (None with 3 points, which it passes through).
+    # The standard deviation of a trial's loss between seeds, measured by repeats; None without them.
     noise: float | None
 
     def loss(self, value: float) -> float:
-        c, b, a = self.coefficients
         u = math.log(value) if self.log else value
-        return a + b * u + c * u * u
+        return float(np.polyval(np.polyfit([p.u for p in self.points], [p.mean for p in self.points], 2), u))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +127,29 @@ class Choice:
     how: str
 
 
+def lowest(u: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """The lowest point, between u[0] and u[2], of the parabola through three losses at u (each row of `losses` a
+    set of three; Brent's parabolic step); where they do not curve upwards, the u of the lowest loss."""
+    left, right = losses[..., 1] - losses[..., 0], losses[..., 1] - losses[..., 2]
+    numerator = (u[1] - u[0]) ** 2 * right - (u[1] - u[2]) ** 2 * left
+    denominator = (u[1] - u[0]) * right - (u[1] - u[2]) * left
+    curvature = (-right / (u[2] - u[1]) - left / (u[1] - u[0]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(curvature > 0, u[1] - 0.5 * numerator / denominator, u[np.argmin(losses, axis=-1)])
+    return np.clip(step, u[0], u[2])
+
+
+# Draws of the three mean losses, as noisy as the repeats measured, from which the chosen value's interval comes
+# (its 2.5th and 97.5th percentiles); from a fixed seed, so that the same trials give the same interval.
+DRAWS = 4000
+
+
 def choose(study: dict) -> Choice | None:
-    """The values to tune to: for one searched range of numbers, the lowest point of a parabola fitted to the loss
-    against it (on its scale) near the best trial, so that more than one noisy trial decides; else, or where the
-    loss does not curve upwards around a best bracketed by finished trials, the best trial's. None without a
-    finished trial."""
+    """The values to tune to. For one searched range of numbers, the lowest point of the parabola through the mean
+    loss at the best value and at its neighbours (on the key's scale), so that more than one noisy trial decides,
+    with the 95% interval of that point under the noise that repeats over seeds measured (tune.repeats), or
+    without repeats the neighbours' bracket. Else, or where the best has no finished neighbour on a side, the best
+    trial's values. None without a finished trial."""
     best = best_trial(study)
     if best is None:
         return None
@@ -131,36 +158,37 @@ def choose(study: dict) -> Choice | None:
     if others or space["choices"] is not None or space["integer"]:
         return dataclasses.replace(own, how=own.how + ": a fit takes one searched range of numbers")
     scale, unscale = (math.log, math.exp) if space["log"] else (float, float)
-    points = sorted((scale(t["params"][key]), t["value"]) for t in study["trials"]
-                    if t["state"] == "COMPLETE" and t["value"] is not None and math.isfinite(t["value"]))
-    at = scale(best["params"][key])
-    below, above = [p for p in points if p[0] < at], [p for p in points if p[0] > at]
-    if not below or not above:
+    losses = {}
+    for trial in study["trials"]:
+        if trial["state"] == "COMPLETE" and trial["value"] is not None and math.isfinite(trial["value"]):
+            losses.setdefault(scale(trial["params"][key]), []).append(trial["value"])
+    points = [Point(u, tuple(values)) for u, values in sorted(losses.items())]
+    at = min(range(len(points)), key=lambda index: points[index].mean)
+    if at == 0 or at == len(points) - 1:
         return dataclasses.replace(own, how=own.how + ": no finished trial on one side of it to fit a curve through")
-    near = below[-FIT_NEIGHBOURS:] + [p for p in points if p[0] == at] + above[:FIT_NEIGHBOURS]
-    u, loss = np.array([p[0] for p in near]), np.array([p[1] for p in near])
-    c, b, a = np.polyfit(u, loss, 2)
-    if c <= 0:
-        return dataclasses.replace(own, how=own.how + ": the loss around it does not curve upwards")
-    # The lowest point, kept between the best trial's neighbours, where the fit is trusted.
-    lowest = min(max(-b / (2 * c), below[-1][0]), above[0][0])
-    residuals = loss - np.polyval((c, b, a), u)
-    noise = float(np.sqrt(np.sum(residuals ** 2) / (len(near) - 3))) if len(near) > 3 else None
+    three = tuple(points[at - 1: at + 2])
+    u, means = np.array([p.u for p in three]), np.array([p.mean for p in three])
+    chosen = float(lowest(u, means))
+    repeated = [p for p in points if len(p.losses) > 1]
+    noise = (math.sqrt(sum(sum((y - p.mean) ** 2 for y in p.losses) for p in repeated) /
+                       sum(len(p.losses) - 1 for p in repeated)) if repeated else None)
     if noise is None:
-        interval = (below[-1][0], above[0][0])
+        interval = (u[0], u[2])
+        spread = ("the best's neighbours, between which it lies (tune.repeats measures the noise, which narrows it "
+                  "where the trials allow)")
     else:
-        half = math.sqrt(noise / c)
-        interval = (max(lowest - half, near[0][0]), min(lowest + half, near[-1][0]))
-    chosen = float(f"{unscale(lowest):.3g}")
-    fit = Fit(key, space["log"], (float(c), float(b), float(a)), near, chosen,
+        counts = np.array([len(p.losses) for p in three])
+        draws = means + np.random.default_rng(0).normal(0, 1, (DRAWS, 3)) * noise / np.sqrt(counts)
+        interval = tuple(np.percentile(lowest(u, draws), [2.5, 97.5]))
+        spread = (f"95% of the chosen values of {DRAWS:,} draws of the three mean losses with the noise the repeats "
+                  f"measured (a trial's loss varies by {noise:.2g} between seeds)")
+    fit = Fit(key, space["log"], three, float(f"{unscale(chosen):.3g}"),
               (float(f"{unscale(interval[0]):.3g}"), float(f"{unscale(interval[1]):.3g}")), noise)
     on = f"log {key}" if space["log"] else key
-    spread = (f"the values whose fitted loss lies within the fit's residual standard deviation ({noise:.2g}) of its "
-              "lowest" if noise is not None else "the best trial's neighbours (3 points leave no residual to "
-              "measure the noise by)")
-    how = (f"the lowest point of a parabola in {on} fitted to the val/loss of the {len(near)} finished trials around "
-           f"the best (trial {best['number']}, {key}={best['params'][key]:.3g}); the interval holds {spread}")
-    return Choice({key: chosen}, fit, how)
+    trials = sum(len(p.losses) for p in three)
+    how = (f"the lowest point of the parabola in {on} through the mean val/loss at the best value, "
+           f"{key}={unscale(three[1].u):.3g}, and at its neighbours ({trials} trials); the interval holds {spread}")
+    return Choice({key: fit.chosen}, fit, how)
 
 
 def tuned_entry(choice: Choice) -> dict:
@@ -198,8 +226,7 @@ def plot_trials(study: dict, choice: Choice, path: Path) -> None:
             axis.scatter([best["params"][key]], [best["value"]], marker="*", s=220, color="C3", label="best", zorder=3)
         fit = choice.fit if choice.fit and choice.fit.key == key else None
         if fit is not None:
-            ends = [p[0] for p in fit.points]
-            grid = np.linspace(ends[0], ends[-1], 100)
+            grid = np.linspace(fit.points[0].u, fit.points[-1].u, 100)
             values = np.exp(grid) if fit.log else grid
             axis.plot(values, [fit.loss(v) for v in values], color="C2", label="fit")
             axis.axvspan(*fit.interval, color="C2", alpha=0.2, zorder=1, label="interval")
@@ -214,25 +241,25 @@ def plot_trials(study: dict, choice: Choice, path: Path) -> None:
     save(figure, path)
 
 
-def final_seeds(trial_seed: int, count: int) -> list[int]:
+def final_seeds(trial_seeds: set[int], count: int) -> list[int]:
     """`count` seeds from 1 up, none the trials' own, so that no row benefits from selection on its own noise."""
     seeds = []
     candidate = 1
     while len(seeds) < count:
-        if candidate != trial_seed:
+        if candidate not in trial_seeds:
             seeds.append(candidate)
         candidate += 1
     return seeds
 
 
-def final_command(sweep_dir: Path, models: list[str], trial_seed: int, seeds: int, final: list[str]) -> str:
+def final_command(sweep_dir: Path, models: list[str], trial_seeds: set[int], seeds: int, final: list[str]) -> str:
     """The final comparison: the tune's own overrides (its budget, data, ...) and each model at its tuned values,
     with fresh seeds; or with `final` (as [experiment=reference]) in place of the tune's models, seeds and
     experiment."""
     recorded = sweep_overrides(sweep_dir)
     kept = [o for o in (recorded[2] if recorded else [])
             if not o.lstrip("+~").startswith(("model=", "tune.", "seed=", "hydra.", "sample_tokens=", "experiment="))]
-    chosen = final or [f"model={','.join(models)}", f"seed={','.join(map(str, final_seeds(trial_seed, seeds)))}"]
+    chosen = final or [f"model={','.join(models)}", f"seed={','.join(map(str, final_seeds(trial_seeds, seeds)))}"]
     return shlex.join(["python", "-m", "lmzoo.train", "-m", *chosen, f"tuned={sweep_dir / TUNED}", *kept])
 
 
@@ -265,10 +292,13 @@ def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int, final:
                         f"{best['value']:.4f} (trial {best['number']}; {counts}).{' ' + pruning if pruning else ''}"
                         f"{note}\n\n![{model}]({figure.relative_to(sweep_dir)})")
     write_atomically(sweep_dir / TUNED, OmegaConf.to_yaml(OmegaConf.create(tuned)).encode("utf-8"))
-    command = final_command(sweep_dir, list(tuned), trial_seed, seeds, final) if tuned else "(no model has a finished trial)"
+    repeats = sorted({t.get("seed") for _, study in studies for t in study["trials"]} - {None, trial_seed})
+    command = (final_command(sweep_dir, list(tuned), {trial_seed, *repeats}, seeds, final) if tuned
+               else "(no model has a finished trial)")
+    repeated = f" (their repeats': {', '.join(map(str, repeats))})" if repeats else ""
     text = (f"# Tune {sweep_dir.name}\n\nEach model's settings, tuned at this folder's budget; the trials' seed was "
-            f"{trial_seed}. The final comparison takes each model's chosen values ({TUNED}: a value, and where a fit "
-            f"chose it, its interval) and fresh seeds:\n\n```bash\n{command}\n```\n\n## Models\n\n"
+            f"{trial_seed}{repeated}. The final comparison takes each model's chosen values ({TUNED}: a value, and "
+            f"where a fit chose it, its interval) and fresh seeds:\n\n```bash\n{command}\n```\n\n## Models\n\n"
             + "\n\n".join(sections) + "\n")
     write_atomically(sweep_dir / REPORT, text.encode("utf-8"))
     return "\n".join([*warnings, f"final comparison: {command}"])

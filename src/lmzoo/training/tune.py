@@ -28,13 +28,13 @@ from lmzoo.errors import UserError, check_field_types, user_error_behind
 from lmzoo.files import write_atomically
 from lmzoo.reports.runs import PER_RUN_KEYS
 from lmzoo.reports.runs import flatten as flatten_config
-from lmzoo.reports.tune import STUDY, TRIALS
+from lmzoo.reports.tune import STUDY, TRIALS, choose
 from lmzoo.training.run import check_settings, prepared_data, train
 
 TRIALS_DIR = "trials"
 # The user attributes of a trial: a failed one's error (a study none of whose trials finished names it), its run's
-# steps, and the step a pruned one stopped at.
-ERROR, STEPS, PRUNED_AT = "error", "steps", "pruned_at"
+# steps, the step a pruned one stopped at, and a repeat's seed (repeats_to_run).
+ERROR, STEPS, PRUNED_AT, REPEAT_SEED = "error", "steps", "pruned_at", "repeat_seed"
 # The user attributes of a study: its search and what its trials trained with (check_study).
 SEARCH, TRAINED_WITH = "search", "trained_with"
 # Trials spread evenly over the search space (spread) before TPE takes over.
@@ -52,6 +52,7 @@ class TuneSettings:
     prune_after: int | None
     checks: int
     check_batches: int
+    repeats: int
     final_seeds: int
     final: list
 
@@ -64,6 +65,8 @@ class TuneSettings:
         if self.checks < 0 or self.check_batches < 1:
             raise UserError(f"tune.checks must be >= 0 (0: no pruning) and tune.check_batches positive, got "
                             f"{self.checks}, {self.check_batches}")
+        if self.repeats < 0:
+            raise UserError(f"tune.repeats must be >= 0 (0: no repeats), got {self.repeats}")
         if not self.search:
             raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
         self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
@@ -71,6 +74,10 @@ class TuneSettings:
     @property
     def prunes(self) -> bool:
         return self.prune_after is not None and self.checks > 0
+
+    def trial_seeds(self, seed: int) -> list[int]:
+        """The seeds the trials train with: the run's `seed`, and each repeat's (the next ones)."""
+        return [(seed + repeat) % 2**32 for repeat in range(self.repeats + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,20 +228,28 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
             if name not in study.user_attrs:
                 study.set_user_attr(name, value)
         # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
-        # killed with the tune. It fails, and runs again with the same values.
+        # killed with the tune. It fails, and runs again with the same values (a repeat, when repeats_to_run asks).
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(trial.params)
+            if REPEAT_SEED not in trial.user_attrs:
+                study.enqueue_trial(trial.params)
         startup = min(settings.trials, STARTUP_TRIALS)
         if not study.trials:
             for values in spread(settings.search, startup, settings.seed):
                 study.enqueue_trial(values)
         study.sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        left = settings.trials - len(study.get_trials(deepcopy=False, states=finished))
+        left = settings.trials - sum(REPEAT_SEED not in t.user_attrs
+                                     for t in study.get_trials(deepcopy=False, states=finished))
         if left > 0:
             study.optimize(lambda trial: objective(trial, cfg, settings, folder), n_trials=left, catch=(UserError,))
-        write_atomically(folder / TRIALS, json.dumps(trial_records(study, settings), indent=2).encode("utf-8"))
+        # Repeating the values around the best may move the best: until those around it are repeated too.
+        while queued := repeats_to_run(study, settings, cfg.seed):
+            for params, seed in queued:
+                study.enqueue_trial(params, user_attrs={REPEAT_SEED: seed})
+            study.optimize(lambda trial: objective(trial, cfg, settings, folder), n_trials=len(queued),
+                           catch=(UserError,))
+        write_atomically(folder / TRIALS, json.dumps(trial_records(study, settings, cfg.seed), indent=2).encode())
         if not study.get_trials(deepcopy=False, states=finished):
             errors = [t.user_attrs[ERROR] for t in study.get_trials(deepcopy=False) if ERROR in t.user_attrs]
             raise UserError(f"no trial of {model} finished, so it has no tuned value" +
@@ -254,6 +269,26 @@ def check_tune(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     trained_with = trial_setting(cfg, settings, folder)
     check_study(folder, model, settings.search, trained_with)
     return trained_with
+
+
+def repeats_to_run(study: optuna.Study, settings: TuneSettings, seed: int) -> list[tuple[dict, int]]:
+    """The trials that repeat, with tune.repeats other seeds, the best searched value and its neighbours (those the
+    report fits its parabola through, lmzoo.reports.tune.choose) where they lack them: (params, seed) each. A repeat
+    that failed of itself is not run again; one killed with the tune is."""
+    if not settings.repeats:
+        return []
+    choice = choose(trial_records(study, settings, seed))
+    if choice is None or choice.fit is None:
+        return []
+    key, scale = choice.fit.key, (math.log if choice.fit.log else float)
+    wanted = settings.trial_seeds(seed)[1:]
+    queued = []
+    for point in choice.fit.points:
+        trials = [t for t in study.get_trials(deepcopy=False) if scale(t.params.get(key, math.nan)) == point.u]
+        ran = {t.user_attrs.get(REPEAT_SEED, seed) for t in trials
+               if t.state != optuna.trial.TrialState.FAIL or ERROR in t.user_attrs}
+        queued += [(trials[0].params, repeat) for repeat in wanted if repeat not in ran]
+    return queued
 
 
 def storage(path: Path) -> str:
@@ -360,12 +395,17 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
 
 
 def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, folder: Path) -> float:
-    """Train one trial in folder/trials/N with the suggested values; its best val/loss."""
+    """Train one trial in folder/trials/N with the suggested values (a repeat with its own seed); its best
+    val/loss."""
     trial_cfg = copy.deepcopy(cfg)
     for space in settings.search.values():
         OmegaConf.update(trial_cfg, space.key, space.suggest(trial))
     trial_cfg.paths.output_dir = str(folder / TRIALS_DIR / str(trial.number))
-    report = ReportToTrial(trial, settings.checks if settings.prunes else 0, settings.check_batches)
+    repeat = REPEAT_SEED in trial.user_attrs
+    if repeat:
+        trial_cfg.seed = trial.user_attrs[REPEAT_SEED]
+    # A repeat measures the noise at a value already chosen: it is never pruned.
+    report = ReportToTrial(trial, settings.checks if settings.prunes and not repeat else 0, settings.check_batches)
     try:
         result = train(trial_cfg, callbacks=(report,))
         if not report.pruned and not math.isfinite(result["best_val_loss"]):
@@ -381,13 +421,14 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
     return result["best_val_loss"]
 
 
-def trial_records(study: optuna.Study, settings: TuneSettings) -> dict:
-    """What the report needs of a study: the search space and each trial's values, state, loss, checks, steps and
-    where a pruned one stopped."""
+def trial_records(study: optuna.Study, settings: TuneSettings, seed: int) -> dict:
+    """What the report needs of a study: the search space and each trial's values, seed, state, loss, checks, steps
+    and where a pruned one stopped."""
     trials = []
     for trial in study.get_trials(deepcopy=False):
         checks = trial.intermediate_values
         trials.append({"number": trial.number, "state": trial.state.name, "params": trial.params, "value": trial.value,
+                       "seed": trial.user_attrs.get(REPEAT_SEED, seed),
                        "last_loss": checks[max(checks)] if checks else None, "checks": len(checks),
                        "steps": trial.user_attrs.get(STEPS), "pruned_at": trial.user_attrs.get(PRUNED_AT)})
     return {"model": study.study_name, "search": {key: space.as_dict() for key, space in settings.search.items()},
