@@ -13,9 +13,12 @@ import pytest
 import yaml
 from helpers import REPO, SHAKESPEARE, compose_config, markdown_tables, run
 
-from lmzoo.reports.tune import choose, edge_warnings, final_seeds, pruning_note, tuned_entry
-from lmzoo.training.run import check_settings
-from lmzoo.training.tune import TRIALS_DIR, TuneSettings, tune_model
+from lmzoo.reports.tune import edge_warnings, final_seeds, pruning_note
+from lmzoo.training.choice import choose
+from lmzoo.training.plan import Command, settle
+from lmzoo.training.search import TuneSettings
+from lmzoo.training.tune import TRIALS_DIR, tune_model
+from lmzoo.training.tuned import tuned_entry
 
 # bigram and mlp are tiny as they are; a few steps of 4 windows of 32 tokens, validated twice.
 TINY_RUN = ["trainer.max_steps=4", "trainer.val_check_interval=2", "data.batch_size=4", "data.val_batches=2",
@@ -27,10 +30,8 @@ def offline(tmp_path):
 
 
 def settings(trials, search, prune_after=None, **more):
-    """conf/tune/default.yaml's tune: block with these values."""
-    return TuneSettings(**{"folder": "unused", "seed": 0, "checks": 3, "check_batches": 5, "repeats": 0,
-                           "final_seeds": 3, "final": [], "trials": trials, "search": search,
-                           "prune_after": prune_after, **more})
+    """The tune: block's defaults with these values."""
+    return TuneSettings(folder="unused", trials=trials, search=search, prune_after=prune_after, **more)
 
 
 def test_a_killed_tune_continues_its_study_rerunning_the_trial_it_was_in(tmp_path):
@@ -225,12 +226,12 @@ def test_the_best_value_and_its_neighbours_are_repeated_over_seeds_which_the_fin
 
 
 @pytest.mark.parametrize("entry", ["0.02", "{value: 0.02, interval: [0.01, 0.04]}"])
-def test_a_run_takes_its_models_tuned_value_from_tuned_yaml_old_or_with_its_interval(tmp_path, monkeypatch, entry):
+def test_a_run_takes_its_models_tuned_value_from_tuned_yaml_old_or_with_its_interval(tmp_path, entry):
     (tmp_path / "tuned.yaml").write_text(f"bigram:\n  optim.lr: {entry}\n")
-    monkeypatch.setattr("lmzoo.training.run.model_choice", lambda: "bigram")
     cfg = compose_config("train", "model=bigram", f"tuned={tmp_path / 'tuned.yaml'}", *offline(tmp_path),
                          f"paths.output_dir={tmp_path / 'run'}")
-    assert check_settings(cfg) == {"optim.lr": 0.02} and cfg.optim.lr == 0.02
+    settled = settle(cfg, Command("bigram"))
+    assert settled.tuned == {"optim.lr": 0.02} and settled.config.optim.lr == 0.02
 
 
 def test_tune_then_the_final_comparison_at_the_tuned_values_four_jobs_at_once(tmp_path, monkeypatch, capsys):

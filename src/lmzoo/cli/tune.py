@@ -14,7 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from lmzoo.cli.hydra_command import Refused, folder_name, hydra_command
+from lmzoo.cli.folders import Refused, folder_name, write_command_record
+from lmzoo.cli.hydra_command import hydra_command
 from lmzoo.errors import UserError, user_error_behind
 
 
@@ -30,11 +31,12 @@ OmegaConf.register_new_resolver("lmzoo.study_folder", study_folder, replace=True
 @hydra_command("tune")
 def main(cfg: DictConfig) -> float:
     # Imported here so that a mistake on the command line is reported before Lightning and Optuna load.
-    from lmzoo.training.run import model_choice
+    from lmzoo.training.plan import Command
     from lmzoo.training.tune import TuneSettings, tune_model
 
     settings = TuneSettings(**OmegaConf.to_container(cfg.tune, resolve=True))
-    study = tune_model(cfg, settings, model_choice(), Path(cfg.paths.output_dir))
+    study = tune_model(cfg, settings, Command.of_hydra().model, Path(cfg.paths.output_dir),
+                       accepted=lambda: write_command_record(cfg))
     finished = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     return min(finished) if finished else float("nan")
 
@@ -71,7 +73,8 @@ def check_one_study_per_model(config: DictConfig) -> None:
     fixed = [f"{key}={values[0]}" for key, values in keys.items()]
     sweep_dir = Path(config.hydra.sweep.dir)
     # Imported here: Lightning and Optuna only once the command line has composed.
-    from lmzoo.training.tune import TuneSettings, check_tune
+    from lmzoo.training.search import TuneSettings
+    from lmzoo.training.tune import check_tune
 
     for index, model in enumerate(models):
         if earlier := earlier_study_folders(sweep_dir, model):
@@ -123,7 +126,7 @@ def check_final_seeds(final: list[str], trial_seeds: list[int]) -> None:
 def earlier_study_folders(sweep_dir: Path, model: str) -> list[Path]:
     """Folders of `sweep_dir` other than the model's study folder that hold a study of `model`: an earlier lmzoo
     named them after their jobs (3_model-gpt_tune.trials-12)."""
-    from lmzoo.reports.tune import STUDY
+    from lmzoo.training.choice import STUDY
 
     found = []
     for job in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else []:

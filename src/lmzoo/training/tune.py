@@ -10,12 +10,11 @@ what its trials trained with (the search, the config), so that more trials of it
 
 import contextlib
 import copy
-import dataclasses
 import json
 import math
 import os
-import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -24,12 +23,14 @@ import sqlalchemy.exc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.errors import UserError, check_field_types, user_error_behind
+from lmzoo.errors import UserError, user_error_behind
 from lmzoo.files import write_atomically
-from lmzoo.reports.runs import PER_RUN_KEYS
-from lmzoo.reports.runs import flatten as flatten_config
-from lmzoo.reports.tune import STUDY, TRIALS, choose
-from lmzoo.training.run import check_settings, prepared_data, train
+from lmzoo.training.choice import STUDY, TRIALS, choose
+from lmzoo.training.plan import Command, prepared_data, settle
+from lmzoo.training.provenance import PER_RUN_KEYS
+from lmzoo.training.provenance import flatten as flatten_config
+from lmzoo.training.run import train
+from lmzoo.training.search import Space, TuneSettings, spread
 
 TRIALS_DIR = "trials"
 # The user attributes of a trial: a failed one's error (a study none of whose trials finished names it), its run's
@@ -37,128 +38,8 @@ TRIALS_DIR = "trials"
 ERROR, STEPS, PRUNED_AT, REPEAT_SEED = "error", "steps", "pruned_at", "repeat_seed"
 # The user attributes of a study: its search and what its trials trained with (check_study).
 SEARCH, TRAINED_WITH = "search", "trained_with"
-# Trials spread evenly over the search space (spread) before TPE takes over.
+# Trials spread evenly over the search space (lmzoo.training.search.spread) before TPE takes over.
 STARTUP_TRIALS = 8
-
-
-@dataclasses.dataclass(kw_only=True)
-class TuneSettings:
-    """conf/tune.yaml's `tune:` block."""
-
-    folder: str
-    trials: int
-    seed: int
-    search: dict
-    prune_after: int | None
-    checks: int
-    check_batches: int
-    repeats: int
-    final_seeds: int
-    final: list
-
-    def __post_init__(self):
-        check_field_types(self, "tune")
-        if self.trials < 1 or self.final_seeds < 1:
-            raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
-        if self.prune_after is not None and self.prune_after < 1:
-            raise UserError(f"tune.prune_after must be positive or null (no pruning), got {self.prune_after}")
-        if self.checks < 0 or self.check_batches < 1:
-            raise UserError(f"tune.checks must be >= 0 (0: no pruning) and tune.check_batches positive, got "
-                            f"{self.checks}, {self.check_batches}")
-        if self.repeats < 0:
-            raise UserError(f"tune.repeats must be >= 0 (0: no repeats), got {self.repeats}")
-        if not self.search:
-            raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
-        self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
-
-    @property
-    def prunes(self) -> bool:
-        return self.prune_after is not None and self.checks > 0
-
-    def trial_seeds(self, seed: int) -> list[int]:
-        """The seeds the trials train with: the run's `seed`, and each repeat's (the next ones)."""
-        return [(seed + repeat) % 2**32 for repeat in range(self.repeats + 1)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Space:
-    """What one key may take: a range [low, high] (on a log scale for floats above 0) or a list of choices."""
-
-    key: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: tuple | None = None
-
-    @classmethod
-    def of(cls, key: str, value) -> "Space":
-        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list):
-            if value["choices"]:
-                return cls(key, choices=tuple(value["choices"]))
-        numbers = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        if not numbers or not value[0] < value[1]:
-            raise UserError(f"tune.search.{key} must be a range [low, high] with low < high, or {{choices: [A, B, ...]}}; "
-                            f"got {value!r}")
-        integer = all(isinstance(v, int) for v in value)
-        return cls(key, float(value[0]), float(value[1]), log=not integer and value[0] > 0, integer=integer)
-
-    def suggest(self, trial: optuna.Trial):
-        if self.choices is not None:
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.key, int(self.low), int(self.high))
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
-
-    def at(self, fraction: float):
-        """The value `fraction` of the way through the range (on its scale), or through the choices."""
-        if self.choices is not None:
-            return self.choices[int(fraction * len(self.choices))]
-        if self.log:
-            return math.exp(math.log(self.low) + fraction * (math.log(self.high) - math.log(self.low)))
-        value = self.low + fraction * (self.high - self.low)
-        return round(value) if self.integer else value
-
-    def ends(self) -> list:
-        """The values at the range's ends, or every choice."""
-        if self.choices is not None:
-            return list(self.choices)
-        return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        """Optuna's record of this space in a trial (Space.suggest draws from it)."""
-        if self.choices is not None:
-            return optuna.distributions.CategoricalDistribution(list(self.choices))
-        if self.integer:
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
-
-
-def spread(search: dict, count: int, seed: int) -> list[dict]:
-    """`count` settings that cut each key's range into `count` equal parts and take the middle of each, the keys
-    paired at random (a Latin hypercube). Optuna's samplers start at random, and a few random draws may all miss
-    a decade; these bracket an optimum from the first trials."""
-    rng = random.Random(seed)
-    columns = {}
-    for key, space in search.items():
-        columns[key] = [space.at((part + 0.5) / count) for part in range(count)]
-        rng.shuffle(columns[key])
-    return [{key: column[trial] for key, column in columns.items()} for trial in range(count)]
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": [1e-4, 3e-2]}} as {"optim.lr": [1e-4, 3e-2]}; a {choices: [...]} is a leaf."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and set(value) != {"choices"}:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def check_steps(steps: int, checks: int) -> dict[int, int]:
@@ -211,11 +92,15 @@ class ReportToTrial(L.Callback):
             self.pruned = trainer.should_stop = True
 
 
-def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> optuna.Study:
+def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path,
+               accepted: Callable[[], None] | None = None) -> optuna.Study:
     """Run (or continue) the study of `model` in `folder` until `settings.trials` trials have finished, and
-    write folder/trials.json."""
+    write folder/trials.json. `accepted` is called once the tune's checks have passed, before it writes anything
+    into `folder`."""
     trained_with = check_tune(cfg, settings, model, folder)
     prepared_data(cfg)
+    if accepted:
+        accepted()
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prunes
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
@@ -227,7 +112,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
         for name, value in ((SEARCH, search_record(settings.search)), (TRAINED_WITH, trained_with)):
             if name not in study.user_attrs:
                 study.set_user_attr(name, value)
-        # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
+        # This process holds the folder (lmzoo.cli.folders.RunFolderLock): a trial still marked running was
         # killed with the tune. It fails, and runs again with the same values (a repeat, when repeats_to_run asks).
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -264,8 +149,9 @@ def check_tune(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     for key in settings.search:
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
-    check_settings(copy.deepcopy(cfg))
-    check_search_ends(cfg, settings)
+    # A mistake of the config or the data fails every trial alike: found once, before the first.
+    settle(cfg, Command(model))
+    check_search_ends(cfg, settings, Command(model))
     trained_with = trial_setting(cfg, settings, folder)
     check_study(folder, model, settings.search, trained_with)
     return trained_with
@@ -273,7 +159,7 @@ def check_tune(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
 
 def repeats_to_run(study: optuna.Study, settings: TuneSettings, seed: int) -> list[tuple[dict, int]]:
     """The trials that repeat, with tune.repeats other seeds, the best searched value and its neighbours (those the
-    report fits its parabola through, lmzoo.reports.tune.choose) where they lack them: (params, seed) each. A repeat
+    report fits its parabola through, lmzoo.training.choice.choose) where they lack them: (params, seed) each. A repeat
     that failed of itself is not run again; one killed with the tune is."""
     if not settings.repeats:
         return []
@@ -308,9 +194,18 @@ def readable_study(path: Path):
                         "again, or choose another tune.folder") from None
 
 
+def distribution(space: Space) -> optuna.distributions.BaseDistribution:
+    """Optuna's record of `space` in a trial (Space.suggest draws from it)."""
+    if space.choices is not None:
+        return optuna.distributions.CategoricalDistribution(list(space.choices))
+    if space.integer:
+        return optuna.distributions.IntDistribution(int(space.low), int(space.high))
+    return optuna.distributions.FloatDistribution(space.low, space.high, log=space.log)
+
+
 def search_record(search: dict) -> dict:
     """The search as a study records it: each key's Optuna distribution, as JSON."""
-    return {key: optuna.distributions.distribution_to_json(space.distribution()) for key, space in search.items()}
+    return {key: optuna.distributions.distribution_to_json(distribution(space)) for key, space in search.items()}
 
 
 # Settings that change how a trial shows its progress, where its files go or how fast it reads its data, not what
@@ -350,7 +245,7 @@ def check_study(folder: Path, model: str, search: dict, trained_with: dict | Non
             return
         recorded, trials = study.user_attrs, study.get_trials(deepcopy=False)
     fix = "or tune it in another tune.folder"
-    asked = {key: space.distribution() for key, space in search.items()}
+    asked = {key: distribution(space) for key, space in search.items()}
     # A study of an earlier release records no search: its trials record what they drew from.
     earlier = ({key: optuna.distributions.json_to_distribution(value) for key, value in recorded[SEARCH].items()}
                if SEARCH in recorded else next((trial.distributions for trial in trials if trial.distributions), None))
@@ -376,7 +271,7 @@ def shown(search: dict) -> str:
                     else f"{key}=[{space.low:g},{space.high:g}]" for key, space in search.items())
 
 
-def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
+def check_search_ends(cfg: DictConfig, settings: TuneSettings, command: Command) -> None:
     """Each searched key at each end of its range (each choice) is a setting the run accepts: a range reaching
     past a limit (optim.lr below optim.min_lr) would fail every trial near that end."""
     for space in settings.search.values():
@@ -384,7 +279,7 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
             corner = copy.deepcopy(cfg)
             OmegaConf.update(corner, space.key, value)
             try:
-                check_settings(corner)
+                settle(corner, command)
             except Exception as error:
                 refused = user_error_behind(error)
                 if refused is None:
