@@ -131,6 +131,11 @@ CASES = [
     ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
     ("train", [*TRAIN, "experiment=reference"], "tuned=outputs/tunes/reference/tuned.yaml does not exist", []),
     ("train", [*TRAIN, "tuned={tmp}/tuned.yaml"], "tuned={tmp}/tuned.yaml does not exist; pass the tuned.yaml", []),
+    ("train", [*TRAIN, "tuned_at=sideways"], "tuned_at=sideways is not one of chosen, lower, upper", []),
+    ("train", [*TRAIN, "tuned_at=lower"], "tuned_at=lower takes a value beside a tuned one, and the run has none; pass "
+     "tuned=PATH", []),
+    ("train", [*TRAIN, "tuned={tmp}/tuned_by_0.2.yaml", "tuned_at=upper"], "{tmp}/tuned_by_0.2.yaml holds no searched "
+     "values beside model=gpt_rope's tuned ones", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_range", "tune.search.optim.lr=[1e-2,1e-4]"],
      "tune.search.optim.lr must be a range [low, high] with low < high", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_key", "+tune.search.optim.lrr=[1e-4,1e-2]"],
@@ -592,6 +597,8 @@ def folder(tmp_path_factory):
             config = {"seed": 1, "budget": {"flops": budget}, "model": {"target_params": size}}
             (job / "provenance.json").write_text(json.dumps({"config": config}))
     make_studies(tmp)
+    # A tuned.yaml of a release that wrote no fit: a value, no neighbours.
+    (tmp / "tuned_by_0.2.yaml").write_text("gpt_rope:\n  optim.lr: 0.003\n")
     (tmp / "unwritable").mkdir()
     shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
     with unwritable_folder(tmp / "unwritable") as unwritable:

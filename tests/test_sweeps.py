@@ -172,7 +172,8 @@ def test_the_tuned_rate_is_the_lowest_point_of_the_parabola_through_the_best_and
     choice = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(curve)})
     assert choice.values == {"optim.lr": 0.0025} and choice.fit.interval == (0.0016, 0.0064)
     assert choice.fit.noise is None and "optim.lr=0.0032, and at its neighbours (3 trials)" in choice.how
-    assert tuned_entry(choice) == {"optim.lr": {"value": 0.0025, "interval": [0.0016, 0.0064]}}
+    assert tuned_entry(choice) == {"optim.lr": {"value": 0.0025, "interval": [0.0016, 0.0064],
+                                                "neighbours": [0.0016, 0.0064]}}
     near = {lr: curve[lr] + 0.01 for lr in grid[4:7]}
     repeated = choose({"model": "gpt", "search": LR_SEARCH, "trials": trials_on(curve) + trials_on(near, 1338, 10)})
     low, high = repeated.fit.interval
@@ -225,13 +226,17 @@ def test_the_best_value_and_its_neighbours_are_repeated_over_seeds_which_the_fin
     assert final_seeds({1337, 1338}, 3) == [1, 2, 3] and final_seeds({0, 1, 2}, 3) == [3, 4, 5]
 
 
-@pytest.mark.parametrize("entry", ["0.02", "{value: 0.02, interval: [0.01, 0.04]}"])
-def test_a_run_takes_its_models_tuned_value_from_tuned_yaml_old_or_with_its_interval(tmp_path, entry):
+@pytest.mark.parametrize("entry, at, value", [
+    ("0.02", "chosen", 0.02), ("{value: 0.02, interval: [0.01, 0.04]}", "chosen", 0.02),
+    *[("{value: 0.02, interval: [0.015, 0.03], neighbours: [0.01, 0.04]}", at, value)
+      for at, value in (("chosen", 0.02), ("lower", 0.01), ("upper", 0.04))]])
+def test_a_run_takes_its_models_tuned_value_from_tuned_yaml_old_or_with_its_interval_or_a_neighbour(tmp_path, entry, at,
+                                                                                                     value):
     (tmp_path / "tuned.yaml").write_text(f"bigram:\n  optim.lr: {entry}\n")
-    cfg = compose_config("train", "model=bigram", f"tuned={tmp_path / 'tuned.yaml'}", *offline(tmp_path),
-                         f"paths.output_dir={tmp_path / 'run'}")
+    cfg = compose_config("train", "model=bigram", f"tuned={tmp_path / 'tuned.yaml'}", f"tuned_at={at}",
+                         *offline(tmp_path), f"paths.output_dir={tmp_path / 'run'}")
     settled = settle(cfg, Command("bigram"))
-    assert settled.tuned == {"optim.lr": 0.02} and settled.config.optim.lr == 0.02
+    assert settled.tuned == {"optim.lr": value} and settled.config.optim.lr == value
 
 
 def test_tune_then_the_final_comparison_at_the_tuned_values_four_jobs_at_once(tmp_path, monkeypatch, capsys):

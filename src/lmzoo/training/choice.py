@@ -46,6 +46,12 @@ class Fit:
     # The standard deviation of a trial's loss between seeds, measured by repeats; None without them.
     noise: float | None
 
+    @property
+    def neighbours(self) -> tuple[float, float]:
+        """The searched values beside the best, between which the chosen value lies (3 significant digits)."""
+        unscale = math.exp if self.log else float
+        return tuple(float(f"{unscale(point.u):.3g}") for point in (self.points[0], self.points[2]))
+
     def loss(self, value: float) -> float:
         u = math.log(value) if self.log else value
         return float(np.polyval(np.polyfit([p.u for p in self.points], [p.mean for p in self.points], 2), u))
