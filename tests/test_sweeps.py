@@ -292,6 +292,11 @@ def test_the_reference_experiment_composes_both_commands_and_runs_at_a_tiny_budg
     # The tune's fixed folder is where the comparison reads its tuned values.
     assert f"{tune.hydra.sweep.dir}/tuned.yaml" == final.tuned == "outputs/tunes/reference/tuned.yaml"
     assert final.hydra.sweeper.params["budget.flops"] == "1.5e12,1.5e13" and list(tune.tune.final) == ["experiment=reference"]
+    # The bracket: the leaders, beside their tuned rates, at the comparison's budgets and tuned values.
+    bracket = compose_config("train", "experiment=reference_bracket", return_hydra_config=True)
+    assert set(bracket.hydra.sweeper.params.model.split(",")) < set(final.hydra.sweeper.params.model.split(","))
+    assert (bracket.hydra.sweeper.params.tuned_at, bracket.hydra.sweeper.params.seed) == ("lower,upper", "1")
+    assert bracket.hydra.sweeper.params["budget.flops"] == "1.5e12,1.5e13" and bracket.tuned == final.tuned
     # The comparison, cut to one model, seed and tiny budget on the command line.
     (tmp_path / "tuned.yaml").write_text("bigram:\n  optim.lr: 0.02\n")
     sweep_dir = tmp_path / "reference"
