@@ -21,6 +21,7 @@ import sys
 import zipfile
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from helpers import FIXTURES, SHAKESPEARE, compose_train
@@ -195,6 +196,11 @@ CASES = [
     ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
     ("train", [*TRAIN, "experiment=reference"], "tuned=outputs/tunes/reference/tuned.yaml does not exist", []),
     ("train", [*TRAIN, "tuned={tmp}/tuned.yaml"], "tuned={tmp}/tuned.yaml does not exist; pass the tuned.yaml", []),
+    ("train", [*TRAIN, "tuned_at=sideways"], "tuned_at=sideways is not one of chosen, lower, upper", []),
+    ("train", [*TRAIN, "tuned_at=lower"], "tuned_at=lower takes a value beside a tuned one, and the run has none; pass "
+     "tuned=PATH", []),
+    ("train", [*TRAIN, "tuned={tmp}/tuned_by_0.2.yaml", "tuned_at=upper"], "{tmp}/tuned_by_0.2.yaml holds no searched "
+     "values beside model=gpt_rope's tuned ones", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_range", "tune.search.optim.lr=[1e-2,1e-4]"],
      "tune.search.optim.lr must be a range [low, high] with low < high", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_key", "+tune.search.optim.lrr=[1e-4,1e-2]"],
@@ -212,6 +218,29 @@ CASES = [
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_budget", "budget.flops=1e3", "tune.trials=2"],
      "no trial of bigram finished, so it has no tuned value; the last failed with: budget.flops=1000 is less than "
      "one step", ["tune_budget/tuned.yaml"]),
+    # A tune is one study per model in its folder.
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_seeds", "seed=1,2"], "a tune holds one study per "
+     "model, and seed=1,2 would make 2 of each; give seed one value (the trials train with one seed", ["tune_seeds"]),
+    ("tune", [*BASE, "model=bigram,mlp,bigram", "hydra.sweep.dir={tmp}/tune_twice"], "model=bigram,mlp,bigram names "
+     "bigram more than once", ["tune_twice"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_final", "seed=2",
+              "tune.final=['experiment=reference']"], "the final comparison (tune.final=experiment=reference) runs "
+     "seed=1,2,3, among them the trials' seed=2; tune with another seed", ["tune_final"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "seed=0", "tune.repeats=2",
+              "tune.final=['experiment=reference']"], "runs seed=1,2,3, among them the trials' seed=1,2; tune with "
+     "another seed", ["tune_repeats"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "tune.repeats=-1"],
+     "tune.repeats must be >= 0 (0: no repeats), got -1", ["tune_repeats"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_other", "tune.search.optim.lr=[1e-3,1e-1]"],
+     "{tmp}/tune_other/model-bigram holds the study of model=bigram over tune.search optim.lr=[0.0001,0.03], not "
+     "optim.lr=[0.001,0.1]; add trials to it with that search, or tune it in another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_earlier"], "{tmp}/tune_earlier holds the study of "
+     "model=bigram in 0_model-bigram, a folder named after its job by an earlier lmzoo; rename it to model-bigram", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_garbage"], "{tmp}/tune_garbage/model-bigram/study.db "
+     "cannot be used as a study (file is not a database); move it away to start this model's study again, or choose "
+     "another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_truncated"], "{tmp}/tune_truncated/model-bigram/"
+     "study.db cannot be used as a study (database disk image is malformed)", []),
     ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
     ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
     ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",
@@ -532,6 +561,23 @@ def unwritable_folder(folder):
         yield None
 
 
+def make_studies(tmp):
+    """Tune folders holding a study of bigram with one trial of optim.lr in [1e-4, 3e-2] (as an earlier release
+    left it, its search recorded only by its trial): in its folder, in the folder an earlier lmzoo named after its
+    job, damaged and truncated."""
+    for path in (tmp / "tune_other" / "model-bigram", tmp / "tune_earlier" / "0_model-bigram"):
+        path.mkdir(parents=True)
+        study = optuna.create_study(study_name="bigram", storage=f"sqlite:///{path / 'study.db'}")
+        study.optimize(lambda trial: trial.suggest_float("optim.lr", 1e-4, 3e-2, log=True), n_trials=1)
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra").mkdir()
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      model: bigram\n")
+    data = (tmp / "tune_other" / "model-bigram" / "study.db").read_bytes()
+    for name, damaged in (("tune_garbage", b"not a database " * 100), ("tune_truncated", data[: len(data) // 2])):
+        (tmp / name / "model-bigram").mkdir(parents=True)
+        (tmp / name / "model-bigram" / "study.db").write_bytes(damaged)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Bad and good files the cases point at, a checkpoint trained for 10 steps, and the data it trained on."""
@@ -615,6 +661,9 @@ def folder(tmp_path_factory):
             (job / "summary.json").write_text(json.dumps({"model": "gpt_rope", "parameters": int(size), "best_val_loss": loss}))
             config = {"seed": 1, "budget": {"flops": budget}, "model": {"target_params": size}}
             (job / "provenance.json").write_text(json.dumps({"config": config}))
+    make_studies(tmp)
+    # A tuned.yaml of a release that wrote no fit: a value, no neighbours.
+    (tmp / "tuned_by_0.2.yaml").write_text("gpt_rope:\n  optim.lr: 0.003\n")
     (tmp / "unwritable").mkdir()
     shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
     with unwritable_folder(tmp / "unwritable") as unwritable:
