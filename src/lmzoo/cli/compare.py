@@ -9,6 +9,7 @@ from lmzoo.cli import Arguments
 from lmzoo.errors import report_user_errors
 from lmzoo.reports.compare import compare_sweeps, published_table
 from lmzoo.reports.report import write_combined_report, write_report
+from lmzoo.reports.tune import check_not_a_tune
 
 
 @report_user_errors
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
                         "as mean ± sd, Welch's test against the best with Holm's correction, median and mean wall "
                         "time), and write nothing")
     args = parser.parse_args(argv)
+    for sweep in args.sweeps:
+        check_not_a_tune(sweep)
     if args.published:
         print(published_table(args.sweeps))
     elif args.out is not None:
