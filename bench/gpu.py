@@ -140,21 +140,21 @@ def random_overrides(folder: Path) -> list[str]:
 
 
 def write_random_tokens(folder: Path, tokens: int = 2**22, seed: int = 0) -> Path:
-    """Uniformly random GPT-2 token ids as train.bin and val.bin in folder/random (nanoGPT reads them too), with
-    the meta.json lmzoo's prepare takes as built from folder/random.txt, a text that only describes them."""
+    """Uniformly random GPT-2 token ids as train.bin, val.bin and test.bin in folder/random (nanoGPT reads the first
+    two), with the meta.json lmzoo's prepare takes as built from folder/random.txt, a text that only describes them."""
     description = folder / "random.txt"
     description.write_text(f"{tokens} uniformly random GPT-2 token ids, seed {seed}\n")
     data = instantiate(compose_train(random_overrides(folder)).data, _convert_="all")
     data.data_dir.mkdir(parents=True, exist_ok=True)
     vocab_size, rng = 50257, np.random.default_rng(seed)
     splits = {}
-    for split, count in (("train", tokens), ("val", tokens // 8)):
+    for split, count in (("train", tokens), ("val", tokens // 8), ("test", tokens // 8)):
         rng.integers(0, vocab_size, size=count, dtype=np.uint16).tofile(data.data_dir / f"{split}.bin")
         # No text lies behind these tokens: one "byte" each, so val/bpb means nothing on them.
         splits[split] = {"tokens": count, "bytes": count}
     meta = {
         "fingerprint": fingerprint(sha256_of_files([description]), dict(data.tokenizer), data.train_fraction,
-                                   data.document_separator, data.dtype),
+                                   data.test_fraction, data.document_separator, data.dtype),
         "source": str(description),
         "tokenizer": {"kind": "tiktoken", "name": "gpt2"},
         "vocab_size": vocab_size,

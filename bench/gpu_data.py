@@ -5,8 +5,8 @@ no ../shared. Run it here, on CPU; the folder travels with the checkout (git ign
 
 Under OUT (default .gpu-data/ in the checkout):
 - corpus.txt: the shared corpora (tinyshakespeare, the TinyStories slice, 红楼梦), one after another;
-- corpus/gpt2/: its GPT-2 tokens, prepared by lmzoo (train.bin and val.bin, flat uint16 token ids, which is nanoGPT's
-  format too, and meta.json), so lmzoo and nanoGPT read the same tokens and nothing is tokenized there;
+- corpus/gpt2/: its GPT-2 tokens, prepared by lmzoo (train.bin, val.bin and test.bin, flat uint16 token ids, which is
+  nanoGPT's format too, and meta.json), so lmzoo and nanoGPT read the same tokens and nothing is tokenized there;
 - shared/: what the tests read (LMZOO_SHARED=OUT/shared): data/tinyshakespeare.txt and the tiktoken cache;
 - nanogpt/: train.py, model.py and configurator.py of a nanoGPT checkout (--nanogpt DIR), nothing else of it;
 - wheels/: lmzoo and the packages it needs that the GPU machine lacks (hydra-core, omegaconf and its antlr4

@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.data import prepare
+from lmzoo.data.bins import SPLITS
 from lmzoo.models import preset_config
 from lmzoo.models.routing import MoE
 
@@ -54,9 +55,9 @@ def test_the_data_folder_holds_gpt2_tokens_that_lmzoo_takes_as_they_are(tmp_path
     assert corpus == "\n\n".join(texts)
     # Flat uint16 ids, as nanoGPT's get_batch reads them; together they are the whole corpus.
     bins = gpu_data.corpus_bins(out)
-    train, val = (np.memmap(bins / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val"))
+    train, val, test = (np.memmap(bins / f"{split}.bin", dtype=np.uint16, mode="r") for split in SPLITS)
     encoding = tiktoken.get_encoding("gpt2")
-    assert encoding.decode(train.tolist()) + encoding.decode(val.tolist()) == corpus
+    assert "".join(encoding.decode(split.tolist()) for split in (train, val, test)) == corpus
     assert (out / "shared" / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8") == texts[0]
     assert {path.name for path in (out / "shared" / "tiktoken-cache").iterdir()} == {
         path.name for path in (SHARED / "tiktoken-cache").iterdir()}

@@ -10,6 +10,7 @@ import numpy as np
 from helpers import SHAKESPEARE, TINY
 
 from lmzoo.data import DataConfig, prepare, read_meta
+from lmzoo.data.bins import SPLITS
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.files import hold_folder
 
@@ -50,7 +51,7 @@ def test_concurrent_prepares_of_one_data_folder_take_turns_and_leave_bins_that_m
     meta = read_meta(data_dir)
     assert meta is not None
     source = next(path for path in (SHAKESPEARE, other) if str(path) == meta.source)
-    tokens = np.concatenate([np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype) for split in ("train", "val")])
+    tokens = np.concatenate([np.fromfile(data_dir / f"{split}.bin", dtype=meta.dtype) for split in SPLITS])
     assert tokenizer_from_spec(meta.tokenizer).decode(tokens.tolist()) == source.read_text()
 
 
@@ -82,7 +83,8 @@ with hold_folder({str(data_dir)!r}, "preparing", wait=True, fix=""):
     assert holder.wait() == -signal.SIGKILL
     meta = prepare(data_config(tmp_path, SHAKESPEARE), progress=False)
     assert read_meta(data_dir) == meta
-    assert sorted(path.name for path in data_dir.iterdir()) == [".lmzoo.lock", "meta.json", "train.bin", "val.bin"]
+    assert sorted(path.name for path in data_dir.iterdir()) == [".lmzoo.lock", "meta.json",
+                                                                *sorted(f"{split}.bin" for split in SPLITS)]
 
 
 def test_ctrl_c_while_a_prepare_waits_is_one_line(tmp_path):

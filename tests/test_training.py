@@ -13,6 +13,7 @@ from helpers import FIXTURES, SHAKESPEARE, TINY, compose_config, compose_train
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.data import windows
+from lmzoo.data.corpus import Corpus
 from lmzoo.errors import UserError
 from lmzoo.files import LOCK
 from lmzoo.inference import evaluation
@@ -228,9 +229,18 @@ class LossCurve(L.Callback):
 @pytest.mark.parametrize("name", ["gpt", "moe"])
 def test_the_seed_gives_the_loss_curve_of_lmzoo_0_1(tmp_path, name):
     """The numbers in tests/fixtures/v0.1/loss_curves.json were written by lmzoo 0.1.0, before the redesign,
-    whose AdamW was PyTorch's foreach implementation (the fused one's updates differ in the last bits)."""
+    whose AdamW was PyTorch's foreach implementation (the fused one's updates differ in the last bits), whose
+    schedule decayed to the absolute optim.min_lr=1e-4, and which validated on all the text after train_fraction
+    (this release keeps its second half for test): that text, twice, as a validation source gives 0.1's
+    validation split whole."""
     pinned = json.loads((FIXTURES / "v0.1" / "loss_curves.json").read_text())[name]
-    datamodule, lit, trainer = build(compose_train(tmp_path, *pinned["overrides"], "optim.fused=false", tiny=False))
+    text = SHAKESPEARE.read_bytes()
+    held_out = Corpus([SHAKESPEARE], None).split_offset(0.9)
+    (tmp_path / "train.txt").write_bytes(text[:held_out])
+    (tmp_path / "val.txt").write_bytes(text[held_out:] * 2)
+    datamodule, lit, trainer = build(compose_train(
+        tmp_path, *pinned["overrides"], "optim.fused=false", "optim.min_lr=1e-4", f"data.path={tmp_path / 'train.txt'}",
+        f"data.val_path={tmp_path / 'val.txt'}", "data.test_fraction=0.5", tiny=False))
     curve = LossCurve()
     trainer.callbacks.append(curve)
     trainer.fit(lit, datamodule=datamodule)

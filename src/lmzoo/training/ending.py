@@ -46,11 +46,14 @@ def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
     return stopper if stopper and stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED else None
 
 
-def test_of_best(best: str, datamodule: TokenDataModule) -> dict:
-    """The test split's metrics of the best-validation checkpoint `best` (none without one)."""
-    if not best:
+def test_of_best(trainer: L.Trainer, datamodule: TokenDataModule) -> dict:
+    """The test split's metrics of the run's best-validation checkpoint: none without one, or where its
+    validation loss was NaN or inf (Lightning scores NaN as inf), a diverged run's whose weights are not numbers."""
+    checkpoint = trainer.checkpoint_callback
+    score = checkpoint and checkpoint.best_model_score
+    if not (checkpoint and checkpoint.best_model_path) or (score is not None and not torch.isfinite(score)):
         return {}
-    model, _, _ = load_model(best)
+    model, _, _ = load_model(checkpoint.best_model_path)
     return datamodule.test_result(model)
 
 

@@ -66,7 +66,7 @@ def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] |
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
     if trainer.is_global_zero:
-        test = test_of_best(best, start.datamodule) if report_test else {}
+        test = test_of_best(trainer, start.datamodule) if report_test else {}
         run_summary(lit, trainer, plan.command.model, plan.settings.seed, plan.tuned, test).write(plan.output_dir)
     if lit.diverged_at is not None:
         raise UserError(f"the run diverged at step {lit.diverged_at}: val/loss is NaN or inf ({usable_best(trainer)}); "
