@@ -1,4 +1,5 @@
-"""python -m lmzoo.prepare data=NAME [data.path=FILE]: tokenize a corpus into train.bin, val.bin, meta.json."""
+"""python -m lmzoo.prepare data=NAME [data.path=FILE]: tokenize a corpus into train.bin, val.bin, test.bin,
+meta.json."""
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
