@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.presets import model_overrides, preset_names, resized
+from lmzoo.models.recurrent import ShortConv
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared data folder beside the repository; LMZOO_SHARED names another (a GPU machine gets a copy of it).
@@ -70,15 +72,38 @@ def tiny_overrides(name: str) -> list[str]:
     return model_overrides(*shrunk_preset(name))
 
 
+def triangular_solve_flops(a_shape, b_shape, *args, out_shape, **kwargs) -> int:
+    """LAPACK's count of a triangular solve of n unknowns for m right-hand sides (dtrsm: m n^2), for each matrix
+    of a batch: FlopCounterMode has no formula for torch.linalg.solve_triangular."""
+    *batch, n, m = out_shape
+    return math.prod(batch) * n * n * m
+
+
 def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float:
     """PyTorch's count of one training step's FLOPs (forward and backward), per token. Attention runs on SDPA's
-    math backend, the one FlopCounterMode has formulas for on CPU."""
+    math backend, the one FlopCounterMode has formulas for on CPU. Where it has none: the triangular solves, at
+    LAPACK's count (triangular_solve_flops); and the short convolutions, sums of shifted products, at its count of
+    the depthwise F.conv1d each equals on the inputs it got, 3 times (the backward twice the forward, as
+    FlopCounterMode counts the products' backward; its count of a grouped convolution's backward is a dense one's)."""
     model.train()
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        output = model(tokens)
-        loss = F.cross_entropy(output.logits.flatten(0, 1), tokens.flatten())
-        (loss if output.aux_loss is None else loss + output.aux_loss).backward()
-    return counter.get_total_flops() / tokens.numel()
+    inputs = []
+    hooks = [module.register_forward_hook(lambda module, args, output: inputs.append((module, args[0].shape)))
+             for module in model.modules() if isinstance(module, ShortConv)]
+    solves = {torch.ops.aten.linalg_solve_triangular: triangular_solve_flops}
+    try:
+        with FlopCounterMode(display=False, custom_mapping=solves) as counter, sdpa_kernel(SDPBackend.MATH):
+            output = model(tokens)
+            loss = F.cross_entropy(output.logits.flatten(0, 1), tokens.flatten())
+            (loss if output.aux_loss is None else loss + output.aux_loss).backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    convolutions = 0
+    for conv, (batch, T, channels) in inputs:
+        with FlopCounterMode(display=False) as conv_counter, torch.no_grad():
+            F.conv1d(torch.zeros(batch, channels, T + conv.kernel_size[0] - 1), conv.weight, groups=channels)
+        convolutions += 3 * conv_counter.get_total_flops()
+    return (counter.get_total_flops() + convolutions) / tokens.numel()
 
 
 def compose_train(tmp_path: Path, *overrides: str, tiny: bool = True):

@@ -338,7 +338,7 @@ class SequenceMixer(Part):
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token (forward and backward) of the work beyond this mixer's nn.Linear weights
         (which the model counts itself) with `context` tokens before it, as its kernels compute it: attention's
-        score and value products."""
+        score and value products; a recurrence's products, triangular solves and short convolution."""
         raise NotImplementedError
 
     def state_numel(self, context: int) -> int:
@@ -423,8 +423,9 @@ class LanguageModel(nn.Module, ABC):
         """Training FLOPs of one token with `context` tokens of context: forward and backward (3x the forward),
         a multiply-add counting 2, over the matrix products the token goes through: the weights it uses (the
         chosen experts only, in sparse models), attention's score and value products over `context` keys,
-        and the head. Elementwise work (norms, activations, softmax) and embedding lookups are not counted,
-        as PyTorch's FlopCounterMode does not count them."""
+        and the head; a recurrence's triangular solves and short convolutions (SequenceMixer.mixing_flops).
+        Elementwise work (norms, activations, softmax) and embedding lookups are not counted, as PyTorch's
+        FlopCounterMode does not count them."""
 
     def describe(self) -> list[str]:
         """Lines printed after the trainer's model summary."""

@@ -184,15 +184,17 @@ class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
         """Training FLOPs per token of the chunked form's products over `context` tokens in chunks of
         min(chunk_size, context), the last one zero-padded: k k^T, q k^T and the outputs within each chunk; the
         incoming state's read by W and by q in every chunk but the first, and the state's update in every chunk
-        but the last (whose final state training does not keep). Of the triangular solve, only its backward's
-        product (the gradient of its matrix) is counted: FlopCounterMode has no formula for the solves themselves
-        (about half that product each, forward and backward), and this count is checked against its."""
+        but the last (whose final state training does not keep); the triangular solve of each chunk's
+        keys + values right-hand sides, forward and backward (a solve with the transposed matrix), each half a
+        product's multiply-adds (LAPACK's count for a triangular solve, dtrsm's m n^2 FLOPs), and its backward's
+        product (the gradient of its matrix); and the short convolution's taps."""
         size, keys, values = min(self.chunk_size, context), self.key_dim, self.value_dim
         count = -(-context // size)
         products = FORWARD_AND_BACKWARD * (count * size * size * (2 * keys + values)
                                            + 3 * (count - 1) * size * keys * values)
-        solve_gradient = count * size * size * (keys + values)
-        return round(2 * self.n_head * (products + solve_gradient) / context)
+        # Multiply-adds: the gradient of the matrix, n^2 m; the two solves, n^2 m / 2 each.
+        solves = 2 * count * size * size * (keys + values)
+        return round(2 * self.n_head * (products + solves) / context) + self.conv1d.flops_per_token()
 
     def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and

@@ -190,12 +190,12 @@ class Mamba2(SequenceMixer, name="mamba2"):
         """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of
         min(chunk_size, context), the last one zero-padded: C B^T and its product with x within each chunk; the
         incoming state's read by C in every chunk but the first, and the state's update in every chunk but the
-        last (whose final state training does not keep)."""
+        last (whose final state training does not keep); and the short convolution's taps."""
         size = min(self.chunk_size, context)
         count = -(-context // size)
         products = count * size * size * (self.state_size + self.head_dim)
         products += 2 * (count - 1) * size * self.state_size * self.head_dim
-        return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context)
+        return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context) + self.conv1d.flops_per_token()
 
     def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and

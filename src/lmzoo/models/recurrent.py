@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmzoo.models.base import FORWARD_AND_BACKWARD
+
 
 class Scan(NamedTuple):
     """A recurrent mixer's two forms of its recurrence, which must agree (tests/test_mixers.py proves it for every
@@ -49,13 +51,18 @@ class ShortConv(nn.Conv1d):
         x = torch.cat((state.conv, x), dim=1) if past else F.pad(x, (0, 0, keep, 0))
         if state is not None:
             state.conv = x[:, x.size(1) - keep:]
-        # A sum of shifted products rather than F.conv1d: per-channel work like a norm's, which FlopCounterMode
-        # leaves uncounted where it counts a grouped convolution's backward as a dense one.
+        # A sum of shifted products rather than F.conv1d, whose backward FlopCounterMode counts as a dense
+        # convolution's; counted as the depthwise convolution it is (flops_per_token).
         taps = self.weight[:, 0]
         y = x[:, :T] * taps[:, 0] if self.bias is None else torch.addcmul(self.bias, x[:, :T], taps[:, 0])
         for tap in range(1, keep + 1):
             y = y.addcmul(x[:, tap : tap + T], taps[:, tap])
         return y
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: a multiply-add per tap and channel, as PyTorch counts the depthwise F.conv1d
+        this equals, forward and backward (3x the forward) as for every product."""
+        return FORWARD_AND_BACKWARD * 2 * self.in_channels * self.kernel_size[0]
 
 
 class GatedRMSNorm(nn.Module):
