@@ -227,8 +227,8 @@ def build(cfg: DictConfig, ckpt_path: str | None = None,
     flops_per_token = model.flops_per_token(cfg.block_size)
     # Before the optimizer's schedule and the provenance read the run's length and precision.
     with_length(cfg, resolve_length(cfg, flops_per_token))
-    width = getattr(model.config, model.config.width_field) if model.config.width_field else None
-    cfg.trainer.precision, reason = choose_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator), width)
+    cfg.trainer.precision, reason = choose_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator), model,
+                                                     cfg.data.batch_size, cfg.block_size)
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg),
                 flops_per_token=flops_per_token)
