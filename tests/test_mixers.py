@@ -15,7 +15,7 @@ from lmzoo.models.gated_deltanet import (GatedDeltaNet, fla_rule, gated_delta_ch
                                          gated_delta_step, l2_normalized)
 from lmzoo.models.mamba2 import Mamba2, mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
 from lmzoo.models.presets import preset
-from lmzoo.models.recurrent import RecurrentState
+from lmzoo.models.recurrent import RecurrentState, decayed
 from lmzoo.models.transformer import ATTENTION_MIXERS
 
 # The presets with a recurrent layer, and those of them with no attention layer, from conf/model/.
@@ -71,6 +71,46 @@ def test_the_chunked_form_equals_the_step_by_step_recurrence(scan, chunk):
         # Training keeps no final state: the last chunk's update is skipped, the outputs the same.
         unkept, none = chunked(*inputs, chunk, start, final_state=False)
         assert none is None and torch.equal(unkept, outputs)
+
+
+# The inputs each scan multiplies (in their dtype: bf16 under autocast), the others being its decays (float32).
+OPERANDS = {"ssd": (0, 3, 4), "gated_delta": (0, 1, 2)}
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_the_chunked_form_multiplies_bf16_operands_in_bf16_and_keeps_its_state_in_float32(scan):
+    """As the reference kernels under autocast: within bf16's precision of the float32 form, over 40 tokens in
+    chunks of 8 from a given state."""
+    torch.manual_seed(0)
+    make_inputs, chunked, _ = SCANS[scan]
+    inputs = make_inputs(40)
+    start = torch.randn(chunked(*inputs, 8)[1].shape)
+    expected, final = chunked(*inputs, 8, start)
+    low = [t.bfloat16() if i in OPERANDS[scan] else t for i, t in enumerate(inputs)]
+    outputs, state = chunked(*low, 8, start)
+    assert state.dtype == torch.float32
+    torch.testing.assert_close(outputs.float(), expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(state, final, atol=0.05, rtol=0.02)
+
+
+def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
+    """decayed() has its own backward: against autograd's of scores * exp(l_i - l_j) on the lower triangle, with
+    gradients through both outputs and through the first only."""
+    torch.manual_seed(0)
+    log_decay = (-torch.rand(2, 3, 6, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    scores = [torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    upper = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    plain = [score * (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
+             for score in scores]
+    ours = decayed(log_decay, *scores)
+    for used in (2, 1):
+        weights = [torch.randn(2, 3, 6, 6, dtype=torch.float64) for _ in range(used)]
+        gradients = [torch.autograd.grad(sum((output * weight).sum() for output, weight in zip(outputs, weights)),
+                                         [log_decay, *scores[:used]], retain_graph=True) for outputs in (ours, plain)]
+        for theirs, expected in zip(*gradients):
+            torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
+    for output, expected in zip(ours, plain):
+        assert torch.equal(output, expected)
 
 
 KERNELS = {"ssd": (mamba_ssm_scan, ssd_kernel, "mamba_ssm"), "gated_delta": (fla_rule, gated_delta_kernel, "fla")}
