@@ -15,7 +15,7 @@ from lmzoo.models.gated_deltanet import (GatedDeltaNet, fla_rule, gated_delta_ch
                                          gated_delta_step, l2_normalized)
 from lmzoo.models.mamba2 import Mamba2, mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
 from lmzoo.models.presets import preset
-from lmzoo.models.recurrent import RecurrentState, decayed
+from lmzoo.models.recurrent import RecurrentState, ShortConv, decayed
 from lmzoo.models.transformer import ATTENTION_MIXERS
 
 # The presets with a recurrent layer, and those of them with no attention layer, from conf/model/.
@@ -111,6 +111,28 @@ def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
             torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
     for output, expected in zip(ours, plain):
         assert torch.equal(output, expected)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_short_convolutions_gradients_equal_autograds_of_its_shifted_sum(bias):
+    """ShortConv's own backward, against autograd's of the same sum written out, from a zero past and a given one."""
+    torch.manual_seed(0)
+    conv = ShortConv(5, 4, bias=bias).double()
+    x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 7, 5, dtype=torch.float64)
+    for past in (None, torch.randn(2, 3, 5, dtype=torch.float64)):
+        state = RecurrentState()
+        state.conv = past
+        padded = torch.cat((past if past is not None else torch.zeros(2, 3, 5, dtype=torch.float64), x), dim=1)
+        taps = conv.weight[:, 0]
+        plain = sum(padded[:, tap : tap + 7] * taps[:, tap] for tap in range(4)) + (conv.bias if bias else 0)
+        ours = conv(x, state)
+        assert torch.equal(state.conv, padded[:, -3:])
+        torch.testing.assert_close(ours, plain, atol=1e-12, rtol=1e-12)
+        parameters = [x, *conv.parameters()]
+        for theirs, expected in zip(torch.autograd.grad((ours * weight).sum(), parameters),
+                                    torch.autograd.grad((plain * weight).sum(), parameters)):
+            torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
 
 
 KERNELS = {"ssd": (mamba_ssm_scan, ssd_kernel, "mamba_ssm"), "gated_delta": (fla_rule, gated_delta_kernel, "fla")}

@@ -33,13 +33,38 @@ class ShortConv(nn.Conv1d):
         x = torch.cat((state.conv, x), dim=1) if past else F.pad(x, (0, 0, keep, 0))
         if state is not None:
             state.conv = x[:, x.size(1) - keep:]
-        # A sum of shifted products rather than F.conv1d: per-channel work like a norm's, which FlopCounterMode
-        # leaves uncounted where it counts a grouped convolution's backward as a dense one.
-        taps = self.weight[:, 0]
-        y = x[:, :T] * taps[:, 0] if self.bias is None else torch.addcmul(self.bias, x[:, :T], taps[:, 0])
-        for tap in range(1, keep + 1):
-            y = y.addcmul(x[:, tap : tap + T], taps[:, tap])
-        return y.to(x.dtype)
+        return ShiftedSum.apply(x, self.weight[:, 0], self.bias).to(x.dtype)
+
+
+class ShiftedSum(torch.autograd.Function):
+    """A depthwise causal convolution as a sum of shifted products: y_t = bias + sum_k taps_k x_{t+k} over x (B,
+    T + kernel - 1, channels) padded or preceded by its past, taps (channels, kernel). Not F.conv1d: this is
+    per-channel work like a norm's, which FlopCounterMode leaves uncounted where it counts a grouped
+    convolution's backward as a dense one. Its own backward adds each shifted gradient in place where autograd's
+    of the same sum would copy the whole input's gradient once a tap."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        T = x.size(1) - taps.size(1) + 1
+        y = x[:, :T] * taps[:, 0] if bias is None else torch.addcmul(bias, x[:, :T], taps[:, 0])
+        for tap in range(1, taps.size(1)):
+            y.addcmul_(x[:, tap : tap + T], taps[:, tap])
+        ctx.save_for_backward(x, taps)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, taps = ctx.saved_tensors
+        T = grad.size(1)
+        x_grad = None
+        if ctx.needs_input_grad[0]:
+            x_grad = grad.new_zeros(x.shape)
+            for tap in range(taps.size(1)):
+                x_grad[:, tap : tap + T].addcmul_(grad, taps[:, tap])
+            x_grad = x_grad.to(x.dtype)
+        taps_grad = torch.stack([(grad * x[:, tap : tap + T]).sum((0, 1)) for tap in range(taps.size(1))], dim=1)
+        return x_grad, taps_grad.to(taps.dtype), grad.sum((0, 1)) if ctx.has_bias else None
 
 
 class GatedRMSNorm(nn.Module):
