@@ -150,10 +150,14 @@ def test_auto_precision_measures_each_model_shape_once_per_machine(cpu_with, mea
     measured(fp32=1.0, bf16=2.0)
     precision, reason = choose_precision("auto", "cpu", make("gpt_rope", seed=3), 4, 32)
     assert precision == "bf16-mixed" and "2.00x as fast (cached in " in reason and reason.endswith("precision.json)")
-    assert calls == [(4, 32)]
     # Another batch, another model: measured.
     assert choose_precision("auto", "cpu", make("gpt_rope"), 8, 32)[0] == "32-true"
     assert choose_precision("auto", "cpu", make("gpt"), 4, 32)[0] == "32-true"
+    # At most 2,048 tokens of a batch are timed: batches of 16 and 64 sequences of 256 share the measurement of 8.
+    precision, reason = choose_precision("auto", "cpu", make("gpt"), 64, 256)
+    assert choose_precision("auto", "cpu", make("gpt"), 16, 256) == (precision, reason.replace("measured now", "cached"))
+    assert "on a batch of 8 x 256 tokens" in reason
+    assert calls == [(4, 32), (8, 32), (4, 32), (8, 256)]
 
 
 def test_auto_precision_on_a_cpu_without_bf16_units_is_fp32_unmeasured(cpu_with, measured):

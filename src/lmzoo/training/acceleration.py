@@ -35,10 +35,12 @@ from lmzoo.training.perf import cache_path, cached, cpu_flags, cpu_name, machine
 BF16_CPU_UNITS = ("amx_bf16", "avx512_bf16")
 # How many times faster than fp32 a bf16 autocast step must be for auto to choose it: its rounding is a cost too.
 BF16_MARGIN = 1.1
-# Forward-backward steps timed in each precision after a warm-up step each, alternating; the timing stops early
-# once it has taken PRECISION_SECONDS.
+# Forward-backward steps timed in each precision after a warm-up step each, alternating, on up to PRECISION_TOKENS
+# tokens of the run's batch (whole sequences: at least one); the timing stops after the first timed pair once it
+# has taken PRECISION_SECONDS.
 PRECISION_STEPS = 3
-PRECISION_SECONDS = 20.0
+PRECISION_SECONDS = 10.0
+PRECISION_TOKENS = 2048
 PRECISION_CACHE = "precision.json"
 # Steps timed eagerly, after a first warm-up step, before compile=auto decides; and compiled steps timed after
 # the first compiled one, for the record of what compiling gave.
@@ -63,7 +65,8 @@ def device_type(accelerator) -> str:
 
 def choose_precision(asked, device: str, model: torch.nn.Module, batch_size: int, block_size: int) -> tuple[str, str]:
     """The precision a run trains in, and why: `asked` (trainer.precision) unless it is auto. On a CPU with native
-    bf16 units, auto times training steps of `model` on batches of `batch_size` x `block_size` tokens."""
+    bf16 units, auto times forward and backward passes of `model` on batches of up to `batch_size` sequences of
+    `block_size` tokens (PRECISION_TOKENS in all)."""
     if asked != "auto":
         if str(asked) in ("16-mixed", "16") and device == "cpu":
             return "bf16-mixed", (f"trainer.precision={asked}: fp16 autocast with a gradient scaler needs CUDA; on CPU "
@@ -80,11 +83,12 @@ def choose_precision(asked, device: str, model: torch.nn.Module, batch_size: int
     if not units:
         return "32-true", (f"auto: this CPU ({cpu_name()}) has no native bf16 matrix unit ({', '.join(BF16_CPU_UNITS)}), "
                            "so bf16 autocast would be slower than fp32")
-    key = f"{machine()}|{shape_of(model)}|batch {batch_size} x {block_size}"
-    seconds, known = cached(PRECISION_CACHE, key, lambda: precision_seconds(model, batch_size, block_size))
+    sequences = min(batch_size, max(1, PRECISION_TOKENS // block_size))
+    key = f"{machine()}|{shape_of(model)}|batch {sequences} x {block_size}"
+    seconds, known = cached(PRECISION_CACHE, key, lambda: precision_seconds(model, sequences, block_size))
     ratio = seconds["fp32"] / seconds["bf16"]
     where = f"{'cached' if known else 'measured now'} in {cache_path(PRECISION_CACHE)}"
-    measured = (f"this CPU has {units[0]}, and a forward and backward pass of this model on a batch of {batch_size} x "
+    measured = (f"this CPU has {units[0]}, and a forward and backward pass of this model on a batch of {sequences} x "
                 f"{block_size} tokens took {seconds['fp32']:.3g} s in fp32 and {seconds['bf16']:.3g} s in bf16 "
                 f"autocast, {ratio:.2f}x as fast ({where})")
     if ratio >= BF16_MARGIN:
