@@ -202,6 +202,10 @@ def measure(commands: dict, pairs: int, env: dict, what: str, loss_of, start_wit
             row[name] = {"wall": wall, "user": user, "loss": loss_of(name, output, cwd) if loss_of else None}
             loss = f", val loss {row[name]['loss']:.4f}" if loss_of else ""
             print(f"{what} pair {pair + 1} {name:8s} wall {wall:7.2f} s, user CPU {user:7.2f} s{loss}", flush=True)
+            if name == "lmzoo" and what == "train":
+                # What trainer.precision=auto and compile=auto chose, and why.
+                print("".join(f"  {line}\n" for line in output.splitlines() if line.startswith(("precision:", "compile:"))),
+                      end="", flush=True)
         rows.append(row)
     return rows
 
