@@ -203,9 +203,9 @@ def measure(commands: dict, pairs: int, env: dict, what: str, loss_of, start_wit
             loss = f", val loss {row[name]['loss']:.4f}" if loss_of else ""
             print(f"{what} pair {pair + 1} {name:8s} wall {wall:7.2f} s, user CPU {user:7.2f} s{loss}", flush=True)
             if name == "lmzoo" and what == "train":
-                # What trainer.precision=auto and compile=auto chose, and why.
-                print("".join(f"  {line}\n" for line in output.splitlines() if line.startswith(("precision:", "compile:"))),
-                      end="", flush=True)
+                # What trainer.precision=auto and compile=auto chose, and why (the progress bar may precede a line).
+                for line in re.findall(r"\b(?:precision|compile): [^\r\n]*", output):
+                    print(f"  {line}", flush=True)
         rows.append(row)
     return rows
 
