@@ -85,12 +85,9 @@ def choose_precision(asked, device: str, model: torch.nn.Module, batch_size: int
                            "so bf16 autocast would be slower than fp32")
     sequences = min(batch_size, max(1, PRECISION_TOKENS // block_size))
     key = f"{machine()}|{shape_of(model)}|batch {sequences} x {block_size}"
-    seconds, source = cached(PRECISION_CACHE, key, lambda: precision_seconds(model, sequences, block_size),
-                             busy_ok=False)
+    seconds, known = cached(PRECISION_CACHE, key, lambda: precision_seconds(model, sequences, block_size))
     ratio = seconds["fp32"] / seconds["bf16"]
-    where = {"cached": f"cached in {cache_path(PRECISION_CACHE)}",
-             "measured": f"measured now, cached in {cache_path(PRECISION_CACHE)}",
-             "measured on a busy machine": "measured now on a busy machine, so not cached"}[source]
+    where = f"{'cached' if known else 'measured now'} in {cache_path(PRECISION_CACHE)}"
     measured = (f"this CPU has {units[0]}, and a forward and backward pass of this model on a batch of {sequences} x "
                 f"{block_size} tokens took {seconds['fp32']:.3g} s in fp32 and {seconds['bf16']:.3g} s in bf16 "
                 f"autocast, {ratio:.2f}x as fast ({where})")

@@ -103,27 +103,14 @@ def write_cache(name: str, key: str, value) -> None:
         pass
 
 
-def cached(name: str, key: str, measure, busy_ok: bool = True) -> tuple[object, str]:
-    """The value cached under `key` in cache file `name`, or `measure()`'s, cached; and where it came from: "cached",
-    "measured" or, with `busy_ok` false, "measured on a busy machine": a measurement taken while the machine was busy
-    (busy()) is used but not cached, since a timing that other work disturbed would decide every later run."""
+def cached(name: str, key: str, measure):
+    """The value cached under `key` in cache file `name`, or `measure()`'s, cached; and whether it was cached."""
     known = read_cache(name)
     if key in known:
-        return known[key], "cached"
+        return known[key], True
     value = measure()
-    if not busy_ok and busy():
-        return value, "measured on a busy machine"
     write_cache(name, key, value)
-    return value, "measured"
-
-
-def busy() -> bool:
-    """Whether more processes were running than the machine has cores, over the last minute (Linux's load average;
-    never busy where there is none)."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:
-        return False
+    return value, False
 
 
 def cache_dir() -> Path:
