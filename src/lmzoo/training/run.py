@@ -31,7 +31,7 @@ from lmzoo.training.acceleration import check_compile, choose_precision, device_
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.callbacks import ModelSummary, TokensPerSecond
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
-from lmzoo.training.datamodule import TokenDataModule
+from lmzoo.training.datamodule import TaskDataModule, TokenDataModule, data_module
 from lmzoo.training.finetune import from_pretrained, model_option, source_path
 from lmzoo.training.module import LitLM
 from lmzoo.training.provenance import provenance, write_provenance
@@ -208,13 +208,13 @@ def apply_tuned(cfg: DictConfig) -> dict | None:
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None,
-          callbacks: tuple = ()) -> tuple[TokenDataModule, LitLM, L.Trainer]:
+          callbacks: tuple = ()) -> tuple[TokenDataModule | TaskDataModule, LitLM, L.Trainer]:
     """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer
     a config describes, with `callbacks` added to its own; with `ckpt_path`, checked to resume that checkpoint
     before anything is written."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = prepared_data(cfg)
-    tokenizer = datamodule.meta.tokenizer
+    tokenizer = datamodule.tokenizer
     finetune = None
     config = instantiate(cfg.model, vocab_size=datamodule.vocab_size, _convert_="all")
     if cfg.init_from:
@@ -231,7 +231,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None,
     cfg.trainer.precision, reason = choose_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator), width)
     lit = LitLM(model, instantiate(cfg.optim), tokenizer, datamodule.val_tokens_per_byte,
                 skip_nonfinite=cfg.trainer.get("skip_nonfinite", False), finetune=finetune, provenance=provenance(cfg),
-                flops_per_token=flops_per_token)
+                flops_per_token=flops_per_token, scores_answers=datamodule.scores_answers)
     if ckpt_path:
         check_resumable(ckpt_path, lit, cfg.init_from)
     if cfg.compile is True:
@@ -270,9 +270,9 @@ def with_length(cfg: DictConfig, length: RunLength) -> None:
         cfg.trainer.max_time = length.max_time
 
 
-def prepared_data(cfg: DictConfig) -> TokenDataModule:
-    """The datamodule of cfg.data, its bins prepared (or found prepared)."""
-    datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
+def prepared_data(cfg: DictConfig) -> TokenDataModule | TaskDataModule:
+    """The datamodule of cfg.data, its bins prepared (or found prepared), or a task's examples generated."""
+    datamodule = data_module(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
     return datamodule
 
@@ -366,7 +366,8 @@ def train(cfg: DictConfig, callbacks: tuple = ()) -> dict:
     trainer.fit(lit, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     save_last_step(trainer, lit)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
+    result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "best_val_accuracy": lit.best_val_accuracy,
+              "steps": trainer.global_step}
     if trainer.is_global_zero:
         run_summary(lit, trainer, cfg.seed, tuned).write(cfg.paths.output_dir)
     if lit.diverged_at is not None:
@@ -444,6 +445,8 @@ def run_summary(lit: LitLM, trainer: L.Trainer, seed: int, tuned: dict | None = 
         active_parameters=active,
         best_val_loss=best,
         best_val_bpb=best_bpb,
+        best_val_accuracy=lit.best_val_accuracy,
+        state_bytes=lit.state_bytes,
         steps=trainer.global_step,
         tokens_per_sec=throughput and throughput.mean_rate,
         wall_time_s=lit.wall_time_s,
