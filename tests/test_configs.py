@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from lmzoo.cli.generate import sampling_settings
 from lmzoo.cli.hydra_command import job_gpu, quote_literal_values
 from lmzoo.data import DataConfig, prepare
+from lmzoo.data.tasks import TASKS, TaskConfig, task_splits
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.inference import SamplingSettings
 from lmzoo.models import LanguageModel, ModelConfig
@@ -26,7 +27,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", options("data"))
+@pytest.mark.parametrize("name", [name for name in options("data") if name not in TASKS])
 def test_data_configs_prepare_their_named_bins(tmp_path, name):
     config = instantiate(compose_train(tmp_path, f"data={name}").data, _convert_="all")
     assert isinstance(config, DataConfig) and config.name == name
@@ -34,6 +35,15 @@ def test_data_configs_prepare_their_named_bins(tmp_path, name):
     assert config.data_dir.parent == tmp_path / "data" / name and (config.data_dir / "train.bin").is_file()
     # tinyshakespeare has 65 distinct characters; the BPE data sets use GPT-2's vocabulary.
     assert meta.vocab_size == (65 if meta.tokenizer["kind"] == "char" else 50257)
+
+
+@pytest.mark.parametrize("name", [name for name in options("data") if name in TASKS])
+def test_task_configs_generate_their_named_task_from_the_runs_seed_and_length(name):
+    config = instantiate(compose_config("train", f"data={name}", "seed=7", "block_size=128",
+                                        "data.train_examples=50").data, _convert_="all")
+    assert isinstance(config, TASKS[name]) and isinstance(config, TaskConfig) and config.name == name
+    assert (config.seed, config.block_size) == (7, 128)
+    assert task_splits(config)["train"][0].shape == (50, 128)
 
 
 @pytest.mark.parametrize("name", options("tokenizer"))

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config
+from helpers import SHAKESPEARE, compose_config
 from hypothesis import given, settings
 from torch.utils.data import DataLoader
 
@@ -206,3 +206,43 @@ def test_a_tiny_attention_model_learns_a_tiny_mqar(tmp_path):
                                 "optim.warmup_steps=20"))
     assert result["best_val_accuracy"] > 0.95
 
+
+
+def test_a_tune_can_rank_its_trials_by_highest_accuracy(tmp_path):
+    from lmzoo.reports.tune import best_trial, read_trials
+    from lmzoo.training.tune import TuneSettings, tune_model
+
+    folder = tmp_path / "tune"
+    folder.mkdir()
+    cfg = compose_config("tune", "data=mqar", "data.vocab_size=32", "data.num_kv_pairs=2", "block_size=16",
+                         "data.train_examples=100", "data.batch_size=4", "data.val_batches=2", "model=bigram",
+                         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+                         "trainer.enable_model_summary=false", f"paths.output_dir={folder}")
+    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}},
+                            prune_after=None, final_seeds=3, final=[], monitor="val/accuracy")
+    study = tune_model(cfg, settings, "bigram", folder)
+    assert study.direction.name == "MAXIMIZE" and all(0 <= trial.value <= 1 for trial in study.trials)
+    assert best_trial(read_trials(folder))["value"] == max(trial.value for trial in study.trials)
+    text = compose_config("tune", "model=bigram", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
+                          f"paths.output_dir={folder}")
+    with pytest.raises(UserError, match="tune.monitor=val/accuracy needs a synthetic task"):
+        tune_model(text, TuneSettings(**{**vars(settings), "search": {"optim": {"lr": [1e-3, 1e-1]}}}), "bigram",
+                   tmp_path)
+
+
+def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
+    study = compose_config("train", "experiment=recall", return_hydra_config=True)
+    params = study.hydra.sweeper.params
+    assert params["experiment/recall/model@_global_"].split(",") == ["gpt_rope", "swa", "mla", "mamba2",
+                                                                      "gated_deltanet", "hybrid"]
+    assert len(params["model.n_embd"].split(",")) >= 3 and len(params["seed"].split(",")) >= 2
+    # Zoology's length/pairs ratio at each difficulty; each architecture its preset, at 2 layers.
+    for difficulty in params["experiment/recall/mqar@_global_"].split(","):
+        cfg = compose_config("train", "experiment=recall", f"experiment/recall/mqar@_global_={difficulty}")
+        assert cfg.block_size == 16 * cfg.data.num_kv_pairs
+    for model in params["experiment/recall/model@_global_"].split(","):
+        cfg = compose_config("train", "experiment=recall", f"experiment/recall/model@_global_={model}",
+                             return_hydra_config=True)
+        assert cfg.hydra.runtime.choices.model == model and cfg.model.n_layer == 2
+    hybrid = compose_config("train", "experiment=recall", "experiment/recall/model@_global_=hybrid")
+    assert list(hybrid.model.layer_pattern) == ["gated_deltanet", "attention"]

@@ -34,9 +34,15 @@ def read_trials(folder: Path) -> dict:
         raise UserError(f"{path} is not the trials.json a tune writes ({error}); tune that model again") from None
 
 
+def monitor(study: dict) -> str:
+    """What ranked the study's trials: val/loss (lowest best), or val/accuracy (highest); tunes of lmzoo 0.2, val/loss."""
+    return study.get("monitor", "val/loss")
+
+
 def best_trial(study: dict) -> dict | None:
     complete = [t for t in study["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
-    return min(complete, key=lambda t: t["value"]) if complete else None
+    best = max if monitor(study) == "val/accuracy" else min
+    return best(complete, key=lambda t: t["value"]) if complete else None
 
 
 def position(space: dict, value: float) -> float:
@@ -81,8 +87,8 @@ def pruning_warnings(study: dict) -> list[str]:
 
 
 def plot_trials(study: dict, path: Path) -> None:
-    """Best val/loss against each searched value, a panel per key: finished trials as dots, pruned ones hollow
-    at their last loss, the best as a star."""
+    """Best val/loss (or the study's monitor) against each searched value, a panel per key: finished trials as
+    dots, pruned ones hollow at their last value, the best as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +111,7 @@ def plot_trials(study: dict, path: Path) -> None:
             axis.set_xscale("log")
         if space["choices"] is None:
             axis.axvspan(space["low"], space["high"], color="0.93", zorder=0)
-        axis.set(xlabel=key, ylabel="best val/loss", title=f"{study['model']}: val/loss against {key}")
+        axis.set(xlabel=key, ylabel=f"best {monitor(study)}", title=f"{study['model']}: {monitor(study)} against {key}")
         axis.legend()
     figure.tight_layout()
     save(figure, path)
@@ -153,7 +159,7 @@ def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int, final:
         values = ", ".join(f"`{key}={value:.3g}`" if isinstance(value, float) else f"`{key}={value}`"
                            for key, value in best["params"].items())
         note = "".join(f"\n\n{line}" for line in lines)
-        sections.append(f"### {model}\n\nBest: {values}, val/loss {best['value']:.4f} (trial {best['number']}; "
+        sections.append(f"### {model}\n\nBest: {values}, {monitor(study)} {best['value']:.4f} (trial {best['number']}; "
                         f"{counts}).{note}\n\n![{model}]({figure.relative_to(sweep_dir)})")
     write_atomically(sweep_dir / TUNED, OmegaConf.to_yaml(OmegaConf.create(tuned)).encode("utf-8"))
     command = final_command(sweep_dir, list(tuned), trial_seed, seeds, final) if tuned else "(no model has a finished trial)"

@@ -29,6 +29,8 @@ TRIALS_DIR = "trials"
 ERROR = "error"
 # Trials spread evenly over the search space (spread) before TPE takes over.
 STARTUP_TRIALS = 8
+# What a tune may rank its trials by (tune.monitor): train's result key, and the study's direction.
+MONITORS = {"val/loss": ("best_val_loss", "minimize"), "val/accuracy": ("best_val_accuracy", "maximize")}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -42,9 +44,13 @@ class TuneSettings:
     prune_after: int | None
     final_seeds: int
     final: list
+    # val/loss, or val/accuracy on a synthetic task (lmzoo.data.tasks).
+    monitor: str = "val/loss"
 
     def __post_init__(self):
         check_field_types(self, "tune")
+        if self.monitor not in MONITORS:
+            raise UserError(f"tune.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.trials < 1 or self.final_seeds < 1:
             raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
         if self.prune_after is not None and self.prune_after < 1:
@@ -128,18 +134,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 class ReportToTrial(L.Callback):
-    """Gives every validation's val/loss to the Optuna trial; stops the run when the pruner says so before its
-    last step."""
+    """Gives every validation's val/loss (or the `monitor` tune.monitor names) to the Optuna trial; stops the run
+    when the pruner says so before its last step."""
 
-    def __init__(self, trial: optuna.Trial):
+    def __init__(self, trial: optuna.Trial, monitor: str = "val/loss"):
         self.trial = trial
+        self.monitor = monitor
         self.pruned = False
 
     def on_validation_end(self, trainer, pl_module):
-        loss = trainer.callback_metrics.get("val/loss")
-        if trainer.sanity_checking or loss is None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
             return
-        self.trial.report(float(loss), trainer.global_step)
+        self.trial.report(float(value), trainer.global_step)
         # At its last step a trial has finished: its loss counts, whatever the median says.
         if trainer.global_step < trainer.max_steps and self.trial.should_prune():
             self.pruned = trainer.should_stop = True
@@ -154,13 +161,15 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     # A mistake of the config or the data fails every trial alike: found once, before the first.
     check_settings(copy.deepcopy(cfg))
     check_search_ends(cfg, settings)
-    prepared_data(cfg)
+    if settings.monitor == "val/accuracy" and not prepared_data(cfg).scores_answers:
+        raise UserError("tune.monitor=val/accuracy needs a synthetic task, whose answers val/accuracy scores "
+                        "(data=mqar, noisy_recall or selective_copying); tune text by val/loss")
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
-                                direction="minimize", pruner=pruner)
+                                direction=MONITORS[settings.monitor][1], pruner=pruner)
     # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
     # killed with the tune. It fails, and runs again with the same values.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -202,15 +211,16 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
 
 
 def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, folder: Path) -> float:
-    """Train one trial in folder/trials/N with the suggested values; its best val/loss."""
+    """Train one trial in folder/trials/N with the suggested values; its best val/loss (or tune.monitor)."""
     trial_cfg = copy.deepcopy(cfg)
     for space in settings.search.values():
         OmegaConf.update(trial_cfg, space.key, space.suggest(trial))
     trial_cfg.paths.output_dir = str(folder / TRIALS_DIR / str(trial.number))
-    report = ReportToTrial(trial)
+    report = ReportToTrial(trial, settings.monitor)
+    key = MONITORS[settings.monitor][0]
     try:
         result = train(trial_cfg, callbacks=(report,))
-        if not report.pruned and not math.isfinite(result["best_val_loss"]):
+        if not report.pruned and (result[key] is None or not math.isfinite(result[key])):
             raise UserError("it never validated")
     except UserError as error:
         values = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
@@ -220,7 +230,7 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
         raise
     if report.pruned:
         raise optuna.TrialPruned()
-    return result["best_val_loss"]
+    return result[key]
 
 
 def trial_records(study: optuna.Study, settings: TuneSettings) -> dict:
@@ -232,4 +242,4 @@ def trial_records(study: optuna.Study, settings: TuneSettings) -> dict:
                        "last_loss": losses[max(losses)] if losses else None, "validations": len(losses),
                        "last_step": max(losses) if losses else None})
     return {"model": study.study_name, "search": {key: space.as_dict() for key, space in settings.search.items()},
-            "prune_after": settings.prune_after, "trials": trials}
+            "prune_after": settings.prune_after, "monitor": settings.monitor, "trials": trials}
