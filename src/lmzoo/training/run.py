@@ -399,7 +399,8 @@ def ended_run(folder: Path, ckpt_path: str | None, trainer: L.Trainer) -> dict |
     print(f"{folder} already ended at step {step} ({summary.status}); it is left as it is, its summary in "
           f"{summary_path}", file=sys.stderr)
     return {"best_checkpoint": str(best) if best and best.is_file() else "",
-            "best_val_loss": summary.best_val_loss if summary.best_val_loss is not None else math.inf, "steps": step}
+            "best_val_loss": summary.best_val_loss if summary.best_val_loss is not None else math.inf,
+            "best_val_accuracy": summary.best_val_accuracy, "steps": step}
 
 
 def save_last_step(trainer: L.Trainer, lit: LitLM) -> None:
