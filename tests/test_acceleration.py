@@ -12,7 +12,8 @@ from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.training import acceleration
 from lmzoo.training.acceleration import CompileWhenItPays, choose_precision
 from lmzoo.training.module import LitLM
-from lmzoo.training.run import build, resume_path
+from lmzoo.training.resume import resume_path
+from lmzoo.training.run import build
 
 RESUMABLE = ["trainer.max_steps=8", "optim.warmup_steps=2", "trainer.val_check_interval=4",
              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='step{step}'"]
@@ -33,7 +34,7 @@ class GradientNorms(StepRecorder):
 
 def fit(cfg):
     """As lmzoo.training.run.train fits, recording the steps."""
-    datamodule, lit, trainer = build(cfg, resume_path(cfg))
+    datamodule, lit, trainer = build(cfg)
     recorder = GradientNorms()
     trainer.callbacks.append(recorder)
     trainer.fit(lit, datamodule=datamodule, ckpt_path=resume_path(cfg), weights_only=False)

@@ -26,7 +26,7 @@ from helpers import FIXTURES, SHAKESPEARE, compose_train
 
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.record import architecture_record
-from lmzoo.files import hold_folder
+from lmzoo.files import LOCK, hold_folder
 from lmzoo.models import BigramConfig
 from lmzoo.training.run import train
 
@@ -216,8 +216,8 @@ CASES = [
     ("train", [*TRAIN, "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience must be an integer "
      ">= 0", []),
     # The fused AdamW computes its update in float32 and survives fp16 weights; the foreach one divides by an eps
-    # that fp16 rounds to 0.
-    ("train", [*TRAIN, "trainer.precision=16-true", "optim.fused=false"],
+    # that fp16 rounds to 0. Found at the first step, in a run that started: in a folder of its own.
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/fp16_run", "trainer.precision=16-true", "optim.fused=false"],
      "trainer.precision=16-true has no loss scaling and overflows", []),
     # train: the data
     ("train", [*TRAIN, "data.batch_size=-1"], "data.batch_size must be positive", []),
@@ -263,6 +263,19 @@ CASES = [
      "with hydra.sweep.dir=PATH", []),
     ("train", ["-m", *TRAIN, "resume=auto", "hydra.sweep.dir={tmp}/sweep_done"], "{tmp}/sweep_done holds a sweep of "
      "other overrides (model=mlp,bigram seed=1); continue it with those and resume=auto", []),
+    # Refused after Hydra composed the command, before anything of it is written: the folder keeps its own record
+    # of the run (.hydra/, provenance.json, summary.json, checkpoints), byte for byte.
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/trained/run", "resume=auto", "model=mla"],
+     "{tmp}/trained/run/checkpoints/last.ckpt holds a model=gpt_rope model, not what model= builds", []),
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/diverged_run", "resume=auto", "optim.lr=1e-3"],
+     "{tmp}/diverged_run/checkpoints/last.ckpt holds non-finite weights", []),
+    # A launcher that refuses its settings leaves no multirun.yaml to block the corrected command, and one there
+    # before as it was.
+    ("train", ["-m", *TRAIN, "hydra/launcher=parallel", "hydra.launcher.n_jobs=0", "hydra.sweep.dir={tmp}/sweep_jobs0"],
+     "hydra/launcher=parallel cannot start the sweep (ValueError: n_jobs == 0 in Parallel has no meaning); fix "
+     "hydra.launcher.*", ["sweep_jobs0/multirun.yaml"]),
+    ("train", ["-m", "model=mlp,bigram", "seed=1", "resume=auto", "hydra/launcher=parallel", "hydra.launcher.n_jobs=0",
+               "hydra.sweep.dir={tmp}/sweep_done"], "hydra/launcher=parallel cannot start the sweep", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/trained/run"], "{tmp}/trained/run is a folder, not a checkpoint; pass one of "
      "its checkpoints, such as {tmp}/trained/run/checkpoints/best.ckpt", []),
@@ -501,6 +514,12 @@ def folder(tmp_path_factory):
     diverged = dict(checkpoint["state_dict"])
     diverged["model.transformer.h.0.attn.c_attn.weight"] = diverged["model.transformer.h.0.attn.c_attn.weight"] * np.nan
     torch.save({**checkpoint, "state_dict": diverged}, tmp / "nan.ckpt")
+    # A run that diverged (trainer.skip_nonfinite=true lets one go on until it validates): NaN in its last.ckpt.
+    shutil.copytree(trained, tmp / "diverged_run")
+    torch.save({**checkpoint, "state_dict": diverged, "lmzoo": {**checkpoint["lmzoo"], "diverged_at": 10}},
+               tmp / "diverged_run" / "checkpoints" / "last.ckpt")
+    summary = json.loads((trained / "summary.json").read_text())
+    (tmp / "diverged_run" / "summary.json").write_text(json.dumps({**summary, "status": "diverged at step 10"}))
     export_checkpoint(str(ckpt), str(tmp / "exported"))
     weights = tmp / "exported" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x7f" * 8)
@@ -562,11 +581,10 @@ def logging_as_it_was():
 
 
 def protected(tmp):
-    """Every checkpoint, bin, weights file, meta.json, summary, provenance and sweep record under `tmp`, and the
-    config of the trained run (a refused run writes its own into a new folder), with its digest."""
-    patterns = ("*.ckpt", "*.bin", "*.safetensors", "meta.json", "summary.json", "provenance.json", "multirun.yaml",
-                "trained/run/.hydra/config.yaml")
-    paths = [p for pattern in patterns for p in tmp.glob(f"**/{pattern}")]
+    """Every file under `tmp` with its digest: checkpoints, bins, weights, summaries, provenance, the runs' records
+    of their commands (.hydra/) and sweeps' (multirun.yaml), logs. Only the lock files are left out: whoever holds
+    a folder writes its PID into its .lmzoo.lock."""
+    paths = [path for path in tmp.glob("**/*") if path.is_file() and path.name != LOCK]
     return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
 
 

@@ -11,16 +11,20 @@ import pytest
 import torch
 import torchmetrics.utilities.imports as torchmetrics_imports
 from helpers import compose_config
-from hydra.core.utils import JobReturn, JobStatus
+from hydra._internal.callbacks import Callbacks
+from hydra.core.utils import JobReturn, JobStatus, run_job
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext
 from hydra.utils import instantiate
-from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException, OverrideParseException
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_utilities.core.imports import RequirementCache
 
-from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, group_not_in_defaults,
-                              is_ambiguous_value, job_error, not_an_override)
+from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, flags_parser,
+                              group_not_in_defaults, is_ambiguous_value, job_error, missing_key, missing_option,
+                              not_an_override, raised_by_launcher, unexpected_keyword)
 from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
 
@@ -142,6 +146,79 @@ def test_failed_instantiation_names_the_key_and_target_hydra_reports():
         instantiate({"data": {"_target_": "lmzoo.data.tokenizer.tokenizer_from_spec", "nonsense": 1}})
     assert failed_instantiation(str(failed.value)) == ("data", "lmzoo.data.tokenizer.tokenizer_from_spec")
     assert failed_instantiation("Could not override 'x'.") is None
+
+
+def test_a_key_a_class_does_not_take_is_named_by_the_error_of_its_call():
+    """`+optim.betas=1` reaches OptimConfig's call, whose TypeError (Python's wording) names the key."""
+    with pytest.raises(InstantiationException) as failed:
+        instantiate(compose_config("train", "+optim.betas=1").optim)
+    assert unexpected_keyword(failed.value.__cause__) == "betas"
+    assert unexpected_keyword(ValueError("unexpected keyword argument 'betas'")) is None
+
+
+def test_an_option_or_key_that_does_not_exist_is_told_by_the_attributes_of_its_error():
+    with pytest.raises(HydraException) as option:
+        compose_config("train", "model=gpt9")
+    group, name, options = missing_option(option.value)
+    assert (group, name) == ("model", "gpt9") and "gpt" in options and "gpt_rope" in options
+    with pytest.raises(HydraException) as key:
+        compose_config("train", "model.n_layr=2")
+    section, name, keys = missing_key(key.value)
+    assert (section, name) == ("model", "n_layr") and "n_layer" in keys
+    with pytest.raises(HydraException) as top:
+        compose_config("train", "n_layer=2")
+    assert missing_key(top.value)[:2] == ("", "n_layer") and "block_size" in missing_key(top.value)[2]
+    assert missing_option(key.value) is None and missing_key(option.value) is None
+
+
+class Stopped(BaseException):
+    """What run_job does not keep for later (it keeps Exceptions): it goes through run_job and the launch."""
+
+
+class Launching(Launcher):
+    """A launcher that refuses its settings when it starts, as joblib's does n_jobs=0, or runs its job as Hydra's
+    launchers do, through run_job."""
+
+    def __init__(self, refuse: bool):
+        self.refuse = refuse
+
+    def setup(self, **kwargs):
+        pass
+
+    def launch(self, job_overrides, initial_job_idx):
+        if self.refuse:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+
+        def task(cfg):
+            if "stop" in cfg:
+                raise Stopped()
+            raise ValueError("the job's own mistake")
+
+        config = compose_config("describe", "ckpt=x", *job_overrides[0], return_hydra_config=True)
+        return [run_job(task_function=task, config=config, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                        hydra_context=HydraContext(config_loader=None, callbacks=Callbacks()), configure_logging=False)]
+
+
+def test_a_launchers_own_error_is_told_from_a_jobs():
+    """A launcher's error comes from its launch; a job's is kept by run_job and raised again by the sweeper from
+    JobReturn.return_value (tests/test_bad_input.py runs joblib's launcher with n_jobs=0)."""
+    with pytest.raises(ValueError) as refused:
+        Launching(refuse=True).launch([[]], 0)
+    assert raised_by_launcher(refused.value)
+    (job,) = Launching(refuse=False).launch([[]], 0)
+    with pytest.raises(ValueError, match="the job's own mistake") as failed:
+        job.return_value
+    assert not raised_by_launcher(failed.value)
+    with pytest.raises(Stopped) as stopped:
+        Launching(refuse=False).launch([["+stop=1"]], 0)
+    assert not raised_by_launcher(stopped.value)
+
+
+def test_hydras_flags_are_parsed_by_the_parser_hydra_main_uses():
+    parsed = flags_parser().parse_args(["--cfg", "job", "-m", "model=gpt"])
+    assert (parsed.cfg, parsed.multirun, parsed.overrides) == ("job", True, ["model=gpt"])
+    with pytest.raises(SystemExit):
+        flags_parser().parse_args(["--cfg", "everything"])
 
 
 @pytest.mark.parametrize(("accelerator", "devices", "num_nodes"),

@@ -3,11 +3,15 @@
 import pytest
 import torch
 from helpers import REPO, compose_config, compose_train
+from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import lmzoo.conf  # noqa: F401  (registers the nodes the options extend)
+
 from lmzoo.cli.generate import sampling_settings
-from lmzoo.cli.hydra_command import job_gpu, quote_literal_values
+from lmzoo.cli.hydra_command import job_gpu
+from lmzoo.cli.quoting import quote_literal_values
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.tasks import TASKS, TaskConfig, task_splits
 from lmzoo.data.tokenizer import tokenizer_from_spec
@@ -92,6 +96,56 @@ def test_a_preset_sets_only_what_differs_from_its_class_and_composes_every_field
                for key in config_class.choices)
 
 
+def chain(group: str, name: str) -> tuple[dict, dict, bool]:
+    """Option `name` of `group`: what its own file sets; what it extends, composed (the nodes lmzoo.conf registers,
+    `/GROUP/CLASS`, and other options of the group, which may extend a node in turn); and whether a node is in that."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=False)
+    base, from_node = {}, False
+    # A mapping in the defaults chooses an option of another group (experiment/recall's), which this one does not extend.
+    for entry in [entry.split("@")[0] for entry in own.pop("defaults", []) if isinstance(entry, str) and entry != "_self_"]:
+        if entry.startswith("/"):
+            node = OmegaConf.to_container(ConfigStore.instance().load(f"{entry[1:]}.yaml").node, resolve=False)
+            base, from_node = OmegaConf.to_container(OmegaConf.merge(base, node)), True
+        else:
+            extended_own, extended_base, extended_from_node = chain(group, entry)
+            base = OmegaConf.to_container(OmegaConf.merge(base, extended_base, extended_own))
+            from_node = from_node or extended_from_node
+    return own, base, from_node
+
+
+def repeated(own: dict, base: dict, prefix: str = "") -> list[str]:
+    """The keys of `own` (nested ones too) whose values are those of `base`."""
+    found = []
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            found += repeated(value, base[key], f"{prefix}{key}.")
+        elif key in base and value == base[key]:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+NODE_GROUPS = sorted({path.parent.name for path in CONF.glob("*/*.yaml") if chain(path.parent.name, path.stem)[2]})
+
+
+@pytest.mark.parametrize("path", [path for group in NODE_GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_an_option_holds_only_what_differs_from_the_class_defaults_it_extends(path):
+    """The defaults of a group's class live in the class (registered as a node by lmzoo.conf): each option of a group
+    whose options extend such a node extends it too (directly or through another option), and sets only what
+    differs from it; an option that sets nothing (finetune=none) builds nothing."""
+    own, base, from_node = chain(path.parent.name, path.stem)
+    assert from_node or not own, f"{path.relative_to(REPO)} does not extend its group's class node"
+    assert repeated(own, base) == [], f"{path.relative_to(REPO)} repeats the defaults it extends"
+
+
+def test_the_configs_show_every_setting_of_their_classes():
+    """`--cfg job` shows every value: the composed optim, data and tune blocks hold every field of their class."""
+    cfg = compose_config("tune", "finetune=lora")
+    for section, name in (("optim", "OptimConfig"), ("data", "DataConfig"), ("finetune", "LoRA"),
+                          ("tune", "TuneSettings")):
+        assert set(cfg[section]) == set(ConfigStore.instance().load(f"settings/{name}.yaml").node), section
+
+
 def as_lists(settings: dict) -> dict:
     """Tuples as lists: a config from the command line holds lists where the dataclass's defaults are tuples."""
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
@@ -126,10 +180,10 @@ def test_trainer_configs(tmp_path, name, monkeypatch):
         assert OmegaConf.to_container(cfg.trainer)["devices"] == "${lmzoo.job_gpu:${hydra:job.num}}"
         assert job_gpu(5) == [1]
         return
-    _, _, trainer = build(cfg)
+    _, lit, trainer = build(cfg)
     assert trainer.max_steps == cfg.trainer.max_steps and trainer.checkpoint_callback is not None
-    # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration).
-    assert trainer.precision == cfg.trainer.precision != "auto"
+    # trainer.precision=auto is resolved before the Trainer is built (lmzoo.training.acceleration), and recorded.
+    assert trainer.precision == lit.provenance["config"]["trainer"]["precision"] != "auto"
 
 
 @pytest.mark.parametrize("name", options("hydra/launcher"))

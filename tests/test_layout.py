@@ -15,6 +15,17 @@ def test_plain_pytorch_packages_import_neither_lightning_nor_hydra(package):
     assert result.stdout.strip() == "[]"
 
 
+def test_the_reports_and_the_configs_read_training_without_loading_lightning():
+    """compare, scaling and plot read summary.json through lmzoo.training.summary, and every command's configs
+    register OptimConfig's and TuneSettings' defaults: importing a module of lmzoo.training loads Lightning only
+    where that module uses it, and then without torchmetrics' heavy imports."""
+    check = ("import sys, lmzoo.reports.report, lmzoo.reports.scaling, lmzoo.reports.tune, lmzoo.conf; before = "
+             "'lightning' in sys.modules; import lmzoo.training.module; print(before, 'lightning' in sys.modules, "
+             "sorted(m for m in ('transformers', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False True []"
+
+
 # Installed with lmzoo, but used only by export, Hugging Face tokenizers, `datasets` sources and plots.
 HEAVY = ("transformers", "datasets", "matplotlib", "tokenizers")
 

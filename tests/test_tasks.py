@@ -214,7 +214,8 @@ def test_a_tiny_attention_model_learns_a_tiny_mqar(tmp_path, seed):
 
 def test_a_tune_can_rank_its_trials_by_highest_accuracy(tmp_path):
     from lmzoo.reports.tune import best_trial, read_trials
-    from lmzoo.training.tune import TuneSettings, tune_model
+    from lmzoo.training.search import TuneSettings
+    from lmzoo.training.tune import tune_model
 
     folder = tmp_path / "tune"
     folder.mkdir()

@@ -11,6 +11,7 @@ from helpers import FIXTURES, SHAKESPEARE, TINY, compose_train
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.errors import UserError
+from lmzoo.files import LOCK
 from lmzoo.reports.plot import read_scalars
 from lmzoo.training.run import build, train
 
@@ -102,16 +103,55 @@ def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_
 
 
 
-def test_a_finished_run_continued_from_its_own_checkpoint_keeps_its_mfu(tmp_path):
-    """ckpt_path= a finished run's own last.ckpt trains nothing and writes its summary again: with its MFU, which
-    needs the FLOPs per token although no training step ran."""
-    summary = tmp_path / "run" / "summary.json"
+def test_a_finished_runs_checkpoint_continued_in_another_folder_keeps_its_mfu(tmp_path):
+    """ckpt_path= a finished run's last.ckpt, into a new folder and to the same step, trains nothing and writes the
+    new folder's summary: with the run's MFU, which needs the FLOPs per token although no training step ran."""
     train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))
-    first = json.loads(summary.read_text())
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10", f"ckpt_path={last}"))
-    again = json.loads(summary.read_text())
+    train(compose_train(tmp_path / "again", "trainer.max_steps=10", "trainer.val_check_interval=10",
+                        f"ckpt_path={last}"))
+    again = json.loads((tmp_path / "again" / "run" / "summary.json").read_text())
     assert again["steps"] == 10 and first["mfu"] > 0 and again["mfu"] == pytest.approx(first["mfu"])
+
+
+def run_train(monkeypatch, tmp_path, *overrides):
+    """python -m lmzoo.train with the tiny settings, in this process, in the run folder tmp_path/run."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}",
+                                      f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run",
+                                      "trainer.val_check_interval=5", *overrides])
+    try:
+        importlib.import_module("lmzoo.train").main()
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+
+
+def files_of(folder):
+    """Every file in `folder` with its bytes, but the lock file, which names the folder's last holder."""
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file() and path.name != LOCK}
+
+
+def test_an_ended_run_is_left_as_it_is_however_it_is_continued_unless_it_trains_further(tmp_path, monkeypatch, capsys):
+    """A run that ended at step 10, continued with resume=auto or from its own best.ckpt or last.ckpt to step 10 or
+    fewer, says so in one line and writes nothing: no checkpoint, summary, provenance, record of the command, log
+    or TensorBoard event file changes or appears. A continuation to a later step trains it further."""
+    run = tmp_path / "run"
+    run_train(monkeypatch, tmp_path, "trainer.max_steps=10")
+    ended = files_of(run)
+    assert (run / ".hydra" / "overrides.yaml").is_file() and (run / "train.log").is_file()
+    for continued in (["resume=auto", "trainer.max_steps=10"],
+                      [f"ckpt_path={run}/checkpoints/best.ckpt", "trainer.max_steps=5"],
+                      [f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_steps=10"]):
+        capsys.readouterr()
+        run_train(monkeypatch, tmp_path, *continued)
+        assert (f"{run} already ended at step 10 (done); it is left as it is, its summary in {run}/summary.json; to "
+                "train it further, continue it with trainer.max_steps above 10") in capsys.readouterr().err
+        assert files_of(run) == ended, continued
+    run_train(monkeypatch, tmp_path, f"ckpt_path={run}/checkpoints/last.ckpt", "trainer.max_steps=12")
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12
+    assert "ckpt_path=" in (run / ".hydra" / "overrides.yaml").read_text()
+
 
 class LossCurve(L.Callback):
     def __init__(self):

@@ -4,11 +4,15 @@ tests/test_compat.py checks each against the installed Hydra, so an upgrade that
 """
 
 import re
+import traceback
 
 from hydra.core.utils import JobReturn
+from hydra.errors import MissingConfigException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 # hydra-core 1.3: a failed job's exception is kept in the private JobReturn._return_value (the public
-# return_value re-raises it); some composition errors differ from the others only in their wording.
+# return_value re-raises it); some composition errors differ from the others only in their wording, others are told
+# by the attributes of Hydra's and OmegaConf's exceptions; the parser of Hydra's flags is private.
 HYDRA = "1.3"
 
 
@@ -61,3 +65,49 @@ def failed_instantiation(message: str) -> tuple[str, str] | None:
     section = re.search(r"full_key: (\S+)", message)
     target = re.search(r"Error in call to target '([\w.]+)'", message)
     return (section.group(1), target.group(1)) if section and target else None
+
+
+def flags_parser():
+    """Hydra's parser of its command-line flags (--cfg, -m, ...), which hydra.main uses (hydra-core 1.3: private)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def unexpected_keyword(error: BaseException | None) -> str | None:
+    """The keyword a class was called with and does not take, from Python's TypeError (as instantiating a
+    dataclass with a key added by `+section.key=...` raises it); None for any other error."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error)) if isinstance(error, TypeError) else None
+    return found and found.group(1)
+
+
+def missing_option(error: BaseException) -> tuple[str, str, list[str]] | None:
+    """The group and option of an override GROUP=OPTION naming no file of the group, and the group's options, from
+    Hydra's MissingConfigException; None for any other error."""
+    if not isinstance(error, MissingConfigException) or error.options is None:
+        return None
+    group, _, option = (error.missing_cfg_file or "").rpartition("/")
+    return group, option, list(error.options)
+
+
+def missing_key(error: BaseException) -> tuple[str, str, list[str]] | None:
+    """The section and key of an override of a key the config does not have, and the section's keys, from the
+    OmegaConf error Hydra raises it from; None for any other error."""
+    cause = error.__cause__
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return None
+    section, _, key = (cause.full_key or cause.key or "").rpartition(".")
+    keys = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+    return section, key, keys
+
+
+def raised_by_launcher(error: BaseException) -> bool:
+    """Whether `error` is a sweep launcher's own (its settings, its start-up), raised before or between the jobs: in
+    hydra-core 1.3 a Launcher's launch runs each job through hydra.core.utils.run_job, which keeps a job's error
+    for the sweeper to raise later, so a launcher's own error is raised inside launch and outside run_job."""
+    from hydra.plugins.launcher import Launcher
+
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    in_launch = any(f.f_code.co_name == "launch" and isinstance(f.f_locals.get("self"), Launcher) for f in frames)
+    in_job = any(f.f_code.co_name == "run_job" and f.f_globals.get("__name__") == "hydra.core.utils" for f in frames)
+    return in_launch and not in_job

@@ -9,9 +9,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lmzoo.cli.compat import job_error
+from lmzoo.cli.folders import RECORD, write_command_record
 from lmzoo.reports.compare import TABLE
 from lmzoo.reports.report import write_report
-from lmzoo.reports.runs import SUMMARY, RunSummary
+from lmzoo.training.summary import SUMMARY, RunSummary
 
 
 def failure(job_return: JobReturn) -> str:
@@ -24,7 +25,8 @@ def failure(job_return: JobReturn) -> str:
 
 
 class SweepComparison(Callback):
-    """After each sweep job, records a failed job's error as its summary, prints the updated comparison and
+    """After each sweep job, records a failed job's error as its summary (and the job's command, which a job
+    refused before it ran has not recorded: its row is labelled by its config), prints the updated comparison and
     writes the report."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
@@ -33,5 +35,7 @@ class SweepComparison(Callback):
         run_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED and not (run_dir / SUMMARY).is_file():
             RunSummary(model=config.hydra.runtime.choices.get("model"), status=failure(job_return)).write(run_dir)
+            if not (run_dir / RECORD).is_dir():
+                write_command_record(job_return.cfg)
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\nComparison so far ({sweep_dir / TABLE}):\n{write_report(sweep_dir)}\n")

@@ -2,6 +2,7 @@
 
 from omegaconf import DictConfig
 
+from lmzoo.cli.folders import write_command_record
 from lmzoo.cli.hydra_command import hydra_command
 
 
@@ -10,4 +11,4 @@ def main(cfg: DictConfig) -> float:
     # Imported here so that a mistake on the command line is reported before Lightning loads.
     from lmzoo.training.run import train
 
-    return train(cfg)["best_val_loss"]
+    return train(cfg, accepted=lambda: write_command_record(cfg))["best_val_loss"]

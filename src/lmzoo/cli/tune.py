@@ -7,17 +7,19 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lmzoo.cli.folders import write_command_record
 from lmzoo.cli.hydra_command import hydra_command
 
 
 @hydra_command("tune")
 def main(cfg: DictConfig) -> float:
     # Imported here so that a mistake on the command line is reported before Lightning and Optuna load.
-    from lmzoo.training.run import model_choice
+    from lmzoo.training.plan import Command
     from lmzoo.training.tune import TuneSettings, tune_model
 
     settings = TuneSettings(**OmegaConf.to_container(cfg.tune, resolve=True))
-    study = tune_model(cfg, settings, model_choice(), Path(cfg.paths.output_dir))
+    study = tune_model(cfg, settings, Command.of_hydra().model, Path(cfg.paths.output_dir),
+                       accepted=lambda: write_command_record(cfg))
     finished = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     return min(finished) if finished else float("nan")
 

@@ -254,15 +254,6 @@ class SelectiveCopyingConfig(TaskConfig):
 TASKS = {config.name: config for config in (MQARConfig, NoisyRecallConfig, SelectiveCopyingConfig)}
 
 
-def task_defaults(config_class: type[TaskConfig]) -> dict:
-    """The config node of a task (conf/__init__.py registers it as task/CLASS, which conf/data/NAME.yaml extends):
-    its `_target_` and every field at its default; the length and the seed are the run's."""
-    node = {"_target_": f"{config_class.__module__}.{config_class.__qualname__}"}
-    for field in dataclasses.fields(config_class):
-        node[field.name] = field.default
-    return {**node, "block_size": "${block_size}", "seed": "${seed}"}
-
-
 def stream(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, STREAMS[split]])
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.reports.runs import SUMMARY, RunFolder, Setting, label, pool, read_run
+from lmzoo.reports.runs import RunFolder, Setting, label, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
+from lmzoo.training.summary import SUMMARY
 
 TABLE = "comparison.md"
 SIGNIFICANCE = 0.05
@@ -87,7 +88,7 @@ MEAN_COLUMNS = [Column("state", "state_bytes", kilobytes), Column("parameters", 
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job folders (those Hydra wrote a .hydra/ into), in job order."""
+    """The sweep's job folders (those holding the record of their command, .hydra/, or a summary), in job order."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / SUMMARY).is_file()]
     return sorted(jobs, key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else math.inf,
                                        p.name))

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from lmzoo.errors import UserError
 from lmzoo.files import atomic_write
 from lmzoo.reports.compare import METRICS, task_of, tasks
-from lmzoo.reports.runs import SUMMARY, RunFolder, pool, read_run
+from lmzoo.reports.runs import RunFolder, pool, read_run
+from lmzoo.training.summary import SUMMARY
 
 Series = tuple[list[int], list[float]]
 # --x: what each choice puts on the x axis; state draws each setting's best, not its curve.

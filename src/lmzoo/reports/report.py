@@ -11,7 +11,8 @@ from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.reports.compare import TABLE, compare, compare_sweeps, read_sweeps
 from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, plot_state, save
-from lmzoo.reports.runs import MULTIRUN, SUMMARY
+from lmzoo.reports.runs import MULTIRUN
+from lmzoo.training.summary import SUMMARY
 
 REPORT = "report.md"
 FIGURE = "val_loss.png"

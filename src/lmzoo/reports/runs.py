@@ -9,95 +9,19 @@ what it trained.
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmzoo.errors import UserError
-from lmzoo.files import write_atomically
+from lmzoo.training.provenance import PROVENANCE
+from lmzoo.training.summary import SUMMARY, RunSummary
 
-SUMMARY = "summary.json"
-PROVENANCE = "provenance.json"
 # Hydra's record of a sweep's command, in the sweep's folder.
 MULTIRUN = "multirun.yaml"
 PER_RUN_KEYS = ("ckpt_path", "resume")
-
-
-@dataclass(kw_only=True)
-class RunSummary:
-    """A run's summary.json, written by the run when it ends (or by the sweep when a job fails) and read by the
-    comparison: its row in the tables. None where a run has no value, as a failed run's losses; a run of an
-    older release lacks the newer keys (None)."""
-
-    run: str | None = None
-    model: str | None = None
-    parameters: int | None = None
-    active_parameters: int | None = None
-    best_val_loss: float | None = None
-    best_val_bpb: float | None = None
-    # A synthetic task's best val/accuracy (lmzoo.data.tasks); None for text.
-    best_val_accuracy: float | None = None
-    # Bytes of the decoding state a sequence of the run's block_size needs (lmzoo.training.module.decoding_state_bytes).
-    state_bytes: int | None = None
-    steps: int | None = None
-    tokens_per_sec: float | None = None
-    wall_time_s: float | None = None
-    # How it ended (RunSummary.ended, or "failed: ERROR"), or, for a run without a summary.json, why it has none.
-    status: str | None = None
-    flops_per_token: int | None = None
-    tokens: int | None = None
-    flops: int | None = None
-    mfu: float | None = None
-    seed: int | None = None
-    # The values a tune chose for the run's model (train's tuned=), by config key.
-    tuned: dict | None = None
-
-    @staticmethod
-    def ended(step: int, diverged_at: int | None, interrupted: bool, stopped_early: bool) -> str:
-        """The status of a run that ended at `step`: "diverged at step N" (its val/loss became NaN or inf; the
-        comparison ranks it by its best before), "interrupted", "done: stopped early at step N" or "done"."""
-        if diverged_at is not None:
-            return f"diverged at step {diverged_at}"
-        if interrupted:
-            return "interrupted"
-        return f"done: stopped early at step {step}" if stopped_early else "done"
-
-    def write(self, run_dir: str | Path) -> None:
-        """RUN_DIR/summary.json, with the run named by its folder."""
-        record = {**asdict(self), "run": Path(run_dir).name}
-        write_atomically(Path(run_dir) / SUMMARY, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
-
-    @classmethod
-    def read(cls, path: Path) -> "RunSummary":
-        """A run's summary.json; one that is not what lmzoo writes is a UserError naming the file. Keys this
-        release does not know are left out."""
-        fix = "delete it (the run's row then says 'no summary') or train the run again"
-        try:
-            row = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise UserError(f"{path} is not valid JSON ({error}); {fix}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path} holds {type(row).__name__}, not a run's summary; {fix}")
-        for key in (f.name for f in fields(cls)):
-            value = row.get(key)
-            if value is None:
-                continue
-            if key == "tuned":
-                if not isinstance(value, dict):
-                    raise UserError(f"{path} has tuned values of {value!r}, which is not a mapping of keys to values; "
-                                    f"{fix}")
-                continue
-            if key in TEXT_KEYS and not isinstance(value, str):
-                raise UserError(f"{path} has a {key} of {value!r}, which is not text; {fix}")
-            if key not in TEXT_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise UserError(f"{path} has a {key} of {value!r}, which is not a number; {fix}")
-        return cls(**{f.name: row.get(f.name) for f in fields(cls)})
-
-
-# The keys of a summary that hold text; the others hold numbers.
-TEXT_KEYS = ("run", "model", "status")
 
 
 @dataclass
@@ -144,41 +68,6 @@ class Setting:
         """The summaries' values of `key`, of the runs that have one (a failed run has no loss)."""
         values = [run.value(key) for run in self.runs]
         return [v for v in values if v is not None and not (isinstance(v, float) and math.isinf(v))]
-
-
-def earlier_run(folder: Path, checkpoints: Path) -> str | None:
-    """What in a run folder shows that a run trained there (a checkpoint or its summary), or None. A run that
-    failed before either left nothing to continue: a new run there replaces its provenance and config."""
-    found = [*sorted(checkpoints.glob("*.ckpt"))[:1], folder / SUMMARY]
-    return next((str(path) for path in found if path.is_file()), None)
-
-
-def check_folder_is_this_runs(folder: Path, checkpoints: Path, resume: str | None, ckpt_path: str | None,
-                              key: str) -> None:
-    """Refuse to start a new run in a folder that holds another one, so that its checkpoints, summary, provenance
-    and config never describe two runs. The run there may only be continued: resume=auto, or ckpt_path= one of
-    its own checkpoints. `key` names the setting that chooses the folder (hydra.run.dir, paths.output_dir)."""
-    continued = resume == "auto" or (ckpt_path and Path(ckpt_path).expanduser().resolve().parent == checkpoints.resolve())
-    if continued or (found := earlier_run(folder, checkpoints)) is None:
-        return
-    raise UserError(f"{folder} already holds a run ({found}); continue it with resume=auto, or start a new run in "
-                    f"another folder with {key}=PATH")
-
-
-def check_sweep_folder(sweep_dir: Path, overrides: list[str]) -> None:
-    """Refuse a sweep into a folder that holds another, so that report.md's command is the one that made its
-    table. A sweep there may be continued: the same overrides with resume=auto (each job resumes its own run)."""
-    path = sweep_dir / MULTIRUN
-    if not path.is_file():
-        return
-    fix = "choose a new folder with hydra.sweep.dir=PATH"
-    if "resume=auto" not in overrides:
-        raise UserError(f"{sweep_dir} already holds a sweep ({path}); continue it with the same command and "
-                        f"resume=auto, or {fix}")
-    earlier = OmegaConf.to_container(OmegaConf.load(path).hydra.overrides.task, resolve=False)
-    if [o for o in earlier if not o.startswith("resume=")] != [o for o in overrides if not o.startswith("resume=")]:
-        raise UserError(f"{sweep_dir} holds a sweep of other overrides ({' '.join(earlier)}); continue it with "
-                        f"those and resume=auto, or {fix}")
 
 
 def read_run(folder: Path) -> RunFolder:

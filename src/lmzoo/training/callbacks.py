@@ -51,8 +51,8 @@ class TokensPerSecond(L.Callback):
         self.peak = state_dict.get("peak")
 
     def setup(self, trainer, pl_module, stage):
-        # Here, not at train start: a finished run continued from its own checkpoint (ckpt_path=) skips training,
-        # and its summary's MFU still needs the FLOPs per token.
+        # Here, not at train start: a finished run's checkpoint continued to its own step in another folder
+        # (ckpt_path=) trains no step, and the summary's MFU still needs the FLOPs per token.
         self.flops_per_token = pl_module.flops_per_token
 
     def on_train_start(self, trainer, pl_module):

@@ -5,10 +5,11 @@ first. Imports no Lightning: lmzoo.training imports this before it first loads L
 """
 
 import contextlib
+import importlib.abc
+import importlib.util
 import re
+import sys
 import warnings
-
-from lightning_utilities.core.imports import RequirementCache
 
 # lightning-utilities 0.15 (Lightning 2.6): RequirementCache, which torchmetrics asks whether a package is
 # installed, finds out in its private _check_requirement; there is no public way to answer for it.
@@ -30,6 +31,9 @@ warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING)
 @contextlib.contextmanager
 def packages_reported_missing(names: tuple[str, ...]):
     """While open, lightning_utilities' RequirementCache (what torchmetrics checks) finds none of `names`."""
+    # Imported here: lmzoo.training imports this module, and its modules that need no Lightning load without it.
+    from lightning_utilities.core.imports import RequirementCache
+
     check = RequirementCache._check_requirement
 
     def check_unless_named(self):
@@ -43,6 +47,46 @@ def packages_reported_missing(names: tuple[str, ...]):
         yield
     finally:
         RequirementCache._check_requirement = check
+
+
+class LightningWithout(importlib.abc.MetaPathFinder):
+    """An import hook: Lightning's first import, by whichever module asks for it, runs inside
+    packages_reported_missing(names). Python's own finder finds the package; only its loading is wrapped."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+
+    @classmethod
+    def install(cls, names: tuple[str, ...]) -> None:
+        """Wrap Lightning's first import, unless it has happened (then nothing can be done about it)."""
+        if "lightning" not in sys.modules and not any(isinstance(f, cls) for f in sys.meta_path):
+            sys.meta_path.insert(0, cls(names))
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "lightning":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = LoadedWithout(spec.loader, self.names)
+        return spec
+
+
+class LoadedWithout(importlib.abc.Loader):
+    """A module's loader whose loading runs inside packages_reported_missing(names); otherwise the loader itself."""
+
+    def __init__(self, loader, names: tuple[str, ...]):
+        self.loader, self.names = loader, names
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with packages_reported_missing(self.names):
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
 
 
 def logs_this_step(trainer) -> bool:

@@ -18,7 +18,7 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW's settings; with name=muon, Muon's (muon_*) for the hidden matrices, AdamW's for the rest."""
 

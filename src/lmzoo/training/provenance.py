@@ -4,14 +4,15 @@ import json
 import subprocess
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from lmzoo import __version__
 from lmzoo.files import write_atomically
 
+PROVENANCE = "provenance.json"
 
-def provenance(cfg: DictConfig) -> dict:
-    return {"version": __version__, "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+def provenance(config: dict) -> dict:
+    """The record of a run of `config` (resolved, as lmzoo.training.plan.RunPlan.recorded_config gives it)."""
+    return {"version": __version__, "git_commit": git_commit(), "config": config}
 
 
 def git_commit() -> str | None:
@@ -30,5 +31,5 @@ def git_commit() -> str | None:
 
 def write_provenance(record: dict, folder: str | Path) -> None:
     payload = json.dumps(record, indent=2, default=str) + "\n"
-    write_atomically(Path(folder) / "provenance.json", payload.encode("utf-8"),
+    write_atomically(Path(folder) / PROVENANCE, payload.encode("utf-8"),
                      "choose a writable run folder with hydra.run.dir=PATH")

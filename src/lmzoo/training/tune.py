@@ -8,129 +8,28 @@ same values, and finished ones count.
 """
 
 import copy
-import dataclasses
 import json
 import math
-import random
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.errors import UserError, check_field_types, user_error_behind
+from lmzoo.errors import UserError, user_error_behind
 from lmzoo.files import write_atomically
-from lmzoo.training.run import check_settings, prepared_data, train
+from lmzoo.training.plan import Command, prepared_data, settle
+from lmzoo.training.run import train
+from lmzoo.training.search import MONITORS, TuneSettings, spread
 
 STUDY = "study.db"
 TRIALS = "trials.json"
 TRIALS_DIR = "trials"
 # The user attribute in which a failed trial keeps its error: a study none of whose trials finished names it.
 ERROR = "error"
-# Trials spread evenly over the search space (spread) before TPE takes over.
+# Trials spread evenly over the search space (lmzoo.training.search.spread) before TPE takes over.
 STARTUP_TRIALS = 8
-# What a tune may rank its trials by (tune.monitor): train's result key, and the study's direction.
-MONITORS = {"val/loss": ("best_val_loss", "minimize"), "val/accuracy": ("best_val_accuracy", "maximize")}
-
-
-@dataclasses.dataclass(kw_only=True)
-class TuneSettings:
-    """conf/tune.yaml's `tune:` block."""
-
-    folder: str
-    trials: int
-    seed: int
-    search: dict
-    prune_after: int | None
-    final_seeds: int
-    final: list
-    # val/loss, or val/accuracy on a synthetic task (lmzoo.data.tasks).
-    monitor: str = "val/loss"
-
-    def __post_init__(self):
-        check_field_types(self, "tune")
-        if self.monitor not in MONITORS:
-            raise UserError(f"tune.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        if self.trials < 1 or self.final_seeds < 1:
-            raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
-        if self.prune_after is not None and self.prune_after < 1:
-            raise UserError(f"tune.prune_after must be positive or null (no pruning), got {self.prune_after}")
-        if not self.search:
-            raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
-        self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class Space:
-    """What one key may take: a range [low, high] (on a log scale for floats above 0) or a list of choices."""
-
-    key: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: tuple | None = None
-
-    @classmethod
-    def of(cls, key: str, value) -> "Space":
-        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list):
-            if value["choices"]:
-                return cls(key, choices=tuple(value["choices"]))
-        numbers = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        if not numbers or not value[0] < value[1]:
-            raise UserError(f"tune.search.{key} must be a range [low, high] with low < high, or {{choices: [A, B, ...]}}; "
-                            f"got {value!r}")
-        integer = all(isinstance(v, int) for v in value)
-        return cls(key, float(value[0]), float(value[1]), log=not integer and value[0] > 0, integer=integer)
-
-    def suggest(self, trial: optuna.Trial):
-        if self.choices is not None:
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.integer:
-            return trial.suggest_int(self.key, int(self.low), int(self.high))
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
-
-    def at(self, fraction: float):
-        """The value `fraction` of the way through the range (on its scale), or through the choices."""
-        if self.choices is not None:
-            return self.choices[int(fraction * len(self.choices))]
-        if self.log:
-            return math.exp(math.log(self.low) + fraction * (math.log(self.high) - math.log(self.low)))
-        value = self.low + fraction * (self.high - self.low)
-        return round(value) if self.integer else value
-
-    def ends(self) -> list:
-        """The values at the range's ends, or every choice."""
-        if self.choices is not None:
-            return list(self.choices)
-        return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def spread(search: dict, count: int, seed: int) -> list[dict]:
-    """`count` settings that cut each key's range into `count` equal parts and take the middle of each, the keys
-    paired at random (a Latin hypercube). Optuna's samplers start at random, and a few random draws may all miss
-    a decade; these bracket an optimum from the first trials."""
-    rng = random.Random(seed)
-    columns = {}
-    for key, space in search.items():
-        columns[key] = [space.at((part + 0.5) / count) for part in range(count)]
-        rng.shuffle(columns[key])
-    return [{key: column[trial] for key, column in columns.items()} for trial in range(count)]
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": [1e-4, 3e-2]}} as {"optim.lr": [1e-4, 3e-2]}; a {choices: [...]} is a leaf."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and set(value) != {"choices"}:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class ReportToTrial(L.Callback):
@@ -152,25 +51,29 @@ class ReportToTrial(L.Callback):
             self.pruned = trainer.should_stop = True
 
 
-def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path) -> optuna.Study:
+def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path,
+               accepted: Callable[[], None] | None = None) -> optuna.Study:
     """Run (or continue) the study of `model` in `folder` until `settings.trials` trials have finished, and
-    write folder/trials.json."""
+    write folder/trials.json. `accepted` is called once the tune's checks have passed, before it writes anything
+    into `folder`."""
     for key in settings.search:
         if OmegaConf.select(cfg, key, default=KeyError, throw_on_resolution_failure=False) is KeyError:
             raise UserError(f"tune.search.{key}: the config has no key {key}; search keys the config has, as optim.lr")
     # A mistake of the config or the data fails every trial alike: found once, before the first.
-    check_settings(copy.deepcopy(cfg))
-    check_search_ends(cfg, settings)
+    settle(cfg, Command(model))
+    check_search_ends(cfg, settings, Command(model))
     if settings.monitor == "val/accuracy" and not prepared_data(cfg).scores_answers:
         raise UserError("tune.monitor=val/accuracy needs a synthetic task, whose answers val/accuracy scores "
                         "(data=mqar, noisy_recall or selective_copying); tune text by val/loss")
+    if accepted:
+        accepted()
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after) if settings.prune_after
               else optuna.pruners.NopPruner())
     # A failed trial is one line of ours (objective), not Optuna's warning with its traceback.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=model, storage=f"sqlite:///{folder / STUDY}", load_if_exists=True,
                                 direction=MONITORS[settings.monitor][1], pruner=pruner)
-    # This process holds the folder (lmzoo.cli.hydra_command.RunFolderLock): a trial still marked running was
+    # This process holds the folder (lmzoo.cli.folders.RunFolderLock): a trial still marked running was
     # killed with the tune. It fails, and runs again with the same values.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -192,7 +95,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     return study
 
 
-def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
+def check_search_ends(cfg: DictConfig, settings: TuneSettings, command: Command) -> None:
     """Each searched key at each end of its range (each choice) is a setting the run accepts: a range reaching
     past a limit (optim.lr below optim.min_lr) would fail every trial near that end."""
     for space in settings.search.values():
@@ -200,7 +103,7 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings) -> None:
             corner = copy.deepcopy(cfg)
             OmegaConf.update(corner, space.key, value)
             try:
-                check_settings(corner)
+                settle(corner, command)
             except Exception as error:
                 refused = user_error_behind(error)
                 if refused is None:

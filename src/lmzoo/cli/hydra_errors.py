@@ -1,0 +1,86 @@
+"""Hydra's and OmegaConf's errors as lmzoo's one line, `error: ...`, naming the fix.
+
+Hydra reports a bad override in several lines (and a page of grammar for a bad value), and its flags' mistakes as
+argparse's usage page. lmzoo asks Hydra for its errors as exceptions (HYDRA_FULL_ERROR=1 while the command
+runs) and translates them here; a user's own HYDRA_FULL_ERROR=1 still shows Hydra's whole text. The wording they
+are recognised by is read in lmzoo.cli.compat, pinned by tests/test_compat.py.
+"""
+
+import contextlib
+import dataclasses
+import difflib
+import os
+
+from hydra.errors import InstantiationException, OverrideParseException
+from hydra.utils import get_class
+
+from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, is_ambiguous_value,
+                              missing_key, missing_option, not_an_override, unexpected_keyword)
+from lmzoo.errors import UserError
+
+
+@contextlib.contextmanager
+def hydra_errors_raised():
+    """While open, Hydra raises its errors instead of printing them; yields whether the user asked for its whole
+    text (HYDRA_FULL_ERROR=1), in which case they are not translated."""
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield asked == "1"
+    finally:
+        if asked is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
+
+
+def check_flags(args: list[str], command: str) -> None:
+    """Hydra's flags (--cfg job, -m, ...) as Hydra parses them, but a mistake in them is one line, not argparse's
+    usage page."""
+
+    def refuse(message: str):
+        raise UserError(f"{message}; see python -m lmzoo.{command} --help")
+
+    parser = flags_parser()
+    parser.error = refuse
+    parser.parse_args(args)
+
+
+def explain(error: Exception, command: str) -> str:
+    """One line for an error Hydra met while composing the config."""
+    if option := missing_option(error):
+        group, name, options = option
+        return f"{group}={name} is not an option; choose one of {', '.join(options)}{nearest(name, options)}"
+    if key := missing_key(error):
+        section, name, keys = key
+        keys = [k for k in keys if k not in ("hydra", "_target_")]
+        hint = nearest(name, keys) or (f"; its keys are {', '.join(keys)}" if keys else "; it has no keys to set")
+        return f"{section or 'the config'} has no key {name}{hint}"
+    first = str(error).strip().splitlines()[0]
+    if group := group_not_in_defaults(first):
+        return f"there is no option group {group}; see python -m lmzoo.{command} --help for the groups"
+    if (argument := not_an_override(first)) is not None:
+        return f"{argument!r} is not an override: write KEY=VALUE, such as model=gpt_rope (see python -m lmzoo.{command} --help)"
+    if isinstance(error, OverrideParseException) or is_ambiguous_value(first):
+        return f"{first.rstrip('.')}: quote a value that holds spaces, commas, brackets or '=': key='value'"
+    return first
+
+
+def unknown_key(error: InstantiationException) -> UserError | None:
+    """A key added with `+section.key=...` that the section's class does not take, as one line naming its keys."""
+    key = unexpected_keyword(error.__cause__)
+    failed = failed_instantiation(str(error))
+    if not (key and failed):
+        return None
+    section, target = failed
+    try:
+        keys = [field.name for field in dataclasses.fields(get_class(target)) if field.init]
+    except (TypeError, ImportError, ValueError):
+        keys = []
+    hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "")
+    return UserError(f"{section} has no key {key}{hint}")
+
+
+def nearest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -1,0 +1,88 @@
+"""The checks of a run's settings that need no data: the top-level keys, the trainer's and callbacks' settings
+Lightning would trip over mid-run, and the data's, model's and optimizer's own, before the data is prepared."""
+
+import dataclasses
+import sys
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lmzoo.errors import UserError, check_field_types
+from lmzoo.training.acceleration import check_compile
+from lmzoo.training.budget import Budget
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The top-level keys of conf/train.yaml that the run itself reads, checked before anything starts."""
+
+    seed: int
+    # true, false or auto (lmzoo.training.acceleration).
+    compile: bool | str
+    ckpt_path: str | None
+    resume: str | None
+    init_from: str | None
+    sample_tokens: int
+    tuned: str | None
+
+    def __post_init__(self):
+        check_field_types(self, None)
+        check_compile(self.compile)
+        # Lightning's seed_everything takes 32-bit seeds, and would replace any other by a random one.
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must lie in [0, 2**32), got {self.seed}")
+        if self.sample_tokens < 0:
+            raise UserError(f"sample_tokens must be >= 0 (0 samples nothing), got {self.sample_tokens}")
+        if self.resume not in (None, "auto"):
+            raise UserError(f"resume={self.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "RunSettings":
+        return cls(**{field.name: cfg[field.name] for field in dataclasses.fields(cls)})
+
+
+def check_trainer(trainer: dict) -> None:
+    """Refuse the trainer settings Lightning accepts but fails on later."""
+    for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps"):
+        value = trainer.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"trainer.{key} must be a positive integer, got {value!r}")
+    peak = trainer.get("peak_flops")
+    if peak is not None and (not isinstance(peak, (int, float)) or isinstance(peak, bool) or peak <= 0):
+        raise UserError(f"trainer.peak_flops must be the hardware's peak FLOP/s, a positive number, or null; got {peak!r}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
+        raise UserError(f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}")
+    if not isinstance(trainer.get("skip_nonfinite", False), bool):
+        raise UserError(f"trainer.skip_nonfinite must be true or false, got {trainer['skip_nonfinite']!r}")
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        if "FSDP" in str(trainer.get("strategy")):
+            raise UserError("trainer=fsdp shards a model over CUDA GPUs, and torch sees none; train without trainer=fsdp "
+                            "(trainer=default)")
+        raise UserError(f"trainer.accelerator={trainer['accelerator']} needs a CUDA GPU, and torch sees none; "
+                        "use trainer.accelerator=auto (or cpu)")
+
+
+def check_callbacks(callbacks: dict) -> None:
+    """Refuse callback settings Lightning takes as they come and trips over mid-run."""
+    patience = (callbacks.get("early_stopping") or {}).get("patience", 0)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise UserError(f"callbacks.early_stopping.patience must be an integer >= 0 (validation checks without "
+                        f"improvement before stopping), got {patience!r}")
+
+
+def check_before_preparing(cfg: DictConfig) -> Budget:
+    """The settings of trainer, callbacks, budget, data, model and optimizer, checked before the data is prepared,
+    which may take long; the budget, checked. The data's own come first (block_size among them); the model's
+    vocabulary comes from the data, so the checks that read it run again with the real one; a budget sets the
+    schedule's length from the model's FLOPs."""
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
+    budget = Budget(**cfg.budget)
+    instantiate(cfg.data, _convert_="all")
+    if not cfg.init_from:
+        instantiate(cfg.model, vocab_size=2, _convert_="all")
+    # A budget's schedule length is known once the model is built: its own settings are checked meanwhile.
+    instantiate(cfg.optim, **({"decay_steps": sys.maxsize} if budget.given() else {}))
+    return budget

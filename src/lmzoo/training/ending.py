@@ -1,0 +1,75 @@
+"""How a run ends: last.ckpt at its last step however it stopped, the line that says why it stopped early or
+diverged, and its summary.json row."""
+
+import math
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+from lmzoo.inference.evaluation import bits_per_byte
+from lmzoo.training.callbacks import TokensPerSecond
+from lmzoo.training.module import LitLM
+from lmzoo.training.summary import RunSummary
+
+
+def save_last_step(trainer: L.Trainer, lit: LitLM) -> None:
+    """last.ckpt at the step the run ended, as its summary reports it, however it stopped (early stopping, a
+    minutes budget between validations); say so when early stopping ended it."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint and checkpoint.save_last and lit.saved_step != trainer.global_step and trainer.global_step:
+        trainer.save_checkpoint(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
+    stopper = early_stopper(trainer)
+    if trainer.is_global_zero and stopper:
+        print(f"stopped early at step {trainer.global_step} of {trainer.max_steps}: {stopper.monitor} did not improve in "
+              f"{stopper.patience} validations (callbacks.early_stopping.patience); the best model is in "
+              f"{checkpoint and checkpoint.best_model_path}", file=sys.stderr)
+
+
+def usable_best(trainer: L.Trainer) -> str:
+    """Whether a diverged run's best checkpoint was saved before the divergence (Lightning scores NaN as inf)."""
+    checkpoint = trainer.checkpoint_callback
+    score = checkpoint and checkpoint.best_model_score
+    if score is not None and torch.isfinite(score):
+        return f"{checkpoint.best_model_path}, saved before, is intact"
+    return "no checkpoint was saved before it"
+
+
+def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
+    """The EarlyStopping callback, if it ended the run."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    return stopper if stopper and stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED else None
+
+
+def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tuned: dict | None = None) -> RunSummary:
+    """The run's row in a sweep's comparison table (see lmzoo.reports.compare), over all of its segments
+    when it was resumed: tokens, tokens/s, MFU and wall time are carried in its checkpoints. `model`: its model=
+    option (the model's class name without one)."""
+    total, active = lit.model.parameter_counts()
+    throughput = next((c for c in trainer.callbacks if isinstance(c, TokensPerSecond)), None)
+    tokens = throughput and throughput.tokens
+    best = None if math.isinf(lit.best_val_loss) else lit.best_val_loss
+    # Bits per byte put models with different tokenizers on one scale.
+    best_bpb = bits_per_byte(best, lit.val_tokens_per_byte) if best is not None and lit.val_tokens_per_byte else None
+    return RunSummary(
+        model=model or type(lit.model).__name__,
+        parameters=total,
+        active_parameters=active,
+        best_val_loss=best,
+        best_val_bpb=best_bpb,
+        best_val_accuracy=lit.best_val_accuracy,
+        state_bytes=lit.state_bytes,
+        steps=trainer.global_step,
+        tokens_per_sec=throughput and throughput.mean_rate,
+        wall_time_s=lit.wall_time_s,
+        status=RunSummary.ended(trainer.global_step, lit.diverged_at, trainer.interrupted, early_stopper(trainer) is not None),
+        flops_per_token=lit.flops_per_token,
+        tokens=tokens,
+        flops=tokens and tokens * lit.flops_per_token,
+        mfu=throughput and throughput.mfu,
+        seed=seed,
+        tuned=tuned,
+    )

@@ -1,0 +1,131 @@
+"""Whether a run continues a checkpoint, which, and whether it may: a checkpoint of the model the run builds, on
+the same tokenizer; a run that has ended is left as it is unless the continuation trains it further."""
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lmzoo.checkpoints.ckpt import checkpoint_file, read_checkpoint
+from lmzoo.checkpoints.record import ModelRecord, architecture_record
+from lmzoo.data.tokenizer import describe_tokenizer
+from lmzoo.errors import UserError
+from lmzoo.models import LanguageModel
+from lmzoo.models.presets import override_value
+from lmzoo.training.finetune import model_option, source_path
+from lmzoo.training.folder import checkpoints_folder, is_own_checkpoint
+from lmzoo.training.optim import OptimConfig
+from lmzoo.training.summary import SUMMARY, RunSummary
+
+# The checkpoint a run folder's last step is in (Lightning's ModelCheckpoint.CHECKPOINT_NAME_LAST, conf/callbacks).
+LAST = "last.ckpt"
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to continue from: ckpt_path, or with resume=auto the run folder's last.ckpt."""
+    if cfg.ckpt_path:
+        return str(checkpoint_file(cfg.ckpt_path))
+    if cfg.resume == "auto":
+        last = checkpoints_folder(cfg) / LAST
+        return str(last) if last.is_file() else None
+    return None
+
+
+def as_list(value):
+    """Tuples as lists: a config read from a checkpoint and one from the command line hold sequences either way."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_same_start(record: ModelRecord, ckpt_path: str, init_from: str | None, finetune: dict | None) -> None:
+    """init_from beside a checkpoint to resume is used, or refused, never silently dropped: a LoRA run rebuilds its
+    frozen base from it (which must be the base it trained on, moved or not); a run fully fine-tuned from it
+    continues from the checkpoint's weights, which the command says where init_from names other weights."""
+    if not init_from:
+        return
+    started = ((record.run or {}).get("config") or {}).get("init_from") or (record.finetune or {}).get("base")
+    if not started:
+        raise UserError(f"{ckpt_path} continues a run trained from scratch, whose weights replace init_from's; leave "
+                        f"init_from={init_from} out")
+    recorded = (record.finetune or {}).get("base_sha256")
+    if recorded and finetune and finetune.get("base_sha256") != recorded:
+        raise UserError(f"init_from={init_from} is not the base {ckpt_path} was trained on ({started}: the sha256 of "
+                        "their weights differs); pass that base as init_from")
+    if not record.finetune and source_path(started) != source_path(init_from):
+        print(f"warning: {ckpt_path} continues a run fine-tuned from {started}: its own weights go on, not those of "
+              f"init_from={init_from}", file=sys.stderr)
+
+
+def check_resumable(ckpt_path: str, model: LanguageModel, tokenizer: dict, optim: OptimConfig,
+                    finetune: dict | None = None, init_from: str | None = None) -> str | None:
+    """A sound lmzoo checkpoint of this release, of the `model` the run builds (with its `finetune` record),
+    trained on tokens of the data's `tokenizer`. Returns the warning that names the optimizer settings that differ
+    from the checkpoint's (the checkpoint's optimizer and learning-rate schedule are the ones that continue), or
+    None."""
+    record = ModelRecord.read(read_checkpoint(ckpt_path)["lmzoo"])
+    check_same_start(record, ckpt_path, init_from, finetune)
+    if record.tokenizer != tokenizer:
+        raise UserError(f"{ckpt_path} was trained with the {describe_tokenizer(record.tokenizer)}, but the data uses "
+                        f"the {describe_tokenizer(tokenizer)}; resume with the data=/tokenizer= of that run")
+    ours = architecture_record(model)
+    # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
+    changed = {key: value for key, value in record.config.items()
+               if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
+    if record.architecture != ours["architecture"] or set(changed) & set(type(model.config).choices):
+        config = record.build_config()
+        raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
+                        f"with model={model_option(config)} and that run's model settings")
+    if changed:
+        settings = " ".join(f"model.{key}={override_value(value)}" for key, value in changed.items())
+        raise UserError(f"{ckpt_path} holds a model of other settings than the run builds; resume with {settings}")
+    asked = vars(optim)
+    kept = {key: value for key, value in (record.optim or {}).items() if asked.get(key) != value}
+    if not kept:
+        return None
+    theirs = ", ".join(f"{key}={value}" for key, value in kept.items())
+    ours_now = ", ".join(f"optim.{key}={asked[key]}" for key in kept)
+    decay = (" (optim.decay_steps follows trainer.max_steps: steps past the checkpoint's decay run at "
+             "optim.min_lr)") if "decay_steps" in kept else ""
+    return (f"warning: resuming keeps the checkpoint's optimizer and learning-rate schedule ({theirs}), not this "
+            f"command's {ours_now}{decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EndedRun:
+    """A run that has ended in its folder, which this command leaves as it is: its step, status and results."""
+
+    folder: Path
+    step: int
+    status: str
+    best_checkpoint: str
+    best_val_loss: float
+    best_val_accuracy: float | None
+
+    def line(self) -> str:
+        further = "" if self.status.startswith("done: stopped early") else \
+            f"; to train it further, continue it with trainer.max_steps above {self.step}"
+        return (f"{self.folder} already ended at step {self.step} ({self.status}); it is left as it is, its summary in "
+                f"{self.folder / SUMMARY}{further}")
+
+    def result(self) -> dict:
+        return {"best_checkpoint": self.best_checkpoint, "best_val_loss": self.best_val_loss,
+                "best_val_accuracy": self.best_val_accuracy, "steps": self.step}
+
+
+def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps: int, best: Path) -> EndedRun | None:
+    """The run in `folder` when it has ended (its summary says done, at the step of its last.ckpt) and continuing
+    it from `ckpt_path`, one of its own checkpoints, up to `max_steps` would train it no further (or it stopped
+    early); None when there is a run to continue. An ended run is left as it is, so that its checkpoints, summary,
+    provenance and logs keep describing the run that trained (a sweep continued with resume=auto passes over its
+    finished jobs). `best`: where the run's best checkpoint is."""
+    summary_path, last = folder / SUMMARY, checkpoints / LAST
+    if not is_own_checkpoint(ckpt_path, checkpoints) or not summary_path.is_file() or not last.is_file():
+        return None
+    summary = RunSummary.read(summary_path)
+    if not summary.done or summary.steps != read_checkpoint(last).get("global_step", 0):
+        return None
+    if max_steps > summary.steps and not summary.stopped_early:
+        return None
+    return EndedRun(folder, summary.steps, summary.status, str(best) if best.is_file() else "",
+                    summary.best_val_loss if summary.best_val_loss is not None else math.inf, summary.best_val_accuracy)
