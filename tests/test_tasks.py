@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import SHAKESPEARE, compose_config
+from hydra.utils import instantiate
 from hypothesis import given, settings
 from torch.utils.data import DataLoader
 
@@ -174,7 +175,7 @@ def test_val_accuracy_is_the_share_of_answers_predicted_exactly_over_the_whole_v
 def compose_task(tmp_path, *overrides):
     return compose_config("train", "data=mqar", "trainer=debug", "trainer.enable_progress_bar=false",
                           "trainer.enable_model_summary=false", "sample_tokens=0", "model.n_layer=2", "model.n_head=2",
-                          "model.n_embd=32", "model.mlp_ratio=0", f"paths.output_dir={tmp_path}", *overrides)
+                          "model.n_embd=32", "model.ffn_pattern=[]", f"paths.output_dir={tmp_path}", *overrides)
 
 
 def test_a_task_run_records_its_accuracy_and_state_size_and_resumes_with_its_best_accuracy(tmp_path):
@@ -204,16 +205,18 @@ def test_a_tiny_attention_model_learns_a_tiny_mqar(tmp_path, seed):
     """Two layers of attention, the first local (swa, a window of 4), which forms the previous-token head the recall
     needs within a few hundred steps. Two of full attention (gpt_rope) at GPT-2's init (std 0.02) sit for thousands
     of steps at 1 / num_kv_pairs, choosing among the values in context, before they form it (bench/README.md)."""
-    result = train(compose_task(tmp_path, "model=swa", "model.window=4", f"seed={seed}", "data.vocab_size=32",
-                                "data.num_kv_pairs=2", "block_size=16", "data.filler=blank", "data.batch_size=32",
+    result = train(compose_task(tmp_path, "model=swa", "model.mixers.local_attention.window=4", f"seed={seed}",
+                                "data.vocab_size=32", "data.num_kv_pairs=2", "block_size=16", "data.filler=blank",
+                                "data.batch_size=32",
                                 "data.train_examples=5000", "trainer.max_steps=600", "trainer.val_check_interval=100",
                                 "optim.lr=3e-3", "optim.warmup_steps=20"))
     assert result["best_val_accuracy"] > 0.95
 
 
 
-def test_a_tune_can_rank_its_trials_by_highest_accuracy(tmp_path):
-    from lmzoo.reports.tune import best_trial, read_trials
+def test_a_tune_can_check_and_rank_its_trials_by_highest_accuracy(tmp_path):
+    from lmzoo.reports.tune import read_trials, write_tune_report
+    from lmzoo.training.choice import best_trial, choose
     from lmzoo.training.search import TuneSettings
     from lmzoo.training.tune import tune_model
 
@@ -221,13 +224,25 @@ def test_a_tune_can_rank_its_trials_by_highest_accuracy(tmp_path):
     folder.mkdir()
     cfg = compose_config("tune", "data=mqar", "data.vocab_size=32", "data.num_kv_pairs=2", "block_size=16",
                          "data.train_examples=100", "data.batch_size=4", "data.val_batches=2", "model=bigram",
-                         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+                         "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.enable_progress_bar=false",
                          "trainer.enable_model_summary=false", f"paths.output_dir={folder}")
-    settings = TuneSettings(folder=str(folder), trials=2, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}},
-                            prune_after=None, final_seeds=3, final=[], monitor="val/accuracy")
+    # Checked at each quarter, never pruned (prune_after beyond the trials): every check is an accuracy, not a loss.
+    settings = TuneSettings(folder=str(folder), trials=3, seed=0, search={"optim": {"lr": [1e-3, 1e-1]}},
+                            prune_after=4, final_seeds=3, final=[], monitor="val/accuracy")
     study = tune_model(cfg, settings, "bigram", folder)
     assert study.direction.name == "MAXIMIZE" and all(0 <= trial.value <= 1 for trial in study.trials)
-    assert best_trial(read_trials(folder))["value"] == max(trial.value for trial in study.trials)
+    checks = [value for trial in study.trials for value in trial.intermediate_values.values()]
+    assert len(checks) == 3 * 3 and all(0 <= value <= 1 for value in checks)
+    records = read_trials(folder)
+    assert best_trial(records)["value"] == max(trial.value for trial in study.trials)
+    # No parabola through accuracy: the best trial's values, and tune.md says why.
+    choice = choose(records)
+    assert choice.fit is None and choice.values == best_trial(records)["params"] and "val/accuracy" in choice.how
+    (folder / ".hydra").mkdir()
+    write_tune_report(tmp_path, 1, 3, [])
+    best = best_trial(records)
+    assert (f"Best trial: `optim.lr={best['params']['optim.lr']:.3g}`, val/accuracy {best['value']:.4f}"
+            in (tmp_path / "tune.md").read_text())
     text = compose_config("tune", "model=bigram", f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path / 'data'}",
                           f"paths.output_dir={folder}")
     with pytest.raises(UserError, match="tune.monitor=val/accuracy needs a synthetic task"):
@@ -249,5 +264,11 @@ def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
         cfg = compose_config("train", "experiment=recall", f"experiment/recall/model@_global_={model}",
                              return_hydra_config=True)
         assert cfg.hydra.runtime.choices.model == model and cfg.model.n_layer == 2
+        # Each builds, as the study's widths ask (its parts' knobs as this release spells them), of mixers alone.
+        for width in params["model.n_embd"].split(","):
+            config = instantiate(cfg.model, vocab_size=cfg.data.vocab_size, n_embd=int(width), _convert_="all")
+            built = config.build()
+            assert list(config.ffn_pattern) == [] and built(torch.zeros(1, cfg.block_size, dtype=torch.long)).logits \
+                .shape == (1, cfg.block_size, cfg.data.vocab_size)
     hybrid = compose_config("train", "experiment=recall", "experiment/recall/model@_global_=hybrid")
     assert list(hybrid.model.layer_pattern) == ["gated_deltanet", "attention"]

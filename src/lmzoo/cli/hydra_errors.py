@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, is_ambiguous_value,
                               missing_key, missing_option, not_an_override, unexpected_keyword)
 from lmzoo.errors import UserError
+from lmzoo.models.presets import moved_keys
 
 
 @contextlib.contextmanager
@@ -53,6 +54,8 @@ def explain(error: Exception, command: str) -> str:
         return f"{group}={name} is not an option; choose one of {', '.join(options)}{nearest(name, options)}"
     if key := missing_key(error):
         section, name, keys = key
+        if section == "model" and (moved := moved_keys(name)):
+            return f"model.{name} is a knob of the parts that have it now: set {' or '.join(moved)}"
         keys = [k for k in keys if k not in ("hydra", "_target_")]
         hint = nearest(name, keys) or (f"; its keys are {', '.join(keys)}" if keys else "; it has no keys to set")
         return f"{section or 'the config'} has no key {name}{hint}"

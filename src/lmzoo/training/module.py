@@ -116,7 +116,7 @@ class LitLM(L.LightningModule):
             bpb = bits_per_byte(loss, self.val_tokens_per_byte)
             self.log("val/bpb", bpb, sync_dist=True, batch_size=count)
         if self.scores_answers:
-            correct = output.logits.argmax(dim=-1)[answers] == targets[answers]
+            correct = correct_answers(output.logits, targets)
             self.log("val/accuracy", correct.float().mean(), prog_bar=True, sync_dist=True, batch_size=count)
 
     def on_validation_epoch_end(self):
@@ -199,6 +199,13 @@ class LitLM(L.LightningModule):
         # lmzoo 0.1 recorded no optimizer settings; its schedule was a warmup-cosine, as a record without a schedule.
         self.optim = OptimConfig(**record.optim) if record.optim else replace(self.optim, schedule="cosine")
         restore_rng(record.rng)
+
+
+def correct_answers(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each answer of a synthetic task's targets (those not IGNORE) is the logits' top token: val/accuracy
+    is their share."""
+    answers = targets != IGNORE
+    return logits.argmax(dim=-1)[answers] == targets[answers]
 
 
 def decoding_state_bytes(model: LanguageModel) -> int | None:

@@ -63,7 +63,7 @@ class Settled(NamedTuple):
 def settle(cfg: DictConfig, command: Command) -> Settled:
     """The settings' own mistakes, found before anything is written or prepared."""
     settings = RunSettings.of(cfg)
-    tuned = tuned_values(settings.tuned, command.model)
+    tuned = tuned_values(settings.tuned, command.model, settings.tuned_at)
     config = with_tuned(cfg, tuned)
     return Settled(settings, tuned, config, check_before_preparing(config))
 
