@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lmzoo.data import DataConfig, prepare
+from lmzoo.data.tasks import TaskConfig
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.data.windows import open_tokens, window_batch
 from lmzoo.errors import UserError
@@ -58,6 +59,10 @@ def tokenized_differently(data: DataConfig, tokenizer_spec: dict) -> UserError:
 
 def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int) -> dict:
     """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
+    if isinstance(data, TaskConfig):
+        raise UserError(f"data={data.name} is a synthetic task, which evaluate does not score: its accuracy is the "
+                        "run's val/accuracy (best_val_accuracy in its summary.json); evaluate a text with data=NAME "
+                        "or data.path=FILE")
     check_tokenizer(data, tokenizer_spec)
     meta = prepare(data)
     if meta.tokenizer != tokenizer_spec:

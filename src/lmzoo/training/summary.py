@@ -24,6 +24,10 @@ class RunSummary:
     active_parameters: int | None = None
     best_val_loss: float | None = None
     best_val_bpb: float | None = None
+    # A synthetic task's best val/accuracy (lmzoo.data.tasks); None for text.
+    best_val_accuracy: float | None = None
+    # Bytes of the decoding state a sequence of the run's block_size needs (lmzoo.training.module.decoding_state_bytes).
+    state_bytes: int | None = None
     steps: int | None = None
     tokens_per_sec: float | None = None
     wall_time_s: float | None = None
