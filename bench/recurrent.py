@@ -1,12 +1,19 @@
-"""Recurrent mixers against attention: training step time at equal parameters, and decode time and memory per
-token as the context grows, where attention's cache grows and a recurrent state does not.
+"""Recurrent mixers against attention: MFU of a training step, step time at equal parameters, and decode time
+and memory per token as the context grows, where attention's cache grows and a recurrent state does not.
 
     python bench/recurrent.py [--contexts 1024 4096 16384] [--steps 32] [--threads 1]
+    python bench/recurrent.py --only mfu --rounds 5          # the MFU table alone
 
-Random-init models from conf/model/ (gpt_rope, mamba2, gated_deltanet, hybrid), each sized to gpt_rope's
-parameters with model.target_params. Decoding at context L: a cache holding L tokens (attention's keys and
-values filled at random, which costs what real ones do), then `--steps` single-token steps at batch 1; the
-median step is reported. Models are timed in turn within each round, the best of the rounds kept.
+Random-init models from conf/model/ (gpt_rope, mamba2, gated_deltanet, hybrid). **MFU**: each preset at width 128
+with block 64 (the reference comparison's models, `experiment=reference`) and at width 384 with block 256
+(nanoGPT's Shakespeare width), batch 16, in fp32 and, on a CPU with native bf16 units, in bf16 autocast: a
+training step as a run takes it (forward, cross-entropy, backward, clipping at 1.0, lmzoo's fused AdamW), the
+best of `--rounds` rounds after 2 warm-up steps, models in turn within a round; its FLOPs as the budget counts
+them (`flops_per_token(block)` x tokens) over the step's wall time and the peak a run's MFU is measured against
+(lmzoo.training.perf). **Step time at equal parameters**: each sized to gpt_rope's parameters with
+model.target_params, batch 8 x 256, forward and backward. **Decoding** at context L: a cache holding L tokens
+(attention's keys and values filled at random, which costs what real ones do), then `--steps` single-token steps
+at batch 1; the median step is reported. Models are timed in turn within each round, the best of the rounds kept.
 """
 
 import argparse
@@ -14,13 +21,20 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from lmzoo.models import TransformerConfig, preset_config
 from lmzoo.models.base import sized
 from lmzoo.models.cache import KVState
+from lmzoo.training.acceleration import BF16_CPU_UNITS
+from lmzoo.training.optim import OptimConfig, configure_adamw
+from lmzoo.training.perf import cpu_flags, cpu_name, cpu_peak_flops
 
 MODELS = ("gpt_rope", "mamba2", "gated_deltanet", "hybrid")
 VOCAB = 65
+# (width, block) of the MFU table, at batch MFU_BATCH.
+MFU_SHAPES = ((128, 64), (384, 256))
+MFU_BATCH = 16
 
 
 def preset(name: str, block_size: int, target: float | None = None) -> TransformerConfig:
@@ -57,14 +71,66 @@ def decode(model, context: int, steps: int) -> tuple[float, int]:
     return statistics.median(times), cache.nbytes()
 
 
+def training_step(model, optimizer, tokens: torch.Tensor, bf16: bool) -> float:
+    """Seconds of one training step as a run takes it (in bf16 autocast as Lightning's bf16-mixed, or fp32)."""
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(tokens).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+def mfu_table(rounds: int) -> None:
+    """Each preset's training step at each MFU shape and precision: ms, tokens/s, MFU, and time against gpt_rope."""
+    precisions = ["fp32"] + (["bf16"] if set(BF16_CPU_UNITS) & cpu_flags() else [])
+    print(f"\nMFU of a training step (batch {MFU_BATCH}, best of {rounds} rounds), against the peak a run's MFU uses: "
+          + ", ".join(f"{name} {cpu_peak_flops(torch.bfloat16 if name == 'bf16' else torch.float32) / 1e9:.1f} GFLOP/s"
+                      for name in precisions))
+    print("\n| width, block | precision | model | parameters | FLOPs per token | ms per step | tokens/s | MFU "
+          "| time vs gpt_rope |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for width, block in MFU_SHAPES:
+        tokens = torch.randint(VOCAB, (MFU_BATCH, block))
+        for precision in precisions:
+            torch.manual_seed(0)
+            models = {name: preset_config(name, block_size=block, vocab_size=VOCAB, n_embd=width).build()
+                      for name in MODELS}
+            optimizers = {name: configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"]
+                          for name, model in models.items()}
+            for name in MODELS:
+                for _ in range(2):
+                    training_step(models[name], optimizers[name], tokens, precision == "bf16")
+            best = {name: float("inf") for name in MODELS}
+            for _ in range(rounds):
+                for name in MODELS:
+                    best[name] = min(best[name], training_step(models[name], optimizers[name], tokens, precision == "bf16"))
+            peak = cpu_peak_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+            for name in MODELS:
+                flops = models[name].flops_per_token(block)
+                rate = MFU_BATCH * block / best[name]
+                print(f"| {width}, {block} | {precision} | {name} | {models[name].parameter_counts().total:,} | "
+                      f"{flops:,} | {best[name] * 1e3:.1f} | {rate:,.0f} | {rate * flops / peak:.1%} | "
+                      f"{best[name] / best['gpt_rope']:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=["mfu", "train", "decode"], help="one table of the three")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_name()}; " + ", ".join(f"{flag} {'yes' if flag in cpu_flags() else 'no'}" for flag in BF16_CPU_UNITS)
+          + f"; torch {torch.__version__}, {args.threads} thread(s)")
+    if args.only in (None, "mfu"):
+        mfu_table(args.rounds)
+    if args.only == "mfu":
+        return
     torch.manual_seed(0)
     target = preset("gpt_rope", 256).build().parameter_counts().total
     train = {name: preset(name, 256, target).build() for name in MODELS}
@@ -72,13 +138,16 @@ def main() -> None:
     decoders = {name: preset(name, longest, target).build().eval() for name in MODELS}
     print("parameters: " + ", ".join(f"{n} {m.parameter_counts().total:,}" for n, m in train.items()))
 
-    best = {name: float("inf") for name in MODELS}
-    for _ in range(args.rounds):
-        for name, model in train.items():
-            best[name] = min(best[name], step_seconds(model, 8, 256))
-    print("\n| model | training step, batch 8 x 256 (s) | vs gpt_rope |\n| --- | --- | --- |")
-    for name in MODELS:
-        print(f"| {name} | {best[name]:.3f} | {best[name] / best['gpt_rope']:.2f} |")
+    if args.only in (None, "train"):
+        best = {name: float("inf") for name in MODELS}
+        for _ in range(args.rounds):
+            for name, model in train.items():
+                best[name] = min(best[name], step_seconds(model, 8, 256))
+        print("\n| model | training step, batch 8 x 256 (s) | vs gpt_rope |\n| --- | --- | --- |")
+        for name in MODELS:
+            print(f"| {name} | {best[name]:.3f} | {best[name] / best['gpt_rope']:.2f} |")
+    if args.only == "train":
+        return
 
     print("\n| model | " + " | ".join(f"decode ms/token at {c:,}" for c in args.contexts) + " | "
           + " | ".join(f"cache bytes at {c:,}" for c in args.contexts) + " |")

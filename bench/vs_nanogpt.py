@@ -4,6 +4,7 @@
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 3 --max-iters 2000 --sample-pairs 5
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 1 --max-iters 20 --eval-interval 10 --sample-pairs 1  # smoke
     python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --pairs 3 --max-iters 200 --sample-pairs 0
+    python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --batch-size 16 --threads 2 --pairs 3 --max-iters 40 --sample-pairs 0
     python bench/vs_nanogpt.py --nanogpt DIR --as-typed --pairs 3 --max-iters 600 --sample-pairs 0
     python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.ffns.mlp.activation=gelu_erf model.bias=false \
         --pairs 3 --max-iters 600
@@ -12,8 +13,10 @@
 config/train_shakespeare_char.py as that file says to run it on a CPU (`--device=cpu --compile=False`): 6 layers,
 6 heads, width 384, block 256, batch 64, dropout 0.2, with `--eval_iters=20` and one evaluation, at the last
 iteration (`--eval-interval` defaults to `--max-iters` there); lmzoo trains the same model with its defaults for
-everything else, `trainer.precision=auto` and `compile=auto` included (bf16 on a CPU with AMX at this width).
+everything else, `trainer.precision=auto` and `compile=auto` included (each decided by measuring on the machine: lmzoo.training.acceleration).
 The CPU's model name and its `amx_bf16` and `avx512_bf16` flags are printed first: record them beside the numbers.
+
+`--batch-size N` sets both programs' batch size (nanoGPT's `--batch_size`, lmzoo's `data.batch_size`).
 
 `--as-typed` trains lmzoo's `model=gpt` as a user types it with nanoGPT's sizes: GPT-2's biases, tanh GELU,
 padded vocabulary and untied head, not nanoGPT's model (so the same-text evaluation, which loads nanoGPT's
@@ -38,10 +41,11 @@ neither program's timed run prepares data.
 - **sample**: nanoGPT's `sample.py` (500 tokens, one sample, top-k 200, temperature 0.8) against
   `python -m lmzoo.generate` with the same settings, each on the checkpoint its last training run wrote.
 
-Runs alternate, A B then B A, for `--pairs` (train) and `--sample-pairs` (sample) pairs; each is one whole
-process (start-up, imports, data loading, training, evaluation, checkpoints, shut-down), at this process's
-priority, with `--threads` threads each (default 1). Printed: wall and user CPU seconds of every run, nanoGPT's and lmzoo's final
-validation loss, and the median of the per-pair ratios lmzoo / nanoGPT (below 1: lmzoo is faster).
+Runs alternate, A B then B A (`--start-with` names A), for `--pairs` (train) and `--sample-pairs` (sample) pairs;
+each is one whole process (start-up, imports, data loading, training, evaluation, checkpoints, shut-down), at this
+process's priority, with `--threads` threads each (default 1). Printed: wall and user CPU seconds of every run,
+nanoGPT's and lmzoo's final validation loss, and the median of the per-pair ratios lmzoo / nanoGPT (below 1: lmzoo
+is faster).
 """
 
 import argparse
@@ -125,8 +129,14 @@ def main():
     parser.add_argument("--as-typed", action="store_true",
                         help="lmzoo's model=gpt as it comes with nanoGPT's sizes, not nanoGPT's model")
     parser.add_argument("--lmzoo", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of lmzoo's command")
+    parser.add_argument("--batch-size", type=int, help="both programs' batch size, in place of the config's")
+    parser.add_argument("--start-with", choices=["nanoGPT", "lmzoo"], default="nanoGPT",
+                        help="the program of the first pair's first run (pairs of several calls alternate too)")
     args = parser.parse_args()
     nanogpt_args, lmzoo_args, context, default_interval = CONFIGS[args.config]
+    if args.batch_size:
+        nanogpt_args = [*nanogpt_args, f"--batch_size={args.batch_size}"]
+        lmzoo_args = [*lmzoo_args, f"data.batch_size={args.batch_size}"]
     if args.as_typed:
         lmzoo_args = [arg for arg in lmzoo_args if not arg.startswith(NANOGPT_MODEL_CHOICES)]
     lmzoo_args = [*lmzoo_args, *args.lmzoo]
@@ -163,11 +173,11 @@ def main():
         print(f"lmzoo: {' '.join(lmzoo_args)}")
         print(f"config {args.config}; load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s) each; "
               f"{iters} iterations")
-        train = measure(commands, args.pairs, env, "train", val_loss)
+        train = measure(commands, args.pairs, env, "train", val_loss, args.start_with)
         same_text = None if args.as_typed else same_text_losses(
             work / "out-nanogpt" / "ckpt.pt", nanogpt / "data" / "shakespeare_char",
             work / "lmzoo-run" / "checkpoints" / "last.ckpt", work / "lmzoo-data", context)
-        sample = measure(samplers, args.sample_pairs, env, "sample", None) if args.sample_pairs else None
+        sample = measure(samplers, args.sample_pairs, env, "sample", None, args.start_with) if args.sample_pairs else None
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         report("train", train)
         if same_text:
@@ -177,11 +187,13 @@ def main():
             report("sample", sample)
 
 
-def measure(commands: dict, pairs: int, env: dict, what: str, loss_of) -> list[dict]:
-    """Runs the two commands in alternating order, pair by pair; each pair's wall and CPU times and losses."""
+def measure(commands: dict, pairs: int, env: dict, what: str, loss_of, start_with: str = "nanoGPT") -> list[dict]:
+    """Runs the two commands in alternating order, pair by pair, `start_with` first; each pair's wall and CPU
+    times and losses."""
     rows = []
+    first = ["nanoGPT", "lmzoo"] if start_with == "nanoGPT" else ["lmzoo", "nanoGPT"]
     for pair in range(pairs):
-        order = ["nanoGPT", "lmzoo"] if pair % 2 == 0 else ["lmzoo", "nanoGPT"]
+        order = first if pair % 2 == 0 else first[::-1]
         row = {}
         for name in order:
             command, cwd = commands[name]
@@ -191,6 +203,10 @@ def measure(commands: dict, pairs: int, env: dict, what: str, loss_of) -> list[d
             row[name] = {"wall": wall, "user": user, "loss": loss_of(name, output, cwd) if loss_of else None}
             loss = f", val loss {row[name]['loss']:.4f}" if loss_of else ""
             print(f"{what} pair {pair + 1} {name:8s} wall {wall:7.2f} s, user CPU {user:7.2f} s{loss}", flush=True)
+            if name == "lmzoo" and what == "train":
+                # What trainer.precision=auto and compile=auto chose, and why (the progress bar may precede a line).
+                for line in re.findall(r"\b(?:precision|compile): [^\r\n]*", output):
+                    print(f"  {line}", flush=True)
         rows.append(row)
     return rows
 

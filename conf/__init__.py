@@ -3,9 +3,9 @@ setting at its class's default, which the group's options extend (`defaults: [/G
 an option's file holds only what it sets otherwise, and the composed config (`--cfg job`) every value.
 
 - `architecture/CLASS`: each architecture's config, which model/'s presets extend (lmzoo.models.presets);
-- `settings/CLASS`: OptimConfig (optim/), DataConfig (data/), LoRA (finetune/) and TuneSettings (tune/), with
-  the settings that follow the run's own wired to them (the schedule's length to trainer.max_steps, the data's
-  block size, seed and folder to the run's).
+- `settings/CLASS`: OptimConfig (optim/), DataConfig (data/), each synthetic task's config (data/mqar and the
+  others, lmzoo.data.tasks), LoRA (finetune/) and TuneSettings (tune/), with the settings that follow the run's own
+  wired to them (the schedule's length to trainer.max_steps, the data's block size, seed and folder to the run's).
 """
 
 import dataclasses
@@ -14,6 +14,7 @@ import inspect
 from hydra.core.config_store import ConfigStore
 
 from lmzoo.data import DataConfig
+from lmzoo.data.tasks import TASKS
 from lmzoo.models.lora import LoRA
 from lmzoo.models.presets import architecture_defaults, architectures
 from lmzoo.training.optim import OptimConfig
@@ -25,6 +26,8 @@ WIRED = {
     # The package's name for it, as runs have recorded it.
     DataConfig: {"_target_": "lmzoo.data.DataConfig", "root": "${paths.data_dir}", "block_size": "${block_size}",
                  "seed": "${seed}"},
+    # A synthetic task's examples are as long as the run's context, drawn from its seed.
+    **{task: {"block_size": "${block_size}", "seed": "${seed}"} for task in TASKS.values()},
 }
 
 
@@ -46,6 +49,6 @@ def settings_node(target: type, wired: dict) -> dict:
 for config_class in architectures():
     ConfigStore.instance().store(group="architecture", name=config_class.__name__,
                                  node=architecture_defaults(config_class))
-for settings_class in (OptimConfig, DataConfig, LoRA, TuneSettings):
+for settings_class in (OptimConfig, DataConfig, *TASKS.values(), LoRA, TuneSettings):
     ConfigStore.instance().store(group="settings", name=settings_class.__name__,
                                  node=settings_node(settings_class, WIRED.get(settings_class, {})))

@@ -29,6 +29,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
+@pytest.fixture(autouse=True)
+def the_same_machine_everywhere(monkeypatch, tmp_path_factory):
+    """Every test sees a CPU without native bf16 units (tests that need them fake them) and lmzoo's cache of a
+    fresh machine, shared by the session (the peak FLOP/s probed once; compile records only of real compiles,
+    which compile=auto finds too long to repay in a test's run), so that precision=auto and compile=auto choose
+    alike on any machine. A test that fakes a compile keeps its record in a cache of its own."""
+    from lmzoo.training import acceleration, perf
+
+    monkeypatch.setattr(acceleration, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(perf, "cache_dir", lambda: tmp_path_factory.getbasetemp() / "lmzoo-cache")
+
+
 @pytest.fixture
 def nan_loss_at_steps(monkeypatch):
     """The loss of the batches at the given steps becomes NaN, as after a bad batch."""

@@ -43,6 +43,8 @@ RESUME = [*TRAIN, "ckpt_path={ckpt}"]
 BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.n_head=4"]
 MOE = [*TRAIN, "model=moe"]
 EVALUATE = ["ckpt={ckpt}", "paths.data_dir={tmp}/data"]
+TASK = ["data=mqar", "hydra.run.dir={tmp}/run", "trainer=debug", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "sample_tokens=0", "model.n_layer=2", "model.n_embd=32"]
 PREPARE = ["paths.data_dir={tmp}/data"]
 NO_CUDA = not torch.cuda.is_available()
 # The attention (global and local), by their registered names.
@@ -189,6 +191,22 @@ CASES = [
      "size); "
      "leave it null, got 2", []),
     ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
+    # train: a synthetic task's settings, refused before the run writes anything
+    ("train", [*TASK, "block_size=128", "data.num_kv_pairs=40"], "block_size 128 is too short for "
+     "data.num_kv_pairs=40: the pairs and the queries take at least 4 x 40 = 160 tokens", ["run/provenance.json"]),
+    ("train", [*TASK, "data.filler=noise"], "data.filler must be one of random, blank, got 'noise'", []),
+    ("train", [*TASK, "data.num_kv_pairs=1", "block_size=4", "data.vocab_size=4", "data.filler=blank",
+               "data.train_examples=50"], "data=mqar has too few distinct examples for 8 val examples apart from the "
+     "50 training ones", ["run/provenance.json"]),
+    ("train", [*TASK, "data=selective_copying", "data.num_tokens_to_copy=40", "block_size=64"],
+     "block_size 64 is too short for data.num_tokens_to_copy=40", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_monitor", "tune.monitor=val/accuracy"],
+     "tune.monitor=val/accuracy needs a synthetic task", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_monitor_bpb", "tune.monitor=val/bpb"],
+     "tune.monitor must be one of val/loss, val/accuracy, got 'val/bpb'", []),
+    ("tune", [*TASK, "hydra.sweep.dir={tmp}/tune_monitor_repeats", "tune.monitor=val/accuracy",
+              "tune.repeats=2"],
+     "tune.monitor=val/accuracy takes the best trial's values, so set tune.repeats=0", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),
     ("train", [*TRAIN, "optim.lr=0"], "optim.lr must be positive", []),
@@ -443,6 +461,7 @@ CASES = [
     ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
      []),
     ("evaluate", EVALUATE, "no training config beside {ckpt}; name the data: data.path=FILE or data=NAME", []),
+    ("evaluate", [*EVALUATE, "data=mqar"], "data=mqar is a synthetic task, which evaluate does not score", []),
     ("evaluate", [*EVALUATE, "batch_size=0"], "batch_size must be a positive integer, got 0", []),
     ("evaluate", [*EVALUATE, "batch_size=abc"], "batch_size must be a positive integer, got 'abc'", []),
     ("evaluate", [*EVALUATE, "device=tpu9"], "device='tpu9' is not a device", []),

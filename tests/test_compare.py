@@ -170,3 +170,21 @@ def test_compare_says_where_a_models_best_lies_around_its_tuned_rate(tmp_path):
         "above the tuned value at this budget, not bracketed.\n"
         "- hybrid (chosen optim.lr=0.0022 2.8944, lower optim.lr=0.0013 3.0240, upper optim.lr=0.004 2.9520): best at "
         "the tuned value: the optimum is bracketed at this budget."]
+
+
+def test_by_accuracy_the_best_around_a_tuned_rate_is_the_highest(tmp_path):
+    """A synthetic task's runs (tune.monitor=val/accuracy) beside their tuned rate: the highest accuracy is best."""
+    runs = [("hybrid", "chosen", 2.2e-3, 0.9), ("hybrid", "lower", 1.3e-3, 0.5), ("hybrid", "upper", 4e-3, 0.6),
+            ("mlp", "chosen", 1.3e-2, 0.5), ("mlp", "upper", 2.2e-2, 0.8)]
+    for number, (model, at, lr, accuracy) in enumerate(runs):
+        run_dir = tmp_path / str(number)
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text(json.dumps({"model": model, "best_val_loss": 1.0, "best_val_accuracy":
+                                                          accuracy, "tuned": {"optim.lr": lr}}))
+        config = {"seed": 1, "model": {"name": model}, "optim": {"lr": lr}, "tuned": "tuned.yaml", "tuned_at": at}
+        (run_dir / "provenance.json").write_text(json.dumps({"config": config}))
+    text = tables(read_sweep(tmp_path)).split("\n\nRuns:")[0]
+    assert "Where the best lies, by mean best val/accuracy at the tuned value" in text
+    assert "- hybrid (chosen optim.lr=0.0022 0.9000, lower optim.lr=0.0013 0.5000, upper optim.lr=0.004 0.6000): " \
+           "best at the tuned value: the optimum is bracketed at this budget." in text
+    assert "- mlp (chosen optim.lr=0.013 0.5000, upper optim.lr=0.022 0.8000): best at the upper value" in text

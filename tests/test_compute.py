@@ -40,7 +40,7 @@ def test_gpu_peaks_come_from_the_datasheet_table_for_the_runs_precision(monkeypa
 
 
 def test_the_cpu_probe_runs_once_per_machine_and_precision(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(perf, "cache_dir", lambda: tmp_path / "lmzoo")
     probes = []
     monkeypatch.setattr(perf, "matmul_flops_per_second", lambda dtype: probes.append(dtype) or 1e9 * len(probes))
     cpu = torch.device("cpu")

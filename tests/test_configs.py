@@ -13,6 +13,7 @@ from lmzoo.cli.generate import sampling_settings
 from lmzoo.cli.hydra_command import job_gpu
 from lmzoo.cli.quoting import quote_literal_values
 from lmzoo.data import DataConfig, prepare
+from lmzoo.data.tasks import TASKS, TaskConfig, task_splits
 from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.inference import SamplingSettings
 from lmzoo.models import LanguageModel, ModelConfig
@@ -30,7 +31,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", options("data"))
+@pytest.mark.parametrize("name", [name for name in options("data") if name not in TASKS])
 def test_data_configs_prepare_their_named_bins(tmp_path, name):
     config = instantiate(compose_train(tmp_path, f"data={name}").data, _convert_="all")
     assert isinstance(config, DataConfig) and config.name == name
@@ -38,6 +39,15 @@ def test_data_configs_prepare_their_named_bins(tmp_path, name):
     assert config.data_dir.parent == tmp_path / "data" / name and (config.data_dir / "train.bin").is_file()
     # tinyshakespeare has 65 distinct characters; the BPE data sets use GPT-2's vocabulary.
     assert meta.vocab_size == (65 if meta.tokenizer["kind"] == "char" else 50257)
+
+
+@pytest.mark.parametrize("name", [name for name in options("data") if name in TASKS])
+def test_task_configs_generate_their_named_task_from_the_runs_seed_and_length(name):
+    config = instantiate(compose_config("train", f"data={name}", "seed=7", "block_size=128",
+                                        "data.train_examples=50").data, _convert_="all")
+    assert isinstance(config, TASKS[name]) and isinstance(config, TaskConfig) and config.name == name
+    assert (config.seed, config.block_size) == (7, 128)
+    assert task_splits(config)["train"][0].shape == (50, 128)
 
 
 @pytest.mark.parametrize("name", options("tokenizer"))
@@ -94,7 +104,8 @@ def chain(group: str, name: str) -> tuple[dict, dict, bool]:
     `/GROUP/CLASS`, and other options of the group, which may extend a node in turn); and whether a node is in that."""
     own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=False)
     base, from_node = {}, False
-    for entry in [str(entry).split("@")[0] for entry in own.pop("defaults", []) if str(entry) != "_self_"]:
+    # A mapping in the defaults chooses an option of another group (experiment/recall's), which this one does not extend.
+    for entry in [entry.split("@")[0] for entry in own.pop("defaults", []) if isinstance(entry, str) and entry != "_self_"]:
         if entry.startswith("/"):
             node = OmegaConf.to_container(ConfigStore.instance().load(f"{entry[1:]}.yaml").node, resolve=False)
             base, from_node = OmegaConf.to_container(OmegaConf.merge(base, node)), True

@@ -12,7 +12,7 @@ from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_confi
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models.base import Kind, SequenceMixer, sized
 from lmzoo.models.cache import KVState
-from lmzoo.models.recurrent import RecurrentState
+from lmzoo.models.recurrent import RecurrentState, ShortConv, decayed
 
 MIXERS = SequenceMixer.registry
 # The mixers with a recurrence to prove, each with its chunked form, step and inputs (SequenceMixer.scan).
@@ -61,6 +61,64 @@ def test_the_chunked_form_equals_the_step_by_step_recurrence(mixer, chunk):
         # Training keeps no final state: the last chunk's update is skipped, the outputs the same.
         unkept, none = scan.chunked(*inputs, chunk, start, final_state=False)
         assert none is None and torch.equal(unkept, outputs)
+
+
+@pytest.mark.parametrize("mixer", SCANS)
+def test_the_chunked_form_multiplies_bf16_operands_in_bf16_and_keeps_its_state_in_float32(mixer):
+    """As the reference kernels under autocast: within bf16's precision of the float32 form, over 40 tokens in
+    chunks of 8 from a given state."""
+    torch.manual_seed(0)
+    scan = SCANS[mixer]
+    inputs = scan.inputs(40)
+    start = torch.randn(scan.chunked(*inputs, 8)[1].shape)
+    expected, final = scan.chunked(*inputs, 8, start)
+    low = [t.bfloat16() if i in scan.operands else t for i, t in enumerate(inputs)]
+    outputs, state = scan.chunked(*low, 8, start)
+    assert state.dtype == torch.float32
+    torch.testing.assert_close(outputs.float(), expected, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(state, final, atol=0.05, rtol=0.02)
+
+
+def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
+    """decayed() has its own backward: against autograd's of scores * exp(l_i - l_j) on the lower triangle, with
+    gradients through both outputs and through the first only."""
+    torch.manual_seed(0)
+    log_decay = (-torch.rand(2, 3, 6, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    scores = [torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    upper = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    plain = [score * (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
+             for score in scores]
+    ours = decayed(log_decay, *scores)
+    for used in (2, 1):
+        weights = [torch.randn(2, 3, 6, 6, dtype=torch.float64) for _ in range(used)]
+        gradients = [torch.autograd.grad(sum((output * weight).sum() for output, weight in zip(outputs, weights)),
+                                         [log_decay, *scores[:used]], retain_graph=True) for outputs in (ours, plain)]
+        for theirs, expected in zip(*gradients):
+            torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
+    for output, expected in zip(ours, plain):
+        assert torch.equal(output, expected)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_short_convolutions_gradients_equal_autograds_of_its_shifted_sum(bias):
+    """ShortConv's own backward, against autograd's of the same sum written out, from a zero past and a given one."""
+    torch.manual_seed(0)
+    conv = ShortConv(5, 4, bias=bias).double()
+    x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 7, 5, dtype=torch.float64)
+    for past in (None, torch.randn(2, 3, 5, dtype=torch.float64)):
+        state = RecurrentState()
+        state.conv = past
+        padded = torch.cat((past if past is not None else torch.zeros(2, 3, 5, dtype=torch.float64), x), dim=1)
+        taps = conv.weight[:, 0]
+        plain = sum(padded[:, tap : tap + 7] * taps[:, tap] for tap in range(4)) + (conv.bias if bias else 0)
+        ours = conv(x, state)
+        assert torch.equal(state.conv, padded[:, -3:])
+        torch.testing.assert_close(ours, plain, atol=1e-12, rtol=1e-12)
+        parameters = [x, *conv.parameters()]
+        for theirs, expected in zip(torch.autograd.grad((ours * weight).sum(), parameters),
+                                    torch.autograd.grad((plain * weight).sum(), parameters)):
+            torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.gpu

@@ -289,3 +289,56 @@ def test_sweeps_at_two_budgets_compare_as_one_study_labelled_by_their_budget(tmp
     assert [row["model"] for row in markdown_tables(compare(tmp_path / "steps"))[0]] == [
         "gpt (trainer.max_steps=60)", "gpt (trainer.max_steps=30)"]
 
+
+
+@pytest.fixture
+def recall_sweep(tmp_path):
+    """MQAR at two difficulties: gpt_rope and mamba2 at two widths (state sizes) and two learning rates, two seeds."""
+    index = 0
+    for pairs in (4, 8):
+        for model, state_per_width in (("gpt_rope", 1000), ("mamba2", 10)):
+            for width in (32, 64):
+                for lr in (1e-3, 1e-2):
+                    for seed in (1, 2):
+                        accuracy = min(1.0, (0.5 if model == "mamba2" else 0.9) + width / 1000 + lr - pairs / 100
+                                       + seed / 1000)
+                        config = {"data.name": "mqar", "data.num_kv_pairs": pairs, "block_size": 16 * pairs,
+                                  "model.n_embd": width, "optim.lr": lr, "data.batch_size": 64 // pairs}
+                        write_run(tmp_path / f"{index}_{model}", model, seed,
+                                  {"best_val_loss": 1 - accuracy, "best_val_accuracy": accuracy,
+                                   "state_bytes": state_per_width * width * pairs}, config)
+                        index += 1
+    return tmp_path
+
+
+def test_a_tasks_runs_are_ranked_by_accuracy_in_a_table_per_task(recall_sweep):
+    text = compare(recall_sweep)
+    assert "Ranked by mean best val/accuracy over seeds, highest first" in text and "A table per task." in text
+    # The tasks differ in their pairs and length; the batch size says how they trained, not what.
+    assert "mqar (block_size=64, data.num_kv_pairs=4):" in text and "mqar (block_size=128, data.num_kv_pairs=8):" in text
+    easy, hard, runs = markdown_tables(text)
+    assert len(easy) == len(hard) == 8 and len(runs) == 32
+    assert easy[0]["model"] == "gpt_rope (model.n_embd=64, optim.lr=0.01)" and easy[0]["best val/accuracy"] == \
+        "0.9355 ± 0.0007"
+    assert easy[-1]["model"] == "mamba2 (model.n_embd=32, optim.lr=0.001)" and easy[0]["state"] == "250.0 KiB"
+    assert [row["best val/accuracy"] for row in easy] == sorted((row["best val/accuracy"] for row in easy), reverse=True)
+    assert "best val/bpb" not in easy[0] and runs[0]["state"] == "125.0 KiB"
+
+
+def test_accuracy_against_state_size_draws_a_line_per_architecture_a_panel_per_task(recall_sweep, tmp_path):
+    from lmzoo.reports.plot import plot_state
+    from lmzoo.reports.compare import read_sweep
+
+    figure = plot_state(read_sweep(recall_sweep))
+    assert [axis.get_title() for axis in figure.axes] == ["mqar (block_size=64, data.num_kv_pairs=4)",
+                                                          "mqar (block_size=128, data.num_kv_pairs=8)"]
+    lines = {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata())) for line in figure.axes[0].get_lines()}
+    # A point per width, its state size; each the best learning rate's mean over seeds.
+    assert lines["mqar (block_size=64, data.num_kv_pairs=4):mamba2"][0] == [32 * 10 * 4, 64 * 10 * 4]
+    assert lines["mqar (block_size=64, data.num_kv_pairs=4):mamba2"][1] == pytest.approx([0.5035, 0.5355])
+    assert figure.axes[0].get_xscale() == "log"
+    write_report(recall_sweep)
+    assert "![best val/accuracy against decoding state](accuracy_state.png)" in (recall_sweep / "report.md").read_text()
+    assert (recall_sweep / "accuracy_state.png").stat().st_size > 10_000
+    plot_main([str(recall_sweep), "--x", "state", "--out", str(tmp_path / "state.png")])
+    assert (tmp_path / "state.png").stat().st_size > 10_000

@@ -56,6 +56,8 @@ class ModelRecord:
     # Training so far; None where the weights do not say (Hugging Face's, or a folder exported from them).
     global_step: int | None = None
     best_val_loss: float | None = None
+    # The best val/accuracy of a synthetic task's run (lmzoo.data.tasks); None for text.
+    best_val_accuracy: float | None = None
     wall_time_s: float = 0.0
     optim: dict | None = None
     # How the model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}); None: it does not.
@@ -102,8 +104,8 @@ class ModelRecord:
         return self.build_config().build()
 
 
-CHECKPOINT_KEYS = ("version", "architecture", "config", "optim", "tokenizer", "best_val_loss", "wall_time_s", "rng",
-                   "finetune", "run", "diverged_at")
+CHECKPOINT_KEYS = ("version", "architecture", "config", "optim", "tokenizer", "best_val_loss", "best_val_accuracy",
+                   "wall_time_s", "rng", "finetune", "run", "diverged_at")
 FOLDER_KEYS = ("version", "architecture", "config", "tokenizer", "global_step", "best_val_loss", "weights_sha256")
 
 

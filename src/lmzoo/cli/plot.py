@@ -1,26 +1,32 @@
-"""python -m lmzoo.plot RUN_OR_SWEEP_DIR... [--x tokens|flops|time] [--y loss|bpb] [--out loss.png]: loss curves
-of runs from their TensorBoard logs."""
+"""python -m lmzoo.plot RUN_OR_SWEEP_DIR... [--x tokens|flops|time|state] [--y loss|bpb|accuracy] [--out FILE]: loss
+(or accuracy) curves of runs from their TensorBoard logs, or each setting's best against its decoding state."""
 
 import sys
 from pathlib import Path
 
 from lmzoo.cli import Arguments
 from lmzoo.errors import report_user_errors
-from lmzoo.reports.plot import X_AXES, image_format, load_runs, plot, plot_settings, save
+from lmzoo.reports.plot import X_AXES, find_summaries, image_format, load_runs, plot, plot_settings, plot_state, save
 
 
 @report_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = Arguments(prog="python -m lmzoo.plot", description=__doc__.split(": ", 1)[1].strip())
     parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR")
-    parser.add_argument("--x", choices=list(X_AXES), help="draw val/loss (or --y) against this, seeds pooled; "
+    parser.add_argument("--x", choices=list(X_AXES), help="draw val/loss (or --y) against this, seeds pooled; state: "
+                        "each setting's best val/accuracy (or --y) against its decoding state, a panel per task; "
                         "without --x (and --y), the overview: train and val loss against steps and tokens")
-    parser.add_argument("--y", choices=["loss", "bpb"], help="val/loss (default) or val/bpb, with --x (default tokens)")
+    parser.add_argument("--y", choices=["loss", "bpb", "accuracy"],
+                        help="val/loss (default; accuracy with --x state), val/bpb or val/accuracy, with --x (default "
+                        "tokens)")
     parser.add_argument("--out", type=Path, default=Path("loss.png"), help="image to write (default loss.png)")
     args = parser.parse_args(argv)
     image_format(args.out)
-    runs = load_runs(args.folders)
-    if args.x is None and args.y is None:
+    # The trade-off reads the runs' summaries; the curves, their TensorBoard logs.
+    runs = find_summaries(args.folders) if args.x == "state" else load_runs(args.folders)
+    if args.x == "state":
+        save(plot_state(runs, args.y or "accuracy"), args.out)
+    elif args.x is None and args.y is None:
         save(plot(runs), args.out)
     else:
         x = args.x or "tokens"

@@ -160,6 +160,33 @@ class BPETokenizer:
         return {"kind": "bpe", "json": self.json}
 
 
+class IdTokenizer:
+    """The tokens of a synthetic task (lmzoo.data.tasks), which are ids and no text: written as numbers, each
+    followed by a space, so that a sample reads `12 4103 0 `."""
+
+    eot_id = None
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        words = text.split()
+        if not all(word.isdigit() and int(word) < self.vocab_size for word in words):
+            raise UserError(f"a synthetic task's text is token ids below {self.vocab_size} separated by spaces, "
+                            f"such as '12 4103 0', got {text[:40]!r}")
+        return [int(word) for word in words]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"{i} " for i in ids)
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": "ids", "vocab_size": self.vocab_size}
+
+
 def tokenizer_from_spec(spec: dict) -> Tokenizer:
     """Rebuild a tokenizer from the spec stored in meta.json or a checkpoint."""
     if spec["kind"] == "char":
@@ -168,6 +195,8 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
         return TiktokenTokenizer(spec["name"])
     if spec["kind"] == "bpe":
         return BPETokenizer(spec["json"])
+    if spec["kind"] == "ids":
+        return IdTokenizer(spec["vocab_size"])
     raise UserError(f"unknown tokenizer kind {spec['kind']!r}; use char, tiktoken or bpe")
 
 
@@ -190,4 +219,6 @@ def describe_tokenizer(spec: dict | None) -> str:
         return "no tokenizer"
     if spec["kind"] == "char":
         return f"char tokenizer ({len(spec['chars'])} symbols)"
+    if spec["kind"] == "ids":
+        return f"ids of a synthetic task ({spec['vocab_size']})"
     return f"{spec['kind']} {spec.get('name', '')}".strip()

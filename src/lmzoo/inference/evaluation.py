@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.bins import BinsMeta
+from lmzoo.data.tasks import TaskConfig
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.data.windows import open_tokens, window_batch
 from lmzoo.errors import UserError
@@ -64,6 +65,10 @@ EVALUATED_SPLITS = ("val", "test")
 
 def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int, split: str = "val") -> dict:
     """The model's loss, perplexity and bits per byte on `split` of `data` (prepared if needed)."""
+    if isinstance(data, TaskConfig):
+        raise UserError(f"data={data.name} is a synthetic task, which evaluate does not score: its accuracy is the "
+                        "run's val/accuracy (best_val_accuracy in its summary.json); evaluate a text with data=NAME "
+                        "or data.path=FILE")
     check_tokenizer(data, tokenizer_spec)
     meta = prepare(data)
     if meta.tokenizer != tokenizer_spec:

@@ -323,8 +323,9 @@ class SequenceMixer(Part):
     # How a model whose every layer holds this mixer is written as its transformers class and read back
     # (lmzoo.models.hf_layout.HFLayout); None: it has none, and such models export as lmzoo folders.
     hf: ClassVar["HFLayout | None"] = None
-    # For a recurrence: its chunked form, its one-token step and random inputs of theirs (lmzoo.models.recurrent.Scan),
-    # by which the tests prove the one equal to the other.
+    # For a recurrence: its chunked form, its one-token step, random inputs of theirs and which of them it multiplies
+    # in their dtype (lmzoo.models.recurrent.Scan), by which the tests prove the one equal to the other, and the
+    # chunked form in bf16 near its float32 self.
     scan: ClassVar["Scan | None"] = None
 
     @classmethod

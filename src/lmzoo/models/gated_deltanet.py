@@ -24,8 +24,8 @@ from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, Sequence
 from lmzoo.models.blocks import llama_shaped, make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.hf_layout import HFLayout, load_into, tied_and_checked, true_vocabulary
-from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, initial_time_steps, recur,
-                                    softplus_inverse)
+from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, decayed, initial_time_steps,
+                                    recur, softplus_inverse, unchunked)
 
 
 def l2_normalized(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -39,31 +39,45 @@ def gated_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
     """Outputs (batch, heads, T, value_dim) and the final state (batch, heads, key_dim, value_dim) of the gated
     delta rule over q, k (batch, heads, T, key_dim), v, log decays g and strengths beta (batch, heads, T),
     continuing from `state` (zeros when None); the final state None unless `final_state`. A zero state is
-    neither read nor decayed, and the last chunk's update only made when kept."""
+    neither read nor decayed, and the last chunk's update only made when kept.
+
+    The products of q, k and v run in their dtype, as flash-linear-attention's kernels do (bf16 under autocast);
+    the decays, the triangular solve, the state and its products in g's (float32). Only the state's passage from
+    chunk to chunk is a loop; the outputs' products are batched over the chunks."""
+    dtype, g, beta = q.dtype, g.float(), beta.float()
     T = q.size(2)
     size = min(chunk, T)
     log_decay = chunks(g, size).cumsum(-1)  # (b, h, chunks, size): log alpha_1 ... alpha_t in the chunk
     qs, ks, vs, betas = chunks(q, size), chunks(k, size), chunks(v, size), chunks(beta, size)[..., None]
-    upper = torch.ones(size, size, dtype=torch.bool, device=q.device).triu(1)
-    decay = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
     # Within a chunk the values written are u_t = beta_t (v_t - gamma_t S_0^T k_t - sum_{j<t} decay_tj (k_t.k_j) u_j),
     # gamma_t the decay since the chunk's start and S_0 the state there: a unit lower-triangular system in u,
-    # solved once per chunk as u = U - W S_0.
-    written = torch.eye(size, device=q.device, dtype=q.dtype) + (betas * ks @ ks.transpose(-1, -2) * decay).tril(-1)
+    # solved once per chunk as u = U - W S_0. The solve reads the strictly lower triangle only (its unit diagonal
+    # implied), and its gradient keeps to that triangle.
+    written, within = decayed(log_decay, betas * (ks @ ks.transpose(-1, -2)), qs @ ks.transpose(-1, -2))
     right = torch.cat((betas * vs, betas * ks * log_decay[..., None].exp()), dim=-1)
     U, W = torch.linalg.solve_triangular(written, right, upper=False, unitriangular=True).split(
         [v.size(-1), k.size(-1)], dim=-1)
-    within = qs @ ks.transpose(-1, -2) * decay
-    q_decayed, to_end = qs * log_decay[..., None].exp(), ks * (log_decay[..., -1:] - log_decay)[..., None].exp()
-    outs, count = [], qs.size(2)
+    count = qs.size(2)
+    updates = count if final_state else count - 1
+    if updates:
+        to_end = ks * (log_decay[..., -1:] - log_decay)[..., None].exp()
+        through = log_decay[..., -1].exp()
+    us, entering = [], [state]
     for i in range(count):
         u = U[:, :, i] if state is None else U[:, :, i] - W[:, :, i] @ state
-        out = within[:, :, i] @ u
-        outs.append(out if state is None else q_decayed[:, :, i] @ state + out)
-        if i < count - 1 or final_state:
+        us.append(u)
+        if i < updates:
             update = to_end[:, :, i].transpose(-1, -2) @ u
-            state = update if state is None else log_decay[:, :, i, -1, None, None].exp() * state + update
-    return torch.stack(outs, dim=2).flatten(2, 3)[:, :, :T], state if final_state else None
+            state = update if state is None else torch.addcmul(update, through[:, :, i, None, None], state)
+            entering.append(state)
+    out = within.to(dtype) @ (U if entering[0] is None and count == 1 else torch.stack(us, dim=2)).to(dtype)
+    # Chunks entered by a state read it, decayed since the chunk's start.
+    first = 0 if entering[0] is not None else 1
+    if count > first:
+        q_decayed = qs[:, :, first:] * log_decay[:, :, first:, :, None].exp()
+        read = q_decayed @ torch.stack(entering[first:count], dim=2)
+        out = torch.cat((out[:, :, :first], out[:, :, first:] + read), dim=2)
+    return unchunked(out, T), state if final_state else None
 
 
 def gated_delta_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
@@ -131,7 +145,8 @@ class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
     kind = Kind.FLAT
     # q, k and v come from one projection, c_attn, as attention's do.
     lora_targets = {"qkv": ("c_attn",), "proj": ("c_proj",)}
-    scan = Scan(gated_delta_chunked, gated_delta_step, gated_delta_inputs, (fla_rule, gated_delta_kernel, "fla"))
+    scan = Scan(gated_delta_chunked, gated_delta_step, gated_delta_inputs, operands=(0, 1, 2),
+                kernel=(fla_rule, gated_delta_kernel, "fla"))
 
     @classmethod
     def build(cls, trunk, settings: GatedDeltaNetSettings, layer: int, rotary) -> "GatedDeltaNet":

@@ -21,8 +21,8 @@ from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, Sequence
 from lmzoo.models.blocks import make_dropout
 from lmzoo.models.cache import Cache
 from lmzoo.models.hf_layout import HFLayout, Layout, joined, laid_out, load_into, same_names, trunk_names
-from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, initial_time_steps, recur,
-                                    softplus_inverse)
+from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, decayed, initial_time_steps,
+                                    leading_chunks, recur, softplus_inverse, unchunked)
 
 
 def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int,
@@ -30,27 +30,40 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """y (batch, heads, T, head_dim) and the final state (batch, heads, head_dim, state_size) of the SSD
     recurrence over x (batch, heads, T, head_dim), time steps dt (batch, heads, T), decay rates A (heads,), and
     B, C (batch, groups, T, state_size), continuing from `state` (zeros when None); the final state None unless
-    `final_state`. A zero state is neither read nor decayed, and the last chunk's update only made when kept."""
+    `final_state`. A zero state is neither read nor decayed, and the last chunk's update only made when kept.
+
+    The products run in x's dtype, as mamba_ssm's kernels do (bf16 under autocast), the decays and the state in
+    dt's (float32). Every product is batched over the chunks; only the state's decay from chunk to chunk is a loop."""
+    dtype, dt, A = x.dtype, dt.float(), A.float()
     B, C = per_head(B, x.size(1)), per_head(C, x.size(1))
     T = x.size(2)
     size = min(chunk, T)
     log_decay = chunks(dt * A[:, None], size).cumsum(-1)  # (b, h, chunks, size): log a_1 ... a_t in the chunk
-    xs, Bs, Cs = chunks(x * dt[..., None], size), chunks(B, size), chunks(C, size)
+    xs, Bs, Cs = chunks((x * dt[..., None]).to(dtype), size), chunks(B, size), chunks(C, size)
     # Within a chunk, token i reads token j <= i decayed by a_{j+1} ... a_i.
-    upper = torch.ones(size, size, dtype=torch.bool, device=x.device).triu(1)
-    decay = (log_decay[..., :, None] - log_decay[..., None, :]).masked_fill(upper, float("-inf")).exp()
-    within = (Cs @ Bs.transpose(-1, -2) * decay) @ xs
-    to_end = (log_decay[..., -1:] - log_decay).exp()
-    ys, count = [], xs.size(2)
-    for i in range(count):
-        y = within[:, :, i]
-        if state is not None:
-            y = y + log_decay[:, :, i, :, None].exp() * (Cs[:, :, i] @ state.transpose(-1, -2))
-        ys.append(y)
-        if i < count - 1 or final_state:
-            written = (xs[:, :, i] * to_end[:, :, i, :, None]).transpose(-1, -2) @ Bs[:, :, i]
-            state = written if state is None else log_decay[:, :, i, -1, None, None].exp() * state + written
-    return torch.stack(ys, dim=2).flatten(2, 3)[:, :, :T], state if final_state else None
+    (scores,) = decayed(log_decay, Cs @ Bs.transpose(-1, -2))
+    y = scores.to(dtype) @ xs
+    count = xs.size(2)
+    # The state each chunk's own tokens leave at its end (the last chunk's only when kept), then the state that
+    # enters each chunk: its predecessor's decayed through it, plus what it wrote.
+    written = count if final_state else count - 1
+    if written:
+        log_written = leading_chunks(log_decay, written)
+        to_end = (log_written[..., -1:] - log_written).exp()
+        writes = ((leading_chunks(xs, written) * to_end[..., None].to(dtype)).transpose(-1, -2)
+                  @ leading_chunks(Bs, written)).float()
+        through = log_decay[..., -1].exp()
+    entering = [state]
+    for i in range(written):
+        entering.append(writes[:, :, i] if entering[-1] is None else
+                        torch.addcmul(writes[:, :, i], through[:, :, i, None, None], entering[-1]))
+    # Chunks entered by a state read it, decayed since the chunk's start.
+    first = 0 if state is not None else 1
+    if count > first:
+        read = torch.stack(entering[first:count], dim=2).to(dtype)
+        y_read = (Cs[:, :, first:] @ read.transpose(-1, -2)) * log_decay[:, :, first:, :, None].exp().to(dtype)
+        y = torch.cat((y[:, :, :first], y[:, :, first:] + y_read), dim=2)
+    return unchunked(y, T), entering[-1] if final_state else None
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -134,7 +147,7 @@ class Mamba2(SequenceMixer, name="mamba2"):
     Settings = Mamba2Settings
     kind = Kind.FLAT
     lora_targets = {"qkv": ("in_proj",), "proj": ("c_proj",)}
-    scan = Scan(ssd_chunked, ssd_step, ssd_inputs, (mamba_ssm_scan, ssd_kernel, "mamba_ssm"))
+    scan = Scan(ssd_chunked, ssd_step, ssd_inputs, operands=(0, 3, 4), kernel=(mamba_ssm_scan, ssd_kernel, "mamba_ssm"))
 
     @classmethod
     def build(cls, trunk, settings: Mamba2Settings, layer: int, rotary) -> "Mamba2":

@@ -2,9 +2,9 @@
 
 Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean test/bpb (the
 test split's bits per byte of each run's best-validation checkpoint; best val/bpb for runs of older releases,
-which have none), each with Welch's t-test against the best (Holm-corrected when several settings are tested
-against it), and where a model ran at its tuned value and beside it (train's tuned_at), where its best lies; then
-one row per run, in job order.
+which have none; test/accuracy, highest first, on a synthetic task: a table per task), each with Welch's t-test
+against the best (Holm-corrected when several settings are tested against it), and where a model ran at its tuned
+value and beside it (train's tuned_at), where its best lies; then one row per run, in job order.
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.reports.runs import RunFolder, Setting, pool, read_run
+from lmzoo.reports.runs import RunFolder, Setting, label, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
 from lmzoo.training.summary import SUMMARY
 from lmzoo.training.tuned import TUNED_AT
@@ -52,6 +52,10 @@ def seconds(value) -> str:
     return f"{value:.1f} s"
 
 
+def kilobytes(value) -> str:
+    return f"{value / 1024:,.1f} KiB"
+
+
 RUN_COLUMNS = [
     Column("model", "setting"),
     Column("seed", "seed"),
@@ -60,8 +64,11 @@ RUN_COLUMNS = [
     Column("active parameters", "active_parameters", thousands),
     Column("best val/loss", "best_val_loss", loss),
     Column("best val/bpb", "best_val_bpb", loss),
+    Column("best val/accuracy", "best_val_accuracy", loss),
     Column("test/loss", "test_loss", loss),
     Column("test/bpb", "test_bpb", loss),
+    Column("test/accuracy", "test_accuracy", loss),
+    Column("state", "state_bytes", kilobytes),
     Column("steps", "steps", thousands),
     Column("FLOPs", "flops", flops),
     Column("tokens/s", "tokens_per_sec", thousands),
@@ -70,8 +77,18 @@ RUN_COLUMNS = [
     Column("status", "status"),
     Column("run", "run"),
 ]
-# Per setting, after its rank, n, losses and test: the mean over its runs.
-MEAN_COLUMNS = [Column("parameters", "parameters", thousands), Column("FLOPs", "flops", flops),
+# Columns shown only where a run has a value: runs of a synthetic task, and of lmzoo 0.3 and later.
+WHERE_RECORDED = ("best_val_accuracy", "test_accuracy", "state_bytes")
+
+
+def recorded(columns: list[Column], runs: list[RunFolder]) -> list[Column]:
+    """`columns` without those of WHERE_RECORDED that none of `runs` has a value for."""
+    return [c for c in columns if c.key not in WHERE_RECORDED or any(run.value(c.key) is not None for run in runs)]
+
+
+# Per setting, after its rank, n, metrics and test: the mean over its runs.
+MEAN_COLUMNS = [Column("state", "state_bytes", kilobytes), Column("parameters", "parameters", thousands),
+                Column("FLOPs", "flops", flops),
                 Column("wall time", "wall_time_s", seconds), Column("tokens/s", "tokens_per_sec", thousands),
                 Column("MFU", "mfu", percent)]
 # The published table (compare --published), as README.md and bench/README.md show it: after rank, model, tuned
@@ -134,18 +151,46 @@ def run_rows(runs: list[RunFolder], settings: list[Setting], names: dict[int, st
 
 
 # The metric a comparison ranks by: the first that every finished run has. The test split's reports what selection
-# (the tune's, early stopping's, the checkpoint's, all by validation) never read; bits per byte compare across
-# tokenizers. Runs of older releases have no test metrics.
-RANKING_KEYS = ("test_bpb", "test_loss", "best_val_bpb", "best_val_loss")
-METRIC_NAMES = {"test_bpb": "test/bpb", "test_loss": "test/loss", "best_val_bpb": "best val/bpb",
-                "best_val_loss": "best val/loss"}
+# (the tune's, early stopping's, the checkpoint's, all by validation) never read; a synthetic task's runs rank by
+# accuracy; bits per byte compare across tokenizers. Runs of older releases have no test metrics.
+RANKING_KEYS = ("test_accuracy", "best_val_accuracy", "test_bpb", "test_loss", "best_val_bpb")
 
 
 def ranking_key(settings: list[Setting]) -> str:
-    """The first of RANKING_KEYS every finished run has."""
+    """The first of RANKING_KEYS every finished run has; else best_val_loss."""
     finished = [run for s in settings for run in s.runs if run.value("best_val_loss") is not None]
-    return next(key for key in RANKING_KEYS if key == "best_val_loss" or all(run.value(key) is not None
-                                                                               for run in finished))
+    for key in RANKING_KEYS:
+        if finished and all(run.value(key) is not None for run in finished):
+            return key
+    return "best_val_loss"
+
+
+# What a run's data.* keys say about how it trained rather than about its task.
+TRAINING_DATA_KEYS = ("data.seed", "data.batch_size", "data.num_workers", "data.train_examples")
+
+
+def task_of(config: dict | None) -> dict:
+    """A setting's task: its data settings and length, those that say how it trained left out."""
+    return {key: value for key, value in (config or {}).items()
+            if (key.startswith("data.") and key not in TRAINING_DATA_KEYS) or key == "block_size"}
+
+
+def tasks(settings: list[Setting]) -> dict[str, list[Setting]]:
+    """The settings by task, each named by its data and the keys in which the tasks differ:
+    `mqar (block_size=64, data.num_kv_pairs=4)`; one task, or settings without a config, named ''."""
+    found = {}
+    for setting in settings:
+        found.setdefault(json.dumps(task_of(setting.config), sort_keys=True, default=str), []).append(setting)
+    if len(found) < 2:
+        return {"": settings}
+    described = [task_of(group[0].config) for group in found.values()]
+    differing = sorted(key for key in set().union(*described) if len({json.dumps(d.get(key), default=str)
+                                                                        for d in described}) > 1)
+    named = {}
+    for task, group in zip(described, found.values()):
+        shown_keys = ", ".join(f"{key}={task.get(key)}" for key in differing if key != "data.name")
+        named[f"{task.get('data.name')} ({shown_keys})" if shown_keys else str(task.get("data.name"))] = group
+    return named
 
 
 def mean_sd(values: list[float]) -> str:
@@ -198,43 +243,76 @@ def seeds_note(settings: list[Setting]) -> str:
     return "Each setting has one seed."
 
 
+# What each ranking key ranks by, and whether higher is better.
+METRICS = {"test_accuracy": ("test/accuracy", True), "best_val_accuracy": ("best val/accuracy", True),
+           "test_bpb": ("test/bpb", False), "test_loss": ("test/loss", False), "best_val_bpb": ("best val/bpb", False),
+           "best_val_loss": ("best val/loss", False)}
+
+
 def setting_table(settings: list[Setting], names: dict[int, str], published: bool = False) -> str:
-    """One row per setting with a result, best first; `published`: in PUBLISHED_COLUMNS."""
+    """One row per setting with a result, best first; by accuracy, a table per task; `published`: in
+    PUBLISHED_COLUMNS."""
     key = ranking_key(settings)
-    ranked = sorted((s for s in settings if s.values(key)), key=lambda s: statistics.fmean(s.values(key)))
+    metric, higher = METRICS[key]
+    ranked = [s for s in settings if s.values(key)]
     if not ranked:
         return "No run has finished yet." + unranked(settings, key, names)
-    metric = METRIC_NAMES[key]
+    groups = tasks(ranked) if higher else {"": ranked}
+    tables, tested = [], []
+    for task, group in groups.items():
+        text, count = ranked_table(group, key, ranked, published)
+        tables.append(f"{task}:\n\n{text}" if task else text)
+        tested.append(count)
+    counted = f"the {tested[0]} " if len(tested) == 1 else "the "
+    holm_note = (f", its p-values Holm-corrected for {counted}settings tested against rank 1" if max(tested) > 1 else "")
+    order = ", highest first" if higher else ""
+    per_task = " A table per task." if len(groups) > 1 else ""
+    return (f"Ranked by mean {metric} over seeds{order} (mean ± standard deviation, n runs){test_note(key)}; vs best: "
+            f"Welch's t-test of {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. "
+            f"{seeds_note(ranked)}{per_task}\n\n" + "\n\n".join(tables) + unranked(settings, key, names)
+            + incomparable(ranked, key)
+            + brackets(sorted(ranked, key=lambda s: statistics.fmean(s.values(key)), reverse=higher), key))
+
+
+def ranked_table(settings: list[Setting], key: str, everything: list[Setting],
+                 published: bool = False) -> tuple[str, int]:
+    """The table of settings that all have `key`, best first, and how many were tested against the best; settings
+    of one task among `everything` are labelled among themselves; `published`: in PUBLISHED_COLUMNS."""
+    metric, higher = METRICS[key]
+    ranked = sorted(settings, key=lambda s: statistics.fmean(s.values(key)), reverse=higher)
+    metrics = [Column("best val/bpb", "bpb"), Column("best val/loss", "loss")]
+    if higher:
+        metrics = [Column("best val/accuracy", "accuracy"), metrics[1]]
+    if key.startswith("test"):
+        metrics.insert(0, Column(metric, "metric"))
     columns = [Column("rank", "rank"), Column("model", "label"), Column("n", "n"), *(
         [replace(c, header=metric) if c.header == "METRIC" else c for c in PUBLISHED_COLUMNS] if published
-        else [*([Column("test/bpb", "test_bpb")] if key.startswith("test") else []), Column("best val/bpb", "bpb"),
-              Column("best val/loss", "loss"), Column("vs best", "test"), *MEAN_COLUMNS])]
+        else [*metrics, Column("vs best", "test"),
+              *recorded(MEAN_COLUMNS, [run for setting in settings for run in setting.runs])])]
     if any(tuned(setting) for setting in ranked):
         columns.insert(2, Column("tuned", "tuned"))
     tests = ["best", *significance([welch_p(s.values(key), ranked[0].values(key)) for s in ranked[1:]])]
     rows = []
     for rank, (setting, test) in enumerate(zip(ranked, tests), 1):
         n, total = len(setting.values(key)), len(setting.runs)
-        row = {"rank": rank, "label": setting.label, "n": f"{n}" if n == total else f"{n} of {total}",
+        # Within a task's table, named by what tells its settings apart (the task's own keys go without saying).
+        name = setting.label if len(settings) == len(everything) else label(setting, settings)
+        row = {"rank": rank, "label": name, "n": f"{n}" if n == total else f"{n} of {total}",
                "bpb": mean_sd(setting.values("best_val_bpb")), "loss": mean_sd(setting.values("best_val_loss")),
-               "test_bpb": mean_sd(setting.values("test_bpb")), "test": test, "tuned": tuned(setting),
+               "accuracy": mean_sd(setting.values("best_val_accuracy")), "test": test, "tuned": tuned(setting),
                "metric": mean_sd(setting.values(key)), "median_steps": median(setting.values("steps")),
                "median_wall_time_s": median(setting.values("wall_time_s"))}
         for column in MEAN_COLUMNS:
             values = setting.values(column.key)
             row[column.key] = statistics.fmean(values) if values else None
         rows.append(row)
-    tested = sum(test.startswith("p = ") for test in tests)
-    holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
-    return (f"Ranked by mean {metric} over seeds (mean ± standard deviation, n runs){test_note(key)}; vs best: Welch's "
-            f"t-test of {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
-            "\n\n" + table(rows, columns) + unranked(settings, key, names) + incomparable(ranked, key)
-            + brackets(ranked, key))
+    return table(rows, columns), sum(test.startswith("p = ") for test in tests)
 
 
 def brackets(ranked: list[Setting], key: str) -> str:
     """For each model run at its tuned value and at a searched value beside it (tuned_at=lower, upper), settings
     alike but for that, where its best lies: between the two (the optimum is bracketed at this budget) or at one."""
+    metric, higher = METRICS[key]
     groups = {}
     for setting in ranked:
         at = (setting.config or {}).get("tuned_at")
@@ -248,7 +326,7 @@ def brackets(ranked: list[Setting], key: str) -> str:
         if "chosen" not in group or len(group) < 2:
             continue
         means = {at: statistics.fmean(setting.values(key)) for at, setting in group.items()}
-        best = min(means, key=means.get)
+        best = (max if higher else min)(means, key=means.get)
         points = ", ".join(f"{at} {tuned(group[at])} {means[at]:.4f}" for at in TUNED_AT if at in group)
         if best != "chosen":
             verdict = (f"best at the {best} value: the optimum lies {'below' if best == 'lower' else 'above'} the tuned "
@@ -260,8 +338,8 @@ def brackets(ranked: list[Setting], key: str) -> str:
         lines.append(f"{group['chosen'].model} ({points}): {verdict}.")
     if not lines:
         return ""
-    return (f"\n\nWhere the best lies, by mean {METRIC_NAMES[key]} at the tuned value and at the searched values "
-            "beside the best (tuned_at):\n\n" + "\n".join(f"- {line}" for line in lines))
+    return (f"\n\nWhere the best lies, by mean {metric} at the tuned value and at the searched values beside "
+            "the best (tuned_at):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def median(values: list) -> float | None:
@@ -312,7 +390,8 @@ def tables(runs: list[RunFolder]) -> str:
     """The comparison: settings ranked, then every run."""
     settings = pool(runs)
     names = run_names(runs)
-    return f"{setting_table(settings, names)}\n\nRuns:\n\n{table(run_rows(runs, settings, names), RUN_COLUMNS)}"
+    return (f"{setting_table(settings, names)}\n\nRuns:\n\n"
+            f"{table(run_rows(runs, settings, names), recorded(RUN_COLUMNS, runs))}")
 
 
 def published_table(sweep_dirs: list[str | Path]) -> str:

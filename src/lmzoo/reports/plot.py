@@ -1,13 +1,16 @@
-"""Loss curves of runs from their TensorBoard logs.
+"""Loss curves of runs from their TensorBoard logs, and the recall-memory trade-off from their summaries.
 
-Two figures. The overview: train and val loss against steps and against training tokens, one colour per
+Three figures. The overview: train and val loss against steps and against training tokens, one colour per
 run; with several runs (a sweep), also bars of the best val loss (and val/bpb where logged) per run. The
-comparison (`--x`): val loss or bpb against training tokens, FLOPs or wall-clock time, one colour per
+comparison (`--x`): val loss, bpb or accuracy against training tokens, FLOPs or wall-clock time, one colour per
 setting (runs pooled over seeds as in the comparison table), its seeds drawn as a mean line and a min-max
-band. TensorBoard's reader and matplotlib are imported inside the functions that use them.
+band. The trade-off (`--x state`): best val/accuracy against the bytes of decoding state, a panel per task, a line
+per architecture (Based's figure, Arora et al. 2024). TensorBoard's reader and matplotlib are imported inside the
+functions that use them.
 """
 
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +20,14 @@ from omegaconf import OmegaConf
 
 from lmzoo.errors import UserError
 from lmzoo.files import atomic_write
+from lmzoo.reports.compare import METRICS, task_of, tasks
 from lmzoo.reports.runs import RunFolder, pool, read_run
+from lmzoo.training.summary import SUMMARY
 
 Series = tuple[list[int], list[float]]
-# --x: what each choice puts on the x axis.
-X_AXES = {"tokens": "training tokens", "flops": "training FLOPs", "time": "wall-clock time"}
+# --x: what each choice puts on the x axis; state draws each setting's best, not its curve.
+X_AXES = {"tokens": "training tokens", "flops": "training FLOPs", "time": "wall-clock time",
+          "state": "decoding state"}
 
 
 @dataclass
@@ -232,8 +238,9 @@ def plot_settings(runs: list[Run], x: str, y: str = "loss"):
     tag = f"val/{y}"
     logged = [run for run in runs if run.scalars.get(tag, ([], []))[0]]
     if not logged:
-        raise UserError(f"no run logged {tag}; " + ("--y bpb needs runs of lmzoo 0.2 or later, try --y loss"
-                                                  if y == "bpb" else "pass folders of runs that validated"))
+        hints = {"bpb": "--y bpb needs runs of lmzoo 0.2 or later, try --y loss",
+                 "accuracy": "--y accuracy needs runs on a synthetic task (data=mqar), try --y loss"}
+        raise UserError(f"no run logged {tag}; {hints.get(y, 'pass folders of runs that validated')}")
     curves = {id(run.folder): (run.x_values(tag, x), run.scalars[tag][1]) for run in logged}
     left_out = [run.name for run in logged if curves[id(run.folder)][0] is None]
     if len(left_out) == len(logged):
@@ -265,3 +272,58 @@ def plot_settings(runs: list[Run], x: str, y: str = "loss"):
     axis.legend(fontsize="small")
     figure.tight_layout()
     return figure, left_out
+
+
+def find_summaries(folders: list[Path]) -> list[RunFolder]:
+    """The runs under `folders` (each a run or a sweep) that wrote a summary.json."""
+    runs = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"{str(folder)!r} is not a folder; pass run or sweep folders from outputs/")
+        runs += [read_run(path.parent) for path in sorted(folder.rglob(SUMMARY))]
+    if not runs:
+        raise UserError(f"no summary.json under {', '.join(map(str, folders))}; pass folders of runs that ended")
+    return runs
+
+
+def plot_state(runs: list[RunFolder], y: str = "accuracy"):
+    """Best val/`y` against the bytes of decoding state a sequence needs (summary.json's state_bytes): a panel per
+    task, a line per architecture, a point per state size; where several settings of an architecture have one state
+    size (learning rates, say), the best of their means over seeds, as Zoology and Based report each width's best
+    learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"best_val_{y}"
+    metric, higher = METRICS[key]
+    drawn = [s for s in pool(runs) if s.values(key) and s.values("state_bytes")]
+    if not drawn:
+        raise UserError(f"no run records both its best {metric} and its decoding state (summary.json of lmzoo 0.3 "
+                        f"and later{', on a synthetic task: data=mqar' if y == 'accuracy' else ''})")
+    groups = tasks(drawn)
+    figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = sorted({setting.model for setting in drawn})
+    choose = max if higher else min
+    for axis, (task, settings) in zip(axes[0], groups.items()):
+        for index, model in enumerate(models):
+            best = {}
+            for setting in (s for s in settings if s.model == model):
+                state = statistics.fmean(setting.values("state_bytes"))
+                best[state] = choose(best.get(state, statistics.fmean(setting.values(key))),
+                                     statistics.fmean(setting.values(key)))
+            if best:
+                states = sorted(best)
+                axis.plot(states, [best[state] for state in states], **series_style(index, colours), label=model,
+                          gid=f"{task}:{model}")
+        axis.set_xscale("log")
+        axis.set(xlabel="decoding state of a sequence (bytes)",
+                 title=task or str(task_of(settings[0].config).get("data.name", "")))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"best {metric}")
+    axes[0][-1].legend(fontsize="small")
+    figure.suptitle(f"best {metric} against decoding state: a point per state size (width), the best of its settings")
+    figure.tight_layout()
+    return figure

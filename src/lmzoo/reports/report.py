@@ -1,5 +1,6 @@
-"""A sweep's report.md, beside its comparison.md: the command that ran the sweep, the tables, and val loss
-against training FLOPs (or tokens, for runs that do not record their FLOPs) as a PNG it links to."""
+"""A sweep's report.md, beside its comparison.md: the command that ran the sweep, the tables, val loss against
+training FLOPs (or tokens, for runs that do not record their FLOPs) as a PNG it links to, and for synthetic tasks
+best val/accuracy against the bytes of decoding state."""
 
 import shlex
 from pathlib import Path
@@ -8,13 +9,14 @@ from omegaconf import OmegaConf
 
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
-from lmzoo.reports.compare import TABLE, compare, compare_sweeps
-from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, save
+from lmzoo.reports.compare import TABLE, compare, compare_sweeps, read_sweeps
+from lmzoo.reports.plot import X_AXES, load_runs, plot_settings, plot_state, save
 from lmzoo.reports.runs import MULTIRUN
 from lmzoo.training.summary import SUMMARY
 
 REPORT = "report.md"
 FIGURE = "val_loss.png"
+STATE_FIGURE = "accuracy_state.png"
 
 
 def sweep_overrides(sweep_dir: Path) -> tuple[str, str, list[str]] | None:
@@ -59,6 +61,22 @@ def figure_section(sweep_dirs: list[Path], out: Path) -> str:
             f"comparison, the mean of its seeds as a line and their range as a band.{note}")
 
 
+def state_section(sweep_dirs: list[Path], out: Path) -> str:
+    """Draw OUT/accuracy_state.png and return its section, where runs of a synthetic task have finished; else ''."""
+    runs = read_sweeps(sweep_dirs)
+    if not any(run.value("best_val_accuracy") is not None for run in runs):
+        return ""
+    try:
+        figure = plot_state(runs)
+    except UserError as error:
+        return f"\n\n## Accuracy against state size\n\nNo points yet: {error}."
+    save(figure, out / STATE_FIGURE)
+    return (f"\n\n## Accuracy against state size\n\n![best val/accuracy against decoding state]({STATE_FIGURE})\n\n"
+            "Best val/accuracy against the bytes of decoding state a sequence needs: a panel per task, a line per "
+            "architecture, a point per state size (its width), the best of its settings (learning rates) by their "
+            "mean over seeds.")
+
+
 def how_section(sweep_dir: Path) -> str:
     """Where the sweep ran and its command, from its multirun.yaml."""
     command = sweep_command(sweep_dir)
@@ -72,7 +90,7 @@ def write_report(sweep_dir: str | Path) -> str:
     tables = compare(sweep_dir)
     text = (f"# Sweep {sweep_dir.name}\n\nWritten after every job of the sweep, and by `python -m lmzoo.compare "
             f"{sweep_dir}`.\n\n## Command\n\n{how_section(sweep_dir)}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
-            f"{figure_section([sweep_dir], sweep_dir)}\n")
+            f"{figure_section([sweep_dir], sweep_dir)}{state_section([sweep_dir], sweep_dir)}\n")
     write_atomically(sweep_dir / REPORT, text.encode("utf-8"))
     return tables
 
@@ -91,6 +109,6 @@ def write_combined_report(sweep_dirs: list[Path], out: Path) -> str:
     title = f"{len(sweep_dirs)} sweep{'s' if len(sweep_dirs) > 1 else ''}"
     text = (f"# Comparison of {title}\n\nWritten by `{typed}`, their runs pooled as one sweep's.\n\n"
             f"## Commands\n\n{commands}\n\n## Comparison\n\n{tables}\n\n## Curves\n\n"
-            f"{figure_section(sweep_dirs, out)}\n")
+            f"{figure_section(sweep_dirs, out)}{state_section(sweep_dirs, out)}\n")
     write_atomically(out / REPORT, text.encode("utf-8"))
     return tables

@@ -1,8 +1,9 @@
 """What a tune (python -m lmzoo.tune) leaves for a reader: per model, the chosen values and how they were chosen
 (lmzoo.training.choice: the lowest point of a parabola through the mean loss at the best searched value and its
-neighbours, with the interval it lies in), the loss against each searched value as a figure (so one sees whether the optimum was
-bracketed), what pruning saved, a warning when the best lies at the edge of its range; for the whole tune,
-tuned.yaml and the exact command of the final comparison, in tune.md.
+neighbours, with the interval it lies in; by val/accuracy, the best trial's), the loss (or accuracy) against each
+searched value as a figure (so one sees whether the optimum was bracketed), what pruning saved, a warning when the
+best lies at the edge of its range; for the whole tune, tuned.yaml and the exact command of the final comparison,
+in tune.md.
 
 It reads the trials.json each model's study writes (lmzoo.training.tune), so it needs no Optuna.
 """
@@ -20,7 +21,7 @@ from lmzoo.files import write_atomically
 from lmzoo.reports.compare import job_dirs
 from lmzoo.reports.plot import save
 from lmzoo.reports.report import sweep_overrides
-from lmzoo.training.choice import STUDY, TRIALS, Choice, best_trial, choose
+from lmzoo.training.choice import STUDY, TRIALS, Choice, best_trial, choose, monitor
 from lmzoo.training.tuned import tuned_entry
 
 # Beside the models' study folders, a tune's folder holds TUNED and REPORT.
@@ -80,8 +81,9 @@ def pruning_note(study: dict) -> str | None:
 
 
 def plot_trials(study: dict, choice: Choice, path: Path) -> None:
-    """Best val/loss against each searched value, a panel per key: finished trials as dots, pruned ones hollow
-    at their last check's loss, the best as a star; the fitted parabola, its chosen value and interval."""
+    """Best val/loss (or the study's monitor) against each searched value, a panel per key: finished trials as
+    dots, pruned ones hollow at their last check's value, the best as a star; the fitted parabola, its chosen value
+    and interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +113,7 @@ def plot_trials(study: dict, choice: Choice, path: Path) -> None:
             axis.set_xscale("log")
         if space["choices"] is None:
             axis.axvspan(space["low"], space["high"], color="0.93", zorder=0)
-        axis.set(xlabel=key, ylabel="best val/loss", title=f"{study['model']}: val/loss against {key}")
+        axis.set(xlabel=key, ylabel=f"best {monitor(study)}", title=f"{study['model']}: {monitor(study)} against {key}")
         axis.legend()
     figure.tight_layout()
     save(figure, path)
@@ -164,8 +166,8 @@ def write_tune_report(sweep_dir: str | Path, trial_seed: int, seeds: int, final:
         best_values = ", ".join(f"`{key}={shown(value)}`" for key, value in best["params"].items())
         pruning = pruning_note(study)
         note = "".join(f"\n\n{line}" for line in lines)
-        sections.append(f"### {model}\n\nChosen: {chosen}, {choice.how}.\n\nBest trial: {best_values}, val/loss "
-                        f"{best['value']:.4f} (trial {best['number']}; {counts}).{' ' + pruning if pruning else ''}"
+        sections.append(f"### {model}\n\nChosen: {chosen}, {choice.how}.\n\nBest trial: {best_values}, "
+                        f"{monitor(study)} {best['value']:.4f} (trial {best['number']}; {counts}).{' ' + pruning if pruning else ''}"
                         f"{note}\n\n![{model}]({figure.relative_to(sweep_dir)})")
     write_atomically(sweep_dir / TUNED, OmegaConf.to_yaml(OmegaConf.create(tuned)).encode("utf-8"))
     repeats = sorted({t.get("seed") for _, study in studies for t in study["trials"]} - {None, trial_seed})

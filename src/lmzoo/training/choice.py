@@ -15,9 +15,16 @@ STUDY = "study.db"
 TRIALS = "trials.json"
 
 
+def monitor(study: dict) -> str:
+    """What ranked the study's trials (tune.monitor): val/loss (lowest best), or val/accuracy (highest); val/loss in
+    the trials of a tune that did not record it."""
+    return study.get("monitor", "val/loss")
+
+
 def best_trial(study: dict) -> dict | None:
     complete = [t for t in study["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
-    return min(complete, key=lambda t: t["value"]) if complete else None
+    best = max if monitor(study) == "val/accuracy" else min
+    return best(complete, key=lambda t: t["value"]) if complete else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +94,16 @@ def choose(study: dict) -> Choice | None:
     """The values to tune to. For one searched range of numbers, the lowest point of the parabola through the mean
     loss at the best value and at its neighbours (on the key's scale), so that more than one noisy trial decides,
     with the 95% interval of that point under the noise that repeats over seeds measured (tune.repeats), or
-    without repeats the neighbours' bracket. Else, or where the best has no finished neighbour on a side, the best
-    trial's values. None without a finished trial."""
+    without repeats the neighbours' bracket. Else, or where the best has no finished neighbour on a side, or ranked by
+    val/accuracy, the best trial's values. None without a finished trial."""
     best = best_trial(study)
     if best is None:
         return None
     own = Choice(dict(best["params"]), None, f"the best trial's (trial {best['number']})")
+    if monitor(study) == "val/accuracy":
+        # Accuracy on a task jumps between plateaus (chance, all answers) and saturates: no parabola fits it.
+        return dataclasses.replace(own, how=own.how + ": ranked by highest val/accuracy, which jumps between plateaus "
+                                   "and saturates at 1, so no curve is fitted through it")
     (key, space), *others = study["search"].items()
     if others or space["choices"] is not None or space["integer"]:
         return dataclasses.replace(own, how=own.how + ": a fit takes one searched range of numbers")

@@ -74,6 +74,8 @@ def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tu
         active_parameters=active,
         best_val_loss=best,
         best_val_bpb=best_bpb,
+        best_val_accuracy=lit.best_val_accuracy,
+        state_bytes=lit.state_bytes,
         **(test or {}),
         steps=trainer.global_step,
         tokens_per_sec=throughput and throughput.mean_rate,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from lmzoo.checkpoints.ckpt import upgrade_checkpoint
 from lmzoo.checkpoints.record import CHECKPOINT_KEYS, ModelRecord, architecture_record
+from lmzoo.data.tasks import IGNORE
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
@@ -27,11 +28,13 @@ from lmzoo.training.optim import OptimConfig, configure_optimizer
 class LitLM(L.LightningModule):
     def __init__(self, model: LanguageModel, optim: OptimConfig, tokenizer: dict, val_tokens_per_byte: float | None = None,
                  skip_nonfinite: bool = False, finetune: dict | None = None, provenance: dict | None = None,
-                 flops_per_token: int = 0):
+                 flops_per_token: int = 0, scores_answers: bool = False):
         """`tokenizer` is the data's tokenizer spec, saved with every checkpoint. `finetune` describes how the
         model derives from a pretrained one ({"method": "lora", ..., "base": SOURCE}); such a model's
         checkpoints hold only its trainable weights. `provenance` is the run's config, version and commit.
-        `flops_per_token`: the model's training FLOPs per token at the run's context (LanguageModel.flops_per_token)."""
+        `flops_per_token`: the model's training FLOPs per token at the run's context (LanguageModel.flops_per_token).
+        `scores_answers`: the data's targets are answers at some positions (a synthetic task, lmzoo.data.tasks),
+        whose exact-match share validation logs as val/accuracy."""
         super().__init__()
         self.model = model
         self.optim = optim
@@ -41,7 +44,10 @@ class LitLM(L.LightningModule):
         self.finetune = finetune
         self.provenance = provenance
         self.flops_per_token = flops_per_token
+        self.scores_answers = scores_answers
+        self.state_bytes = decoding_state_bytes(model)
         self.best_val_loss = float("inf")
+        self.best_val_accuracy = None
         self.nonfinite_skips = 0
         # The step of the first validation whose loss was NaN or inf: the run stops there, and says so.
         self.diverged_at = None
@@ -99,11 +105,19 @@ class LitLM(L.LightningModule):
         return False
 
     def validation_step(self, batch, batch_idx):
-        loss, _ = self.cross_entropy(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
+        loss, output = self.cross_entropy(batch)
+        targets = batch[1]
+        answers = targets != IGNORE
+        # Weighted by the positions scored, the epoch's means are over every target of the validation set (and
+        # every answer of a task, whose examples may hold different numbers of them).
+        count = int(answers.sum())
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=count)
         if self.val_tokens_per_byte:
             bpb = bits_per_byte(loss, self.val_tokens_per_byte)
-            self.log("val/bpb", bpb, sync_dist=True, batch_size=batch[0].size(0))
+            self.log("val/bpb", bpb, sync_dist=True, batch_size=count)
+        if self.scores_answers:
+            correct = correct_answers(output.logits, targets)
+            self.log("val/accuracy", correct.float().mean(), prog_bar=True, sync_dist=True, batch_size=count)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
@@ -116,13 +130,17 @@ class LitLM(L.LightningModule):
             return
         self.best_val_loss = min(self.best_val_loss, val_loss)
         self.log("val/loss_best", self.best_val_loss, sync_dist=True)
+        if self.scores_answers:
+            accuracy = self.trainer.callback_metrics["val/accuracy"].item()
+            self.best_val_accuracy = max(self.best_val_accuracy or 0.0, accuracy)
+            self.log("val/accuracy_best", self.best_val_accuracy, sync_dist=True)
 
     def setup(self, stage: str) -> None:
         # Lightning logs these after setup, so they reach TensorBoard's HPARAMS.
         total, active = self.model.parameter_counts()
         self.save_hyperparameters({"model": architecture_record(self.model), "optim": vars(self.optim),
                                    "parameters": total, "active_parameters": active,
-                                   "flops_per_token": self.flops_per_token})
+                                   "flops_per_token": self.flops_per_token, "state_bytes": self.state_bytes})
 
     @property
     def wall_time_s(self) -> float:
@@ -162,7 +180,7 @@ class LitLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         self.saved_step = self.trainer.global_step
         record = ModelRecord.of(self.model, self.tokenizer, optim=vars(self.optim), best_val_loss=self.best_val_loss,
-                                diverged_at=self.diverged_at, wall_time_s=self.wall_time_s, rng=capture_rng(),
+                                best_val_accuracy=self.best_val_accuracy, diverged_at=self.diverged_at, wall_time_s=self.wall_time_s, rng=capture_rng(),
                                 finetune=self.finetune, run=self.provenance)
         checkpoint["lmzoo"] = record.stored(CHECKPOINT_KEYS)
         if self.finetune:
@@ -174,12 +192,27 @@ class LitLM(L.LightningModule):
         upgrade_checkpoint(checkpoint)
         record = ModelRecord.read(checkpoint["lmzoo"])
         self.best_val_loss = record.best_val_loss
+        self.best_val_accuracy = record.best_val_accuracy
         self.diverged_at = record.diverged_at
         self.earlier_wall_time = record.wall_time_s
         # Lightning restores the checkpoint's optimizer and schedule, so its settings are the run's from now on.
         # lmzoo 0.1 recorded no optimizer settings; its schedule was a warmup-cosine, as a record without a schedule.
         self.optim = OptimConfig(**record.optim) if record.optim else replace(self.optim, schedule="cosine")
         restore_rng(record.rng)
+
+
+def correct_answers(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each answer of a synthetic task's targets (those not IGNORE) is the logits' top token: val/accuracy
+    is their share."""
+    answers = targets != IGNORE
+    return logits.argmax(dim=-1)[answers] == targets[answers]
+
+
+def decoding_state_bytes(model: LanguageModel) -> int | None:
+    """Bytes of the decoding state one sequence of the model's context needs, in the weights' dtype: the keys and
+    values of its attention layers (a local layer's window, MLA's latent), its recurrent layers' state
+    (`state_bytes` of the models that keep a cache); None for the models that recompute their context."""
+    return model.state_bytes() if hasattr(model, "state_bytes") else None
 
 
 def capture_rng() -> dict:

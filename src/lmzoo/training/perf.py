@@ -71,19 +71,46 @@ def describe_peak(device: torch.device, precision: str, given: float | None, pea
 
 def cpu_peak_flops(dtype: torch.dtype) -> float:
     """A matmul probe's FLOP/s on this CPU with torch's threads, measured once per machine and cached."""
-    cache = cache_dir() / "peak_flops.json"
-    key = f"{cpu_name()}|{torch.get_num_threads()} threads|{dtype}|torch {torch.__version__}|{PROBE}"
+    key = f"{machine()}|{dtype}|{PROBE}"
+    return cached("peak_flops.json", key, lambda: matmul_flops_per_second(dtype))[0]
+
+
+def machine() -> str:
+    """What a measurement of speed depends on besides the work: the CPU, torch's threads and torch's version."""
+    return f"{cpu_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+
+
+def cache_path(name: str) -> Path:
+    return cache_dir() / name
+
+
+def read_cache(name: str) -> dict:
+    """The measurements cached in file `name` of cache_dir(); none when it is missing or unreadable."""
     try:
-        known = json.loads(cache.read_text())
+        known = json.loads(cache_path(name).read_text())
     except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = matmul_flops_per_second(dtype)
-        try:
-            write_atomically(cache, (json.dumps(known, indent=2) + "\n").encode("utf-8"))
-        except (OSError, UserError):
-            pass  # An unwritable cache only costs the probe again next time.
-    return known[key]
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def write_cache(name: str, key: str, value) -> None:
+    """Keep `value` under `key` in cache file `name`. An unwritable cache only costs measuring again next time."""
+    known = read_cache(name)
+    known[key] = value
+    try:
+        write_atomically(cache_path(name), (json.dumps(known, indent=2) + "\n").encode("utf-8"))
+    except (OSError, UserError):
+        pass
+
+
+def cached(name: str, key: str, measure):
+    """The value cached under `key` in cache file `name`, or `measure()`'s, cached; and whether it was cached."""
+    known = read_cache(name)
+    if key in known:
+        return known[key], True
+    value = measure()
+    write_cache(name, key, value)
+    return value, False
 
 
 def cache_dir() -> Path:

@@ -24,7 +24,7 @@ from lmzoo.models import LanguageModel
 from lmzoo.training.acceleration import choose_precision, device_type
 from lmzoo.training.budget import Budget, RunLength, run_length, world_size
 from lmzoo.training.checks import RunSettings, check_before_preparing
-from lmzoo.training.datamodule import TokenDataModule
+from lmzoo.training.datamodule import TaskDataModule, TokenDataModule, data_module
 from lmzoo.training.folder import check_folder_is_this_runs, checkpoints_folder
 from lmzoo.training.initial_model import initial_model
 from lmzoo.training.optim import OptimConfig
@@ -122,7 +122,7 @@ class RunPlan:
 class Start(NamedTuple):
     """What planning built: the data (prepared), the model the run starts from, and its finetune record."""
 
-    datamodule: TokenDataModule
+    datamodule: TokenDataModule | TaskDataModule
     model: LanguageModel
     finetune: dict | None
 
@@ -138,15 +138,15 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     checkpoint = resume_path(config)
     L.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = prepared_data(config)
-    model, finetune = initial_model(config, datamodule.vocab_size, datamodule.meta.tokenizer)
+    model, finetune = initial_model(config, datamodule.vocab_size, datamodule.tokenizer)
     flops_per_token = model.flops_per_token(config.block_size)
     length = resolve_length(config, budget, flops_per_token, command)
     optim = instantiate(config.optim, decay_steps=length.decay_steps)
-    width = getattr(model.config, model.config.width_field) if model.config.width_field else None
-    precision = Precision(*choose_precision(config.trainer.precision, device_type(config.trainer.accelerator), width))
+    precision = Precision(*choose_precision(config.trainer.precision, device_type(config.trainer.accelerator), model,
+                                            config.data.batch_size, config.block_size))
     ended = None
     if checkpoint:
-        kept = check_resumable(checkpoint, model, datamodule.meta.tokenizer, optim, finetune, settings.init_from)
+        kept = check_resumable(checkpoint, model, datamodule.tokenizer, optim, finetune, settings.init_from)
         best = checkpoints / f"{OmegaConf.select(config, 'callbacks.model_checkpoint.filename', default='best')}.ckpt"
         ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best)
         if kept and not ended:
@@ -156,9 +156,9 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     return plan, Start(datamodule, model, finetune)
 
 
-def prepared_data(cfg: DictConfig) -> TokenDataModule:
-    """The datamodule of cfg.data, its bins prepared (or found prepared)."""
-    datamodule = TokenDataModule(instantiate(cfg.data, _convert_="all"))
+def prepared_data(cfg: DictConfig) -> TokenDataModule | TaskDataModule:
+    """The datamodule of cfg.data, its bins prepared (or found prepared), or a task's examples generated."""
+    datamodule = data_module(instantiate(cfg.data, _convert_="all"))
     datamodule.prepare_data()
     return datamodule
 

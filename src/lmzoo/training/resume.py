@@ -101,6 +101,7 @@ class EndedRun:
     status: str
     best_checkpoint: str
     best_val_loss: float
+    best_val_accuracy: float | None
 
     def line(self) -> str:
         further = "" if self.status.startswith("done: stopped early") else \
@@ -109,7 +110,8 @@ class EndedRun:
                 f"{self.folder / SUMMARY}{further}")
 
     def result(self) -> dict:
-        return {"best_checkpoint": self.best_checkpoint, "best_val_loss": self.best_val_loss, "steps": self.step}
+        return {"best_checkpoint": self.best_checkpoint, "best_val_loss": self.best_val_loss,
+                "best_val_accuracy": self.best_val_accuracy, "steps": self.step}
 
 
 def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps: int, best: Path) -> EndedRun | None:
@@ -127,4 +129,4 @@ def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps:
     if max_steps > summary.steps and not summary.stopped_early:
         return None
     return EndedRun(folder, summary.steps, summary.status, str(best) if best.is_file() else "",
-                    summary.best_val_loss if summary.best_val_loss is not None else math.inf)
+                    summary.best_val_loss if summary.best_val_loss is not None else math.inf, summary.best_val_accuracy)

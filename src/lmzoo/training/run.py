@@ -12,7 +12,7 @@ from lmzoo.checkpoints.load import load_model
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, sample_text
 from lmzoo.training.acceleration import say
-from lmzoo.training.datamodule import TokenDataModule
+from lmzoo.training.datamodule import TaskDataModule, TokenDataModule
 from lmzoo.training.ending import run_summary, save_last_step, test_of_best, usable_best
 from lmzoo.training.module import LitLM
 from lmzoo.training.plan import RunPlan, Start, plan_run
@@ -20,7 +20,7 @@ from lmzoo.training.provenance import provenance, write_provenance
 from lmzoo.training.trainer import build_trainer, log_each_line_once
 
 
-def build(cfg: DictConfig, callbacks: tuple = ()) -> tuple[TokenDataModule, LitLM, L.Trainer]:
+def build(cfg: DictConfig, callbacks: tuple = ()) -> tuple[TokenDataModule | TaskDataModule, LitLM, L.Trainer]:
     """The datamodule (prepared), the model wrapped for training (compiled with compile=true), and the Trainer a
     config describes, with `callbacks` added to its own; checked to resume the checkpoint it names, if any."""
     plan, start = plan_run(cfg)
@@ -31,9 +31,9 @@ def build(cfg: DictConfig, callbacks: tuple = ()) -> tuple[TokenDataModule, LitL
 def assemble(plan: RunPlan, start: Start, callbacks: tuple = ()) -> tuple[LitLM, L.Trainer]:
     """The model wrapped for training and the Trainer of `plan`."""
     skip_nonfinite = plan.config.trainer.get("skip_nonfinite", False)
-    lit = LitLM(start.model, plan.optim, start.datamodule.meta.tokenizer, start.datamodule.val_tokens_per_byte,
+    lit = LitLM(start.model, plan.optim, start.datamodule.tokenizer, start.datamodule.val_tokens_per_byte,
                 skip_nonfinite=skip_nonfinite, finetune=start.finetune, provenance=provenance(plan.recorded_config()),
-                flops_per_token=plan.flops_per_token)
+                flops_per_token=plan.flops_per_token, scores_answers=start.datamodule.scores_answers)
     if plan.settings.compile is True:
         # Compiles the model's forward in place, so checkpoints keep their plain parameter names.
         start.model.compile()
@@ -64,7 +64,8 @@ def train(cfg: DictConfig, callbacks: tuple = (), accepted: Callable[[], None] |
     trainer.fit(lit, datamodule=start.datamodule, ckpt_path=plan.resume.checkpoint, weights_only=False)
     save_last_step(trainer, lit)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "steps": trainer.global_step}
+    result = {"best_checkpoint": best, "best_val_loss": lit.best_val_loss, "best_val_accuracy": lit.best_val_accuracy,
+              "steps": trainer.global_step}
     if trainer.is_global_zero:
         test = test_of_best(trainer, start.datamodule) if report_test else {}
         run_summary(lit, trainer, plan.command.model, plan.settings.seed, plan.tuned, test).write(plan.output_dir)

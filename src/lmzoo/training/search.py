@@ -7,6 +7,9 @@ import random
 
 from lmzoo.errors import UserError, check_field_types
 
+# What a tune may rank its trials by (tune.monitor): train's result key, and the study's direction.
+MONITORS = {"val/loss": ("best_val_loss", "minimize"), "val/accuracy": ("best_val_accuracy", "maximize")}
+
 
 @dataclasses.dataclass(kw_only=True)
 class TuneSettings:
@@ -37,9 +40,14 @@ class TuneSettings:
     # Overrides that make the final comparison instead of the tune's model=, seed= and experiment= (an experiment
     # names its own), as [experiment=reference].
     final: list = dataclasses.field(default_factory=list)
+    # What ranks the trials, each by its best: val/loss (lowest), or on a synthetic task (data=mqar) val/accuracy
+    # (highest).
+    monitor: str = "val/loss"
 
     def __post_init__(self):
         check_field_types(self, "tune")
+        if self.monitor not in MONITORS:
+            raise UserError(f"tune.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.trials < 1 or self.final_seeds < 1:
             raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
         if self.prune_after is not None and self.prune_after < 1:
@@ -49,6 +57,9 @@ class TuneSettings:
                             f"{self.checks}, {self.check_batches}")
         if self.repeats < 0:
             raise UserError(f"tune.repeats must be >= 0 (0: no repeats), got {self.repeats}")
+        if self.repeats and self.monitor == "val/accuracy":
+            raise UserError("tune.repeats measure the noise of the curve fitted through val/loss; tune.monitor="
+                            "val/accuracy takes the best trial's values, so set tune.repeats=0")
         if not self.search:
             raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
         self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}

@@ -27,6 +27,12 @@ class RunSummary:
     # The test split's, of the best-validation checkpoint, measured once when the run ended (a tune's trials skip it).
     test_loss: float | None = None
     test_bpb: float | None = None
+    # A synthetic task's test accuracy, of the same checkpoint.
+    test_accuracy: float | None = None
+    # A synthetic task's best val/accuracy (lmzoo.data.tasks); None for text.
+    best_val_accuracy: float | None = None
+    # Bytes of the decoding state a sequence of the run's block_size needs (lmzoo.training.module.decoding_state_bytes).
+    state_bytes: int | None = None
     steps: int | None = None
     tokens_per_sec: float | None = None
     wall_time_s: float | None = None

@@ -21,16 +21,19 @@ import lightning as L
 import optuna
 import sqlalchemy.exc
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError, user_error_behind
 from lmzoo.files import write_atomically
 from lmzoo.training.choice import STUDY, TRIALS, choose
+from lmzoo.training.datamodule import data_module
+from lmzoo.training.module import correct_answers
 from lmzoo.training.plan import Command, prepared_data, settle
 from lmzoo.training.provenance import PER_RUN_KEYS, provenance, write_provenance
 from lmzoo.training.provenance import flatten as flatten_config
 from lmzoo.training.run import train
-from lmzoo.training.search import Space, TuneSettings, spread
+from lmzoo.training.search import MONITORS, Space, TuneSettings, spread
 
 TRIALS_DIR = "trials"
 # The user attributes of a trial: a failed one's error (a study none of whose trials finished names it), its run's
@@ -49,30 +52,36 @@ def check_steps(steps: int, checks: int) -> dict[int, int]:
     return {step: number for number, step in enumerate(at, 1)}
 
 
-def check_loss(trainer: L.Trainer, lit: L.LightningModule, batches: int) -> float:
-    """The mean validation loss (LitLM.cross_entropy, as validation computes it) of `batches` of the validation
-    batches, spread over them, in eval mode and without gradients: the model and its training are left as they
-    were (no random draw, no running statistic updated)."""
+def check_value(trainer: L.Trainer, lit: L.LightningModule, batches: int, monitor: str = "val/loss") -> float:
+    """`monitor` (tune.monitor) on `batches` of the validation batches, spread over them, as validation computes it:
+    the mean loss (LitLM.cross_entropy), or val/accuracy's share of a synthetic task's answers predicted exactly
+    (lmzoo.training.module.correct_answers). In eval mode and without gradients: the model and its training are
+    left as they were (no random draw, no running statistic updated)."""
     windows = trainer.datamodule.val_dataloader().dataset
     indices = sorted({round(i * (len(windows) - 1) / max(1, batches - 1)) for i in range(min(batches, len(windows)))})
     was_training = lit.training
     lit.eval()
     try:
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
-            losses = [lit.cross_entropy(trainer.strategy.batch_to_device(windows[i]))[0].item() for i in indices]
+            checked = [trainer.strategy.batch_to_device(windows[i]) for i in indices]
+            if monitor == "val/accuracy":
+                correct = torch.cat([correct_answers(lit.cross_entropy(batch)[1].logits, batch[1])
+                                     for batch in checked])
+                return correct.float().mean().item()
+            return statistics.fmean(lit.cross_entropy(batch)[0].item() for batch in checked)
     finally:
         lit.train(was_training)
-    return statistics.fmean(losses)
 
 
 class ReportToTrial(L.Callback):
     """Checks the run at `checks` points before its end (check_steps) on `batches` validation batches, gives each
-    loss to the Optuna trial at the point's number, and stops the run where the pruner says so. The trial's
-    value is the run's own best val/loss; these checks only judge it against the other trials at the same point of
-    their runs, which a run's validations (trainer.val_check_interval, often only at the end) may not reach."""
+    value of `monitor` (check_value) to the Optuna trial at the point's number, and stops the run where the pruner
+    says so. The trial's value is the run's own best of the monitor; these checks only judge it against the other
+    trials at the same point of their runs, which a run's validations (trainer.val_check_interval, often only at
+    the end) may not reach."""
 
-    def __init__(self, trial: optuna.Trial, checks: int, batches: int):
-        self.trial, self.checks, self.batches = trial, checks, batches
+    def __init__(self, trial: optuna.Trial, checks: int, batches: int, monitor: str = "val/loss"):
+        self.trial, self.checks, self.batches, self.monitor = trial, checks, batches, monitor
         self.at: dict[int, int] = {}
         self.pruned = False
 
@@ -86,7 +95,7 @@ class ReportToTrial(L.Callback):
         number = self.at.pop(trainer.global_step, None)
         if number is None:
             return
-        self.trial.report(check_loss(trainer, pl_module, self.batches), number)
+        self.trial.report(check_value(trainer, pl_module, self.batches, self.monitor), number)
         if self.trial.should_prune():
             self.trial.set_user_attr(PRUNED_AT, trainer.global_step)
             self.pruned = trainer.should_stop = True
@@ -109,7 +118,7 @@ def tune_model(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with readable_study(folder / STUDY):
         study = optuna.create_study(study_name=model, storage=storage(folder / STUDY), load_if_exists=True,
-                                    direction="minimize", pruner=pruner)
+                                    direction=MONITORS[settings.monitor][1], pruner=pruner)
         # What later commands must match to add trials to this study (check_study); kept from the first.
         for name, value in ((SEARCH, search_record(settings.search)), (TRAINED_WITH, trained_with)):
             if name not in study.user_attrs:
@@ -154,6 +163,9 @@ def check_tune(cfg: DictConfig, settings: TuneSettings, model: str, folder: Path
     # A mistake of the config or the data fails every trial alike: found once, before the first.
     settle(cfg, Command(model))
     check_search_ends(cfg, settings, Command(model))
+    if settings.monitor == "val/accuracy" and not data_module(instantiate(cfg.data, _convert_="all")).scores_answers:
+        raise UserError("tune.monitor=val/accuracy needs a synthetic task, whose answers val/accuracy scores "
+                        "(data=mqar, noisy_recall or selective_copying); tune text by val/loss")
     trained_with = trial_setting(cfg, settings, folder)
     check_study(folder, model, settings.search, trained_with)
     return trained_with
@@ -293,7 +305,7 @@ def check_search_ends(cfg: DictConfig, settings: TuneSettings, command: Command)
 
 def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, folder: Path) -> float:
     """Train one trial in folder/trials/N with the suggested values (a repeat with its own seed); its best
-    val/loss."""
+    val/loss (or tune.monitor)."""
     trial_cfg = copy.deepcopy(cfg)
     for space in settings.search.values():
         OmegaConf.update(trial_cfg, space.key, space.suggest(trial))
@@ -302,11 +314,13 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
     if repeat:
         trial_cfg.seed = trial.user_attrs[REPEAT_SEED]
     # A repeat measures the noise at a value already chosen: it is never pruned.
-    report = ReportToTrial(trial, settings.checks if settings.prunes and not repeat else 0, settings.check_batches)
+    report = ReportToTrial(trial, settings.checks if settings.prunes and not repeat else 0, settings.check_batches,
+                           settings.monitor)
+    key = MONITORS[settings.monitor][0]
     try:
         # Selection reads validation only: a trial measures nothing on the test split.
         result = train(trial_cfg, callbacks=(report,), report_test=False)
-        if not report.pruned and not math.isfinite(result["best_val_loss"]):
+        if not report.pruned and (result[key] is None or not math.isfinite(result[key])):
             raise UserError("it never validated")
     except UserError as error:
         values = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
@@ -316,7 +330,7 @@ def objective(trial: optuna.Trial, cfg: DictConfig, settings: TuneSettings, fold
         raise
     if report.pruned:
         raise optuna.TrialPruned()
-    return result["best_val_loss"]
+    return result[key]
 
 
 def trial_records(study: optuna.Study, settings: TuneSettings, seed: int) -> dict:
@@ -330,4 +344,5 @@ def trial_records(study: optuna.Study, settings: TuneSettings, seed: int) -> dic
                        "last_loss": checks[max(checks)] if checks else None, "checks": len(checks),
                        "steps": trial.user_attrs.get(STEPS), "pruned_at": trial.user_attrs.get(PRUNED_AT)})
     return {"model": study.study_name, "search": {key: space.as_dict() for key, space in settings.search.items()},
-            "prune_after": settings.prune_after if settings.prunes else None, "trials": trials}
+            "prune_after": settings.prune_after if settings.prunes else None, "monitor": settings.monitor,
+            "trials": trials}
