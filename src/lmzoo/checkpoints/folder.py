@@ -8,6 +8,7 @@ every lmzoo command loads both. safetensors is imported only here, inside the fu
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from lmzoo.checkpoints.integrity import check_digest
@@ -27,6 +28,15 @@ def safetensors_torch():
     except ImportError:
         raise UserError(f"reading and writing model.safetensors needs safetensors: {INSTALL_HINT}") from None
     return safetensors.torch
+
+
+def safetensors_io_error(error: BaseException) -> str | None:
+    """The operating system's reason in safetensors' error for a file it could not write (its Rust I/O error, as
+    text: `IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })`); None for any other."""
+    if type(error).__name__ != "SafetensorError" or "IoError" not in str(error):
+        return None
+    found = re.search(r'message: "([^"]*)"', str(error))
+    return found.group(1) if found else str(error).strip().splitlines()[0]
 
 
 def is_lmzoo_folder(source: str) -> bool:
@@ -55,6 +65,8 @@ def read_record(folder: Path) -> ModelRecord:
     except ValueError as error:
         raise UserError(f"{folder / FOLDER_RECORD} is damaged ({error}); export the model again") from None
     check_readable(record.get("version", "unknown"), folder)
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder} has no {WEIGHTS} beside its {FOLDER_RECORD}; export the model again")
     check_digest(folder / WEIGHTS, record.get("weights_sha256"))
     return ModelRecord.read(record)
 

@@ -59,7 +59,8 @@ def tokenized_differently(data: DataConfig, tokenizer_spec: dict) -> UserError:
 def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int) -> dict:
     """The model's loss, perplexity and bits per byte on the validation split of `data` (prepared if needed)."""
     check_tokenizer(data, tokenizer_spec)
-    meta = prepare(data)
+    # The model's context is fixed: a text too short for it needs more text, not another block_size.
+    meta = prepare(data, too_short="evaluate on a longer text")
     if meta.tokenizer != tokenizer_spec:
         raise tokenized_differently(data, tokenizer_spec)
     val = meta.splits["val"]

@@ -43,6 +43,16 @@ class Budget:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None and key != "max_steps"}
 
 
+def check_steps_not_typed(budget: Budget, max_steps: int, typed: frozenset[str]) -> None:
+    """A FLOP or token budget sets the run's steps: a trainer.max_steps typed beside it would be dropped without a
+    word (a minutes budget keeps it as a ceiling)."""
+    given = {key: value for key, value in budget.given().items() if key != "minutes"}
+    if given and "trainer.max_steps" in typed:
+        (key, value), = given.items()
+        raise UserError(f"trainer.max_steps={max_steps} is set beside budget.{key}={value:g}, whose steps replace it; "
+                        f"cap the budget's steps with budget.max_steps={max_steps}, or leave budget.{key} out")
+
+
 def world_size(trainer: DictConfig) -> int:
     """The processes a run trains on, as Lightning counts them from trainer.accelerator, trainer.devices and
     trainer.num_nodes."""
