@@ -347,7 +347,8 @@ CASES = [
     ("generate", ["ckpt={ckpt}", "top_k=0"], "top_k must be a positive integer or null, got 0", []),
     ("generate", ["ckpt={ckpt}", "top_p=0"], "top_p must lie in (0, 1] or be null, got 0", []),
     ("generate", ["ckpt={ckpt}", "top_p=1.5"], "top_p must lie in (0, 1] or be null, got 1.5", []),
-    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0, got -0.5", []),
+    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0 and finite (0 decodes greedily), got -0.5",
+     []),
     ("generate", ["ckpt={ckpt}", "temperature=abc"], "temperature must be a number, got 'abc'", []),
     # inf would sample uniformly, NaN make every prediction NaN: neither is the checkpoint's fault.
     ("generate", ["ckpt={ckpt}", "temperature=inf"], "temperature must be >= 0 and finite (0 decodes greedily), got inf",

@@ -289,3 +289,15 @@ def test_sweeps_at_two_budgets_compare_as_one_study_labelled_by_their_budget(tmp
     assert [row["model"] for row in markdown_tables(compare(tmp_path / "steps"))[0]] == [
         "gpt (trainer.max_steps=60)", "gpt (trainer.max_steps=30)"]
 
+
+
+def test_a_folder_of_runs_and_sweeps_compares_every_run_in_it(tmp_path):
+    outputs = tmp_path / "outputs"
+    write_run(outputs / "lone", "gpt", 1, {"best_val_loss": 2.0})
+    for sweep, model in (("sweep_a", "mlp"), ("sweep_b", "bigram")):
+        (outputs / sweep).mkdir(parents=True)
+        (outputs / sweep / "multirun.yaml").write_text("hydra: {}\n")
+        write_run(outputs / sweep / f"0_{model}", model, 1, {"best_val_loss": 3.0})
+    ranked, runs = markdown_tables(compare(outputs))
+    assert sorted(row["model"] for row in ranked) == ["bigram", "gpt", "mlp"]
+    assert [row["run"] for row in runs] == ["outputs/lone", "sweep_a/0_mlp", "sweep_b/0_bigram"]

@@ -202,6 +202,24 @@ def test_a_minutes_budget_keeps_a_max_steps_typed_on_the_command_line(tmp_path, 
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
 
 
+def test_a_key_typed_beside_tuned_values_wins_and_says_which_tuned_value_it_replaces(tmp_path, monkeypatch, capsys):
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("gpt_rope:\n  optim.lr: 0.003\n  optim.weight_decay: 0.05\n")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}/data",
+                                      f"hydra.run.dir={tmp_path}/run", f"tuned={tuned}", "optim.lr=0.001",
+                                      "trainer.max_steps=3", "trainer.val_check_interval=3"])
+    try:
+        importlib.import_module("lmzoo.train").main()
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    assert f"optim.lr=0.001 as typed, not 0.003 as tuned in {tuned}" in capsys.readouterr().err
+    # The run trained at the typed value, and its records say so: the tuned value it took is the weight decay alone.
+    optim = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]["optim"]
+    assert (optim["lr"], optim["weight_decay"]) == (0.001, 0.05)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tuned"] == {"optim.weight_decay": 0.05}
+
+
 def test_a_validation_interval_beyond_the_run_validates_at_its_end_and_the_last_step_is_logged(tmp_path):
     train(compose_train(tmp_path, "trainer.max_steps=12", "trainer.val_check_interval=50", "trainer.log_every_n_steps=5"))
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")["global_step"] == 12
