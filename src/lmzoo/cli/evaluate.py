@@ -65,8 +65,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         raise UserError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     model, _, record = load_model(ckpt, resolve_device(cfg.device))
     print(model_card(model, record))
-    data = instantiate(data_config(cfg, ckpt, record.tokenizer), block_size=model.block_size,
-                       batch_size=cfg.batch_size, _convert_="all")
+    # Under its key, so that Hydra's errors name a key DataConfig does not take as data.KEY.
+    data = instantiate(OmegaConf.create({"data": data_config(cfg, ckpt, record.tokenizer)}).data,
+                       block_size=model.block_size, batch_size=cfg.batch_size, _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size)}
     if not math.isfinite(result["loss"]):
         raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue,
+from omegaconf.errors import (ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue,
                               OmegaConfBaseException)
 
 from lmzoo.cli.compat import WithoutFailedJobLines, raised_by_launcher
@@ -58,7 +58,7 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
                 if explained is None:
                     raise
                 raise explained from None
-            except (ConfigKeyError, ConfigAttributeError) as error:
+            except (KeyError, ConfigAttributeError) as error:
                 explained = deleted_key(error, deleted_keys())
                 if explained is None:
                     raise

@@ -105,9 +105,13 @@ def resolves(cfg: DictConfig, key: str) -> bool:
     return True
 
 
-def deleted_key(error: ConfigKeyError | ConfigAttributeError, deleted: list[str]) -> UserError | None:
-    """A key the command needs that the command line deleted (`~seed`), as one line; None for any other."""
-    key = error.full_key or str(error.key or "")
+def deleted_key(error: KeyError | ConfigAttributeError, deleted: list[str]) -> UserError | None:
+    """A key the command needs that the command line deleted (`~seed`), as one line; None for any other. OmegaConf
+    names it in its errors; a plain KeyError is a key missing from a config read as a dict."""
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        key = error.full_key or str(error.key or "")
+    else:
+        key = str(error.args[0]) if error.args else ""
     if not key or not any(key == gone or key.startswith(f"{gone}.") for gone in deleted):
         return None
     return UserError(f"{key} is needed, and ~{next(gone for gone in deleted if key.startswith(gone))} deleted it; "
