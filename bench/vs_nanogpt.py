@@ -5,7 +5,8 @@
     python bench/vs_nanogpt.py --nanogpt DIR --pairs 1 --max-iters 20 --eval-interval 10 --sample-pairs 1  # smoke
     python bench/vs_nanogpt.py --nanogpt DIR --config shakespeare --pairs 3 --max-iters 200 --sample-pairs 0
     python bench/vs_nanogpt.py --nanogpt DIR --as-typed --pairs 3 --max-iters 600 --sample-pairs 0
-    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.activation=gelu_erf model.bias=false --pairs 3 --max-iters 600
+    python bench/vs_nanogpt.py --nanogpt DIR --as-typed --lmzoo model.ffns.mlp.activation=gelu_erf model.bias=false \
+        --pairs 3 --max-iters 600
 
 `--config cpu` (the default) is nanoGPT's README CPU command, below. `--config shakespeare` is its
 config/train_shakespeare_char.py as that file says to run it on a CPU (`--device=cpu --compile=False`): 6 layers,
@@ -63,7 +64,7 @@ TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
                "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
 # nanoGPT's model (model.py with train.py's bias=False) in lmzoo's terms.
-LMZOO_MODEL = ["model=gpt", "model.tie_embeddings=true", "model.bias=false", "model.activation=gelu_erf",
+LMZOO_MODEL = ["model=gpt", "model.tie_embeddings=true", "model.bias=false", "model.ffns.mlp.activation=gelu_erf",
                "model.pad_vocab_to=1", "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.dropout=0.0"]
 # The rest of config/train_shakespeare_char.py with the CPU command's changes. nanoGPT evaluates eval_iters
 # batches of each split, so lmzoo validates on twice as many batches.
@@ -82,7 +83,7 @@ CONFIGS = {
                      "block_size=256", "data.batch_size=64", "data.val_batches=40"], 256, None),
 }
 # The overrides that make lmzoo's gpt nanoGPT's model; --as-typed leaves them out.
-NANOGPT_MODEL_CHOICES = ("model.tie_embeddings", "model.bias", "model.activation", "model.pad_vocab_to")
+NANOGPT_MODEL_CHOICES = ("model.tie_embeddings", "model.bias", "model.ffns.mlp.activation", "model.pad_vocab_to")
 SAMPLE = {"max_new_tokens": 500, "top_k": 200, "temperature": 0.8}
 
 

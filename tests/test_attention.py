@@ -7,20 +7,35 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import V
+from helpers import V, counted_flops_per_token
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
-from lmzoo.models.blocks import differential_lambda_init
+from lmzoo.models.blocks import (Attention, LocalAttention, attention_mask, banded_attention,
+                                 differential_lambda_init)
 from lmzoo.models.lora import LoRA, LoRALinear
 
 SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
+GLOBAL, LOCAL = Attention.name, LocalAttention.name
+
+
+def local(window: int, *pattern: str, **knobs) -> dict:
+    """Settings of local layers of `window` (and `pattern` after them), each attention with `knobs`."""
+    names = [LOCAL, *pattern]
+    return dict(layer_pattern=names, mixers={name: dict(knobs, **(dict(window=window) if name == LOCAL else {}))
+                                             for name in names})
+
+
+def attention(**knobs) -> dict:
+    return dict(mixers={GLOBAL: knobs})
+
+
 # Each variant at SHAPE, with the small sizes the numbers below are worked out for.
 VARIANTS = {
     "gpt_rope": {},
-    "swa": dict(layer_pattern=["local_attention", "attention"], window=6),
-    "mla": dict(attention="mla", kv_rank=16, rope_head_dim=8),
-    "diff_attn": dict(n_head=4, n_kv_head=2, attention="differential"),
+    "swa": local(6, GLOBAL),
+    "mla": attention(variant="mla", kv_rank=16, rope_head_dim=8),
+    "diff_attn": dict(n_head=4, **attention(n_kv_head=2, variant="differential")),
 }
 
 
@@ -42,10 +57,10 @@ def test_local_layers_see_only_their_window():
     """Two local layers of window 3: a token reaches the 2 positions after it in each layer, 4 in all; one global
     layer reaches every later position."""
     torch.manual_seed(0)
-    local = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=3).build().eval()
-    assert changed_positions(local, 6) == [6, 7, 8, 9, 10]
+    only_local = TransformerConfig(**SHAPE, **local(3)).build().eval()
+    assert changed_positions(only_local, 6) == [6, 7, 8, 9, 10]
     torch.manual_seed(0)
-    mixed = TransformerConfig(**SHAPE, layer_pattern=["local_attention", "attention"], window=3).build().eval()
+    mixed = TransformerConfig(**SHAPE, **local(3, GLOBAL)).build().eval()
     assert changed_positions(mixed, 6) == list(range(6, 20))
 
 
@@ -72,16 +87,35 @@ def test_a_local_layers_cache_keeps_only_its_window_and_latent_attention_only_th
     assert mla.cache_values(24) == 2 * 24 * (16 + 8) and make("gpt_rope").cache_values(24) == 2 * 24 * 2 * 32
 
 
-def test_a_local_layer_counts_the_flops_of_its_window():
-    """swa's first layer sees 6 of 24 keys: 18 keys' score and value products (2 x 32 channels) fewer."""
-    assert make("gpt_rope").flops_per_token(24) - make("swa").flops_per_token(24) == 3 * 2 * 2 * 18 * 32
+@pytest.mark.parametrize("T, window, heads, kv_heads, value_width", [
+    (20, 3, 4, 2, 8), (24, 6, 2, 2, 8), (37, 5, 4, 1, 16), (64, 16, 4, 4, 8)])
+def test_the_band_of_blocks_gives_the_sliding_window_attention(T, window, heads, kv_heads, value_width):
+    """Computed only in the band (blocks of the window against themselves and the block before), grouped keys and
+    wider values included, over lengths that are no multiple of the window."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, heads, T, 8), torch.randn(2, kv_heads, T, 8)
+    v = torch.randn(2, kv_heads, T, value_width)
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, T, 0, window, q.device),
+                                            enable_gqa=kv_heads != heads)
+    torch.testing.assert_close(banded_attention(q, k, v, window, 0.0), masked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("context, keys", [(12, 12), (24, 12), (22, 12 * 24 / 22)])
+def test_a_local_layer_is_charged_the_keys_its_kernel_computes(context, keys):
+    """swa's first layer (window 6): up to 2 windows the masked kernel computes every key of the context; past them
+    the band, 2 windows a query over whole blocks (24 padded tokens at a context of 22). Its FLOPs are FlopCounterMode's
+    where a token's count is whole."""
+    swa, full = make("swa"), make("gpt_rope")
+    assert full.flops_per_token(context) - swa.flops_per_token(context) == round(3 * 2 * 2 * (context - keys) * 32)
+    if context != 22:
+        assert swa.flops_per_token(context) == counted_flops_per_token(swa, torch.randint(0, V, (3, context)))
 
 
 def test_an_all_local_model_decodes_past_its_context_without_refilling_as_without_the_cache():
     """Its cache is unbounded: it never restarts from recent context, and each layer keeps its window. The
     uncached path reads the last block_size tokens, which hold every token the two local layers reach."""
     torch.manual_seed(0)
-    model = TransformerConfig(**SHAPE, layer_pattern=["local_attention"], window=4).build().eval()
+    model = TransformerConfig(**SHAPE, **local(4)).build().eval()
     assert model.new_cache().capacity is None and make("swa").new_cache().capacity == 24
     cache = decoded_cache(model, tokens=60)
     assert cache.position == 60 and all(state.keys.size(-2) == 3 for state in cache.states)
@@ -93,10 +127,33 @@ def test_an_all_local_model_decodes_past_its_context_without_refilling_as_withou
 
 
 def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Tensor:
-    """Diff Transformer's equations, head pair by head pair: [Q1; Q2] = X W_q, [K1; K2] = X W_k, V = X W_v,
+    """Diff Transformer's equations as the paper's code lays the heads out (microsoft/unilm,
+    Diff-Transformer/multihead_flashdiff_1.py), pair by pair: [Q1; Q2] = X W_q, [K1; K2] = X W_k, V = X W_v,
     DiffAttn(X) = (softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d))) V, lambda = exp(lq1 . lk1) -
-    exp(lq2 . lk2) + lambda_init, each head RMS-normalized and scaled by 1 - lambda_init, then W_o. Pair i takes
-    query heads i and i + h and the key heads they share (DiffLlama's layout of the paper's heads)."""
+    exp(lq2 . lk2) + lambda_init, each pair RMS-normalized with a learned scale and scaled by 1 - lambda_init, then
+    W_o. Pair i is query heads 2i and 2i + 1, and reads key heads 2m and 2m + 1 and value heads 2m and 2m + 1 side by
+    side, m = i // (the query pairs per key pair)."""
+    T, d, H, kv = x.size(0), attn.head_dim, attn.n_head, attn.n_kv_head
+    q, k, v = attn.c_attn(x).split([H * d, kv * d, kv * d], dim=-1)
+    q, k, v = (t.view(T, -1, d).transpose(0, 1) for t in (q, k, v))
+    q, k = attn.rotary(q, 0), attn.rotary(k, 0)
+    groups, lambda_init = H // kv, differential_lambda_init(layer)
+    lam = (math.exp(attn.lambda_q1 @ attn.lambda_k1) - math.exp(attn.lambda_q2 @ attn.lambda_k2) + lambda_init)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    heads = []
+    for i in range(H // 2):
+        m = i // groups
+        maps = [(q[2 * i + s] @ k[2 * m + s].T / math.sqrt(d)).masked_fill(future, -math.inf).softmax(-1)
+                for s in (0, 1)]
+        values = torch.cat((v[2 * m], v[2 * m + 1]), dim=-1)
+        normed = F.rms_norm((maps[0] - lam * maps[1]) @ values, (2 * d,), attn.pair_norm.weight, eps=1e-5)
+        heads.append((1 - lambda_init) * normed)
+    return attn.c_proj(torch.cat(heads, dim=-1))
+
+
+def diffllama_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The same in Hugging Face's DiffLlama's layout (lmzoo 0.2's): pair i takes query heads i and i + h and the
+    key heads they share, and no scale in the norm."""
     T, d, H, kv = x.size(0), attn.head_dim, attn.n_head, attn.n_kv_head
     q, k, v = attn.c_attn(x).split([H * d, kv * d, kv * d], dim=-1)
     q, k, v = (t.view(T, -1, d).transpose(0, 1) for t in (q, k, v))
@@ -112,16 +169,23 @@ def paper_differential_attention(attn, x: torch.Tensor, layer: int) -> torch.Ten
     return attn.c_proj(torch.cat(heads, dim=-1))
 
 
-@pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_differential_attention_follows_the_papers_equations(n_kv_head):
+LAYOUT_ORACLES = {"paper": paper_differential_attention, "diffllama": diffllama_differential_attention}
+
+
+@pytest.mark.parametrize("layout", LAYOUT_ORACLES)
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 4), (4, 2), (8, 2)])
+def test_differential_attention_follows_the_papers_equations_in_either_layout(layout, n_head, n_kv_head):
     torch.manual_seed(0)
-    model = TransformerConfig(**{**SHAPE, "n_head": 4}, n_kv_head=n_kv_head, attention="differential").build()
+    model = TransformerConfig(**{**SHAPE, "n_head": n_head}, **attention(
+        n_kv_head=n_kv_head, variant="differential", differential_layout=layout)).build()
     x = torch.randn(1, 10, 32)
     with torch.no_grad():
         for layer, block in enumerate(model.transformer.h):
             attn = block.attn
+            if layout == "paper":
+                attn.pair_norm.weight.normal_(1.0, 0.5)
             assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer))
-            torch.testing.assert_close(attn(x)[0], paper_differential_attention(attn, x[0], layer), atol=1e-6, rtol=0)
+            torch.testing.assert_close(attn(x)[0], LAYOUT_ORACLES[layout](attn, x[0], layer), atol=1e-6, rtol=0)
 
 
 def adapted(model) -> set[str]:
@@ -130,7 +194,7 @@ def adapted(model) -> set[str]:
 
 def test_lora_targets_cover_latent_attentions_projections():
     torch.manual_seed(0)
-    config = TransformerConfig(**SHAPE, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12)
+    config = TransformerConfig(**SHAPE, **attention(variant="mla", kv_rank=16, rope_head_dim=8, q_rank=12))
     assert adapted(LoRA(r=2, targets=["qkv", "proj"]).apply(config.build())) == {
         "attn.c_q.0", "attn.c_q.2", "attn.c_kv_a", "attn.c_kv_b", "attn.c_proj"}
     idx = torch.randint(0, V, (2, 16))
@@ -141,11 +205,12 @@ def test_lora_targets_cover_latent_attentions_projections():
 
 
 def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention():
-    model = TransformerConfig(vocab_size=65, block_size=64, attention="mla", kv_rank=64, rope_head_dim=16).build()
+    model = TransformerConfig(vocab_size=65, block_size=64, **attention(variant="mla", kv_rank=64,
+                                                                         rope_head_dim=16)).build()
     assert model.describe()[1:] == [
-        "attention: mla (kv_rank 64, rope_head_dim 16, q_rank full); layers: attention",
+        f"layers: 4 x {GLOBAL} (mla: kv_rank 64, rope_head_dim 16, q_rank full) + mlp (341 wide, silu, gated)",
         "KV cache at block_size 64 in fp32: 1,280 B per token (multi-head attention of these 4 heads: 4,096 B)"]
-    swa = TransformerConfig(vocab_size=65, block_size=64, layer_pattern=["local_attention", "attention"], window=16,
-                            qk_norm=True).build()
-    assert swa.describe()[1] == ("attention: standard (4 heads, 4 key/value heads), qk_norm; layers: "
-                                 "local_attention (window 16), attention")
+    swa = TransformerConfig(vocab_size=65, block_size=64, **local(16, GLOBAL, qk_norm=True)).build()
+    assert swa.describe()[1] == (f"layers: 1 x {LOCAL} (window 16; 4 heads, 4 key/value heads, qk_norm) + mlp (341 "
+                                 f"wide, silu, gated); 1 x {GLOBAL} (4 heads, 4 key/value heads, qk_norm) + mlp (341 "
+                                 "wide, silu, gated); cycled over 4")

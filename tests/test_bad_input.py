@@ -8,6 +8,7 @@ in this process, as the command line would.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -20,6 +21,7 @@ import sys
 import zipfile
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from helpers import FIXTURES, SHAKESPEARE, compose_train
@@ -28,17 +30,35 @@ from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.record import architecture_record
 from lmzoo.files import LOCK, hold_folder
 from lmzoo.models import BigramConfig
+from lmzoo.models.base import SequenceMixer
+from lmzoo.models.blocks import Attention, LocalAttention
+from lmzoo.models.moa import MixtureOfAttention
+from lmzoo.models.presets import preset, preset_names
 from lmzoo.training.run import train
 
 BASE = [f"data.path={SHAKESPEARE}", "paths.data_dir={tmp}/data", "hydra.run.dir={tmp}/run", "trainer=debug",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "block_size=32", "sample_tokens=0"]
 TRAIN = [*BASE, "model.n_layer=2", "model.n_head=2", "model.n_embd=32"]
 RESUME = [*TRAIN, "ckpt_path={ckpt}"]
-BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.head_dim=8"]
+BLOCK_SCALING = [*BASE, "model=block_scaling", "model.n_layer=2", "model.n_embd=32", "model.n_head=4"]
 MOE = [*TRAIN, "model=moe"]
 EVALUATE = ["ckpt={ckpt}", "paths.data_dir={tmp}/data"]
 PREPARE = ["paths.data_dir={tmp}/data"]
 NO_CUDA = not torch.cuda.is_available()
+# The attention (global and local), by their registered names.
+GLOBAL, LOCAL, MOA = Attention.name, LocalAttention.name, MixtureOfAttention.name
+# Each mixer a preset holds, with its first knob that counts something (a positive integer by default).
+COUNTED_KNOBS = list({mixer: (name, mixer, knob) for name in preset_names()
+                      for mixer in preset(name).settings.get("layer_pattern", [])
+                      for knob in [next((f.name for f in dataclasses.fields(SequenceMixer.registry[mixer].Settings)
+                                         if isinstance(f.default, int) and not isinstance(f.default, bool)
+                                         and f.default >= 1), None)] if knob}.values())
+# A mixer gpt_rope does not hold, and a knob of it.
+OTHER = next(name for name in SequenceMixer.registry if name != GLOBAL and dataclasses.fields(
+    SequenceMixer.registry[name].Settings))
+OTHER_KNOB = dataclasses.fields(SequenceMixer.registry[OTHER].Settings)[0].name
+# The hybrid preset's layer pattern, whose last part is in none of the layers before it.
+HYBRID = preset("hybrid").settings["layer_pattern"]
 
 CASES = [
     # train: the command line and the config
@@ -73,60 +93,106 @@ CASES = [
      ["unprepared"]),
     ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "optim.lr=0"], "optim.lr must be positive", ["unprepared"]),
     ("train", [*TRAIN, "model.n_embd=30", "model.n_head=4"], "model.n_embd must be a positive multiple of n_head (4)", []),
-    ("train", [*TRAIN, "model.n_kv_head=3"], "model.n_kv_head must divide n_head (2)", []),
+    # Heads of an odd size, which RoPE cannot rotate in pairs (it crashed at the first step, after the data).
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model.n_embd=6", "model.n_head=2"], "model.n_embd / n_head "
+     "must be even with positions rope, which rotates each head's channels in pairs: choose another model.n_head, or "
+     "model.positions=learned, got 3", ["unprepared"]),
+    ("train", [*TRAIN, "model.n_embd=2", "model.n_head=2"], "model.n_embd / n_head must be even with positions rope", []),
+    # A layer pattern longer than the model is deep, whose last part no layer built (the hybrid preset's attention).
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "model=hybrid", "model.n_layer=2"],
+     f"model.n_layer=2 builds the first 2 of model.layer_pattern [{', '.join(HYBRID)}] and no {HYBRID[-1]} layer; "
+     f"set model.n_layer to {len(HYBRID)} or more, or a model.layer_pattern without {HYBRID[-1]}", ["unprepared"]),
+    ("train", [*TRAIN, "model.n_layer=1", "model.ffn_pattern=[mlp,moe]"], "model.n_layer=1 builds the first 1 of "
+     "model.ffn_pattern [mlp, moe] and no moe layer", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.n_kv_head=3"], f"model.mixers.{GLOBAL}.n_kv_head must divide n_head (2)",
+     []),
     ("train", [*TRAIN, "model.pad_vocab_to=0"], "model.pad_vocab_to must be a positive integer, got 0", []),
-    ("train", [*TRAIN, "model=mamba2", "model.ssm_head_dim=48"],
-     "model.ssm_head_dim must divide ssm_expand * n_embd (64) into heads that ssm_groups divides, got 48", []),
-    ("train", [*TRAIN, "model=hybrid", "model.chunk_size=0"], "model.chunk_size must be a positive integer, got 0", []),
+    # The first counted knob of each mixer a preset holds, at 0.
+    *[("train", [*TRAIN, f"model={preset}", f"model.mixers.{mixer}.{knob}=0"],
+       f"model.mixers.{mixer}.{knob} must be a positive integer", []) for preset, mixer, knob in COUNTED_KNOBS],
+    # A knob of a mixer the layer pattern does not hold, and lmzoo 0.2's flat key of a mixer's knob.
+    ("train", [*TRAIN, f"model.mixers.{OTHER}.{OTHER_KNOB}=3"], f"model.mixers.{OTHER}.{OTHER_KNOB} sets {OTHER} "
+     f"layers, and model.layer_pattern [{GLOBAL}] has none; add {OTHER} to model.layer_pattern, or leave "
+     f"model.mixers.{OTHER} out", []),
+    ("train", [*TRAIN, "model.qk_norm=true"], "model.qk_norm is a knob of the parts that have it now: set "
+     f"model.mixers.{GLOBAL}.qk_norm", []),
+    # A window on a model without local layers (it was ignored), as typed and in this release's spelling.
+    ("train", [*TRAIN, "model.window=8"], f"model.window is a knob of the parts that have it now: set "
+     f"model.mixers.{LOCAL}.window", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", f"model.mixers.{LOCAL}.window=8"],
+     f"model.mixers.{LOCAL}.window sets {LOCAL} layers, and model.layer_pattern [{GLOBAL}] has none; add {LOCAL} to "
+     f"model.layer_pattern, or leave model.mixers.{LOCAL} out", ["unprepared"]),
     ("train", [*TRAIN, "model.dropout=1"], "model.dropout must lie in [0, 1), got 1", []),
     ("train", [*TRAIN, "model.dropout=-0.1"], "model.dropout must lie in [0, 1)", []),
-    ("train", [*TRAIN, "model.activation=tanh9"], "model.activation must be one of", []),
+    ("train", [*TRAIN, "model.ffns.mlp.activation=tanh9"], "model.ffns.mlp.activation must be one of", []),
     ("train", [*TRAIN, "model.init=xavier"], "model.init must be one of gpt2, plain, unit_mlp, got 'xavier'", []),
     ("train", [*TRAIN, "model.positions=alibi"], "model.positions must be one of learned, rope", []),
     ("train", [*TRAIN, "model.rope_base=0"], "model.rope_base must be positive, got 0", []),
-    ("train", [*TRAIN, "model.mlp_ratio=-1"], "model.mlp_ratio must be >= 0 (0: no feed-forward layer), got -1", []),
+    ("train", [*TRAIN, "model.ffns.mlp.ratio=-1"], "model.ffns.mlp.ratio must be positive (an empty "
+     "model.ffn_pattern has no feed-forward layer), got -1", []),
+    ("train", [*TRAIN, "model.ffn_pattern=[mlp,moe9]"], "model.ffn_pattern must list feed-forward parts of", []),
+    ("train", [*TRAIN, "model.mlp_ratio=0"], "model.mlp_ratio is a knob of the parts that have it now: set "
+     "model.ffns.mlp.ratio", []),
     ("train", [*TRAIN, "model.bias=maybe"], "model.bias must be true or false", []),
-    ("train", [*MOE, "model.capacity_factor=0"], "model.capacity_factor must be positive or null, got 0", []),
-    ("train", [*MOE, "model.capacity_factor=-1"], "model.capacity_factor must be positive or null, got -1", []),
-    ("train", [*MOE, "model.top_k=5"], "model.top_k must lie in 1..n_experts (4), got 5", []),
-    ("train", [*MOE, "model.top_k=0"], "model.top_k must lie in 1..n_experts (4), got 0", []),
-    ("train", [*MOE, "model.n_experts=0"], "model.n_experts must be a positive integer, got 0", []),
-    ("train", [*MOE, "model.balance_weight=-1"], "model.balance_weight must be >= 0", []),
-    ("train", [*BASE, "model=moa_moe", "model.n_embd=32", "model.head_dim=8", "model.k_att=9"],
-     "model.k_att must lie in 1..n_att_experts (8), got 9", []),
+    ("train", [*MOE, "model.ffns.moe.capacity_factor=0"], "model.ffns.moe.capacity_factor must be positive or null, "
+     "got 0", []),
+    ("train", [*MOE, "model.ffns.moe.capacity_factor=-1"], "model.ffns.moe.capacity_factor must be positive or null, "
+     "got -1", []),
+    ("train", [*MOE, "model.ffns.moe.top_k=5"], "model.ffns.moe.top_k must lie in 1..n_experts (4), got 5", []),
+    ("train", [*MOE, "model.ffns.moe.top_k=0"], "model.ffns.moe.top_k must lie in 1..n_experts (4), got 0", []),
+    ("train", [*MOE, "model.ffns.moe.n_experts=0"], "model.ffns.moe.n_experts must be a positive integer, got 0", []),
+    ("train", [*MOE, "model.ffns.moe.balance_weight=-1"], "model.ffns.moe.balance_weight must be >= 0", []),
+    ("train", [*TRAIN, "model.ffns.moe.top_k=1"], "model.ffns.moe.top_k sets moe layers, and model.ffn_pattern [mlp] "
+     "has none; add moe to model.ffn_pattern, or leave model.ffns.moe out", []),
+    ("train", [*BASE, "model=moa_moe", "model.n_embd=32", f"model.mixers.{MOA}.top_k=9"],
+     f"model.mixers.{MOA}.top_k must lie in 1..n_experts (8), got 9", []),
     # train: the attention variants
-    ("train", [*TRAIN, "model=swa", "model.window=64"],
-     "model.window must lie in 1..block_size (32) for local_attention layers, got 64", []),
-    ("train", [*TRAIN, "model=swa", "model.window=0"], "model.window must lie in 1..block_size (32)", []),
-    ("train", [*TRAIN, "model.layer_pattern=[attention,mamba9]"],
-     "model.layer_pattern must list layers of attention, local_attention, mamba2, gated_deltanet, got "
-     "['attention', 'mamba9']", []),
+    ("train", [*TRAIN, "model=swa", f"model.mixers.{LOCAL}.window=64"],
+     f"model.mixers.{LOCAL}.window must lie in 1..block_size (32), got 64", []),
+    ("train", [*TRAIN, "model=swa", f"model.mixers.{LOCAL}.window=0"], f"model.mixers.{LOCAL}.window must lie in "
+     "1..block_size (32)", []),
+    ("train", [*TRAIN, f"model.layer_pattern=[{GLOBAL},mamba9]"],
+     f"model.layer_pattern must list layers of {', '.join(SequenceMixer.registry)}, got ['{GLOBAL}', 'mamba9']", []),
     ("train", [*TRAIN, "model.layer_pattern=[]"], "model.layer_pattern must list layers of", []),
-    ("train", [*TRAIN, "model.attention=linear"],
-     "model.attention must be one of standard, mla, differential, got 'linear'", []),
-    ("train", [*TRAIN, "model=mla", "model.kv_rank=0"],
-     "model.kv_rank must be a positive integer (the latent's rank), got 0", []),
-    ("train", [*TRAIN, "model=mla", "model.rope_head_dim=3"],
-     "model.rope_head_dim must be a positive even integer, got 3", []),
-    ("train", [*TRAIN, "model=mla", "model.q_rank=0"], "model.q_rank must be a positive integer or null, got 0", []),
-    ("train", [*TRAIN, "model=mla", "model.qk_norm=true"], "model.qk_norm does not apply to mla", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.variant=linear"],
+     f"model.mixers.{GLOBAL}.variant must be one of standard, mla, differential, got 'linear'", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.kv_rank=0"],
+     f"model.mixers.{GLOBAL}.kv_rank must be a positive integer (the latent's rank) or null, got 0", []),
+    ("train", [*TRAIN, "model=mla", "model.kv_rank=100000"], "model.kv_rank is a knob of the parts that have it now: "
+     f"set model.mixers.{GLOBAL}.kv_rank", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.rope_head_dim=3"],
+     f"model.mixers.{GLOBAL}.rope_head_dim must be a positive even integer or null, got 3", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=0"],
+     f"model.mixers.{GLOBAL}.q_rank must be a positive integer or null, got 0", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.qk_norm=true"],
+     f"model.mixers.{GLOBAL}.qk_norm does not apply to mla", []),
+    ("train", [*TRAIN, f"model.mixers.{GLOBAL}.kv_rank=8"], f"model.mixers.{GLOBAL}.kv_rank, rope_head_dim and q_rank "
+     f"are mla's; set model.mixers.{GLOBAL}.variant=mla or leave them null", []),
     ("train", [*TRAIN, "model=mla", "model.positions=learned"], "model.positions must be rope for mla", []),
     ("train", [*TRAIN, "model=diff_attn", "model.n_head=1"],
-     "model.n_head and n_kv_head must be even for differential attention, which pairs heads, got (1, 1)", []),
-    ("train", [*BLOCK_SCALING, "model.attention=mla"], "model.attention and model.layer_pattern are gpt_rope's options; "
-     "BlockScalingConfig builds its own attention", []),
-    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[1]"], "model.qkv_multipliers must be a list of 2 numbers", []),
-    ("train", [*BLOCK_SCALING, "model.ffn_multipliers=[1,2,3]"], "model.ffn_multipliers must be a list of 2 numbers", []),
-    ("train", [*BLOCK_SCALING, "model.qkv_multipliers=[0,1]"], "model.qkv_multipliers must be positive", []),
-    ("train", [*BLOCK_SCALING, "model.gqa_groups=0"], "model.gqa_groups must be a positive integer", []),
-    ("train", [*BLOCK_SCALING, "model.head_dim=5"], "model.n_embd must be a positive multiple of head_dim (5)", []),
+     f"model.n_head and model.mixers.{GLOBAL}.n_kv_head must be even for differential attention, which pairs "
+     "heads, got (1, 1)", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.variant=mla"], f"model.mixers.{GLOBAL}.qkv_multipliers gives "
+     f"each layer's heads (in groups of model.mixers.{GLOBAL}.gqa_groups) for the standard variant", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.qkv_multipliers=[1]"],
+     f"model.mixers.{GLOBAL}.qkv_multipliers must be a list of 2 numbers", []),
+    ("train", [*BLOCK_SCALING, "model.ffns.mlp.multipliers=[1,2,3]"], "model.ffns.mlp.multipliers must be a list of 2 "
+     "numbers", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.qkv_multipliers=[0,1]"],
+     f"model.mixers.{GLOBAL}.qkv_multipliers must be positive", []),
+    ("train", [*BLOCK_SCALING, f"model.mixers.{GLOBAL}.gqa_groups=0"],
+     f"model.mixers.{GLOBAL}.gqa_groups must be a positive integer", []),
+    ("train", [*BLOCK_SCALING, "model.ffns.mlp.ratio=3"], "model.ffns.mlp.ratio does not apply with "
+     "model.ffns.mlp.multipliers", []),
     ("train", [*BASE, "model=mlp", "model.context=0"], "model.context must be a positive integer, got 0", []),
     ("train", [*BASE, "model=mlp", "model.n_layer=2"], "model has no key n_layer; its keys are context,", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=onehot"], "model.input_encoding must be one of embedding", []),
     ("train", [*BASE, "model=mlp", "model.input_encoding=permutation", "model.code_bits=6"],
      "C(6, 3) = 20 codes for a vocabulary of 65; use code_bits=8 or more", []),
-    ("train", [*BASE, "model=mla", "model.n_kv_head=2"], "model.n_kv_head does not apply to mla, whose keys and "
-     "values all come from one latent per token (model.kv_rank sets its size); leave it null, got 2", []),
+    ("train", [*BASE, "model=mla", f"model.mixers.{GLOBAL}.n_kv_head=2"], f"model.mixers.{GLOBAL}.n_kv_head does not "
+     f"apply to mla, whose keys and values all come from one latent per token (model.mixers.{GLOBAL}.kv_rank sets its "
+     "size); "
+     "leave it null, got 2", []),
     ("train", [*BASE, "model=bigram", "model.n_embd=8"], "model has no key n_embd; its keys are target_params", []),
     # train: the optimizer and the trainer
     ("train", [*TRAIN, "optim.lr=abc"], "optim.lr must be a number, got 'abc'", []),
@@ -139,6 +205,11 @@ CASES = [
      "but got '<stream end>' at line 3, column 1); pass the tuned.yaml", []),
     ("train", [*TRAIN, "tuned={tmp}/scalar_tuned.yaml"], "{tmp}/scalar_tuned.yaml holds 0.003 for model=gpt_rope, not "
      "its tuned values by key", []),
+    ("train", [*TRAIN, "tuned_at=sideways"], "tuned_at=sideways is not one of chosen, lower, upper", []),
+    ("train", [*TRAIN, "tuned_at=lower"], "tuned_at=lower takes a value beside a tuned one, and the run has none; pass "
+     "tuned=PATH", []),
+    ("train", [*TRAIN, "tuned={tmp}/tuned_by_0.2.yaml", "tuned_at=upper"], "{tmp}/tuned_by_0.2.yaml holds no searched "
+     "values beside model=gpt_rope's tuned ones", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_range", "tune.search.optim.lr=[1e-2,1e-4]"],
      "tune.search.optim.lr must be a range [low, high] with low < high", []),
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_key", "+tune.search.optim.lrr=[1e-4,1e-2]"],
@@ -156,6 +227,29 @@ CASES = [
     ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_budget", "budget.flops=1e3", "tune.trials=2"],
      "no trial of bigram finished, so it has no tuned value; the last failed with: budget.flops=1000 is less than "
      "one step", ["tune_budget/tuned.yaml"]),
+    # A tune is one study per model in its folder.
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_seeds", "seed=1,2"], "a tune holds one study per "
+     "model, and seed=1,2 would make 2 of each; give seed one value (the trials train with one seed", ["tune_seeds"]),
+    ("tune", [*BASE, "model=bigram,mlp,bigram", "hydra.sweep.dir={tmp}/tune_twice"], "model=bigram,mlp,bigram names "
+     "bigram more than once", ["tune_twice"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_final", "seed=2",
+              "tune.final=['experiment=reference']"], "the final comparison (tune.final=experiment=reference) runs "
+     "seed=1,2,3, among them the trials' seed=2; tune with another seed", ["tune_final"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "seed=0", "tune.repeats=2",
+              "tune.final=['experiment=reference']"], "runs seed=1,2,3, among them the trials' seed=1,2; tune with "
+     "another seed", ["tune_repeats"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_repeats", "tune.repeats=-1"],
+     "tune.repeats must be >= 0 (0: no repeats), got -1", ["tune_repeats"]),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_other", "tune.search.optim.lr=[1e-3,1e-1]"],
+     "{tmp}/tune_other/model-bigram holds the study of model=bigram over tune.search optim.lr=[0.0001,0.03], not "
+     "optim.lr=[0.001,0.1]; add trials to it with that search, or tune it in another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_earlier"], "{tmp}/tune_earlier holds the study of "
+     "model=bigram in 0_model-bigram, a folder named after its job by an earlier lmzoo; rename it to model-bigram", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_garbage"], "{tmp}/tune_garbage/model-bigram/study.db "
+     "cannot be used as a study (file is not a database); move it away to start this model's study again, or choose "
+     "another tune.folder", []),
+    ("tune", [*BASE, "model=bigram", "hydra.sweep.dir={tmp}/tune_truncated"], "{tmp}/tune_truncated/model-bigram/"
+     "study.db cannot be used as a study (database disk image is malformed)", []),
     ("train", [*TRAIN, "optim.schedule=linear"], "optim.schedule must be one of cosine, wsd, got 'linear'", []),
     ("train", [*TRAIN, "optim.warmup_fraction=1.5"], "optim.warmup_fraction must lie in [0, 1)", []),
     ("train", [*TRAIN, "optim.schedule=wsd", "optim.warmup_steps=null", "optim.warmup_fraction=0.5",
@@ -521,6 +615,23 @@ def unwritable_folder(folder):
         yield None
 
 
+def make_studies(tmp):
+    """Tune folders holding a study of bigram with one trial of optim.lr in [1e-4, 3e-2] (as an earlier release
+    left it, its search recorded only by its trial): in its folder, in the folder an earlier lmzoo named after its
+    job, damaged and truncated."""
+    for path in (tmp / "tune_other" / "model-bigram", tmp / "tune_earlier" / "0_model-bigram"):
+        path.mkdir(parents=True)
+        study = optuna.create_study(study_name="bigram", storage=f"sqlite:///{path / 'study.db'}")
+        study.optimize(lambda trial: trial.suggest_float("optim.lr", 1e-4, 3e-2, log=True), n_trials=1)
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra").mkdir()
+    (tmp / "tune_earlier" / "0_model-bigram" / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      model: bigram\n")
+    data = (tmp / "tune_other" / "model-bigram" / "study.db").read_bytes()
+    for name, damaged in (("tune_garbage", b"not a database " * 100), ("tune_truncated", data[: len(data) // 2])):
+        (tmp / name / "model-bigram").mkdir(parents=True)
+        (tmp / name / "model-bigram" / "study.db").write_bytes(damaged)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Bad and good files the cases point at, a checkpoint trained for 10 steps, and the data it trained on."""
@@ -611,6 +722,9 @@ def folder(tmp_path_factory):
             (job / "summary.json").write_text(json.dumps({"model": "gpt_rope", "parameters": int(size), "best_val_loss": loss}))
             config = {"seed": 1, "budget": {"flops": budget}, "model": {"target_params": size}}
             (job / "provenance.json").write_text(json.dumps({"config": config}))
+    make_studies(tmp)
+    # A tuned.yaml of a release that wrote no fit: a value, no neighbours.
+    (tmp / "tuned_by_0.2.yaml").write_text("gpt_rope:\n  optim.lr: 0.003\n")
     (tmp / "unwritable").mkdir()
     shutil.copy(ckpt, tmp / "unwritable" / "last.ckpt")
     with unwritable_folder(tmp / "unwritable") as unwritable:

@@ -18,7 +18,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmzoo.data import prepare
-from lmzoo.models import MoEConfig, preset_config
+from lmzoo.models import preset_config
+from lmzoo.models.routing import MoE
 
 sys.path.insert(0, str(REPO / "bench"))
 import gpu  # noqa: E402
@@ -78,7 +79,8 @@ def test_random_tokens_are_bins_that_lmzoo_and_nanogpt_read(tmp_path):
 
 def moe_flops(top_k: int) -> float:
     torch.manual_seed(0)
-    model = MoEConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32, n_experts=4, top_k=top_k).build()
+    model = preset_config("moe", vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                          ffns={MoE.name: dict(n_experts=4, top_k=top_k)}).build()
     return gpu.flops_per_token(model, 16, CPU)
 
 

@@ -7,7 +7,7 @@ import shlex
 import pytest
 from helpers import PRESETS, SHAKESPEARE, markdown_tables, run
 
-from lmzoo.reports.compare import RUN_COLUMNS, table
+from lmzoo.reports.compare import RUN_COLUMNS, read_sweep, table, tables
 
 TINY_SWEEP = [f"data.path={SHAKESPEARE}", "trainer=debug", "trainer.enable_progress_bar=false",
               "trainer.enable_model_summary=false", "trainer.max_steps=3", "trainer.val_check_interval=3",
@@ -120,3 +120,27 @@ def test_table_shows_runs_without_metrics(tmp_path):
     assert table([], RUN_COLUMNS).count("\n") == 1
     result = run("lmzoo.compare", str(tmp_path / "missing"), cwd=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_says_where_a_models_best_lies_around_its_tuned_rate(tmp_path):
+    """experiment=reference_bracket's runs beside the comparison's: hybrid is best at its tuned rate, between its
+    neighbours (bracketed); mlp is best above it (not bracketed); gpt, run at its tuned rate only, is not named."""
+    runs = [("hybrid", "chosen", 2.2e-3, [2.00, 2.02]), ("hybrid", "lower", 1.3e-3, [2.10]),
+            ("hybrid", "upper", 4e-3, [2.05]), ("mlp", "chosen", 1.3e-2, [1.80, 1.82]), ("mlp", "upper", 2.2e-2, [1.70]),
+            ("gpt", "chosen", 2.2e-3, [2.3])]
+    for number, (model, at, lr, losses) in enumerate(runs):
+        for seed, loss in enumerate(losses, 1):
+            run_dir = tmp_path / f"{number}_{seed}"
+            run_dir.mkdir()
+            (run_dir / "summary.json").write_text(json.dumps({"model": model, "best_val_loss": loss,
+                                                              "best_val_bpb": loss * 1.44, "tuned": {"optim.lr": lr}}))
+            config = {"seed": seed, "model": {"name": model}, "optim": {"lr": lr}, "tuned": "tuned.yaml", "tuned_at": at}
+            (run_dir / "provenance.json").write_text(json.dumps({"config": config}))
+    text = tables(read_sweep(tmp_path))
+    assert text.split("\n\nRuns:")[0].split("\n\n")[-2:] == [
+        "Where the best lies, by mean best val/bpb at the tuned value and at the searched values beside the best "
+        "(tuned_at):",
+        "- mlp (chosen optim.lr=0.013 2.6064, upper optim.lr=0.022 2.4480): best at the upper value: the optimum lies "
+        "above the tuned value at this budget, not bracketed.\n"
+        "- hybrid (chosen optim.lr=0.0022 2.8944, lower optim.lr=0.0013 3.0240, upper optim.lr=0.004 2.9520): best at "
+        "the tuned value: the optimum is bracketed at this budget."]

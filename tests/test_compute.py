@@ -1,5 +1,6 @@
 """Comparisons at equal compute: FLOPs per token, budgets, models sized to a parameter count, and Muon."""
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ from lmzoo.checkpoints import read_checkpoint
 from lmzoo.training.budget import Budget, RunLength, run_length
 from lmzoo.models import TransformerConfig
 from lmzoo.models.base import sized
+from lmzoo.models.routing import MoE
 from lmzoo.training import perf
 from lmzoo.training.optim import OptimConfig, configure_optimizer
 from lmzoo.training.perf import peak_flops
@@ -21,9 +23,10 @@ from lmzoo.training.run import train
 def test_sparse_models_count_only_the_experts_a_token_uses():
     """Twice the experts, the same top_k: only the routers, which score every expert, cost more."""
     fewer, config = make("moe"), tiny_config("moe")
-    config.n_experts *= 2
-    more_router_weights = (config.n_experts // 2) * config.n_embd * config.n_layer
-    assert config.build().flops_per_token(24) == fewer.flops_per_token(24) + 3 * 2 * more_router_weights
+    experts = config.ffns[MoE.name].n_experts
+    more = dataclasses.replace(config, ffns={MoE.name: dict(n_experts=2 * experts)})
+    more_router_weights = experts * config.n_embd * config.n_layer
+    assert more.build().flops_per_token(24) == fewer.flops_per_token(24) + 3 * 2 * more_router_weights
 
 
 def test_gpu_peaks_come_from_the_datasheet_table_for_the_runs_precision(monkeypatch):

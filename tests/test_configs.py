@@ -17,7 +17,7 @@ from lmzoo.data.tokenizer import tokenizer_from_spec
 from lmzoo.inference import SamplingSettings
 from lmzoo.models import LanguageModel, ModelConfig
 from lmzoo.models.lora import LoRA
-from lmzoo.models.presets import architecture_defaults, preset, preset_config, preset_of
+from lmzoo.models.presets import architecture_defaults, flat, merged, preset, preset_config, preset_of
 from lmzoo.training.optim import OptimConfig
 from lmzoo.training.run import build
 
@@ -57,9 +57,13 @@ def test_model_configs_build_their_model(tmp_path, name):
     config = instantiate(cfg.model, vocab_size=65, _convert_="all")
     model = config.build()
     assert isinstance(config, ModelConfig) and isinstance(model, LanguageModel)
-    # Every knob the preset sets reaches the config directly.
-    for key, value in OmegaConf.to_container(cfg.model, resolve=True).items():
-        assert key == "_target_" or getattr(config, key) == value, key
+    # Every knob the preset sets reaches the config directly; the config keeps the settings of the mixers it holds.
+    kept = flat(config.as_dict())
+    for key, value in flat(OmegaConf.to_container(cfg.model, resolve=True)).items():
+        assert key == "_target_" or kept.get(key, value) == value, key
+    held = {f"{group}.{name}" for group in ("mixers", "ffns") for name in getattr(config, group, {})}
+    assert all(key in kept for key in flat(OmegaConf.to_container(cfg.model, resolve=True)) if key != "_target_"
+               and not (key.startswith(("mixers.", "ffns.")) and ".".join(key.split(".")[:2]) not in held))
     # Fixed-context models read fewer tokens than the training windows; attention models read the windows.
     assert model.block_size == {"bigram": 1, "mlp": cfg.model.get("context")}.get(name, cfg.block_size)
 
@@ -71,8 +75,8 @@ def test_a_preset_sets_only_what_differs_from_its_class_and_composes_every_field
     without Hydra (preset_config) builds the same config."""
     config_class, _, extends, own = preset(name)
     defaults = architecture_defaults(config_class)
-    base = {**defaults, **(preset(extends).settings if extends else {})}
-    assert {key: value for key, value in own.items() if base[key] == value} == {}, \
+    base = flat(merged(defaults, preset(extends).settings if extends else {}))
+    assert {key: value for key, value in flat(own).items() if base[key] == value} == {}, \
         f"conf/model/{name}.yaml repeats what it extends"
     cfg = compose_train(tmp_path, f"model={name}", tiny=False)
     assert set(cfg.model) == set(defaults)
@@ -82,8 +86,7 @@ def test_a_preset_sets_only_what_differs_from_its_class_and_composes_every_field
     # The exporters, init_from and resuming tell the presets apart by their class and its choices.
     found = preset_of(composed)
     assert preset(found).config_class is config_class
-    assert all(as_lists({key: getattr(preset_config(found, **sizes), key)}) == as_lists({key: getattr(composed, key)})
-               for key in config_class.choices)
+    assert as_lists(preset_config(found, **sizes).choice_values()) == as_lists(composed.choice_values())
 
 
 def chain(group: str, name: str) -> tuple[dict, dict, bool]:

@@ -22,7 +22,7 @@ from lmzoo.data import BPETokenizer, CharTokenizer, TiktokenTokenizer
 from lmzoo.errors import UserError
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
-from lmzoo.models.presets import preset
+from lmzoo.models.base import SequenceMixer
 from lmzoo.training.run import train
 
 transformers = pytest.importorskip("transformers")
@@ -77,35 +77,22 @@ def test_training_continues_from_hugging_face_gpt2(tmp_path, hf_gpt2):
 
 
 SHAPE = dict(vocab_size=len(CHARS), block_size=32, n_layer=2, n_embd=32)
-# GPT-2 itself: the preset gpt's architecture, tied, at GPT-2's init.
-GPT2 = dict(preset("gpt").settings, tie_embeddings=True, init="gpt2")
-LOCAL_GLOBAL = dict(layer_pattern=["local_attention", "attention"], window=5)
-# Each model lmzoo exports to transformers, and the class it becomes. The greedy texts below run past the window
-# of 5, so the local layers' caches slide on both sides.
-EXPORTS = {
-    "gpt": (dict(n_head=2, **GPT2), "GPT2LMHeadModel"),
-    "gpt_no_bias": (dict(n_head=2, **{**GPT2, "bias": False}), "GPT2LMHeadModel"),
-    "gpt_untied": (dict(n_head=2, **{**GPT2, "tie_embeddings": False}), "GPT2LMHeadModel"),
-    "gpt_rope_gqa_untied": (dict(n_head=4, n_kv_head=2, rope_base=500.0, tie_embeddings=False), "LlamaForCausalLM"),
-    "qk_norm_gqa": (dict(n_head=4, n_kv_head=2, qk_norm=True), "Qwen3ForCausalLM"),
-    "qk_norm_local_global": (dict(n_head=2, qk_norm=True, **LOCAL_GLOBAL), "Qwen3ForCausalLM"),
-    "local_global": (dict(n_head=2, tie_embeddings=False, **LOCAL_GLOBAL), "Qwen2ForCausalLM"),
-    "mla": (dict(n_head=2, attention="mla", kv_rank=16, rope_head_dim=8), "DeepseekV3ForCausalLM"),
-    "mla_query_latent_untied": (dict(n_head=2, attention="mla", kv_rank=16, rope_head_dim=8, q_rank=12,
-                                     tie_embeddings=False), "DeepseekV3ForCausalLM"),
-    "differential_gqa": (dict(n_head=4, n_kv_head=2, attention="differential"), "DiffLlamaForCausalLM"),
-    "mamba2": (dict(layer_pattern=["mamba2"], mlp_ratio=0, ssm_state=8, ssm_head_dim=16, ssm_groups=2, chunk_size=8),
-               "Mamba2ForCausalLM"),
-    "gated_deltanet_untied": (dict(n_head=2, layer_pattern=["gated_deltanet"], chunk_size=8, tie_embeddings=False),
-                              "Qwen3NextForCausalLM"),
-}
+# What each mixer's Hugging Face layout declares it covers (HFLayout.examples): settings at SHAPE and the transformers
+# class they export as (None: an lmzoo folder). The greedy texts below run past a local layer's window, so its
+# caches slide on both sides.
+# Named after the first mixer that declares the layout (the attention's serves both its mixers).
+LAYOUTS = {id(mixer.hf): (name, mixer.hf) for name, mixer in reversed(SequenceMixer.registry.items())
+           if mixer.hf is not None}
+EXAMPLES = {f"{mixer}:{name}": example for mixer, layout in LAYOUTS.values() for name, example in layout.examples.items()}
+EXPORTS = {name: example for name, example in EXAMPLES.items() if example[1] is not None}
+NO_CLASS = {name: settings for name, (settings, hf_class) in EXAMPLES.items() if hf_class is None}
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_export_gives_the_same_logits_and_greedy_text_in_transformers_and_back_in_lmzoo(tmp_path, name):
     torch.manual_seed(0)
     settings, hf_class = EXPORTS[name]
-    model = TransformerConfig(**SHAPE, **settings).build().eval()
+    model = TransformerConfig(**{**SHAPE, **settings}).build().eval()
     randomize(model)
     save_folder(model, {"kind": "char", "chars": CHARS}, tmp_path / "lmzoo")
     export_checkpoint(str(tmp_path / "lmzoo"), str(tmp_path / "hf"))
@@ -147,16 +134,11 @@ def test_exported_tokenizer_encodes_and_decodes_like_lmzoo(tmp_path, tokenizer):
     assert exported.encode(text) == ids and exported.decode(ids) == text
 
 
-# Latent attention over a window, and differential attention with QK-norm, have no transformers class.
-NO_CLASS = {"mla_local": dict(attention="mla", kv_rank=16, rope_head_dim=8, **LOCAL_GLOBAL),
-            "differential_qk_norm": dict(attention="differential", qk_norm=True)}
-
-
 @pytest.mark.parametrize("name", NO_CLASS)
 def test_options_without_a_transformers_class_export_lmzoo_safetensors(tmp_path, name):
     """The presets export in tests/test_zoo.py; these are options no preset combines."""
     torch.manual_seed(0)
-    model = TransformerConfig(**{**SHAPE, "vocab_size": 70}, n_head=2, **NO_CLASS[name]).build().eval()
+    model = TransformerConfig(**{**SHAPE, "vocab_size": 70, **NO_CLASS[name]}).build().eval()
     spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
     save_folder(model, spec, tmp_path / "source")
     message = export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
@@ -269,7 +251,8 @@ def test_generate_samples_from_an_exported_attention_variant(tmp_path, monkeypat
     """`python -m lmzoo.generate ckpt=FOLDER` on the DeepseekV3ForCausalLM folder of a latent-attention model,
     in this process."""
     torch.manual_seed(0)
-    model = TransformerConfig(**SHAPE, **EXPORTS["mla"][0]).build().eval()
+    settings = next(settings for settings, hf_class in EXPORTS.values() if hf_class == "DeepseekV3ForCausalLM")
+    model = TransformerConfig(**{**SHAPE, **settings}).build().eval()
     with torch.no_grad():
         for parameter in model.parameters():  # far off the init, so that the greedy text varies
             parameter.normal_(0.0, 0.5)

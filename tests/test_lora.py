@@ -1,17 +1,18 @@
 """Fine-tuning from pretrained weights: LoRA adapters on a frozen base, full fine-tuning, and bad input."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
-from helpers import compose_train, make
+from helpers import PRESETS, compose_train, make, tiny_config
 
 from lmzoo.checkpoints import load_model, read_checkpoint
 from lmzoo.checkpoints.export import export_checkpoint
 from lmzoo.checkpoints.integrity import weights_sha256
 from lmzoo.errors import UserError
-from lmzoo.models import preset_config
-from lmzoo.models.lora import LoRA, LoRALinear, merge
+from lmzoo.models import Transformer, preset_config
+from lmzoo.models.lora import LoRA, LoRALinear, matching_linears, merge
 from lmzoo.training.run import build, train
 
 
@@ -54,38 +55,45 @@ def adapted_layers(model) -> set[str]:
 
 def test_each_architecture_declares_its_targets_and_expert_layers_are_covered():
     moe = LoRA(r=2, targets=["mlp"]).apply(make("moe"))
-    c = moe.config
+    c, n_experts = moe.config, len(moe.transformer.h[0].mlp.experts)
     experts = {f"transformer.h.{layer}.mlp.experts.{e}.{linear}" for layer in range(c.n_layer)
-               for e in range(c.n_experts) for linear in ("c_fc", "c_proj")}
+               for e in range(n_experts) for linear in ("c_fc", "c_proj")}
     assert adapted_layers(moe) == experts
     moa = LoRA(r=2, targets=["qkv", "proj"]).apply(make("moa_moe"))
     assert {name.split(".", 4)[-1] for name in adapted_layers(moa)} == {
-        *(f"experts.{e}.{linear}" for e in range(moa.config.n_att_experts) for linear in ("c_q", "c_proj")), "c_kv"}
+        *(f"experts.{e}.{linear}" for e in range(len(moa.transformer.h[0].attn.experts))
+          for linear in ("c_q", "c_proj")), "c_kv"}
     mlp = LoRA(r=2, targets=["hidden"]).apply(make("mlp"))
     assert len(adapted_layers(mlp)) == 3
-    # A recurrent mixer's input projection is its qkv target, its output projection its proj target.
-    mamba2 = LoRA(r=2, targets=["qkv", "proj"]).apply(make("mamba2"))
-    assert adapted_layers(mamba2) == {f"transformer.h.{layer}.attn.{linear}" for layer in range(mamba2.config.n_layer)
-                                      for linear in ("in_proj", "c_proj")}
-    # Gated DeltaNet's q, k and v come from one projection, c_attn, as attention's do.
-    hybrid = LoRA(r=2, targets=["qkv"]).apply(make("hybrid"))
-    assert adapted_layers(hybrid) == {f"transformer.h.{layer}.attn.c_attn" for layer in range(hybrid.config.n_layer)}
+
+
+@pytest.mark.parametrize("name", [name for name in PRESETS if isinstance(make(name), Transformer)])
+def test_a_transformers_targets_are_those_its_layers_parts_declare(name):
+    """Each layer's mixer and feed-forward layer name their own targets (Part.lora_targets): each target adapts
+    exactly the linears they name in every layer, and a part's other linears (a recurrence's gates) stay frozen."""
+    model = make(name)
+    parts = [(f"transformer.h.{layer}.{slot}.", part) for layer, block in enumerate(model.transformer.h)
+             for slot, part in (("attn", block.attn), ("mlp", block.mlp)) if part is not None]
+    for target in model.lora_targets:
+        adapted = adapted_layers(LoRA(r=2, targets=[target]).apply(make(name)))
+        assert adapted == {prefix + linear for prefix, part in parts
+                           for linear in matching_linears(part, part.lora_targets.get(target, ()))}
 
 
 @pytest.mark.parametrize("name, targets, message", [
     ("gpt", ["qkv", "attention"], r"LoRA target 'attention' matches no layer of Transformer; choose finetune.targets "
                                   r"from \['mlp', 'proj', 'qkv'\]"),
-    ("moa_moe", ["qkv", "c_attn"], r"LoRA target 'c_attn' matches no layer of MoAMoE; choose finetune.targets from "
-                                   r"\['mlp', 'proj', 'qkv'\]"),
+    ("moa_moe", ["qkv", "c_attn"], r"LoRA target 'c_attn' matches no layer of Transformer; choose finetune.targets "
+                                   r"from \['mlp', 'proj', 'qkv'\]"),
     ("mlp", ["qkv"], r"LoRA target 'qkv' matches no layer of MLPLanguageModel; choose finetune.targets from "
                      r"\['head', 'hidden'\]"),
     ("bigram", ["qkv"], r"LoRA target 'qkv' matches no layer of Bigram; LoRA cannot adapt it"),
-    # Mamba-2's blocks have no MLP: the default targets name one.
-    ("mamba2", ["qkv", "proj", "mlp"], r"LoRA target 'mlp' matches no layer of Transformer; choose finetune.targets "
+    # Blocks without a feed-forward layer (Mamba-2's): the default targets name one.
+    ("no_mlp", ["qkv", "proj", "mlp"], r"LoRA target 'mlp' matches no layer of Transformer; choose finetune.targets "
                                        r"from \['proj', 'qkv'\]"),
 ])
 def test_a_target_that_matches_nothing_is_one_line_naming_the_valid_ones(name, targets, message):
-    model = make(name)
+    model = dataclasses.replace(tiny_config("gpt_rope"), ffn_pattern=[]).build() if name == "no_mlp" else make(name)
     with pytest.raises(UserError, match="^" + message + "$"):
         LoRA(targets=targets).apply(model)
     assert all(p.requires_grad for p in model.parameters()) and not adapted_layers(model)

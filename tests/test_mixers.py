@@ -1,6 +1,7 @@
-"""The recurrent sequence mixers (Mamba-2, Gated DeltaNet) and hybrids: the chunked scans equal their recurrences,
-the layers are causal, decoding with their state equals reading the whole text, the state stays the same size
-however long the text, and each layer equals the published implementation."""
+"""The sequence mixers of the registry (lmzoo.models.base.SequenceMixer) and the presets that hold them, generic
+over both: a recurrence's chunked form equals its step-by-step form, decoding with a flat state equals reading the
+whole text and keeps its size however long the text, a hybrid caches each layer's own state, and a layer equals the
+transformers layer its file names. A new mixer is tested here with no edit."""
 
 import dataclasses
 
@@ -9,41 +10,30 @@ import torch
 from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_config
 
 from lmzoo.inference.sampling import SamplingSettings, generate
-from lmzoo.models.base import sized
+from lmzoo.models.base import Kind, SequenceMixer, sized
 from lmzoo.models.cache import KVState
-from lmzoo.models.gated_deltanet import (GatedDeltaNet, fla_rule, gated_delta_chunked, gated_delta_kernel,
-                                         gated_delta_step, l2_normalized)
-from lmzoo.models.mamba2 import Mamba2, mamba_ssm_scan, ssd_chunked, ssd_kernel, ssd_step
-from lmzoo.models.presets import preset
 from lmzoo.models.recurrent import RecurrentState
-from lmzoo.models.transformer import ATTENTION_MIXERS
 
-# The presets with a recurrent layer, and those of them with no attention layer, from conf/model/.
-RECURRENT = [name for name in PRESETS if set(preset(name).settings.get("layer_pattern", ())) - set(ATTENTION_MIXERS)]
-ONLY_RECURRENT = [name for name in RECURRENT if not set(preset(name).settings["layer_pattern"]) & set(ATTENTION_MIXERS)]
+MIXERS = SequenceMixer.registry
+# The mixers with a recurrence to prove, each with its chunked form, step and inputs (SequenceMixer.scan).
+SCANS = {name: mixer.scan for name, mixer in MIXERS.items() if mixer.scan is not None}
+# Each mixer's settings in the tiny presets that hold it, and the kinds of each preset's mixers.
+SETTINGS = {mixer: settings for name in PRESETS for mixer, settings in getattr(tiny_config(name), "mixers", {}).items()}
+KINDS = {name: {mixer.kind for mixer in getattr(make(name), "mixers", list)()} for name in PRESETS}
+# The presets with a layer of flat state, those of them whose every layer is one, and the others (hybrids).
+RECURRENT = [name for name in PRESETS if Kind.FLAT in KINDS[name]]
+ONLY_RECURRENT = [name for name in RECURRENT if KINDS[name] == {Kind.FLAT}]
+HYBRIDS = [name for name in RECURRENT if KINDS[name] - {Kind.FLAT}]
 
 
 def chunked_model(name: str, chunk: int = 8):
-    """Preset `name`'s tiny model (helpers.tiny_config), seeded, with chunks of `chunk` tokens: over BLOCK tokens
-    the scans pass their state from chunk to chunk."""
+    """Preset `name`'s tiny model (helpers.tiny_config), seeded, with chunks of `chunk` tokens in every mixer that
+    has them: over BLOCK tokens the scans pass their state from chunk to chunk."""
     torch.manual_seed(0)
-    return dataclasses.replace(tiny_config(name), chunk_size=chunk).build().eval()
-
-
-def ssd_inputs(T: int, heads: int = 4, width: int = 4, state: int = 5):
-    """Random inputs of the SSD scan: batch 2, heads of `width` in 2 groups of B and C, a state of `state`."""
-    return (torch.randn(2, heads, T, width), torch.rand(2, heads, T), -2 * torch.rand(heads),
-            torch.randn(2, 2, T, state), torch.randn(2, 2, T, state))
-
-
-def gated_delta_inputs(T: int, heads: int = 3, keys: int = 4, values: int = 6):
-    """Random inputs of the gated delta rule: batch 2, `heads` heads, keys of `keys`, values of `values`."""
-    return (l2_normalized(torch.randn(2, heads, T, keys)), l2_normalized(torch.randn(2, heads, T, keys)),
-            torch.randn(2, heads, T, values), -torch.rand(2, heads, T), torch.rand(2, heads, T))
-
-
-SCANS = {"ssd": (ssd_inputs, ssd_chunked, ssd_step), "gated_delta": (gated_delta_inputs, gated_delta_chunked,
-                                                                     gated_delta_step)}
+    config = tiny_config(name)
+    mixers = {mixer: dataclasses.replace(settings, chunk_size=chunk) if hasattr(settings, "chunk_size") else settings
+              for mixer, settings in config.mixers.items()}
+    return dataclasses.replace(config, mixers=mixers).build().eval()
 
 
 def recurrence(step, inputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,40 +45,37 @@ def recurrence(step, inputs, state: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return torch.stack(outputs, dim=2), state
 
 
-@pytest.mark.parametrize("scan", SCANS)
+@pytest.mark.parametrize("mixer", SCANS)
 @pytest.mark.parametrize("chunk", [1, 3, 8, 16])
-def test_the_chunked_form_equals_the_step_by_step_recurrence(scan, chunk):
+def test_the_chunked_form_equals_the_step_by_step_recurrence(mixer, chunk):
     """Over 13 tokens (no multiple of 3 or 8; 16 is longer than the text), from a zero state and from a given one."""
     torch.manual_seed(0)
-    make_inputs, chunked, step = SCANS[scan]
-    inputs = make_inputs(13)
-    shape = chunked(*inputs, chunk)[1].shape
+    scan = SCANS[mixer]
+    inputs = scan.inputs(13)
+    shape = scan.chunked(*inputs, chunk)[1].shape
     for start in (None, torch.randn(shape)):
-        expected, final = recurrence(step, inputs, torch.zeros(shape) if start is None else start)
-        outputs, state = chunked(*inputs, chunk, start)
+        expected, final = recurrence(scan.step, inputs, torch.zeros(shape) if start is None else start)
+        outputs, state = scan.chunked(*inputs, chunk, start)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=0)
         torch.testing.assert_close(state, final, atol=1e-5, rtol=0)
         # Training keeps no final state: the last chunk's update is skipped, the outputs the same.
-        unkept, none = chunked(*inputs, chunk, start, final_state=False)
+        unkept, none = scan.chunked(*inputs, chunk, start, final_state=False)
         assert none is None and torch.equal(unkept, outputs)
 
 
-KERNELS = {"ssd": (mamba_ssm_scan, ssd_kernel, "mamba_ssm"), "gated_delta": (fla_rule, gated_delta_kernel, "fla")}
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("scan", SCANS)
-def test_the_fast_kernels_give_the_same_outputs_and_gradients(scan):
-    """On CUDA with mamba_ssm or flash-linear-attention installed, the layers use their kernels instead."""
-    available, kernel, package = KERNELS[scan]
+@pytest.mark.parametrize("mixer", [name for name, scan in SCANS.items() if scan.kernel is not None])
+def test_the_fast_kernels_give_the_same_outputs_and_gradients(mixer):
+    """On CUDA with the kernel's package installed (mamba_ssm, flash-linear-attention), a layer uses it instead."""
+    scan = SCANS[mixer]
+    available, kernel, package = scan.kernel
     if available() is None:
         pytest.skip(f"{package} is not installed")
     torch.manual_seed(0)
-    make_inputs, chunked, _ = SCANS[scan]
     # 100 tokens: a chunk of 64 and a part of one; 64-wide heads, as the kernels are tuned for.
-    inputs = [t.cuda().requires_grad_() for t in make_inputs(100, 4, 64, 64)]
+    inputs = [t.cuda().requires_grad_() for t in scan.inputs(100, 4, 64, 64)]
     results = []
-    for run in (chunked, kernel):
+    for run in (scan.chunked, kernel):
         output, state = run(*inputs, 64)
         grads = torch.autograd.grad((output.square().sum() + state.square().sum()), inputs)
         results.append((output, state, *grads))
@@ -126,7 +113,7 @@ def test_cached_logits_equal_uncached_and_greedy_text_too(name):
 @pytest.mark.parametrize("name", ONLY_RECURRENT)
 def test_model_dropout_acts_on_a_recurrent_mixers_output_in_training_only(name):
     model = dataclasses.replace(tiny_config(name), dropout=0.5).build()
-    mixer = next(m for m in model.modules() if isinstance(m, (Mamba2, GatedDeltaNet)))
+    mixer = model.mixers()[0]
     x = torch.randn(2, BLOCK, tiny_config(name).n_embd)
     assert not torch.equal(mixer.train()(x), mixer(x))
     assert torch.equal(mixer.eval()(x), mixer(x))
@@ -158,31 +145,31 @@ def test_a_recurrent_model_decodes_past_block_size_in_constant_memory(name):
     assert torch.equal(predicted[:, 3:], text[:, 4:])
 
 
-def test_a_hybrid_caches_keys_for_attention_layers_and_a_recurrent_state_for_the_others():
-    model = make("hybrid").eval()
+@pytest.mark.parametrize("name", HYBRIDS)
+def test_a_hybrid_caches_keys_for_attending_layers_and_a_recurrent_state_for_the_others(name):
+    model = make(name).eval()
     cache = model.new_cache()
     with torch.no_grad():
         model(torch.randint(0, V, (1, 5)), cache)
     assert cache.capacity == model.block_size
-    kinds = [model.config.mixer(layer) for layer in range(model.config.n_layer)]
-    assert {"attention", "gated_deltanet"} <= set(kinds)
-    assert [type(state) for state in cache.states] == [KVState if kind in ATTENTION_MIXERS else RecurrentState
-                                                       for kind in kinds]
+    assert [type(state) for state in cache.states] == [RecurrentState if mixer.kind is Kind.FLAT else KVState
+                                                       for mixer in model.mixers()]
     assert cache.nbytes() == model.state_bytes()
 
 
-def test_the_layer_pattern_cycles_over_the_layers():
-    config = dataclasses.replace(tiny_config("hybrid"), n_layer=5, layer_pattern=["mamba2", "gated_deltanet",
-                                                                                 "attention"])
-    model = config.build()
-    assert [model.config.mixer(i) for i in range(5)] == ["mamba2", "gated_deltanet", "attention", "mamba2",
-                                                       "gated_deltanet"]
-    assert [type(block.attn).__name__ for block in model.transformer.h] == ["Mamba2", "GatedDeltaNet", "Attention",
-                                                                            "Mamba2", "GatedDeltaNet"]
+def test_the_layer_pattern_cycles_over_the_layers_and_each_name_builds_its_mixer():
+    """Every mixer of the presets in one pattern (with the settings a tiny preset gives it), cycled over one layer
+    more than its length."""
+    names = list(SETTINGS)
+    model = dataclasses.replace(tiny_config("gpt_rope"), n_layer=len(names) + 1, layer_pattern=names,
+                                mixers=SETTINGS).build()
+    assert [model.config.mixer(i) for i in range(len(names) + 1)] == names + names[:1]
+    assert [type(mixer) for mixer in model.mixers()[:len(names)]] == [MIXERS[name] for name in names]
 
 
-# Mamba-2's sizing also picks its head width: a longer search.
-@pytest.mark.parametrize("name", [pytest.param("mamba2", marks=pytest.mark.slow), "hybrid"])
+# A recurrent-only preset's sizing may pick its mixers' head width too (Mamba-2's): a longer search.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in ONLY_RECURRENT else name
+                                  for name in RECURRENT])
 def test_target_params_sizes_recurrent_models(name):
     config = dataclasses.replace(tiny_config(name), target_params=200_000)
     with torch.device("meta"):
@@ -190,39 +177,30 @@ def test_target_params_sizes_recurrent_models(name):
     assert abs(active - 200_000) <= 0.05 * 200_000
 
 
-def test_gated_deltanet_layer_equals_olmo_hybrids_with_and_without_its_cache():
-    """OLMo-Hybrid's GatedDeltaNet holds the same weights under the same names; its own cache decodes alike."""
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
-
-    model = make("gated_deltanet").eval()
-    ours, dim = model.transformer.h[0].attn, model.config.n_embd
-    heads, keys, values = ours.n_head, ours.key_dim, ours.value_dim
-    config = transformers.OlmoHybridConfig(
-        hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads,
-        layer_types=["linear_attention", "full_attention"], linear_num_key_heads=heads, linear_num_value_heads=heads,
-        linear_key_head_dim=keys, linear_value_head_dim=values, linear_allow_neg_eigval=False, vocab_size=V)
-    theirs = OlmoHybridGatedDeltaNet(config, layer_idx=0).eval()
-    weights = {name.replace("c_proj", "o_proj"): tensor for name, tensor in ours.state_dict().items()
-               if name != "c_attn.weight"}
-    weights |= dict(zip(("q_proj.weight", "k_proj.weight", "v_proj.weight"),
-                        ours.c_attn.weight.split([heads * keys, heads * keys, heads * values])))
-    theirs.load_state_dict(weights)
+@pytest.mark.parametrize("mixer", [name for name, mixer in MIXERS.items() if hasattr(mixer.hf, "reference_layer")])
+def test_a_layer_equals_the_transformers_layer_its_file_names_with_and_without_its_cache(mixer):
+    """Gated DeltaNet's equals OLMo-Hybrid's layer, which holds the same weights under the same names."""
+    pytest.importorskip("transformers")
+    name = next(name for name in RECURRENT if tiny_config(name).layer_pattern == [mixer])
+    model = make(name).eval()
+    ours, dim = model.mixers()[0], model.config.n_embd
+    theirs, their_cache = MIXERS[mixer].hf.reference_layer(ours, dim)
     x = torch.randn(2, 11, dim)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=0)
-        cache = transformers.DynamicCache(config=config)
-        mine = model.new_cache()
+        cache, mine = their_cache(), model.new_cache()
         for piece in (x[:, :6], x[:, 6:7], x[:, 7:8]):
             torch.testing.assert_close(theirs(piece, cache=cache), ours(piece, mine, 0), atol=1e-5, rtol=0)
             mine.advance(piece.size(1))
 
 
-def test_the_recurrence_keeps_float32_under_bf16_autocast():
+@pytest.mark.parametrize("name", RECURRENT)
+def test_the_recurrence_keeps_float32_under_bf16_autocast(name):
     """A state summed over many tokens would lose its small updates in bf16; the layers still run under autocast."""
-    model = make("hybrid").eval()
+    model = make(name).eval()
     cache = model.new_cache()
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         for piece in torch.randint(0, V, (1, 10)).split([9, 1], dim=1):
             assert model(piece, cache).logits.isfinite().all()
-    assert cache.states[0].recurrent.dtype == torch.float32
+    flat = next(layer for layer, mixer in enumerate(model.mixers()) if mixer.kind is Kind.FLAT)
+    assert cache.states[flat].recurrent.dtype == torch.float32

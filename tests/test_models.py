@@ -1,6 +1,8 @@
 """The transformer's shared pieces: the KV cache, init, parameter groups, names, optimizer groups and schedule
 (causality and decoding of every preset: tests/test_zoo.py)."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,14 +11,15 @@ from torch import nn
 
 from lmzoo.models import Transformer, TransformerConfig, preset_config
 from lmzoo.models.base import Sublayer
-from lmzoo.models.blocks import MLP
+from lmzoo.models.blocks import MLP, Attention
 from lmzoo.training.optim import OptimConfig, Schedule, configure_adamw
 
 SHAPE = dict(vocab_size=70, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 ARCHITECTURES = {
     "gpt": lambda: preset_config("gpt", **SHAPE, tie_embeddings=True, init="gpt2"),
     "gpt_rope": lambda: TransformerConfig(**SHAPE),
-    "gpt_rope_gqa": lambda: TransformerConfig(**{**SHAPE, "n_head": 4, "n_kv_head": 2, "dropout": 0.0}),
+    "gpt_rope_gqa": lambda: TransformerConfig(**{**SHAPE, "n_head": 4, "dropout": 0.0},
+                                              mixers={Attention.name: dict(n_kv_head=2)}),
 }
 
 
@@ -64,6 +67,15 @@ def test_init_sets_the_residual_projections_and_the_mlp_input(init, residual_std
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(mlp_in_std, rel=0.05)
     assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize("ffn_pattern, branches", [(["mlp"], 16), ([], 8)])
+def test_gpt2_init_scales_the_residual_outputs_by_the_branches_of_the_residual_stream(ffn_pattern, branches):
+    """8 layers: 16 residual branches with a feed-forward part after each mixer, 8 with the mixers alone."""
+    torch.manual_seed(0)
+    model = TransformerConfig(vocab_size=64, block_size=16, n_layer=8, n_embd=256, ffn_pattern=ffn_pattern).build()
+    outputs = torch.cat([block.attn.c_proj.weight.flatten() for block in model.transformer.h])
+    assert outputs.std().item() == pytest.approx(0.02 / math.sqrt(branches), rel=0.02)
 
 
 class Squared(Sublayer):

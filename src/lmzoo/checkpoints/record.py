@@ -1,8 +1,10 @@
 """What lmzoo records about a model in its checkpoints and folders, and how the model is rebuilt from it.
 
 The record names the architecture by its config class (`lmzoo.models.transformer.TransformerConfig`)
-and holds the config's fields, so a checkpoint needs no training config to load. Records of lmzoo 0.1,
-which named the model class and kept the optimizer settings among the model's, are upgraded on reading.
+and holds the config's fields, so a checkpoint needs no training config to load. Records of earlier releases are
+upgraded on reading: lmzoo 0.1's, which named the model class and kept the optimizer settings among the model's,
+and lmzoo 0.2's transformers, which kept every part's knobs among the trunk's and had config classes of their own
+for the mixtures of experts and OpenELM's scaling.
 """
 
 import dataclasses
@@ -10,25 +12,33 @@ import importlib
 
 from lmzoo import __version__
 from lmzoo.errors import UserError
-from lmzoo.models import (BigramConfig, BlockScalingConfig, LanguageModel, MLPConfig, ModelConfig, MoAMoEConfig,
-                          MoEConfig, TransformerConfig)
+from lmzoo.models import LanguageModel, ModelConfig, TransformerConfig
+from lmzoo.models.base import FeedForward, SequenceMixer
 
 # The releases whose checkpoints this one reads.
 READABLE = ("0.1", "0.2")
 
-# lmzoo 0.1's model classes: the config that replaces each, and the choices the class made itself (GPT's
-# config kept its own `bias`; the other transformers made this release's default choices). Fixed here, as 0.1 made
-# them, whatever the presets become.
+# lmzoo 0.1's model classes: the config class that replaced each in lmzoo 0.2, and the choices the class made
+# itself (GPT's config kept its own `bias`; the other transformers made that release's default choices). Fixed
+# here, as 0.1 made them, whatever the presets become.
 LEGACY_ARCHITECTURES = {
-    "lmzoo.models.gpt.GPT": (TransformerConfig, dict(positions="learned", norm="layernorm", activation="gelu",
-                                                     gated_mlp=False, mlp_ratio=4.0)),
-    "lmzoo.models.gpt_rope.GPTRope": (TransformerConfig, {}),
-    "lmzoo.models.bigram.Bigram": (BigramConfig, {}),
-    "lmzoo.models.mlp.MLPLanguageModel": (MLPConfig, {}),
-    "lmzoo.models.block_scaling.BlockScaling": (BlockScalingConfig, {}),
-    "lmzoo.models.moe.MoEGPT": (MoEConfig, {}),
-    "lmzoo.models.moa_moe.MoAMoE": (MoAMoEConfig, {}),
+    "lmzoo.models.gpt.GPT": ("lmzoo.models.transformer.TransformerConfig",
+                             dict(positions="learned", norm="layernorm", activation="gelu", gated_mlp=False,
+                                  mlp_ratio=4.0)),
+    "lmzoo.models.gpt_rope.GPTRope": ("lmzoo.models.transformer.TransformerConfig", {}),
+    "lmzoo.models.bigram.Bigram": ("lmzoo.models.bigram.BigramConfig", {}),
+    "lmzoo.models.mlp.MLPLanguageModel": ("lmzoo.models.mlp.MLPConfig", {}),
+    "lmzoo.models.block_scaling.BlockScaling": ("lmzoo.models.block_scaling.BlockScalingConfig", {}),
+    "lmzoo.models.moe.MoEGPT": ("lmzoo.models.moe.MoEConfig", {}),
+    "lmzoo.models.moa_moe.MoAMoE": ("lmzoo.models.moa_moe.MoAMoEConfig", {}),
 }
+
+
+TRANSFORMER = f"{TransformerConfig.__module__}.{TransformerConfig.__qualname__}"
+# lmzoo 0.2's transformer config classes that this release builds as a TransformerConfig whose patterns name the
+# parts that replace them (Part.replaces).
+FOLDED = ("lmzoo.models.moe.MoEConfig", "lmzoo.models.moa_moe.MoAMoEConfig",
+          "lmzoo.models.block_scaling.BlockScalingConfig")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -80,16 +90,7 @@ class ModelRecord:
 
     def build_config(self) -> ModelConfig:
         """The recorded architecture's config; one this release does not have is a UserError."""
-        module_name, _, class_name = str(self.architecture).rpartition(".")
-        config_class = None
-        if module_name.startswith("lmzoo.models"):
-            try:
-                config_class = getattr(importlib.import_module(module_name), class_name, None)
-            except ImportError:
-                pass
-        if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
-            raise UserError(f"the checkpoint's architecture {self.architecture!r} is not one of lmzoo {__version__}; "
-                            "load it with the lmzoo that wrote it")
+        config_class = config_class_of(self.architecture)
         try:
             return config_class(**self.config)
         except TypeError as error:
@@ -121,17 +122,68 @@ def check_readable(version: str, source) -> None:
                         f"use lmzoo {version} (pip install lmzoo=={version}) or retrain")
 
 
+def config_class_of(architecture: str) -> type[ModelConfig]:
+    """The config class a record names; one this release does not have is a UserError."""
+    module_name, _, class_name = str(architecture).rpartition(".")
+    config_class = None
+    if module_name.startswith("lmzoo.models"):
+        try:
+            config_class = getattr(importlib.import_module(module_name), class_name, None)
+        except ImportError:
+            pass
+    if not (isinstance(config_class, type) and issubclass(config_class, ModelConfig)):
+        raise UserError(f"the checkpoint's architecture {architecture!r} is not one of lmzoo {__version__}; "
+                        "load it with the lmzoo that wrote it")
+    return config_class
+
+
 def upgrade_record(record: dict) -> dict:
-    """The record in this release's layout; a 0.1 record (which names a `target` class) is translated, a
-    current one returned as it is."""
-    if "target" not in record:
-        return record
-    config_class, choices = LEGACY_ARCHITECTURES[record["target"]]
-    old = dict(record["config"])
-    optim = old.pop("optim", None) or {}
-    if config_class in (BigramConfig, MLPConfig):
-        old.pop("block_size", None)
-    config: ModelConfig = config_class(**old, **choices)
+    """The record in this release's layout: a 0.1 record (which names a `target` class) and a 0.2 transformer's
+    (whose config has no `mixers`) translated, a current one returned as it is."""
+    legacy = "target" in record
+    if legacy:
+        record = legacy_record(record)
+    architecture, config = record["architecture"], record["config"]
+    if architecture in FOLDED or (architecture == TRANSFORMER and "mixers" not in config):
+        return {**record, "architecture": TRANSFORMER, "config": TransformerConfig(**with_parts(architecture,
+                                                                                                 config)).as_dict()}
+    return {**record, "config": config_class_of(architecture)(**config).as_dict()} if legacy else record
+
+
+def legacy_record(record: dict) -> dict:
+    """A 0.1 record in lmzoo 0.2's layout: the config class for the model class, the optimizer's settings apart."""
+    architecture, choices = LEGACY_ARCHITECTURES[record["target"]]
+    config = dict(record["config"])
+    optim = config.pop("optim", None) or {}
+    if architecture not in FOLDED and architecture != TRANSFORMER:
+        config.pop("block_size", None)
     upgraded = {key: value for key, value in record.items() if key not in ("target", "config")}
-    return {**upgraded, "architecture": f"{config_class.__module__}.{config_class.__qualname__}",
-            "config": config.as_dict(), "optim": optim}
+    return {**upgraded, "architecture": architecture, "config": {**config, **choices}, "optim": optim}
+
+
+def with_parts(architecture: str, config: dict) -> dict:
+    """A 0.2 transformer's config, whose parts' knobs lay among the trunk's (window, qk_norm, ssm_state, mlp_ratio,
+    n_experts, ...), as this release's: its patterns (a folded class's parts, those that replace it; no feed-forward
+    part at mlp_ratio 0), each part's knobs under model.mixers.NAME or model.ffns.NAME (the keys its settings declare
+    as `former`), and the heads a head_dim gave. A knob of a part the model does not hold did nothing, and is
+    dropped, as is a part its pattern names past n_layer."""
+    fields = {field.name: field for field in dataclasses.fields(TransformerConfig)}
+    patterns = {}
+    for key, registry in (("layer_pattern", SequenceMixer.registry), ("ffn_pattern", FeedForward.registry)):
+        replacing = [name for name, part in registry.items() if architecture in part.replaces]
+        # Cut to the layers built: 0.2 accepted a pattern longer than n_layer, whose parts past it were no layer's.
+        n_layer = config.get("n_layer", fields["n_layer"].default)
+        patterns[key] = (replacing or config.get(key) or fields[key].default_factory())[:n_layer]
+    if config.get("mlp_ratio") == 0:
+        patterns["ffn_pattern"] = []
+    trunk = {key: value for key, value in config.items() if key in fields and key not in ("mixers", "ffns")}
+    if "n_head" not in config and "head_dim" in config:
+        trunk["n_head"] = config["n_embd"] // config["head_dim"]
+
+    def settings(registry: dict, pattern: list[str]) -> dict:
+        return {name: registry[name].Settings.upgraded({knob: config[old] for old, knob in
+                                                        registry[name].Settings.former.items() if old in config})
+                for name in dict.fromkeys(pattern)}
+
+    return {**trunk, **patterns, "mixers": settings(SequenceMixer.registry, patterns["layer_pattern"]),
+            "ffns": settings(FeedForward.registry, patterns["ffn_pattern"])}

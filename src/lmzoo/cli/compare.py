@@ -8,6 +8,7 @@ from lmzoo.cli import Arguments
 from lmzoo.errors import report_user_errors
 from lmzoo.reports.compare import compare_sweeps
 from lmzoo.reports.report import write_combined_report, write_report
+from lmzoo.reports.tune import check_not_a_tune
 
 
 @report_user_errors
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="a new folder for the comparison.md, report.md and figure of "
                         "several sweeps (default: one sweep's own folder; several sweeps' comparison is only printed)")
     args = parser.parse_args(argv)
+    for sweep in args.sweeps:
+        check_not_a_tune(sweep)
     if args.out is not None:
         print(write_combined_report(args.sweeps, args.out))
     elif len(args.sweeps) == 1:

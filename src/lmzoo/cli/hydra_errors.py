@@ -19,7 +19,8 @@ from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_d
                               is_ambiguous_value, missing_key, missing_option, modes_given, not_an_override,
                               unexpected_keyword, unlocatable_target)
 from lmzoo.errors import UserError, nearest
-from lmzoo.reports.runs import flatten
+from lmzoo.models.presets import moved_keys
+from lmzoo.training.provenance import flatten
 
 
 @contextlib.contextmanager
@@ -59,6 +60,8 @@ def explain(error: Exception, command: str) -> str:
         return f"{group}={name} is not an option; choose one of {', '.join(options)}{nearest(name, options)}"
     if key := missing_key(error):
         section, name, keys = key
+        if section == "model" and (moved := moved_keys(name)):
+            return f"model.{name} is a knob of the parts that have it now: set {' or '.join(moved)}"
         keys = [k for k in keys if k not in ("hydra", "_target_")]
         hint = nearest(name, keys) or (f"; its keys are {', '.join(keys)}" if keys else "; it has no keys to set")
         return f"{section or 'the config'} has no key {name}{hint}"

@@ -7,8 +7,9 @@ MLP: `context` tokens) predict every position of a longer window from its own fe
 """
 
 import dataclasses
+import enum
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal, NamedTuple
+from typing import Callable, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -46,8 +47,21 @@ class ModelConfig:
         raise NotImplementedError
 
     def as_dict(self) -> dict:
-        """The arguments that rebuild this config (derived fields left out)."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.init}
+        """The arguments that rebuild this config (derived fields left out), settings of parts as dicts."""
+        return {field.name: plain(getattr(self, field.name)) for field in dataclasses.fields(self) if field.init}
+
+    def choice_values(self) -> dict:
+        """The settings that make the architecture what it is (`choices`), by their keys under `model.`."""
+        return {key: getattr(self, key) for key in self.choices}
+
+
+def plain(value):
+    """A config value as a checkpoint records it: settings dataclasses (and dicts of them) as dicts."""
+    if dataclasses.is_dataclass(value):
+        return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value) if field.init}
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
 
 
 # How close to model.target_params the active parameters must come.
@@ -97,6 +111,11 @@ def sized(config: ModelConfig) -> ModelConfig:
         raise UserError(f"model.target_params={target:g}: no {config.width_field} comes within {SIZE_TOLERANCE:.0%} "
                         f"of it ({nearest} active parameters); change the target or the depth")
     return config.with_width(best)
+
+
+def near(size: int, preset: int) -> bool:
+    """Whether a sized model's head size stays within a factor 2 of the preset's."""
+    return preset / 2 <= size <= 2 * preset
 
 
 def require(condition: bool, message: str, value) -> None:
@@ -191,23 +210,140 @@ class Sublayer(nn.Module):
         """Its MLP input projections: init unit_mlp draws them at std 1/sqrt(their input width)."""
         return []
 
+    def reference_init(self, residual_scale: float) -> None:
+        """Initialise what this part's reference initialises otherwise than the model's shared init does (normal(0,
+        0.02), its residual outputs scaled by `residual_scale`, which has run); most parts keep the shared init."""
 
-class SequenceMixer(Sublayer):
-    """A block's sublayer that mixes the positions of a sequence: attention, a recurrence.
+    def describe(self) -> str:
+        """Its sizes and options in a few words, for the model summary."""
+        return ""
+
+
+class Kind(enum.Enum):
+    """What a sequence mixer keeps of the past to decode the next token: it decides the cache's capacity and what
+    describe reports."""
+
+    # Attends to every past token: keys and values of up to the context, a state that grows with each token.
+    GROWING = "attends with a growing cache"
+    # Attends over a window: the last `window` tokens' keys and values at most.
+    WINDOW = "attends over a window"
+    # Recurs: a state of one size however many tokens it has read.
+    FLAT = "recurs with a flat state"
+
+
+@dataclasses.dataclass(kw_only=True)
+class PartSettings:
+    """The knobs of a block part chosen by name (a sequence mixer of `model.layer_pattern`, a feed-forward layer of
+    `model.ffn_pattern`), with their defaults; a config holds them as `model.mixers.NAME` (`model.ffns.NAME`).
+    Subclasses declare their knobs as fields and refuse a bad value in `check`, one line each."""
+
+    # The knobs that make the architecture what it is (lmzoo.models.presets.preset_of), as ModelConfig.choices.
+    choices: ClassVar[tuple[str, ...]] = ()
+    # The flat keys of lmzoo 0.2's model config that this part's knobs replace ({old key: knob}), by which
+    # lmzoo.checkpoints.record upgrades a checkpoint and a command line that still types them is told the new key.
+    former: ClassVar[dict[str, str]] = {}
+
+    def check(self, trunk, key: str) -> None:
+        """Refuse a value in one line naming `model.KEY.KNOB`; `trunk` is the config of the model that holds these
+        settings (its n_embd, n_head, block_size, ...). Subclasses add their checks after this one."""
+        check_field_types(self, f"model.{key}")
+
+    @classmethod
+    def upgraded(cls, knobs: dict) -> dict:
+        """The knobs of a part of an lmzoo 0.2 model (from `former`), with those this release added that the model
+        had otherwise than their defaults say."""
+        return knobs
+
+    def require_counts(self, key: str, *knobs: str) -> None:
+        """Refuse any of `knobs` (counts: sizes, kernel taps) that is not a positive integer."""
+        for knob in knobs:
+            require(getattr(self, knob) >= 1, f"{key}.{knob} must be a positive integer", getattr(self, knob))
+
+    def at_width(self, width: int) -> "PartSettings | None":
+        """These settings in a model of width `width` (TransformerConfig.with_width): sizes that follow the width
+        move with it; None where none fits."""
+        return self
+
+
+class Part(Sublayer):
+    """A block part chosen by name: a subclass that passes `name=` in its class statement is registered under it
+    in its family's `registry` (a sequence mixer's, a feed-forward layer's) when its module is imported, which
+    `lmzoo.models` does for every module of the package. It declares its settings class and LoRA targets and
+    builds itself from them."""
+
+    registry: ClassVar[dict[str, type["Part"]]]
+    name: ClassVar[str]
+    Settings: ClassVar[type[PartSettings]] = PartSettings
+    # The nn.Linear modules LoRA may adapt: a target name (qkv, proj, mlp) to glob patterns of their names
+    # within this part; a model gathers those of its parts (LanguageModel.lora_targets).
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # lmzoo 0.2's config classes whose models held this part in every layer (lmzoo.models.moe.MoEConfig): their
+    # checkpoints are upgraded to a TransformerConfig whose pattern names it.
+    replaces: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            return
+        other = cls.registry.get(name)
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} and {other.__module__}.{other.__qualname__} are "
+                            f"both registered as {name!r}: rename one")
+        cls.name = name
+        cls.registry[name] = cls
+
+
+class FeedForward(Part):
+    """A block's feed-forward part, called as `ffn(x, routing)` on x (B, T, dim): a dense MLP, a sparse mixture of
+    experts. A registered one (`class NAME(FeedForward, name="NAME")`) is what `model.ffn_pattern` names, with its
+    knobs under model.ffns.NAME."""
+
+    registry: ClassVar[dict[str, type["FeedForward"]]] = {}
+
+    @classmethod
+    def build(cls, trunk, settings: PartSettings, layer: int) -> "FeedForward":
+        """The feed-forward part of layer `layer` (from 0) in a model of config `trunk` (its n_embd, bias,
+        dropout), with these settings."""
+        raise NotImplementedError
+
+
+class SequenceMixer(Part):
+    """A block's part that mixes the positions of a sequence: attention, a recurrence.
 
     Called as `mixer(x, cache, layer, routing)`: x (B, T, dim) at positions `cache.position` on (0 without a
     cache); the mixer keeps what it needs of the past in `cache.state(layer, make)` and records a router's
-    decision in `routing` (a RoutingLog).
+    decision in `routing` (a RoutingLog). A registered mixer (`class NAME(SequenceMixer, name="NAME")`) is what
+    `model.layer_pattern` names; its file declares beside it its `Settings`, `kind`, `lora_targets`, its FLOPs
+    (`mixing_flops`), its decoding state (`state_numel`), its Hugging Face layout (`hf`) where one exists, and
+    for a recurrence the oracle its chunked form is tested against (`scan`).
     """
 
-    def mixing_flops(self, context: int) -> int:
-        """Training FLOPs (forward and backward) per token of the work beyond this mixer's nn.Linear weights
-        (which the model counts itself) with `context` tokens before it: attention's score and value products."""
+    registry: ClassVar[dict[str, type["SequenceMixer"]]] = {}
+    kind: Kind = Kind.GROWING
+    # How a model whose every layer holds this mixer is written as its transformers class and read back
+    # (lmzoo.models.hf_layout.HFLayout); None: it has none, and such models export as lmzoo folders.
+    hf: ClassVar["HFLayout | None"] = None
+    # For a recurrence: its chunked form, its one-token step and random inputs of theirs (lmzoo.models.recurrent.Scan),
+    # by which the tests prove the one equal to the other.
+    scan: ClassVar["Scan | None"] = None
+
+    @classmethod
+    def build(cls, trunk, settings: PartSettings, layer: int,
+              rotary: Callable[[int], nn.Module | None]) -> "SequenceMixer":
+        """The mixer of layer `layer` (from 0) in a model of config `trunk` (its n_embd, n_head, bias, dropout),
+        with these settings; `rotary(head_dim)` is the model's RoPE for heads of that size (None with learned
+        positions)."""
         raise NotImplementedError
 
-    def state_numel(self, capacity: int) -> int:
-        """Numbers one sequence's decoding state holds in this mixer's cache of `capacity` tokens: keys and values
-        for attention, a recurrent state whatever the capacity."""
+    def mixing_flops(self, context: int) -> int:
+        """Training FLOPs per token (forward and backward) of the work beyond this mixer's nn.Linear weights
+        (which the model counts itself) with `context` tokens before it, as its kernels compute it: attention's
+        score and value products."""
+        raise NotImplementedError
+
+    def state_numel(self, context: int) -> int:
+        """Numbers one sequence's decoding state holds after `context` tokens: keys and values for attention (at
+        most its window's), a recurrent state whatever the length."""
         raise NotImplementedError
 
 

@@ -7,20 +7,24 @@ Training runs the chunked form (`gated_delta_chunked`): within a chunk the delta
 one unit-triangular solve (the WY representation), the state passed from chunk to chunk; decoding runs the rule
 one token at a time (`gated_delta_step`). Around it: q, k, v from one projection through a short causal
 convolution and silu, g and beta from their own projections, and an output gate through a gated RMSNorm per
-head. Parameter layout as OLMo-Hybrid's layer in Hugging Face transformers; lmzoo.checkpoints.export writes
-Qwen3NextForCausalLM, whose layer is the same with its projections grouped per head.
+head. Parameter layout as OLMo-Hybrid's layer in Hugging Face transformers; a model whose every layer is this mixer,
+with dense SwiGLU MLPs, exports as Qwen3NextForCausalLM (`Qwen3NextHF`), whose layer is the same with its
+projections grouped per head.
 """
 
+import dataclasses
 import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import FORWARD_AND_BACKWARD, SequenceMixer
-from lmzoo.models.blocks import make_dropout
+from lmzoo.errors import UserError
+from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, SequenceMixer
+from lmzoo.models.blocks import llama_shaped, make_dropout
 from lmzoo.models.cache import Cache
-from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, ShortConv, chunks, initial_time_steps, recur,
+from lmzoo.models.hf_layout import HFLayout, load_into, tied_and_checked, true_vocabulary
+from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, initial_time_steps, recur,
                                     softplus_inverse)
 
 
@@ -71,6 +75,12 @@ def gated_delta_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     return (q[..., None, :] @ state).squeeze(-2), state
 
 
+def gated_delta_inputs(T: int, heads: int = 3, width: int = 4, state: int = 6):
+    """Random inputs of the gated delta rule: batch 2, `heads` heads, keys of `width`, values of `state`."""
+    return (l2_normalized(torch.randn(2, heads, T, width)), l2_normalized(torch.randn(2, heads, T, width)),
+            torch.randn(2, heads, T, state), -torch.rand(2, heads, T), torch.rand(2, heads, T))
+
+
 @functools.cache
 def fla_rule():
     """flash-linear-attention's chunked gated delta rule, when it is installed (it runs on CUDA only); None
@@ -98,8 +108,35 @@ def chunked_rule(q: torch.Tensor):
     return gated_delta_kernel if q.is_cuda and fla_rule() is not None else gated_delta_chunked
 
 
-class GatedDeltaNet(SequenceMixer):
+@dataclasses.dataclass(kw_only=True)
+class GatedDeltaNetSettings(PartSettings):
+    """Gated DeltaNet's knobs: the model's n_head heads with keys of n_embd / n_head and values `value_expand` times
+    wider, `conv_kernel` taps of the short causal convolution, and chunks of `chunk_size` tokens in training."""
+
+    value_expand: int = 2
+    conv_kernel: int = 4
+    chunk_size: int = 64
+
+    former = {"gdn_value_expand": "value_expand", "conv_kernel": "conv_kernel", "chunk_size": "chunk_size"}
+
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        self.require_counts(key, "value_expand", "conv_kernel", "chunk_size")
+
+
+class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
     """Gated DeltaNet's mixer: (B, T, dim) -> (B, T, dim), with the Attention's call signature."""
+
+    Settings = GatedDeltaNetSettings
+    kind = Kind.FLAT
+    # q, k and v come from one projection, c_attn, as attention's do.
+    lora_targets = {"qkv": ("c_attn",), "proj": ("c_proj",)}
+    scan = Scan(gated_delta_chunked, gated_delta_step, gated_delta_inputs, (fla_rule, gated_delta_kernel, "fla"))
+
+    @classmethod
+    def build(cls, trunk, settings: GatedDeltaNetSettings, layer: int, rotary) -> "GatedDeltaNet":
+        return cls(trunk.n_embd, trunk.n_head, trunk.head_dim, settings.value_expand, settings.conv_kernel,
+                   settings.chunk_size, trunk.dropout)
 
     def __init__(self, dim: int, n_head: int, head_dim: int, value_expand: int = 2, conv_kernel: int = 4,
                  chunk_size: int = 64, dropout: float = 0.0):
@@ -114,7 +151,8 @@ class GatedDeltaNet(SequenceMixer):
         self.b_proj = nn.Linear(dim, n_head, bias=False)
         self.g_proj = nn.Linear(dim, values, bias=False)
         self.dt_bias = nn.Parameter(softplus_inverse(initial_time_steps(n_head)))
-        # g = -exp(A_log) softplus(a + dt_bias): per-head decay rates drawn in (0, 16) as the reference does.
+        # g = -exp(A_log) softplus(a + dt_bias): per-head decay rates drawn in (0, 16) as flash-linear-attention does
+        # (fla/models/gated_deltanet/modeling_gated_deltanet.py, `_init_weights`), kept off 0 for the log.
         self.A_log = nn.Parameter(torch.empty(n_head).uniform_(1e-3, 16).log())
         self.o_norm = GatedRMSNorm(self.value_dim, self.value_dim, gate_first=False)
         self.c_proj = nn.Linear(values, dim, bias=False)
@@ -135,8 +173,12 @@ class GatedDeltaNet(SequenceMixer):
         gate = self.g_proj(x).view(batch, T, self.n_head, self.value_dim)
         return self.resid_dropout(self.c_proj(self.o_norm(o.transpose(1, 2), gate).flatten(2)))
 
-    def residual_outputs(self) -> list[nn.Module]:
-        return [self.c_proj]
+    def reference_init(self, residual_scale: float) -> None:
+        """As flash-linear-attention does (fla/models/gated_deltanet/modeling_gated_deltanet.py, `_init_weights`,
+        whose prenorm_residual_strategy is None by default): every linear and the short convolution at normal(0,
+        0.02), the output projection not scaled down (it declares no residual output), the convolution not left at
+        nn.Conv1d's own init (std about 0.29 at 4 taps)."""
+        nn.init.normal_(self.conv1d.weight, mean=0.0, std=0.02)
 
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked form's products over `context` tokens in chunks of
@@ -152,8 +194,120 @@ class GatedDeltaNet(SequenceMixer):
         solve_gradient = count * size * size * (keys + values)
         return round(2 * self.n_head * (products + solve_gradient) / context)
 
-    def state_numel(self, capacity: int) -> int:
+    def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and
         the recurrent state."""
         conv = self.conv1d
         return conv.in_channels * (conv.kernel_size[0] - 1) + self.n_head * self.key_dim * self.value_dim
+
+    def describe(self) -> str:
+        return f"{self.n_head} heads, keys of {self.key_dim}, values of {self.value_dim}, chunks of {self.chunk_size}"
+
+
+# Qwen3-Next's RMSNorms scale by 1 + weight where lmzoo's scale by weight.
+QWEN3_NEXT_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "model.norm.weight")
+
+
+class Qwen3NextHF(HFLayout):
+    """Qwen3NextForCausalLM with every layer linear attention and dense SwiGLU MLPs; the layer alone is OLMo-Hybrid's
+    OlmoHybridGatedDeltaNet, with the same weights under the same names (`reference_layer`)."""
+
+    model_types = ("qwen3_next",)
+
+    def exporter(self, model):
+        return to_qwen3_next if llama_shaped(model.config) else None
+
+    def state_dict(self, weights, model, source):
+        state = {}
+        for ours, theirs, order in qwen3_next_layout(model):
+            if theirs not in weights:
+                raise UserError(f"{source} has no weight {theirs}; it does not match its lmzoo.json")
+            tensor = weights[theirs] + float(theirs.endswith(QWEN3_NEXT_NORMS))
+            sizes = [model.get_parameter(name).size(0) for name in ours]
+            if order is not None:
+                # Rows in their order; a weight built in parts (c_fc from gate_proj, then up_proj) keeps its first.
+                joined = (state[ours[0]] if len(ours) == 1 and ours[0] in state
+                          else tensor.new_empty(sum(sizes), *tensor.shape[1:]))
+                joined[order] = tensor
+                tensor = joined
+            state |= dict(zip(ours, tensor.split(sizes) if len(ours) > 1 else [tensor]))
+        return tied_and_checked(state, model, source)
+
+    def reference_layer(self, mixer: "GatedDeltaNet", dim: int):
+        """OLMo-Hybrid's layer holding `mixer`'s weights, and a function that makes its cache."""
+        import transformers
+        from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
+
+        heads, keys, values = mixer.n_head, mixer.key_dim, mixer.value_dim
+        config = transformers.OlmoHybridConfig(
+            hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads,
+            layer_types=["linear_attention", "full_attention"], linear_num_key_heads=heads,
+            linear_num_value_heads=heads, linear_key_head_dim=keys, linear_value_head_dim=values,
+            linear_allow_neg_eigval=False, linear_conv_kernel_dim=mixer.conv1d.kernel_size[0], vocab_size=8)
+        theirs = OlmoHybridGatedDeltaNet(config, layer_idx=0).eval()
+        weights = {name.replace("c_proj", "o_proj"): tensor for name, tensor in mixer.state_dict().items()
+                   if name != "c_attn.weight"}
+        weights |= dict(zip(("q_proj.weight", "k_proj.weight", "v_proj.weight"),
+                            mixer.c_attn.weight.split([heads * keys, heads * keys, heads * values])))
+        theirs.load_state_dict(weights)
+        return theirs, lambda: transformers.DynamicCache(config=config)
+
+
+def to_qwen3_next(model, eot_id: int | None):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    hp, mixer = model.config, model.transformer.h[0].attn
+    config = Qwen3NextConfig(
+        vocab_size=model.vocab_size, hidden_size=hp.n_embd, num_hidden_layers=hp.n_layer,
+        intermediate_size=model.transformer.h[0].mlp.c_proj.in_features, num_attention_heads=hp.n_head,
+        num_key_value_heads=hp.n_head, head_dim=hp.head_dim, layer_types=["linear_attention"] * hp.n_layer,
+        linear_num_key_heads=mixer.n_head, linear_num_value_heads=mixer.n_head, linear_key_head_dim=mixer.key_dim,
+        linear_value_head_dim=mixer.value_dim, linear_conv_kernel_dim=mixer.conv1d.kernel_size[0], num_experts=0,
+        # transformers 5's cache needs an attention layer to size its masks; with none, it decodes uncached.
+        use_cache=False,
+        rms_norm_eps=1e-5, hidden_act="silu", max_position_embeddings=model.block_size,
+        tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
+    )
+    state, weights = true_vocabulary(model), {}
+    for ours, theirs, order in qwen3_next_layout(model):
+        joined = torch.cat([state[name] for name in ours])
+        weights[theirs] = (joined if order is None else joined[order]) - float(theirs.endswith(QWEN3_NEXT_NORMS))
+    return load_into(Qwen3NextForCausalLM(config), weights)
+
+
+def qwen3_next_layout(model) -> list[tuple[list[str], str, torch.Tensor | None]]:
+    """Each Qwen3NextForCausalLM weight of a Gated DeltaNet model: the lmzoo weights it is made of, and the order
+    of their joined rows in it (None: as they are). Qwen3-Next projects each head's q, k, v and output gate z
+    together, and each head's b and a together."""
+    pairs = [(["transformer.wte.weight"], "model.embed_tokens.weight", None),
+             (["transformer.ln_f.weight"], "model.norm.weight", None)]
+    if not model.config.tie_embeddings:
+        pairs.append((["lm_head.weight"], "lm_head.weight", None))
+    for i, block in enumerate(model.transformer.h):
+        a, ours, theirs = block.attn, f"transformer.h.{i}.", f"model.layers.{i}."
+        H, K, V = a.n_head, a.key_dim, a.value_dim
+        per_head = [torch.arange(start + h * size, start + (h + 1) * size)
+                    for h in range(H) for start, size in ((0, K), (H * K, K), (2 * H * K, V), (2 * H * K + H * V, V))]
+        width = block.mlp.c_proj.in_features
+        pairs += [
+            ([ours + "ln_1.weight"], theirs + "input_layernorm.weight", None),
+            ([ours + "attn.c_attn.weight", ours + "attn.g_proj.weight"], theirs + "linear_attn.in_proj_qkvz.weight",
+             torch.cat(per_head)),
+            ([ours + "attn.b_proj.weight", ours + "attn.a_proj.weight"], theirs + "linear_attn.in_proj_ba.weight",
+             torch.arange(2 * H).view(2, H).T.flatten()),
+            ([ours + "attn.c_proj.weight"], theirs + "linear_attn.out_proj.weight", None),
+            ([ours + "attn.o_norm.weight"], theirs + "linear_attn.norm.weight", None),
+            ([ours + "ln_2.weight"], theirs + "post_attention_layernorm.weight", None),
+            ([ours + "mlp.c_fc.weight"], theirs + "mlp.gate_proj.weight", torch.arange(width)),
+            ([ours + "mlp.c_fc.weight"], theirs + "mlp.up_proj.weight", torch.arange(width, 2 * width)),
+            ([ours + "mlp.c_proj.weight"], theirs + "mlp.down_proj.weight", None),
+            *[([ours + "attn." + name], theirs + "linear_attn." + name, None)
+              for name in ("conv1d.weight", "dt_bias", "A_log")],
+        ]
+    return pairs
+
+
+GatedDeltaNet.hf = Qwen3NextHF(examples={
+    "untied": (dict(n_head=2, layer_pattern=[GatedDeltaNet.name], mixers={GatedDeltaNet.name: dict(chunk_size=8)},
+                    tie_embeddings=False), "Qwen3NextForCausalLM"),
+})

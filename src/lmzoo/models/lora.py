@@ -38,8 +38,8 @@ class LoRALinear(nn.Module):
 class LoRA:
     """The `finetune=lora` recipe: which layers to adapt, with what rank and scale.
 
-    Targets are names each architecture declares in its `lora_targets` (qkv, proj and mlp for the
-    transformers); an expert layer's target covers every expert.
+    Targets are names each architecture declares in its `lora_targets` (qkv, proj and mlp for the transformers,
+    whose layers' parts declare theirs); an expert layer's target covers every expert.
     """
 
     def __init__(self, r: int = 8, alpha: float = 16.0, targets: list[str] = ("qkv", "proj", "mlp"),
@@ -64,8 +64,8 @@ class LoRA:
 
     def apply(self, model: LanguageModel) -> LanguageModel:
         """Freeze every parameter of `model` and wrap the targeted linears with trainable adapters, in place."""
-        declared = type(model).lora_targets
-        # A declared target may match nothing in a model's options (Mamba-2's blocks have no MLP).
+        declared = model.lora_targets
+        # A declared target may match nothing in a model's options.
         present = sorted(target for target, patterns in declared.items() if matching_linears(model, patterns))
         valid = f"choose finetune.targets from {present}" if present else "LoRA cannot adapt it"
         for target in self.targets:

@@ -6,19 +6,22 @@ Training runs the chunked form (`ssd_chunked`): quadratic attention-like product
 passed from chunk to chunk; decoding runs the recurrence one token at a time (`ssd_step`). Around the scan: one
 input projection to [z, x, B, C, dt], a short causal convolution over [x, B, C], B and C shared by groups of
 heads, and a gated RMSNorm of y by z before the output projection. Parameter layout as Hugging Face's
-Mamba2Mixer (lmzoo.checkpoints.export writes Mamba2ForCausalLM).
+Mamba2Mixer: a model whose every layer is this mixer, with no feed-forward layer, exports as Mamba2ForCausalLM
+(`Mamba2HF`).
 """
 
+import dataclasses
 import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.models.base import FORWARD_AND_BACKWARD, SequenceMixer
+from lmzoo.models.base import FORWARD_AND_BACKWARD, Kind, PartSettings, SequenceMixer, near, require
 from lmzoo.models.blocks import make_dropout
 from lmzoo.models.cache import Cache
-from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, ShortConv, chunks, initial_time_steps, recur,
+from lmzoo.models.hf_layout import HFLayout, Layout, joined, laid_out, load_into, same_names, trunk_names
+from lmzoo.models.recurrent import (GatedRMSNorm, RecurrentState, Scan, ShortConv, chunks, initial_time_steps, recur,
                                     softplus_inverse)
 
 
@@ -58,6 +61,12 @@ def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     return (state @ C[..., None]).squeeze(-1), state
 
 
+def ssd_inputs(T: int, heads: int = 4, width: int = 4, state: int = 5):
+    """Random inputs of the SSD scan: batch 2, heads of `width` in 2 groups of B and C, a state of `state`."""
+    return (torch.randn(2, heads, T, width), torch.rand(2, heads, T), -2 * torch.rand(heads),
+            torch.randn(2, 2, T, state), torch.randn(2, 2, T, state))
+
+
 def per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """B or C of each group (dimension 1) repeated for its heads: head h reads group h // (heads per group)."""
     return t.repeat_interleave(heads // t.size(1), dim=1)
@@ -87,8 +96,50 @@ def chunked_scan(x: torch.Tensor):
     return ssd_kernel if x.is_cuda and mamba_ssm_scan() is not None else ssd_chunked
 
 
-class Mamba2(SequenceMixer):
+@dataclasses.dataclass(kw_only=True)
+class Mamba2Settings(PartSettings):
+    """Mamba-2's knobs: an inner width of expand * n_embd in heads of head_dim, a state of `state` per head channel,
+    B and C shared by `groups` groups of heads, `conv_kernel` taps of the short causal convolution, and chunks of
+    `chunk_size` tokens in the training scan."""
+
+    state: int = 64
+    expand: int = 2
+    head_dim: int = 64
+    groups: int = 1
+    conv_kernel: int = 4
+    chunk_size: int = 64
+
+    former = {"ssm_state": "state", "ssm_expand": "expand", "ssm_head_dim": "head_dim", "ssm_groups": "groups",
+              "conv_kernel": "conv_kernel", "chunk_size": "chunk_size"}
+
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        self.require_counts(key, "state", "expand", "head_dim", "groups", "conv_kernel", "chunk_size")
+        inner = self.expand * trunk.n_embd
+        require(inner % self.head_dim == 0 and (inner // self.head_dim) % self.groups == 0,
+                f"{key}.head_dim must divide expand * n_embd ({inner}) into heads that model.{key}.groups divides",
+                self.head_dim)
+
+    def at_width(self, width: int) -> "Mamba2Settings | None":
+        """Heads whose width, like attention's, stays within a factor 2 of the preset's."""
+        inner = self.expand * width
+        sizes = [d for d in range(2, inner + 1, 2)
+                 if inner % d == 0 and (inner // d) % self.groups == 0 and near(d, self.head_dim)]
+        return dataclasses.replace(self, head_dim=min(sizes, key=lambda d: abs(d - self.head_dim))) if sizes else None
+
+
+class Mamba2(SequenceMixer, name="mamba2"):
     """Mamba-2's mixer: (B, T, dim) -> (B, T, dim), with the Attention's call signature."""
+
+    Settings = Mamba2Settings
+    kind = Kind.FLAT
+    lora_targets = {"qkv": ("in_proj",), "proj": ("c_proj",)}
+    scan = Scan(ssd_chunked, ssd_step, ssd_inputs, (mamba_ssm_scan, ssd_kernel, "mamba_ssm"))
+
+    @classmethod
+    def build(cls, trunk, settings: Mamba2Settings, layer: int, rotary) -> "Mamba2":
+        return cls(trunk.n_embd, settings.state, settings.head_dim, settings.expand, settings.groups,
+                   settings.conv_kernel, settings.chunk_size, trunk.dropout)
 
     def __init__(self, dim: int, state_size: int = 64, head_dim: int = 64, expand: int = 2, n_groups: int = 1,
                  conv_kernel: int = 4, chunk_size: int = 64, dropout: float = 0.0):
@@ -100,8 +151,9 @@ class Mamba2(SequenceMixer):
         self.in_proj = nn.Linear(dim, self.inner + conv_width + self.n_head, bias=False)
         self.conv1d = ShortConv(conv_width, conv_kernel, bias=True)
         self.dt_bias = nn.Parameter(softplus_inverse(initial_time_steps(self.n_head)))
-        # A = -exp(A_log): head h decays at rate h + 1, as Mamba initialises it.
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.n_head + 1, dtype=torch.float32)))
+        # A = -exp(A_log), the heads' decay rates drawn uniformly in (1, 16), as state-spaces/mamba's
+        # mamba_ssm/modules/mamba2.py does (A_init_range).
+        self.A_log = nn.Parameter(torch.empty(self.n_head).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(self.n_head))
         self.norm = GatedRMSNorm(self.inner, self.inner // n_groups, gate_first=True)
         self.c_proj = nn.Linear(self.inner, dim, bias=False)
@@ -124,6 +176,16 @@ class Mamba2(SequenceMixer):
     def residual_outputs(self) -> list[nn.Module]:
         return [self.c_proj]
 
+    def reference_init(self, residual_scale: float) -> None:
+        """As state-spaces/mamba does (mamba_ssm/models/mixer_seq_simple.py, `_init_weights`): the input projection
+        at nn.Linear's own init, the output projection at it too, scaled by 1/sqrt(N) for the model's N residual
+        branches (N = n_layer for its blocks of a mixer alone, where the reference counts 1 per layer; `residual_scale`,
+        1 under init=plain); the convolution at nn.Conv1d's own init, which the shared init leaves."""
+        self.in_proj.reset_parameters()
+        self.c_proj.reset_parameters()
+        with torch.no_grad():
+            self.c_proj.weight.mul_(residual_scale)
+
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of
         min(chunk_size, context), the last one zero-padded: C B^T and its product with x within each chunk; the
@@ -135,8 +197,60 @@ class Mamba2(SequenceMixer):
         products += 2 * (count - 1) * size * self.state_size * self.head_dim
         return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context)
 
-    def state_numel(self, capacity: int) -> int:
+    def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and
         the recurrent state."""
         conv = self.conv1d
         return conv.in_channels * (conv.kernel_size[0] - 1) + self.n_head * self.head_dim * self.state_size
+
+    def describe(self) -> str:
+        return (f"{self.n_head} heads of {self.head_dim}, state {self.state_size}, B and C in {self.n_groups} "
+                f"groups, chunks of {self.chunk_size}")
+
+
+class Mamba2HF(HFLayout):
+    """Mamba2ForCausalLM: every layer this mixer, no feed-forward layer, RMSNorms."""
+
+    model_types = ("mamba2",)
+
+    def exporter(self, model):
+        config = model.config
+        plain = all(block.mlp is None for block in model.transformer.h) and config.norm == "rmsnorm"
+        return to_mamba2 if plain and config.positions == "rope" else None
+
+    def state_dict(self, weights, model, source):
+        return joined(weights, model, source, mamba2_layout(model))
+
+
+def to_mamba2(model, eot_id: int | None):
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    hp, mixer = model.config, model.transformer.h[0].attn
+    config = Mamba2Config(
+        vocab_size=model.vocab_size, hidden_size=hp.n_embd, num_hidden_layers=hp.n_layer, state_size=mixer.state_size,
+        expand=mixer.inner // hp.n_embd, head_dim=mixer.head_dim, num_heads=mixer.n_head, n_groups=mixer.n_groups,
+        conv_kernel=mixer.conv1d.kernel_size[0], chunk_size=mixer.chunk_size, use_bias=False, use_conv_bias=True,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=hp.tie_embeddings, bos_token_id=eot_id, eos_token_id=eot_id,
+        pad_token_id=eot_id,
+    )
+    return load_into(Mamba2ForCausalLM(config), laid_out(model, mamba2_layout(model)))
+
+
+def mamba2_layout(model) -> Layout:
+    """Each lmzoo weight of a Mamba-2 model and the Mamba2ForCausalLM weight it is."""
+    layout = trunk_names(model, "backbone.embeddings.weight", "backbone.norm_f.weight")
+    for i in range(len(model.transformer.h)):
+        ours, theirs = f"transformer.h.{i}.", f"backbone.layers.{i}."
+        layout += [(ours + "ln_1.weight", [theirs + "norm.weight"], None),
+                   (ours + "attn.c_proj.weight", [theirs + "mixer.out_proj.weight"], None),
+                   *same_names(ours + "attn.", theirs + "mixer.", ["in_proj.weight", "conv1d.weight", "conv1d.bias",
+                                                                  "dt_bias", "A_log", "D", "norm.weight"])]
+    return layout
+
+
+Mamba2.hf = Mamba2HF(examples={
+    "groups_of_heads": (dict(layer_pattern=[Mamba2.name], ffn_pattern=[], mixers={Mamba2.name: dict(
+        state=8, head_dim=16, groups=2, chunk_size=8)}), "Mamba2ForCausalLM"),
+    # The attention's MLP after each layer: no transformers class has it.
+    "with_mlp": (dict(layer_pattern=[Mamba2.name], mixers={Mamba2.name: dict(head_dim=16, chunk_size=8)}), None),
+})

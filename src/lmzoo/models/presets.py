@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
-from lmzoo.models.base import ModelConfig
+from lmzoo.models.base import FeedForward, ModelConfig, SequenceMixer, plain
 
 # A preset's defaults list names its architecture as ARCHITECTURE/CLASS@_here_.
 ARCHITECTURE = "/architecture/"
@@ -54,27 +54,58 @@ def preset(name: str) -> Preset:
         return Preset(classes[base], own, None, own)
     if base in preset_names():
         extended = preset(base)
-        return Preset(extended.config_class, {**extended.settings, **own}, base, own)
+        return Preset(extended.config_class, merged(extended.settings, own), base, own)
     raise ValueError(f"{file} must extend one architecture ({ARCHITECTURE}CLASS@_here_, CLASS one of "
                      f"{', '.join(classes)}) or one preset of conf/model/ in its defaults list")
 
 
 def preset_config(name: str, **settings) -> ModelConfig:
-    """Preset `name`'s config with `settings` over it (vocab_size, and block_size where the class has one)."""
+    """Preset `name`'s config with `settings` over it (vocab_size, and block_size where the class has one); a
+    part's settings (`mixers={"NAME": {...}}`) go over the preset's knob by knob."""
     found = preset(name)
-    return found.config_class(**{**found.settings, **settings})
+    return found.config_class(**merged(found.settings, settings))
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`over` on `base`, mappings merged key by key, at any depth."""
+    result = dict(base)
+    for key, value in over.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key),
+                                                                                             dict) else value
+    return result
 
 
 def preset_of(config: ModelConfig) -> str | None:
-    """The preset of `config`'s class that makes the same architecture choices (`ModelConfig.choices`), or None."""
+    """The preset of `config`'s class that makes the same architecture choices (`ModelConfig.choice_values`), or
+    None."""
     for name in preset_names():
         config_class, settings, _, _ = preset(name)
         if config_class is type(config):
-            chosen = {**architecture_defaults(config_class), **settings}
-            if all(as_list(getattr(config, key)) == as_list(chosen.get(key, getattr(config_class, key, None)))
-                   for key in config_class.choices):
+            chosen = merged(architecture_defaults(config_class), settings)
+            if all(as_list(value) == as_list(looked_up(chosen, key, getattr(config_class, key, None)))
+                   for key, value in config.choice_values().items()):
                 return name
     return None
+
+
+def looked_up(settings: dict, key: str, default=None):
+    """The value of a dotted `key` (mixers.attention.qk_norm) in nested `settings`."""
+    for part in key.split("."):
+        if not isinstance(settings, dict) or part not in settings:
+            return default
+        settings = settings[part]
+    return settings
+
+
+def flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings by their dotted keys: {"mixers": {"NAME": {"knob": 8}}} as {"mixers.NAME.knob": 8}."""
+    result = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            result |= flat(value, f"{prefix}{key}.")
+        else:
+            result[f"{prefix}{key}"] = value
+    return result
 
 
 def as_list(value):
@@ -110,8 +141,16 @@ def architecture_defaults(config_class: type[ModelConfig]) -> dict:
             value = field.default_factory()
         else:
             value = "${block_size}" if field.name == "block_size" else "???"
-        node[field.name] = as_list(value)
+        node[field.name] = as_node(value)
     return node
+
+
+def as_node(value):
+    """A default as a config node holds it: settings dataclasses as mappings, tuples as lists."""
+    value = plain(value)
+    if isinstance(value, dict):
+        return {key: as_node(item) for key, item in value.items()}
+    return as_list(value)
 
 
 def resized(config: ModelConfig, width: int, depth: int) -> ModelConfig | None:
@@ -123,9 +162,11 @@ def resized(config: ModelConfig, width: int, depth: int) -> ModelConfig | None:
 
 
 def model_overrides(preset_config: ModelConfig, config: ModelConfig) -> list[str]:
-    """The command-line overrides (`model.KEY=VALUE`) that turn `preset_config` into `config`, of its class."""
-    before = preset_config.as_dict()
-    return [f"model.{key}={override_value(value)}" for key, value in config.as_dict().items() if value != before[key]]
+    """The command-line overrides (`model.KEY=VALUE`, a part's knob as model.mixers.NAME.KNOB) that turn
+    `preset_config` into `config`, of its class."""
+    before = flat(preset_config.as_dict())
+    return [f"model.{key}={override_value(value)}" for key, value in flat(config.as_dict()).items()
+            if value != before.get(key)]
 
 
 def override_value(value) -> str:
@@ -133,3 +174,11 @@ def override_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(map(override_value, value)) + "]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def moved_keys(key: str) -> list[str]:
+    """Where lmzoo 0.2's flat model key `key` (window, qk_norm, ssm_state, mlp_ratio, ...) is now: the knob of each
+    part whose settings name it as `former`, as model.mixers.NAME.KNOB or model.ffns.NAME.KNOB."""
+    return [f"model.{group}.{name}.{part.Settings.former[key]}"
+            for group, registry in (("mixers", SequenceMixer.registry), ("ffns", FeedForward.registry))
+            for name, part in registry.items() if key in part.Settings.former]

@@ -1,9 +1,26 @@
 """What the recurrent sequence mixers (Mamba-2, Gated DeltaNet) share: the short causal convolution that keeps
 its own state, the gated RMSNorm on their output, and the decoding state they keep in the cache."""
 
+from typing import Callable, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Scan(NamedTuple):
+    """A recurrent mixer's two forms of its recurrence, which must agree (tests/test_mixers.py proves it for every
+    mixer that declares one as its `scan`)."""
+
+    # chunked(*inputs, chunk, state=None, final_state=True) -> (outputs, final state): the training form.
+    chunked: Callable
+    # step(*inputs of one token, state) -> (outputs, state): the decoding form.
+    step: Callable
+    # inputs(T, heads, width, state) -> random inputs of T tokens, batch 2 (widths of its own by default).
+    inputs: Callable
+    # A fast kernel that replaces `chunked` where it is installed: (available() -> it or None, the replacement of
+    # `chunked` that calls it, its package's name).
+    kernel: tuple[Callable, Callable, str] | None = None
 
 
 class RecurrentState:

@@ -1,8 +1,9 @@
 """The comparison of a sweep, from the summary.json each run writes when it ends (and its provenance.json).
 
 Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean best
-val/bpb, each with Welch's t-test against the best (Holm-corrected when several settings are tested against it);
-then one row per run, in job order.
+val/bpb, each with Welch's t-test against the best (Holm-corrected when several settings are tested against it),
+and where a model ran at its tuned value and beside it (train's tuned_at), where its best lies; then one row per
+run, in job order.
 """
 
 import json
@@ -17,6 +18,7 @@ from lmzoo.files import write_atomically
 from lmzoo.reports.runs import RunFolder, Setting, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
 from lmzoo.training.summary import SUMMARY
+from lmzoo.training.tuned import TUNED_AT
 
 TABLE = "comparison.md"
 SIGNIFICANCE = 0.05
@@ -221,7 +223,41 @@ def setting_table(settings: list[Setting], names: dict[int, str]) -> str:
     holm_note = (f", its p-values Holm-corrected for the {tested} settings tested against rank 1" if tested > 1 else "")
     return (f"Ranked by mean best {metric} over seeds (mean ± standard deviation, n runs); vs best: Welch's t-test "
             f"of best {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. {seeds_note(ranked)}"
-            "\n\n" + table(rows, columns) + unranked(settings, key, names) + incomparable(ranked, key))
+            "\n\n" + table(rows, columns) + unranked(settings, key, names) + incomparable(ranked, key)
+            + brackets(ranked, key))
+
+
+def brackets(ranked: list[Setting], key: str) -> str:
+    """For each model run at its tuned value and at a searched value beside it (tuned_at=lower, upper), settings
+    alike but for that, where its best lies: between the two (the optimum is bracketed at this budget) or at one."""
+    groups = {}
+    for setting in ranked:
+        at = (setting.config or {}).get("tuned_at")
+        values = next((run.value("tuned") for run in setting.runs if run.value("tuned")), None)
+        if at not in TUNED_AT or not values:
+            continue
+        rest = {k: v for k, v in setting.config.items() if k != "tuned_at" and k not in values}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), {})[at] = setting
+    lines = []
+    for group in groups.values():
+        if "chosen" not in group or len(group) < 2:
+            continue
+        means = {at: statistics.fmean(setting.values(key)) for at, setting in group.items()}
+        best = min(means, key=means.get)
+        points = ", ".join(f"{at} {tuned(group[at])} {means[at]:.4f}" for at in TUNED_AT if at in group)
+        if best != "chosen":
+            verdict = (f"best at the {best} value: the optimum lies {'below' if best == 'lower' else 'above'} the tuned "
+                       "value at this budget, not bracketed")
+        elif len(group) == 3:
+            verdict = "best at the tuned value: the optimum is bracketed at this budget"
+        else:
+            verdict = f"best at the tuned value, run beside it only at the {next(at for at in group if at != 'chosen')}"
+        lines.append(f"{group['chosen'].model} ({points}): {verdict}.")
+    if not lines:
+        return ""
+    metric = "val/bpb" if key == "best_val_bpb" else "val/loss"
+    return (f"\n\nWhere the best lies, by mean best {metric} at the tuned value and at the searched values beside "
+            "the best (tuned_at):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 # What says which text a run trained on; the data's name and tokenizer say how it was cut into tokens.

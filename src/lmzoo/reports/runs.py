@@ -16,12 +16,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmzoo.errors import UserError
-from lmzoo.training.provenance import PROVENANCE
+from lmzoo.training.provenance import PER_RUN_KEYS, PROVENANCE, flatten
 from lmzoo.training.summary import SUMMARY, RunSummary
 
 # Hydra's record of a sweep's command, in the sweep's folder.
 MULTIRUN = "multirun.yaml"
-PER_RUN_KEYS = ("ckpt_path", "resume")
 
 
 @dataclass
@@ -118,17 +117,6 @@ def read_config(folder: Path) -> dict | None:
         return OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException:
         return OmegaConf.to_container(config, resolve=False)
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    """`{"optim": {"lr": 1e-3}}` as `{"optim.lr": 1e-3}`."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def setting_of(run: RunFolder) -> dict | None:

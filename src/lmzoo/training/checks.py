@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmzoo.errors import UserError, check_field_types, nearest
 from lmzoo.training.acceleration import check_compile
 from lmzoo.training.budget import Budget
+from lmzoo.training.tuned import TUNED_AT
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,6 +27,8 @@ class RunSettings:
     init_from: str | None
     sample_tokens: int
     tuned: str | None
+    # Where the run takes a fitted tuned value (lmzoo.training.tuned.TUNED_AT).
+    tuned_at: str
 
     def __post_init__(self):
         check_field_types(self, None)
@@ -35,6 +38,12 @@ class RunSettings:
             raise UserError(f"seed must lie in [0, 2**32), got {self.seed}")
         if self.sample_tokens < 0:
             raise UserError(f"sample_tokens must be >= 0 (0 samples nothing), got {self.sample_tokens}")
+        if self.tuned_at not in TUNED_AT:
+            raise UserError(f"tuned_at={self.tuned_at} is not one of {', '.join(TUNED_AT)}: the tuned value, or the "
+                            "searched value below or above the best")
+        if self.tuned_at != "chosen" and not self.tuned:
+            raise UserError(f"tuned_at={self.tuned_at} takes a value beside a tuned one, and the run has none; pass "
+                            "tuned=PATH (the tuned.yaml python -m lmzoo.tune wrote)")
         if self.resume not in (None, "auto"):
             raise UserError(f"resume={self.resume!r} is not understood; use resume=auto or ckpt_path=PATH")
 

@@ -21,9 +21,7 @@ def from_pretrained(source: str, wanted: ModelConfig, tokenizer_spec: dict, bloc
     check_not_diverged(record, source)
     merge(pretrained)
     # init_from takes every setting but the architecture's choices (the shape) from the weights.
-    asked = {key: getattr(wanted, key) for key in type(wanted).choices}
-    has = {key: getattr(pretrained.config, key, None) for key in asked}
-    if type(pretrained.config) is not type(wanted) or asked != has:
+    if type(pretrained.config) is not type(wanted) or wanted.choice_values() != pretrained.config.choice_values():
         raise UserError(f"init_from={source} holds another architecture than model= builds; "
                         f"pass model={model_option(pretrained.config)}")
     if record.tokenizer != tokenizer_spec:

@@ -63,7 +63,7 @@ class Settled(NamedTuple):
 def settle(cfg: DictConfig, command: Command) -> Settled:
     """The settings' own mistakes, found before anything is written or prepared."""
     settings = RunSettings.of(cfg)
-    tuned = typed_over_tuned(tuned_values(settings.tuned, command.model), cfg, command.typed)
+    tuned = typed_over_tuned(tuned_values(settings.tuned, command.model, settings.tuned_at), cfg, command.typed)
     config = with_tuned(cfg, tuned)
     budget = check_before_preparing(config)
     check_steps_not_typed(budget, config.trainer.max_steps, command.typed)

@@ -8,6 +8,8 @@ from lmzoo import __version__
 from lmzoo.files import write_atomically
 
 PROVENANCE = "provenance.json"
+# The keys of a config that say where a run continued from, not what it trained.
+PER_RUN_KEYS = ("ckpt_path", "resume")
 
 
 def provenance(config: dict) -> dict:
@@ -33,3 +35,14 @@ def write_provenance(record: dict, folder: str | Path) -> None:
     payload = json.dumps(record, indent=2, default=str) + "\n"
     write_atomically(Path(folder) / PROVENANCE, payload.encode("utf-8"),
                      "choose a writable run folder with hydra.run.dir=PATH")
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """`{"optim": {"lr": 1e-3}}` as `{"optim.lr": 1e-3}`."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

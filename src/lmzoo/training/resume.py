@@ -16,7 +16,7 @@ from lmzoo.checkpoints.record import ModelRecord, architecture_record
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel
-from lmzoo.models.presets import override_value
+from lmzoo.models.presets import flat, override_value
 from lmzoo.training.finetune import model_option, source_path
 from lmzoo.training.folder import checkpoints_folder, is_own_checkpoint
 from lmzoo.training.optim import OptimConfig
@@ -107,9 +107,10 @@ def check_resumable(ckpt_path: str, model: LanguageModel, tokenizer: dict, optim
                         f"the {describe_tokenizer(tokenizer)}; resume with the data=/tokenizer= of that run")
     ours = architecture_record(model)
     # Dropout and the init do not change the weights a run continues from: a resumed run may change them.
-    changed = {key: value for key, value in record.config.items()
-               if key not in ("dropout", "init") and as_list(ours["config"].get(key)) != as_list(value)}
-    if record.architecture != ours["architecture"] or set(changed) & set(type(model.config).choices):
+    recorded, built = flat(record.config), flat(ours["config"])
+    changed = {key: value for key, value in recorded.items()
+               if key not in ("dropout", "init") and as_list(built.get(key)) != as_list(value)}
+    if record.architecture != ours["architecture"] or set(changed) & set(model.config.choice_values()):
         config = record.build_config()
         raise UserError(f"{ckpt_path} holds a model={model_option(config)} model, not what model= builds; resume "
                         f"with model={model_option(config)} and that run's model settings")

@@ -14,17 +14,25 @@ class TuneSettings:
 
     # The tune's folder (hydra.sweep.dir): the same command with the same folder continues a killed tune.
     folder: str
-    # Trials per model, those of a killed tune that finished included.
+    # Trials per model, those of earlier commands in this folder that finished included: raising it adds trials.
     trials: int = 12
     # The seed of Optuna's sampler (TPE); every trial trains with the run's `seed`.
     seed: int = 0
     # What to search, by config key: [low, high] (floats above 0 on a log scale, integers as integers, else
     # linear), or {choices: [A, B, ...]}.
     search: dict = dataclasses.field(default_factory=lambda: {"optim": {"lr": [1e-4, 3e-2]}})
-    # Once this many trials have finished, a trial whose val/loss at a validation is worse than the median of
-    # earlier trials at that step is stopped there (Optuna's MedianPruner); None: no pruning.
+    # Once this many trials have finished, a trial whose loss at a check is worse than the median of the finished
+    # trials at the same check is stopped there (Optuna's MedianPruner); None: no pruning.
     prune_after: int | None = 4
-    # Seeds of the final comparison's command: this many, none of them the trials' seed.
+    # Checks of each trial before its end, evenly spaced (3: at each quarter of its steps), each on check_batches of
+    # the validation batches (spread over them); 0: no pruning. The trial's result is its own best val/loss.
+    checks: int = 3
+    check_batches: int = 5
+    # Trials that repeat, with this many other seeds (the next ones after the run's `seed`), the best value and its
+    # neighbours, which the tuned value is fitted through: they measure the seed-to-seed noise that gives the tuned
+    # value its interval. 0: no repeats; the interval is then the best value's neighbours.
+    repeats: int = 0
+    # Seeds of the final comparison's command: this many, none of them the trials' seeds.
     final_seeds: int = 3
     # Overrides that make the final comparison instead of the tune's model=, seed= and experiment= (an experiment
     # names its own), as [experiment=reference].
@@ -36,9 +44,22 @@ class TuneSettings:
             raise UserError(f"tune.trials and tune.final_seeds must be positive, got {self.trials}, {self.final_seeds}")
         if self.prune_after is not None and self.prune_after < 1:
             raise UserError(f"tune.prune_after must be positive or null (no pruning), got {self.prune_after}")
+        if self.checks < 0 or self.check_batches < 1:
+            raise UserError(f"tune.checks must be >= 0 (0: no pruning) and tune.check_batches positive, got "
+                            f"{self.checks}, {self.check_batches}")
+        if self.repeats < 0:
+            raise UserError(f"tune.repeats must be >= 0 (0: no repeats), got {self.repeats}")
         if not self.search:
             raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
         self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
+
+    @property
+    def prunes(self) -> bool:
+        return self.prune_after is not None and self.checks > 0
+
+    def trial_seeds(self, seed: int) -> list[int]:
+        """The seeds the trials train with: the run's `seed`, and each repeat's (the next ones)."""
+        return [(seed + repeat) % 2**32 for repeat in range(self.repeats + 1)]
 
 
 @dataclasses.dataclass(frozen=True)

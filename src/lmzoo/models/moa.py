@@ -1,34 +1,32 @@
-"""ModuleFormer-style: every attention layer a mixture of attention heads, every FFN a mixture of experts."""
+"""A mixture of attention heads (ModuleFormer, Shen et al. 2023): a router picks a few of many attention heads per
+token, which share one key/value head. With the sparse feed-forward part `moe` it is the preset moa_moe."""
 
 import dataclasses
 
 import torch
 from torch import nn
 
-from lmzoo.models.base import RoutingLog, SequenceMixer, Sublayer, require
-from lmzoo.models.blocks import Rotary, attention_flops, causal_attention, make_dropout
+from lmzoo.models.base import Kind, RoutingLog, SequenceMixer, Sublayer, require
+from lmzoo.models.blocks import Rotary, attention_flops, causal_attention, make_dropout, rotated_head_dim
 from lmzoo.models.cache import Cache
-from lmzoo.models.moe import MoEConfig, MoETransformer
-from lmzoo.models.routing import RoutedLayer, Router
-from lmzoo.models.transformer import HeadDimConfig
+from lmzoo.models.routing import RoutedLayer, Router, RoutingSettings
 
 
 @dataclasses.dataclass(kw_only=True)
-class MoAMoEConfig(HeadDimConfig, MoEConfig):
-    """Attention is a mixture of n_att_experts heads of head_dim (k_att per token); the FFN an MoE as in moe."""
+class MixtureOfAttentionSettings(RoutingSettings):
+    """The mixture's knobs (model.mixers.moa.KNOB): top_k of n_experts heads of head_dim per token."""
 
-    n_att_experts: int = 8
-    k_att: int = 4
+    n_experts: int = 8
+    top_k: int = 4
+    head_dim: int = 32
 
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.n_att_experts >= 1, "n_att_experts must be a positive integer", self.n_att_experts)
-        require(not self.qk_norm, "qk_norm does not apply to moa_moe's mixture of heads", self.qk_norm)
-        require(1 <= self.k_att <= self.n_att_experts, f"k_att must lie in 1..n_att_experts ({self.n_att_experts})",
-                self.k_att)
+    former = {**RoutingSettings.former, "n_att_experts": "n_experts", "k_att": "top_k", "head_dim": "head_dim"}
 
-    def build(self) -> "MoAMoE":
-        return MoAMoE(self)
+    def check(self, trunk, key: str) -> None:
+        super().check(trunk, key)
+        self.require_counts(key, "head_dim")
+        require(rotated_head_dim(trunk, self.head_dim), f"{key}.head_dim must be even with positions rope, which "
+                "rotates each head's channels in pairs (or model.positions=learned)", self.head_dim)
 
 
 class AttentionExpert(Sublayer):
@@ -43,7 +41,7 @@ class AttentionExpert(Sublayer):
         return [self.c_proj]
 
 
-class MixtureOfAttention(RoutedLayer, SequenceMixer):
+class MixtureOfAttention(RoutedLayer, SequenceMixer, name="moa"):
     """A router picks k_att of n_att_experts heads per token; the chosen heads' queries attend over one
     shared key/value head, and their outputs are mixed by the router's weights.
 
@@ -51,9 +49,19 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer):
     the KV cache, are those of a single head whatever experts each token picked.
     """
 
-    def __init__(self, name: str, dim: int, head_dim: int, n_att_experts: int, k_att: int, rotary: Rotary | None,
+    Settings = MixtureOfAttentionSettings
+    kind = Kind.GROWING
+    replaces = ("lmzoo.models.moa_moe.MoAMoEConfig",)
+    lora_targets = {"qkv": ("experts.*.c_q", "c_kv"), "proj": ("experts.*.c_proj",)}
+
+    @classmethod
+    def build(cls, trunk, settings: MixtureOfAttentionSettings, layer: int, rotary) -> "MixtureOfAttention":
+        return cls(f"{layer}.attn", trunk.n_embd, settings.head_dim, settings.n_experts, settings.top_k,
+                   rotary(settings.head_dim), settings.balance_weight, settings.z_weight, trunk.bias, trunk.dropout)
+
+    def __init__(self, label: str, dim: int, head_dim: int, n_att_experts: int, k_att: int, rotary: Rotary | None,
                  balance_weight: float = 0.01, z_weight: float = 0.001, bias: bool = False, dropout: float = 0.0):
-        super().__init__(name)
+        super().__init__(label)
         self.head_dim, self.k_att = head_dim, k_att
         self.router = Router(dim, n_att_experts, k_att, balance_weight, z_weight)
         self.c_kv = nn.Linear(dim, 2 * head_dim, bias=bias)
@@ -68,7 +76,7 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer):
         flat = x.reshape(B * T, -1)
         decision = self.router(flat)
         if routing is not None:
-            routing.record(self.name, decision)
+            routing.record(self.label, decision)
         q = self.dispatch([e.c_q for e in self.experts], flat, decision.experts)
         q = q.view(B, T, self.k_att, self.head_dim).transpose(1, 2)
         k, v = self.c_kv(x).view(B, T, 1, 2 * self.head_dim).transpose(1, 2).chunk(2, dim=-1)
@@ -82,19 +90,8 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer):
         # A token's queries are its k_att heads.
         return attention_flops(context, self.k_att * self.head_dim)
 
-    def cache_values_per_token(self) -> int:
-        return 2 * self.head_dim
+    def state_numel(self, context: int) -> int:
+        return 2 * self.head_dim * context
 
-
-class MoAMoE(MoETransformer):
-    config: MoAMoEConfig
-    lora_targets = {
-        "qkv": ("transformer.h.*.attn.experts.*.c_q", "transformer.h.*.attn.c_kv"),
-        "proj": ("transformer.h.*.attn.experts.*.c_proj",),
-        "mlp": MoETransformer.lora_targets["mlp"],
-    }
-
-    def attention(self, layer: int, rotary: Rotary | None) -> MixtureOfAttention:
-        c = self.config
-        return MixtureOfAttention(f"{layer}.attn", c.n_embd, c.head_dim, c.n_att_experts, c.k_att, rotary,
-                                  c.balance_weight, c.z_weight, c.bias, c.dropout)
+    def describe(self) -> str:
+        return f"{self.k_att} of {len(self.experts)} heads of {self.head_dim}, one key/value head"
