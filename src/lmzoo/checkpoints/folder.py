@@ -31,12 +31,14 @@ def safetensors_torch():
 
 
 def safetensors_io_error(error: BaseException) -> str | None:
-    """The operating system's reason in safetensors' error for a file it could not write (its Rust I/O error, as
-    text: `IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })`); None for any other."""
-    if type(error).__name__ != "SafetensorError" or "IoError" not in str(error):
+    """The operating system's reason in safetensors' error for a file it could not write, from its Rust I/O error
+    in either wording (`IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })`, and
+    safetensors 0.8's `Error while serializing: I/O error: File too large (os error 27)`); None for any other."""
+    text = str(error)
+    if type(error).__name__ != "SafetensorError" or not ("IoError" in text or "I/O error" in text):
         return None
-    found = re.search(r'message: "([^"]*)"', str(error))
-    return found.group(1) if found else str(error).strip().splitlines()[0]
+    found = re.search(r'message: "([^"]*)"', text) or re.search(r"I/O error: (.*?) \(os error \d+\)", text)
+    return found.group(1) if found else text.strip().splitlines()[0]
 
 
 def is_lmzoo_folder(source: str) -> bool:
