@@ -491,6 +491,12 @@ CASES = [
     ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
      []),
     ("evaluate", EVALUATE, "no training config beside {ckpt}; name the data: data.path=FILE or data=NAME", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "~data._target_"], "data._target_ is deleted, which evaluate "
+     "reads a data set with; leave data._target_ as the config has it", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=lmzoo.data.tokenizer.Tokenizer"],
+     "data._target_=lmzoo.data.tokenizer.Tokenizer is not lmzoo.data.DataConfig", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=nosuch.Thing"],
+     "data._target_=nosuch.Thing is not lmzoo.data.DataConfig", []),
     ("evaluate", [*EVALUATE, "batch_size=0"], "batch_size must be a positive integer, got 0", []),
     ("evaluate", [*EVALUATE, "batch_size=abc"], "batch_size must be a positive integer, got 'abc'", []),
     ("evaluate", [*EVALUATE, "device=tpu9"], "device='tpu9' is not a device", []),

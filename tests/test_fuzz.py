@@ -215,8 +215,7 @@ def test_generate_checks_hold_the_contract_slow(world, drawn, monkeypatch, capsy
     check_generate(world, drawn, monkeypatch, capsys)
 
 
-# Left out: the data's _target_ (replaced or deleted, evaluate still tracebacks: see the README's reliability notes).
-EVALUATE_KEYS = [key for key in config_keys("evaluate", "ckpt=x", "data=text") if key not in ("ckpt", "data._target_")]
+EVALUATE_KEYS = [key for key in config_keys("evaluate", "ckpt=x", "data=text") if key != "ckpt"]
 
 
 def check_evaluate(world, drawn, monkeypatch, capsys):

@@ -153,6 +153,17 @@ def test_an_ended_run_is_left_as_it_is_however_it_is_continued_unless_it_trains_
     assert "ckpt_path=" in (run / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_an_ended_budget_run_names_the_budget_that_trains_it_further(tmp_path, monkeypatch, capsys):
+    """A token budget sets the steps, and trainer.max_steps beside it is refused: the line names the budget."""
+    budget = ["data.batch_size=4", "budget.tokens=1280"]
+    run_train(monkeypatch, tmp_path, *budget)
+    capsys.readouterr()
+    run_train(monkeypatch, tmp_path, "resume=auto", *budget)
+    assert ("already ended at step 10 (done); it is left as it is, its summary in "
+            f"{tmp_path}/run/summary.json; to train it further, continue it with budget.tokens above 1280"
+            ) in capsys.readouterr().err
+
+
 class LossCurve(L.Callback):
     def __init__(self):
         self.losses = []

@@ -151,7 +151,7 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
         kept = check_resumable(checkpoint, model, datamodule.meta.tokenizer, optim, finetune, settings.init_from,
                                checkpoints)
         best = checkpoints / f"{OmegaConf.select(config, 'callbacks.model_checkpoint.filename', default='best')}.ckpt"
-        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best)
+        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best, budget)
         if kept and not ended:
             print(kept, file=sys.stderr)
     plan = RunPlan(config, settings, command, tuned, output_dir, length, optim, precision, flops_per_token,

@@ -17,6 +17,7 @@ from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.errors import UserError
 from lmzoo.models import LanguageModel
 from lmzoo.models.presets import flat, override_value
+from lmzoo.training.budget import Budget
 from lmzoo.training.finetune import model_option, source_path
 from lmzoo.training.folder import checkpoints_folder, is_own_checkpoint
 from lmzoo.training.optim import OptimConfig
@@ -138,10 +139,12 @@ class EndedRun:
     status: str
     best_checkpoint: str
     best_val_loss: float
+    # The setting that would train it further (Budget.to_train_further).
+    further: str
 
     def line(self) -> str:
         further = "" if self.status.startswith("done: stopped early") else \
-            f"; to train it further, continue it with trainer.max_steps above {self.step}"
+            f"; to train it further, continue it with {self.further}"
         return (f"{self.folder} already ended at step {self.step} ({self.status}); it is left as it is, its summary in "
                 f"{self.folder / SUMMARY}{further}")
 
@@ -149,12 +152,14 @@ class EndedRun:
         return {"best_checkpoint": self.best_checkpoint, "best_val_loss": self.best_val_loss, "steps": self.step}
 
 
-def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps: int, best: Path) -> EndedRun | None:
+def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps: int, best: Path,
+              budget: Budget) -> EndedRun | None:
     """The run in `folder` when it has ended (its summary says done, at the step of its last.ckpt) and continuing
     it from `ckpt_path`, one of its own checkpoints, up to `max_steps` would train it no further (or it stopped
     early); None when there is a run to continue. An ended run is left as it is, so that its checkpoints, summary,
     provenance and logs keep describing the run that trained (a sweep continued with resume=auto passes over its
-    finished jobs). `best`: where the run's best checkpoint is."""
+    finished jobs). `best`: where the run's best checkpoint is; `budget`: the command's, which says how to train
+    it further."""
     summary_path, last = folder / SUMMARY, checkpoints / LAST
     if not is_own_checkpoint(ckpt_path, checkpoints) or not summary_path.is_file() or not last.is_file():
         return None
@@ -164,4 +169,5 @@ def ended_run(folder: Path, checkpoints: Path, ckpt_path: str | None, max_steps:
     if max_steps > summary.steps and not summary.stopped_early:
         return None
     return EndedRun(folder, summary.steps, summary.status, str(best) if best.is_file() else "",
-                    summary.best_val_loss if summary.best_val_loss is not None else math.inf)
+                    summary.best_val_loss if summary.best_val_loss is not None else math.inf,
+                    budget.to_train_further(summary.steps))
