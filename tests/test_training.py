@@ -213,18 +213,23 @@ def test_a_minutes_budget_keeps_a_max_steps_typed_on_the_command_line(tmp_path, 
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
 
 
-def test_a_key_typed_beside_tuned_values_wins_and_says_which_tuned_value_it_replaces(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("at, replaced", [("chosen", "0.003 as tuned"),
+                                          ("upper", "0.01 as searched beside the tuned value (tuned_at=upper)")])
+def test_a_key_typed_beside_tuned_values_wins_and_says_which_tuned_value_it_replaces(tmp_path, monkeypatch, capsys, at,
+                                                                                     replaced):
+    """The fitted entry ({value, interval, neighbours}) at its value or a neighbour, and a plain one."""
     tuned = tmp_path / "tuned.yaml"
-    tuned.write_text("gpt_rope:\n  optim.lr: 0.003\n  optim.weight_decay: 0.05\n")
+    tuned.write_text("gpt_rope:\n  optim.lr: {value: 0.003, interval: [0.002, 0.004], neighbours: [0.001, 0.01]}\n"
+                     "  optim.weight_decay: 0.05\n")
     handlers, level = logging.root.handlers[:], logging.root.level
     monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}/data",
-                                      f"hydra.run.dir={tmp_path}/run", f"tuned={tuned}", "optim.lr=0.001",
-                                      "trainer.max_steps=3", "trainer.val_check_interval=3"])
+                                      f"hydra.run.dir={tmp_path}/run", f"tuned={tuned}", f"tuned_at={at}",
+                                      "optim.lr=0.001", "trainer.max_steps=3", "trainer.val_check_interval=3"])
     try:
         importlib.import_module("lmzoo.train").main()
     finally:
         logging.root.handlers[:], logging.root.level = handlers, level
-    assert f"optim.lr=0.001 as typed, not 0.003 as tuned in {tuned}" in capsys.readouterr().err
+    assert f"optim.lr=0.001 as typed, not {replaced} in {tuned}" in capsys.readouterr().err
     # The run trained at the typed value, and its records say so: the tuned value it took is the weight decay alone.
     optim = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]["optim"]
     assert (optim["lr"], optim["weight_decay"]) == (0.001, 0.05)
