@@ -17,6 +17,7 @@ from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.reports.runs import RunFolder, Setting, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
+from lmzoo.training.choice import STUDY
 from lmzoo.training.summary import SUMMARY
 from lmzoo.training.tuned import TUNED_AT
 
@@ -82,11 +83,12 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def run_folders(folder: Path) -> list[Path]:
     """The run folders under `folder`: its own jobs in job order, then those under its other folders (sweeps beside
-    runs, as in outputs/), each in name order. Hidden folders and links are passed over."""
+    runs, as in outputs/), each in name order. Hidden folders, links and a tune's studies (trials, not runs to
+    compare) are passed over."""
     jobs = job_dirs(folder)
     try:
         others = sorted(path for path in folder.iterdir() if path.is_dir() and not path.is_symlink()
-                        and not path.name.startswith(".") and path not in jobs)
+                        and not path.name.startswith(".") and path not in jobs and not (path / STUDY).is_file())
     except OSError:
         return jobs
     return jobs + [run for other in others for run in run_folders(other)]
