@@ -80,6 +80,11 @@ CASES = [
     ("train", [*TRAIN, "hydra.run.dir="], "hydra.run.dir is empty; name a folder, such as hydra.run.dir=outputs/runs/NAME",
      []),
     ("train", [*TRAIN, "finetune=lora"], "a finetune recipe needs pretrained weights", []),
+    # The adapters' update is scaled by alpha / r: at 0 they get no gradient and the run trains nothing.
+    ("train", [*TRAIN, "init_from={ckpt}", "finetune=lora", "finetune.alpha=0"], "finetune.alpha must be a positive "
+     "number (the adapters' update is scaled by alpha / r), got 0", []),
+    ("train", [*TRAIN, "paths.data_dir={tmp}/unprepared", "init_from={ckpt}", "finetune=lora", "finetune.dropout=1"],
+     "finetune.dropout must lie in [0, 1), got 1", ["unprepared"]),
     # train: the model
     ("train", [*TRAIN, "model.n_layer=abc"], "model.n_layer must be an integer, got 'abc'", []),
     ("train", [*TRAIN, "model.n_layer=2.5"], "model.n_layer must be an integer, got 2.5", []),
@@ -214,6 +219,10 @@ CASES = [
     ("train", [*TRAIN, "optim.warmup_steps=50"], "optim.warmup_steps=50 exceeds optim.decay_steps=20", []),
     ("train", [*TRAIN, "experiment=reference"], "tuned=outputs/tunes/reference/tuned.yaml does not exist", []),
     ("train", [*TRAIN, "tuned={tmp}/tuned.yaml"], "tuned={tmp}/tuned.yaml does not exist; pass the tuned.yaml", []),
+    ("train", [*TRAIN, "tuned={tmp}/bad_tuned.yaml"], "{tmp}/bad_tuned.yaml is not valid YAML (expected ',' or ']', "
+     "but got '<stream end>' at line 3, column 1); pass the tuned.yaml", []),
+    ("train", [*TRAIN, "tuned={tmp}/scalar_tuned.yaml"], "{tmp}/scalar_tuned.yaml holds 0.003 for model=gpt_rope, not "
+     "its tuned values by key", []),
     ("train", [*TRAIN, "tuned_at=sideways"], "tuned_at=sideways is not one of chosen, lower, upper", []),
     ("train", [*TRAIN, "tuned_at=lower"], "tuned_at=lower takes a value beside a tuned one, and the run has none; pass "
      "tuned=PATH", []),
@@ -287,6 +296,9 @@ CASES = [
     ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=0"], "budget.max_steps must be positive and finite (or null), got 0",
      []),
     ("train", [*TRAIN, "budget.max_steps=10"], "budget.max_steps caps the steps of budget.flops or budget.tokens", []),
+    # A budget's steps replace trainer.max_steps: typed beside one, it would be dropped without a word.
+    ("train", [*TRAIN, "budget.tokens=1e5", "trainer.max_steps=5"], "trainer.max_steps=5 is set beside "
+     "budget.tokens=100000, whose steps replace it; cap the budget's steps with budget.max_steps=5", []),
     ("train", [*TRAIN, "budget.tokens=1e6", "budget.max_steps=2"], "budget.max_steps=2 is no more than "
      "optim.warmup_steps=2", []),
     ("train", [*TRAIN, "model.target_params=1e3"], "model.target_params=1000: no n_embd comes within 5% of it "
@@ -297,6 +309,18 @@ CASES = [
     ("train", [*TRAIN, "model.target_params=1e12"], "more than this machine's", []),
     ("train", [*TRAIN, "+model.foo=1"], "model has no key foo; its keys are vocab_size, target_params,", []),
     ("train", [*TRAIN, "+optim.betas=1"], "optim has no key betas (did you mean beta", []),
+    ("train", [*TRAIN, "++trainer.bogus=1"], "trainer has no key bogus; see conf/trainer/default.yaml", []),
+    ("train", [*TRAIN, "++trainer.max_step=1"], "trainer has no key max_step (did you mean max_steps?)", []),
+    ("train", [*TRAIN, "model._target_=nosuch.Config"], "model._target_=nosuch.Config names no class lmzoo can import",
+     []),
+    ("train", [*TRAIN, "model.n_layer=${{oops}}"], "model.n_layer=${{oops}} does not resolve (Interpolation key 'oops' "
+     "not found); interpolate a key the config has", []),
+    ("train", [*TRAIN, "optim.lr=${{oops}}"], "optim.lr=${{oops}} does not resolve", []),
+    ("train", [*TRAIN, "~seed"], "seed is needed, and ~seed deleted it", []),
+    ("train", ["-m", *TRAIN, "hydra.sweep.dir={tmp}/sweep_cfg", "--cfg", "job"], "-m and --cfg job cannot be given "
+     "together", ["sweep_cfg"]),
+    ("train", ["-m", *TRAIN, "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep_slurm"], "hydra/launcher=slurm cannot "
+     "start the sweep", ["sweep_slurm/multirun.yaml"]),
     ("train", [*TRAIN, "model.target_params=-1"], "model.target_params must be positive or null, got -1", []),
     ("train", [*BASE, "model=bigram", "model.target_params=1e5"], "model.target_params does not apply to BigramConfig: "
      "it has no width to size", []),
@@ -366,7 +390,10 @@ CASES = [
     ("train", [*TRAIN, "hydra.run.dir={tmp}/trained/run", "resume=auto", "model=mla"],
      "{tmp}/trained/run/checkpoints/last.ckpt holds a model=gpt_rope model, not what model= builds", []),
     ("train", [*TRAIN, "hydra.run.dir={tmp}/diverged_run", "resume=auto", "optim.lr=1e-3"],
-     "{tmp}/diverged_run/checkpoints/last.ckpt holds non-finite weights", []),
+     "{tmp}/diverged_run/checkpoints/last.ckpt holds non-finite weights (NaN or inf in "
+     "model.transformer.h.0.attn.c_attn.weight): the run diverged; train again in a new folder (hydra.run.dir=PATH) "
+     "with a lower optim.lr, or start one from the finite weights of {tmp}/diverged_run/checkpoints/best.ckpt with "
+     "init_from={tmp}/diverged_run/checkpoints/best.ckpt", []),
     # A launcher that refuses its settings leaves no multirun.yaml to block the corrected command, and one there
     # before as it was.
     ("train", ["-m", *TRAIN, "hydra/launcher=parallel", "hydra.launcher.n_jobs=0", "hydra.sweep.dir={tmp}/sweep_jobs0"],
@@ -375,6 +402,14 @@ CASES = [
     ("train", ["-m", "model=mlp,bigram", "seed=1", "resume=auto", "hydra/launcher=parallel", "hydra.launcher.n_jobs=0",
                "hydra.sweep.dir={tmp}/sweep_done"], "hydra/launcher=parallel cannot start the sweep", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/missing.ckpt"], "checkpoint '{tmp}/missing.ckpt' does not exist", []),
+    # An exported folder holds weights, not the optimizer and step a run continues: a new run starts from it.
+    ("train", [*TRAIN, "ckpt_path={tmp}/exported"], "ckpt_path={tmp}/exported holds a model's weights, not a training "
+     "run's state to continue; start a run from them with init_from={tmp}/exported", []),
+    ("train", [*TRAIN, "ckpt_path=hf:gpt2"], "start a run from them with init_from=hf:gpt2", []),
+    # Every checkpoint of the run diverged: none to point at.
+    ("train", [*TRAIN, "hydra.run.dir={tmp}/diverged_all", "resume=auto"], "{tmp}/diverged_all/checkpoints/last.ckpt "
+     "holds non-finite weights (NaN or inf in model.transformer.h.0.attn.c_attn.weight): the run diverged, and no "
+     "checkpoint of the run holds finite weights; train again in a new folder", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/trained/run"], "{tmp}/trained/run is a folder, not a checkpoint; pass one of "
      "its checkpoints, such as {tmp}/trained/run/checkpoints/best.ckpt", []),
     ("train", [*TRAIN, "ckpt_path={tmp}/truncated.ckpt"], "not a readable checkpoint", []),
@@ -410,6 +445,8 @@ CASES = [
     ("generate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights (NaN or inf in model.transformer.h.0.attn.c_attn.weight)", []),
     ("generate", ["ckpt={tmp}/exported"], "{tmp}/exported/model.safetensors is damaged: its sha256 is not the one "
      "recorded", []),
+    ("generate", ["ckpt={tmp}/exported_no_weights"], "{tmp}/exported_no_weights has no model.safetensors beside its "
+     "lmzoo.json; export the model again", []),
     ("generate", ["ckpt={tmp}/diverged.ckpt"], "{tmp}/diverged.ckpt was saved after its run diverged at step 5 "
      "(val/loss NaN or inf): its predictions are not numbers; use a checkpoint saved before", []),
     ("generate", ["ckpt=/dev/null"], "checkpoint '/dev/null' is not a regular file", []),
@@ -423,8 +460,19 @@ CASES = [
     ("generate", ["ckpt={ckpt}", "top_k=0"], "top_k must be a positive integer or null, got 0", []),
     ("generate", ["ckpt={ckpt}", "top_p=0"], "top_p must lie in (0, 1] or be null, got 0", []),
     ("generate", ["ckpt={ckpt}", "top_p=1.5"], "top_p must lie in (0, 1] or be null, got 1.5", []),
-    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0, got -0.5", []),
+    ("generate", ["ckpt={ckpt}", "temperature=-0.5"], "temperature must be >= 0 and finite (0 decodes greedily), got -0.5",
+     []),
     ("generate", ["ckpt={ckpt}", "temperature=abc"], "temperature must be a number, got 'abc'", []),
+    # inf would sample uniformly, NaN make every prediction NaN: neither is the checkpoint's fault.
+    ("generate", ["ckpt={ckpt}", "temperature=inf"], "temperature must be >= 0 and finite (0 decodes greedily), got inf",
+     []),
+    ("generate", ["ckpt={ckpt}", "temperature=nan"], "temperature must be >= 0 and finite", []),
+    ("generate", ["ckpt={ckpt}", "repetition_penalty=inf"], "repetition_penalty must be > 0 and finite", []),
+    ("generate", ["ckpt={ckpt}", "repetition_penalty=nan"], "repetition_penalty must be > 0 and finite", []),
+    ("generate", ["ckpt={ckpt}", "max_new_tokens=100000000000"], "1 sample(s) of 100,000,000,001 tokens need 800 GB, "
+     "more than this machine's", []),
+    ("generate", ["ckpt={ckpt}", "num_samples=100000000000"], "100,000,000,000 sample(s) of 501 tokens need "
+     "400,800 GB, more than this machine's", []),
     ("generate", ["ckpt={ckpt}", "repetition_penalty=0"], "repetition_penalty must be > 0", []),
     ("generate", ["ckpt={ckpt}", "max_new_tokens=-1"], "max_new_tokens must be >= 0", []),
     ("generate", ["ckpt={ckpt}", "max_new_tokens=abc"], "max_new_tokens must be an integer, got 'abc'", []),
@@ -456,19 +504,28 @@ CASES = [
     ("evaluate", ["ckpt={tmp}/nan.ckpt"], "holds non-finite weights", []),
     ("evaluate", ["ckpt={tmp}/trained/run"], "is a folder, not a checkpoint", []),
     ("evaluate", ["ckpt={tmp}/diverged.ckpt"], "{tmp}/diverged.ckpt was saved after its run diverged at step 5", []),
+    ("evaluate", ["ckpt={tmp}/exported_no_weights"], "has no model.safetensors beside its lmzoo.json", []),
     ("evaluate", [*EVALUATE, "data=shakespeare", f"data.path={SHAKESPEARE}"], "data set 'shakespeare' is tokenized "
      "differently from the checkpoint", ["data/shakespeare"]),
     ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
      []),
     ("evaluate", EVALUATE, "no training config beside {ckpt}; name the data: data.path=FILE or data=NAME", []),
     ("evaluate", [*EVALUATE, "data=mqar"], "data=mqar is a synthetic task, which evaluate does not score", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "~data._target_"], "data._target_ is deleted, which evaluate "
+     "reads a data set with; leave data._target_ as the config has it", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=lmzoo.data.tokenizer.Tokenizer"],
+     "data._target_=lmzoo.data.tokenizer.Tokenizer is not lmzoo.data.DataConfig", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=nosuch.Thing"],
+     "data._target_=nosuch.Thing is not lmzoo.data.DataConfig", []),
     ("evaluate", [*EVALUATE, "batch_size=0"], "batch_size must be a positive integer, got 0", []),
     ("evaluate", [*EVALUATE, "batch_size=abc"], "batch_size must be a positive integer, got 'abc'", []),
     ("evaluate", [*EVALUATE, "device=tpu9"], "device='tpu9' is not a device", []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/nothing.txt"], "data file '{tmp}/nothing.txt' does not exist", []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/latin1.txt"], "{tmp}/latin1.txt is not UTF-8 text (bad byte at offset 3)",
      []),
-    ("evaluate", [*EVALUATE, "data.path={tmp}/prompt.txt"], "is larger than the train split", []),
+    # evaluate reads windows of the model's context, which it cannot change: a text too short for it needs more text.
+    ("evaluate", [*EVALUATE, "data.path={tmp}/prompt.txt"], "block_size 32 is larger than the train split (4 tokens); "
+     "evaluate on a longer text", []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/greek.txt"], "text has characters outside the char vocabulary", []),
     ("evaluate", [*EVALUATE, "data.path={tmp}/chinese.txt"], "' and 160 more; use only characters that occur", []),
     ("evaluate", ["ckpt={tmp}/badrun/checkpoints/last.ckpt", "paths.data_dir={tmp}/data"], "{tmp}/badrun/.hydra/config.yaml "
@@ -533,6 +590,8 @@ CASES = [
      []),
     ("compare", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
     ("compare", ["{tmp}/adir"], "no runs in {tmp}/adir", []),
+    ("compare", ["{tmp}/trained/run"], "{tmp}/trained/run is one run's folder, not a sweep's; pass the folder that "
+     "holds its runs, such as {tmp}/trained", ["trained/run/comparison.md"]),
     ("compare", ["{tmp}/sweep_json"], "{tmp}/sweep_json/0_a/summary.json is not valid JSON", []),
     ("compare", ["{tmp}/sweep_list"], "{tmp}/sweep_list/0_a/summary.json holds list, not a run's summary", []),
     ("compare", ["{tmp}/sweep_type"], "{tmp}/sweep_type/0_a/summary.json has a steps of 'x'", []),
@@ -546,6 +605,7 @@ CASES = [
     ("scaling", [], "the following arguments are required: SWEEP_DIR; usage: python -m lmzoo.scaling", []),
     ("scaling", ["{tmp}/nothing"], "'{tmp}/nothing' is not a folder", []),
     ("scaling", ["{tmp}/adir"], "no runs in {tmp}/adir", []),
+    ("scaling", ["{tmp}/trained/run"], "{tmp}/trained/run is one run's folder, not a sweep's", []),
     ("scaling", ["{tmp}/sweep_failed"], "no finished run in {tmp}/sweep_failed has a best val/loss", []),
     ("scaling", ["{tmp}/scaling_two_sizes"], "gpt_rope: budget 1e+14 FLOPs has 2 size(s) (100000, 200000); the IsoFLOP "
      "parabola needs at least 3", ["scaling_two_sizes/scaling.png"]),
@@ -635,7 +695,12 @@ def folder(tmp_path_factory):
                tmp / "diverged_run" / "checkpoints" / "last.ckpt")
     summary = json.loads((trained / "summary.json").read_text())
     (tmp / "diverged_run" / "summary.json").write_text(json.dumps({**summary, "status": "diverged at step 10"}))
+    # One that diverged before its first validation: its best.ckpt is as non-finite as its last.ckpt.
+    shutil.copytree(tmp / "diverged_run", tmp / "diverged_all")
+    shutil.copy(tmp / "diverged_run" / "checkpoints" / "last.ckpt", tmp / "diverged_all" / "checkpoints" / "best.ckpt")
     export_checkpoint(str(ckpt), str(tmp / "exported"))
+    shutil.copytree(tmp / "exported", tmp / "exported_no_weights")
+    (tmp / "exported_no_weights" / "model.safetensors").unlink()
     weights = tmp / "exported" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x7f" * 8)
     # Bins whose meta.json fits them, but holding ids outside the vocabulary.
@@ -654,6 +719,8 @@ def folder(tmp_path_factory):
     (tmp / "chinese.txt").write_text("".join(chr(0x4E00 + i) for i in range(200)) * 20)
     (tmp / "latin1.txt").write_bytes("Caf\u00e9 au lait".encode("latin-1"))
     (tmp / "prompt.txt").write_text("To be")
+    (tmp / "bad_tuned.yaml").write_text("gpt_rope:\n  optim.lr: [0.003\n")
+    (tmp / "scalar_tuned.yaml").write_text("gpt_rope: 0.003\n")
     (tmp / "greek.txt").write_text("\u03b1\u03b2\u03b3 " * 2000)
     (tmp / "afile.txt").write_text("a file, not a folder")
     (tmp / "adir").mkdir()

@@ -4,6 +4,9 @@ import ast
 import contextlib
 import errno
 import importlib
+import resource
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -191,6 +194,27 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_folder(tmp_path, monkey
     monkeypatch.undo()
     export_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
     assert load_model(tmp_path / "out")[2].weights_sha256 and sorted(p.name for p in tmp_path.iterdir()) == ["out", "source"]
+
+
+@pytest.mark.parametrize("name", ["gpt_rope", "mlp"])
+def test_export_past_what_the_disk_takes_is_one_line_from_the_writers_own_error(tmp_path, name):
+    """A write that really fails, inside safetensors (lmzoo's folder) or transformers (Llama's files): a limit on the
+    size of a file fails every write past it (EFBIG) as a full disk fails them (ENOSPC)."""
+    model = make(name)
+    spec = {"kind": "char", "chars": "".join(chr(48 + i) for i in range(model.vocab_size))}
+    save_folder(model, spec, tmp_path / "source")
+
+    def at_most_4_kb_a_file():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run([sys.executable, "-m", "lmzoo.export", f"ckpt={tmp_path / 'source'}",
+                             f"out={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                            preexec_fn=at_most_4_kb_a_file)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (f"error: cannot write {tmp_path / 'out'} (File too large); pass out= a "
+                                              "writable new folder, or free disk space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
 
 
 def test_export_command(tmp_path):

@@ -15,6 +15,7 @@ from lmzoo.reports.compare import compare
 from lmzoo.reports.plot import load_runs, plot, plot_settings
 from lmzoo.reports.report import write_report
 from lmzoo.reports.scaling import fit_sweep
+from lmzoo.training.choice import STUDY
 from lmzoo.reports.stats import holm, regularized_incomplete_beta, welch_t_test
 
 BATCH, BLOCK = 4, 8  # tokens per step: 32
@@ -342,3 +343,20 @@ def test_accuracy_against_state_size_draws_a_line_per_architecture_a_panel_per_t
     assert (recall_sweep / "accuracy_state.png").stat().st_size > 10_000
     plot_main([str(recall_sweep), "--x", "state", "--out", str(tmp_path / "state.png")])
     assert (tmp_path / "state.png").stat().st_size > 10_000
+
+
+def test_a_folder_of_runs_and_sweeps_compares_every_run_in_it(tmp_path):
+    outputs = tmp_path / "outputs"
+    write_run(outputs / "lone", "gpt", 1, {"best_val_loss": 2.0})
+    for sweep, model in (("sweep_a", "mlp"), ("sweep_b", "bigram")):
+        (outputs / sweep).mkdir(parents=True)
+        (outputs / sweep / "multirun.yaml").write_text("hydra: {}\n")
+        write_run(outputs / sweep / f"0_{model}", model, 1, {"best_val_loss": 3.0})
+    ranked, runs = markdown_tables(compare(outputs))
+    assert sorted(row["model"] for row in ranked) == ["bigram", "gpt", "mlp"]
+    assert [row["run"] for row in runs] == ["outputs/lone", "sweep_a/0_mlp", "sweep_b/0_bigram"]
+    # A tune's folder beside them holds trials, not runs to compare: its studies are passed over.
+    write_run(outputs / "tunes" / "t" / "gpt_study" / "0_trial", "gpt", 1, {"best_val_loss": 1.0})
+    (outputs / "tunes" / "t" / "gpt_study" / STUDY).write_bytes(b"")
+    assert [row["run"] for row in markdown_tables(compare(outputs))[1]] == [
+        "outputs/lone", "sweep_a/0_mlp", "sweep_b/0_bigram"]

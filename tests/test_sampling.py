@@ -123,11 +123,12 @@ def test_complete_with_stop_strings_per_row():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(temperature=-0.5), "temperature must be >= 0, got -0.5"),
+    (dict(temperature=-0.5), "temperature must be >= 0 and finite (0 decodes greedily), got -0.5"),
+    (dict(temperature=float("inf")), "temperature must be >= 0 and finite (0 decodes greedily), got inf"),
     (dict(top_k=0), "top_k must be a positive integer or null, got 0"),
     (dict(top_p=0.0), "top_p must lie in (0, 1] or be null, got 0.0"),
     (dict(top_p=1.5), "top_p must lie in (0, 1] or be null, got 1.5"),
-    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0 (1 turns it off), got 0.0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0 and finite (1 turns it off), got 0.0"),
     (dict(max_new_tokens=-1), "max_new_tokens must be >= 0, got -1"),
     (dict(max_new_tokens="abc"), "max_new_tokens must be an integer, got 'abc'"),
     (dict(top_k=2.5), "top_k must be an integer or null, got 2.5"),

@@ -218,6 +218,17 @@ def test_an_ended_run_is_left_as_it_is_however_it_is_continued_unless_it_trains_
     assert "ckpt_path=" in (run / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_an_ended_budget_run_names_the_budget_that_trains_it_further(tmp_path, monkeypatch, capsys):
+    """A token budget sets the steps, and trainer.max_steps beside it is refused: the line names the budget."""
+    budget = ["data.batch_size=4", "budget.tokens=1280"]
+    run_train(monkeypatch, tmp_path, *budget)
+    capsys.readouterr()
+    run_train(monkeypatch, tmp_path, "resume=auto", *budget)
+    assert ("already ended at step 10 (done); it is left as it is, its summary in "
+            f"{tmp_path}/run/summary.json; to train it further, continue it with budget.tokens above 1280"
+            ) in capsys.readouterr().err
+
+
 class LossCurve(L.Callback):
     def __init__(self):
         self.losses = []
@@ -274,6 +285,29 @@ def test_a_minutes_budget_keeps_a_max_steps_typed_on_the_command_line(tmp_path, 
         logging.root.handlers[:], logging.root.level = handlers, level
     assert "budget.minutes=10: training stops after 10 minutes, or at trainer.max_steps=3 if sooner" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("at, replaced", [("chosen", "0.003 as tuned"),
+                                          ("upper", "0.01 as searched beside the tuned value (tuned_at=upper)")])
+def test_a_key_typed_beside_tuned_values_wins_and_says_which_tuned_value_it_replaces(tmp_path, monkeypatch, capsys, at,
+                                                                                     replaced):
+    """The fitted entry ({value, interval, neighbours}) at its value or a neighbour, and a plain one."""
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("gpt_rope:\n  optim.lr: {value: 0.003, interval: [0.002, 0.004], neighbours: [0.001, 0.01]}\n"
+                     "  optim.weight_decay: 0.05\n")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}/data",
+                                      f"hydra.run.dir={tmp_path}/run", f"tuned={tuned}", f"tuned_at={at}",
+                                      "optim.lr=0.001", "trainer.max_steps=3", "trainer.val_check_interval=3"])
+    try:
+        importlib.import_module("lmzoo.train").main()
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    assert f"optim.lr=0.001 as typed, not {replaced} in {tuned}" in capsys.readouterr().err
+    # The run trained at the typed value, and its records say so: the tuned value it took is the weight decay alone.
+    optim = json.loads((tmp_path / "run" / "provenance.json").read_text())["config"]["optim"]
+    assert (optim["lr"], optim["weight_decay"]) == (0.001, 0.05)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tuned"] == {"optim.weight_decay": 0.05}
 
 
 def test_a_validation_interval_beyond_the_run_validates_at_its_end_and_the_last_step_is_logged(tmp_path):

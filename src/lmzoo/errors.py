@@ -1,6 +1,7 @@
 """User mistakes are reported as one line that names the fix, never as a traceback."""
 
 import dataclasses
+import difflib
 import functools
 import sys
 import types
@@ -47,6 +48,12 @@ def user_error_behind(error: BaseException | None) -> UserError | None:
             return error
         error = error.__cause__
     return None
+
+
+def nearest(word: str, candidates: list[str]) -> str:
+    """" (did you mean KEY?)" for the candidate nearest to a mistyped `word`, or "" when none is near."""
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def check_field_types(config, section: str | None) -> None:

@@ -1,7 +1,7 @@
 """The one atomic write: checkpoints, token bins, downloads and evaluation output all go through it, so a
 kill or a full disk never leaves a half-written file under a final name. The one folder lock, so that
-two processes never write into one data or run folder at the same time. And the one checksum of a file, which
-sources, downloads and checkpoints record."""
+two processes never write into one data or run folder at the same time. The one checksum of a file, which
+sources, downloads and checkpoints record. And the one reading of a YAML file a user may have edited."""
 
 import contextlib
 import hashlib
@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import yaml
 from filelock import FileLock, Timeout
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmzoo.errors import UserError
 
@@ -130,3 +132,18 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_yaml(path: Path, fix: str) -> DictConfig | ListConfig:
+    """The YAML file `path` as OmegaConf loads it (unresolved); one that does not parse, or cannot be read, is a
+    UserError naming where it fails and `fix`."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+        raise UserError(f"{path} is not valid YAML ({reason}{where}); {fix}") from None
+    except (OSError, ValueError) as error:
+        # OmegaConf raises OSError for a file holding a lone value; bytes that are not UTF-8 are a ValueError.
+        raise UserError(f"{path} cannot be read as YAML ({getattr(error, 'strerror', None) or error}); {fix}") from None

@@ -15,18 +15,21 @@ from lmzoo.errors import UserError
 PREFIX = "model."
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """`path` as a checkpoint file that exists; a missing path or a folder is a UserError saying what to pass."""
+# What the commands that load a model take for one (generate, evaluate, describe, export, init_from).
+MODEL_SOURCES = "a .ckpt file from a run's checkpoints/, a folder written by python -m lmzoo.export, or hf:NAME"
+
+
+def checkpoint_file(path: str | Path, takes: str = MODEL_SOURCES) -> Path:
+    """`path` as a checkpoint file that exists; a missing path or a folder is a UserError saying what to pass, from
+    what the command `takes`."""
     path = Path(path).expanduser()
     if path.is_dir():
         inside = path / "checkpoints" / "best.ckpt"
-        hint = (f"pass one of its checkpoints, such as {inside}" if inside.is_file() else
-                "pass a .ckpt file from a run's checkpoints/, or a folder written by python -m lmzoo.export")
+        hint = f"pass one of its checkpoints, such as {inside}" if inside.is_file() else f"pass {takes}"
         raise UserError(f"{path} is a folder, not a checkpoint; {hint}")
     if not path.is_file():
         state = "is not a regular file" if path.exists() else "does not exist"
-        raise UserError(f"checkpoint {str(path)!r} {state}; pass a .ckpt file from a run's checkpoints/, "
-                        "a folder written by python -m lmzoo.export, or hf:NAME")
+        raise UserError(f"checkpoint {str(path)!r} {state}; pass {takes}")
     return path
 
 

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lmzoo.checkpoints.folder import INSTALL_HINT, save_folder, write_record
+from lmzoo.checkpoints.folder import INSTALL_HINT, safetensors_io_error, save_folder, write_record
 from lmzoo.checkpoints.hf_tokenizer import save_tokenizer
 from lmzoo.checkpoints.load import load_model
 from lmzoo.checkpoints.record import ModelRecord
@@ -76,10 +76,11 @@ def folder_written_whole(out: Path):
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
         cause = os_error_behind(error)
-        if cause is None:
+        # safetensors (lmzoo's own folder, and transformers' save_pretrained) reports its I/O errors as its own.
+        reason = (cause.strerror or str(cause)) if cause is not None else safetensors_io_error(error)
+        if reason is None:
             raise
-        raise UserError(f"cannot write {out} ({cause.strerror or cause}); pass out= a writable new folder, or free "
-                        "disk space") from None
+        raise UserError(f"cannot write {out} ({reason}); pass out= a writable new folder, or free disk space") from None
 
 
 def export_hf(model, converter, tokenizer: Tokenizer, out: Path, source: ModelRecord) -> str:

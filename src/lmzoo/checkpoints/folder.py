@@ -8,6 +8,7 @@ every lmzoo command loads both. safetensors is imported only here, inside the fu
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 from lmzoo.checkpoints.integrity import check_digest
@@ -27,6 +28,17 @@ def safetensors_torch():
     except ImportError:
         raise UserError(f"reading and writing model.safetensors needs safetensors: {INSTALL_HINT}") from None
     return safetensors.torch
+
+
+def safetensors_io_error(error: BaseException) -> str | None:
+    """The operating system's reason in safetensors' error for a file it could not write, from its Rust I/O error
+    in either wording (`IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })`, and
+    safetensors 0.8's `Error while serializing: I/O error: File too large (os error 27)`); None for any other."""
+    text = str(error)
+    if type(error).__name__ != "SafetensorError" or not ("IoError" in text or "I/O error" in text):
+        return None
+    found = re.search(r'message: "([^"]*)"', text) or re.search(r"I/O error: (.*?) \(os error \d+\)", text)
+    return found.group(1) if found else text.strip().splitlines()[0]
 
 
 def is_lmzoo_folder(source: str) -> bool:
@@ -55,6 +67,8 @@ def read_record(folder: Path) -> ModelRecord:
     except ValueError as error:
         raise UserError(f"{folder / FOLDER_RECORD} is damaged ({error}); export the model again") from None
     check_readable(record.get("version", "unknown"), folder)
+    if not (folder / WEIGHTS).is_file():
+        raise UserError(f"{folder} has no {WEIGHTS} beside its {FOLDER_RECORD}; export the model again")
     check_digest(folder / WEIGHTS, record.get("weights_sha256"))
     return ModelRecord.read(record)
 

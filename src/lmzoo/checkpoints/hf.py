@@ -30,7 +30,14 @@ def is_hf_source(source: str) -> bool:
 def load_hf(source: str) -> tuple[Transformer, ModelRecord]:
     """The model of a Hugging Face folder (or `hf:NAME`) and its lmzoo record."""
     folder = fetch(source)
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError) as error:
+        raise UserError(f"{folder / 'config.json'} does not read as JSON ({error}); pass a folder whose config.json "
+                        "transformers wrote") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{folder / 'config.json'} holds {type(config).__name__}, not a model's config; pass a folder "
+                        "whose config.json transformers wrote")
     record = read_record(folder) if (folder / FOLDER_RECORD).is_file() else None
     kind = config.get("model_type")
     if record is not None:

@@ -47,8 +47,16 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+class NonFiniteWeights(UserError):
+    """Weights holding NaN or inf; `first` names the first such tensor."""
+
+    def __init__(self, source, first: str):
+        super().__init__(f"{source} holds non-finite weights (NaN or inf in {first}); {ANOTHER}")
+        self.first = first
+
+
 def check_finite(state: dict[str, torch.Tensor], source) -> None:
     """Refuse weights holding NaN or inf: they come from a diverged run, or from damage the checks above miss."""
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UserError(f"{source} holds non-finite weights (NaN or inf in {name}); {ANOTHER}")
+            raise NonFiniteWeights(source, name)

@@ -62,9 +62,21 @@ def not_an_override(message: str) -> str | None:
 
 def failed_instantiation(message: str) -> tuple[str, str] | None:
     """The config key and the `_target_` of an InstantiationException's message; None when it names neither."""
-    section = re.search(r"full_key: (\S+)", message)
+    section = instantiated_section(message)
     target = re.search(r"Error in call to target '([\w.]+)'", message)
-    return (section.group(1), target.group(1)) if section and target else None
+    return (section, target.group(1)) if section and target else None
+
+
+def unlocatable_target(message: str) -> str | None:
+    """The `_target_` an InstantiationException's message says Hydra could not import; None for any other."""
+    found = re.match(r"Error locating target '([^']*)'", message)
+    return found and found.group(1)
+
+
+def instantiated_section(message: str) -> str | None:
+    """The config key an InstantiationException's message names (full_key: KEY); None when it names none."""
+    found = re.search(r"full_key: (\S+)", message)
+    return found and found.group(1)
 
 
 def flags_parser():
@@ -72,6 +84,14 @@ def flags_parser():
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser()
+
+
+def modes_given(flags) -> list[str]:
+    """The flags among Hydra's parsed `flags` that each choose what the command does (hydra-core 1.3's _run_hydra
+    counts them and takes only one), as typed."""
+    given = {"--run": flags.run, "-m": flags.multirun, f"--cfg {flags.cfg}": flags.cfg is not None,
+             f"--info {flags.info}": flags.info is not None, "--shell-completion": flags.shell_completion}
+    return [flag for flag, present in given.items() if present]
 
 
 def unexpected_keyword(error: BaseException | None) -> str | None:

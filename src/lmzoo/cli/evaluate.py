@@ -10,11 +10,13 @@ import math
 import sys
 from pathlib import Path
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoints.load import load_model, model_card, resolve_device
 from lmzoo.cli.hydra_command import hydra_command
+from lmzoo.data import DataConfig
+from lmzoo.data.tasks import TaskConfig
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.inference.evaluation import EVALUATED_SPLITS, evaluate, table
@@ -59,6 +61,22 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
         raise UserError(f"{run_config} does not parse ({reason}); name the data: data.path=FILE or data=NAME") from None
 
 
+def builds_data(data: DictConfig) -> DictConfig:
+    """`data` when its `_target_` is lmzoo's DataConfig (or a synthetic task's, which evaluate refuses in its own
+    words): deleted, or naming another class, it would build what evaluate cannot read a data set from."""
+    target = data.get("_target_")
+    try:
+        cls = get_class(str(target)) if target is not None else None
+        builds = cls is DataConfig or (isinstance(cls, type) and issubclass(cls, TaskConfig))
+    except (ImportError, ValueError):
+        builds = False
+    if not builds:
+        given = " is deleted" if target is None else f"={target} is not lmzoo.data.DataConfig"
+        raise UserError(f"data._target_{given}, which evaluate reads a data set with; leave data._target_ as the "
+                        "config has it, and name the data with data=NAME or data.path=FILE")
+    return data
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Evaluate cfg.ckpt on cfg.split; print a table and write it as JSON beside the checkpoint."""
     ckpt = Path(cfg.ckpt).expanduser()
@@ -68,8 +86,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         raise UserError(f"split must be one of {', '.join(EVALUATED_SPLITS)}, got {cfg.split!r}")
     model, _, record = load_model(ckpt, resolve_device(cfg.device))
     print(model_card(model, record))
-    data = instantiate(data_config(cfg, ckpt, record.tokenizer), block_size=model.block_size,
-                       batch_size=cfg.batch_size, _convert_="all")
+    # Under its key, so that Hydra's errors name a key DataConfig does not take as data.KEY.
+    data = instantiate(OmegaConf.create({"data": builds_data(data_config(cfg, ckpt, record.tokenizer))}).data,
+                       block_size=model.block_size, batch_size=cfg.batch_size, _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size, cfg.split)}
     if not math.isfinite(result["loss"]):
         raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "

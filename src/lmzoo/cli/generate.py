@@ -17,7 +17,7 @@ from lmzoo.checkpoints.load import load_model, model_card, resolve_device
 from lmzoo.cli.hydra_command import hydra_command
 from lmzoo.errors import UserError, check_field_types
 from lmzoo.files import write_atomically
-from lmzoo.inference.sampling import SamplingSettings, complete
+from lmzoo.inference.sampling import SamplingSettings, check_tokens_fit, complete
 
 SEPARATOR = "\n---------------\n"
 # The keys and defaults of the sampling controls are SamplingSettings' own: conf/generate.yaml takes them from
@@ -68,8 +68,10 @@ def sample(cfg: DictConfig) -> None:
     request = Request(**{key: values[key] for key in (field.name for field in dataclasses.fields(Request))})
     settings = sampling_settings(cfg)
     prompts = [read_prompt(p) for p in (request.prompt if isinstance(request.prompt, list) else [request.prompt])]
-    rows = [(prompt, index) for prompt in prompts for index in range(request.num_samples)]
     device = resolve_device(request.device)
+    # Before the rows are listed: a prompt of one token at least, and every new one.
+    check_tokens_fit(len(prompts) * request.num_samples, 1 + settings.max_new_tokens, device)
+    rows = [(prompt, index) for prompt in prompts for index in range(request.num_samples)]
     model, tokenizer, record = load_model(request.ckpt, device)
     print(model_card(model, record), file=sys.stderr)
     pieces = complete(model, tokenizer, [prompt for prompt, _ in rows], settings,

@@ -13,11 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue,
+                              OmegaConfBaseException)
 
 from lmzoo.cli.compat import WithoutFailedJobLines, raised_by_launcher
 from lmzoo.cli.folders import Refused, RunFolderLock
-from lmzoo.cli.hydra_errors import check_flags, explain, hydra_errors_raised, unknown_key
+from lmzoo.cli.hydra_errors import (check_flags, deleted_key, explain, hydra_errors_raised, instantiation_error,
+                                   unresolved)
 from lmzoo.cli.quoting import quote_literal_values
 from lmzoo.errors import UserError, report_user_errors, user_error_behind
 
@@ -49,11 +51,18 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
             except MissingMandatoryValue as error:
                 key = error.full_key
                 raise UserError(f"{key} is required; pass {key}=...") from None
+            except InterpolationResolutionError as error:
+                raise unresolved(error, cfg) from None
             except InstantiationException as error:
-                unknown = unknown_key(error)
-                if unknown is None:
+                explained = instantiation_error(error)
+                if explained is None:
                     raise
-                raise unknown from None
+                raise explained from None
+            except (KeyError, ConfigAttributeError) as error:
+                explained = deleted_key(error, deleted_keys())
+                if explained is None:
+                    raise
+                raise explained from None
             running = False
             return result
 
@@ -105,6 +114,11 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
         return main
 
     return decorate
+
+
+def deleted_keys() -> list[str]:
+    """The keys the command line deleted (`~KEY`)."""
+    return [override[1:].split("=", 1)[0] for override in HydraConfig.get().overrides.task if override.startswith("~")]
 
 
 def in_sweep() -> bool:

@@ -8,16 +8,19 @@ are recognised by is read in lmzoo.cli.compat, pinned by tests/test_compat.py.
 
 import contextlib
 import dataclasses
-import difflib
 import os
 
 from hydra.errors import InstantiationException, OverrideParseException
 from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
-from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, is_ambiguous_value,
-                              missing_key, missing_option, not_an_override, unexpected_keyword)
-from lmzoo.errors import UserError
+from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, instantiated_section,
+                              is_ambiguous_value, missing_key, missing_option, modes_given, not_an_override,
+                              unexpected_keyword, unlocatable_target)
+from lmzoo.errors import UserError, nearest
 from lmzoo.models.presets import moved_keys
+from lmzoo.training.provenance import flatten
 
 
 @contextlib.contextmanager
@@ -44,7 +47,10 @@ def check_flags(args: list[str], command: str) -> None:
 
     parser = flags_parser()
     parser.error = refuse
-    parser.parse_args(args)
+    modes = modes_given(parser.parse_args(args))
+    if len(modes) > 1:
+        refuse(f"{' and '.join(modes)} cannot be given together, as each chooses what the command does; keep one "
+               "(--cfg job shows the config of the command without -m)")
 
 
 def explain(error: Exception, command: str) -> str:
@@ -69,6 +75,52 @@ def explain(error: Exception, command: str) -> str:
     return first
 
 
+def instantiation_error(error: InstantiationException) -> UserError | None:
+    """A config section Hydra could not build for a reason in the config itself, as one line: a key its class does
+    not take (unknown_key), or a `_target_` that imports nothing; None for an error raised inside the class."""
+    if unknown := unknown_key(error):
+        return unknown
+    target = unlocatable_target(str(error))
+    if target is None:
+        return None
+    section = instantiated_section(str(error))
+    key = f"{section}._target_" if section else "_target_"
+    return UserError(f"{key}={target} names no class lmzoo can import; leave {key} as the config has it (choose "
+                     f"another {section or 'option'} with {section or 'GROUP'}=OPTION)")
+
+
+def unresolved(error: InterpolationResolutionError, cfg: DictConfig) -> UserError:
+    """An interpolation that does not resolve (`model.n_layer=${oops}`), as one line naming its key: the error's,
+    or the first key of `cfg` that does not resolve (Hydra's instantiate drops the key from the error)."""
+    values = flatten(OmegaConf.to_container(cfg, resolve=False))
+    key = error.full_key or next((key for key in values if not resolves(cfg, key)), None)
+    reason = str(error).strip().splitlines()[0].rstrip(".")
+    typed = f"{key}={values[key]}" if key in values else key or "an interpolation"
+    return UserError(f"{typed} does not resolve ({reason}); interpolate a key the config has, as ${{block_size}}, or "
+                     "write the value itself")
+
+
+def resolves(cfg: DictConfig, key: str) -> bool:
+    try:
+        OmegaConf.select(cfg, key)
+    except InterpolationResolutionError:
+        return False
+    return True
+
+
+def deleted_key(error: KeyError | ConfigAttributeError, deleted: list[str]) -> UserError | None:
+    """A key the command needs that the command line deleted (`~seed`), as one line; None for any other. OmegaConf
+    names it in its errors; a plain KeyError is a key missing from a config read as a dict."""
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        key = error.full_key or str(error.key or "")
+    else:
+        key = str(error.args[0]) if error.args else ""
+    if not key or not any(key == gone or key.startswith(f"{gone}.") for gone in deleted):
+        return None
+    return UserError(f"{key} is needed, and ~{next(gone for gone in deleted if key.startswith(gone))} deleted it; "
+                     f"leave it out, or set {key}=VALUE")
+
+
 def unknown_key(error: InstantiationException) -> UserError | None:
     """A key added with `+section.key=...` that the section's class does not take, as one line naming its keys."""
     key = unexpected_keyword(error.__cause__)
@@ -83,7 +135,3 @@ def unknown_key(error: InstantiationException) -> UserError | None:
     hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "")
     return UserError(f"{section} has no key {key}{hint}")
 
-
-def nearest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""

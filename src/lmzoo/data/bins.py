@@ -120,31 +120,36 @@ def fingerprint(source_sha256: str, tokenizer_config: dict, train_fraction: floa
     }
 
 
-def prepare(config: DataConfig, progress: bool = True) -> BinsMeta:
+# What a split shorter than block_size + 2 tokens asks of a command that can change its block_size.
+TOO_SHORT = "lower block_size or use a larger corpus"
+
+
+def prepare(config: DataConfig, progress: bool = True, too_short: str = TOO_SHORT) -> BinsMeta:
     """Build the bins in `config.data_dir` unless bins for the same inputs are already there; return meta.
 
     A validation source (`val_path`, or the dataset's `val_split`) replaces the split by `train_fraction`; the
     test split is the last `test_fraction` of the held-out text (what follows `train_fraction`, or that source).
-    Every split must hold more than `block_size` + 1 tokens, or the existing bins stay as they are. One
-    process at a time prepares a data folder: another one waits, then finds the bins ready.
+    Every split must hold more than `block_size` + 1 tokens, or the existing bins stay as they are, and the error
+    names `too_short`, the caller's fix. One process at a time prepares a data folder: another one waits, then
+    finds the bins ready.
     """
     fix = "free disk space or choose a writable data folder with paths.data_dir=DIR"
     with hold_folder(config.data_dir, "preparing", wait=True, fix="choose a writable data folder with paths.data_dir=DIR"):
         try:
-            return prepare_held(config, fix, progress)
+            return prepare_held(config, fix, progress, too_short)
         except KeyboardInterrupt:
             raise Interrupted(f"stopped by Ctrl-C while preparing {config.data_dir}; its bins are as they were "
                               "before (none were replaced); run the command again to prepare them") from None
 
 
-def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
+def prepare_held(config: DataConfig, fix: str, progress: bool, too_short: str) -> BinsMeta:
     c = config
     sources = source_files(c.path, c.url, c.sha256, c.val_path, c.dataset, c.document_separator, c.cache_dir)
     checksum = "+".join(sha256_of_files(files) for files in sources.values())
     wanted = fingerprint(checksum, dict(c.tokenizer), c.train_fraction, c.test_fraction, c.document_separator, c.dtype)
     meta = read_meta(c.data_dir)
     if meta is not None and meta.fingerprint == wanted:
-        check_block_size(meta.splits, c.block_size)
+        check_block_size(meta.splits, c.block_size, too_short)
         check_token_ids(c.data_dir, meta)
         check_unchanged(c.data_dir, meta)
         return meta
@@ -162,7 +167,7 @@ def prepare_held(config: DataConfig, fix: str, progress: bool) -> BinsMeta:
         files = {split: bins.enter_context(atomic_write(c.data_dir / f"{split}.bin", fix)) for split in SPLITS}
         splits = {split: encode_split(*spans[split], tok, files[split], token_type, c.prepare_workers, progress)
                   for split in SPLITS}
-        check_block_size(splits, c.block_size)
+        check_block_size(splits, c.block_size, too_short)
         (c.data_dir / META).unlink(missing_ok=True)
     # With the size, what tells whether a bin may have changed since, without reading it (check_unchanged).
     splits = {split: replace(size, mtime_ns=(c.data_dir / f"{split}.bin").stat().st_mtime_ns)
@@ -256,13 +261,10 @@ def check_unchanged(data_dir: Path, meta: BinsMeta) -> None:
                             f"delete {data_dir} and run the command again to prepare it anew")
 
 
-def check_block_size(splits: dict[str, SplitSize], block_size: int) -> None:
+def check_block_size(splits: dict[str, SplitSize], block_size: int, fix: str = TOO_SHORT) -> None:
     for split, size in splits.items():
         if size.tokens <= block_size + 1:
-            raise UserError(
-                f"block_size {block_size} is larger than the {split} split ({size.tokens} tokens); "
-                "lower block_size or use a larger corpus"
-            )
+            raise UserError(f"block_size {block_size} is larger than the {split} split ({size.tokens} tokens); {fix}")
 
 
 def encode_group(tok: Tokenizer, group: list[tuple[str, bool]], dtype: np.dtype) -> np.ndarray:

@@ -70,7 +70,8 @@ def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch
                         "run's val/accuracy (best_val_accuracy in its summary.json); evaluate a text with data=NAME "
                         "or data.path=FILE")
     check_tokenizer(data, tokenizer_spec)
-    meta = prepare(data)
+    # The model's context is fixed: a text too short for it needs more text, not another block_size.
+    meta = prepare(data, too_short="evaluate on a longer text")
     if meta.tokenizer != tokenizer_spec:
         raise tokenized_differently(data, tokenizer_spec)
     return {"data": data.name, **split_result(model, data.data_dir, meta, split, batch_size)}

@@ -6,12 +6,14 @@ token ids into text pieces, with stop strings; `sample_text` returns one finishe
 """
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from lmzoo.data.tokenizer import Tokenizer
 from lmzoo.errors import UserError, check_field_types
+from lmzoo.memory import check_fits_in_memory
 from lmzoo.models import LanguageModel
 
 # What `generate` yields for a row that has no new token at a step: it is still reading its
@@ -48,14 +50,16 @@ class SamplingSettings:
         check_field_types(self, None)
         if self.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        # NaN fails every comparison, and inf divides every logit to 0 (uniform sampling): neither is a temperature.
+        if not 0 <= self.temperature < math.inf:
+            raise UserError(f"temperature must be >= 0 and finite (0 decodes greedily), got {self.temperature}")
         if self.top_k is not None and self.top_k <= 0:
             raise UserError(f"top_k must be a positive integer or null, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"top_p must lie in (0, 1] or be null, got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise UserError(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise UserError(f"repetition_penalty must be > 0 and finite (1 turns it off), got "
+                            f"{self.repetition_penalty}")
 
 
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -131,6 +135,7 @@ def generate(model: LanguageModel, prompts: torch.Tensor | Sequence[Sequence[int
     max_new_tokens = settings.max_new_tokens
     start, longest, window = int(lengths.min()), int(lengths.max()), model.block_size
     # Every row's tokens so far, prompt and sampled, in one preallocated buffer.
+    check_tokens_fit(len(rows), longest + max_new_tokens, device)
     context = torch.zeros(len(rows), longest + max_new_tokens, dtype=torch.long, device=device)
     for i, row in enumerate(rows):
         context[i, : len(row)] = row
@@ -166,6 +171,14 @@ def generate(model: LanguageModel, prompts: torch.Tensor | Sequence[Sequence[int
             logits = model(context[:, position + 1 - window // 2 : position + 1], cache).logits[:, -1]
         else:
             logits = model(context[:, position : position + 1], cache).logits[:, -1]
+
+
+def check_tokens_fit(samples: int, length: int, device: torch.device) -> None:
+    """Refuse `samples` texts of `length` tokens (prompt and new ones) whose ids would not fit in the memory of
+    `device`, before allocating them."""
+    size = samples * length * torch.iinfo(torch.long).bits // 8
+    check_fits_in_memory(size, device, f"{samples:,} sample(s) of {length:,} tokens need {size / 1e9:,.0f} GB",
+                         "lower max_new_tokens or num_samples")
 
 
 def start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:

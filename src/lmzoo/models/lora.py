@@ -46,6 +46,14 @@ class LoRA:
                  dropout: float = 0.0):
         if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
             raise UserError(f"finetune.r must be a positive integer, got {r!r}")
+        # The update is scaled by alpha / r: at 0 the adapters get no gradient, and the run trains nothing.
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
+            raise UserError(f"finetune.alpha must be a positive number (the adapters' update is scaled by alpha / r), "
+                            f"got {alpha!r}")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise UserError(f"finetune.dropout must lie in [0, 1), got {dropout!r}")
+        if not isinstance(targets, (list, tuple)) or not all(isinstance(target, str) for target in targets):
+            raise UserError(f"finetune.targets must be a list of target names, such as [qkv,mlp], got {targets!r}")
         if not targets:
             raise UserError("finetune.targets is empty; name at least one target, for example finetune.targets=[qkv]")
         self.r, self.alpha, self.targets, self.dropout = r, alpha, list(targets), dropout

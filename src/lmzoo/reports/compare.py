@@ -18,6 +18,7 @@ from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.reports.runs import RunFolder, Setting, label, pool, read_run
 from lmzoo.reports.stats import holm, welch_t_test
+from lmzoo.training.choice import STUDY
 from lmzoo.training.summary import SUMMARY
 from lmzoo.training.tuned import TUNED_AT
 
@@ -105,12 +106,29 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
                                        p.name))
 
 
+def run_folders(folder: Path) -> list[Path]:
+    """The run folders under `folder`: its own jobs in job order, then those under its other folders (sweeps beside
+    runs, as in outputs/), each in name order. Hidden folders, links and a tune's studies (trials, not runs to
+    compare) are passed over."""
+    jobs = job_dirs(folder)
+    try:
+        others = sorted(path for path in folder.iterdir() if path.is_dir() and not path.is_symlink()
+                        and not path.name.startswith(".") and path not in jobs and not (path / STUDY).is_file())
+    except OSError:
+        return jobs
+    return jobs + [run for other in others for run in run_folders(other)]
+
+
 def read_sweep(sweep_dir: str | Path) -> list[RunFolder]:
-    """The runs of a sweep folder, in job order; a folder that is none, or holds no runs, is a UserError."""
+    """The runs of a sweep folder (or of a folder of runs and sweeps), in job order; a folder that is none, holds
+    no runs, or is itself one run's, is a UserError."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"{str(sweep_dir)!r} is not a folder; pass a sweep folder such as outputs/sweeps/DATE_TIME")
-    runs = [read_run(job) for job in job_dirs(sweep_dir)]
+    if (sweep_dir / ".hydra").is_dir() or (sweep_dir / SUMMARY).is_file():
+        raise UserError(f"{sweep_dir} is one run's folder, not a sweep's; pass the folder that holds its runs, such "
+                        f"as {sweep_dir.parent}")
+    runs = [read_run(job) for job in run_folders(sweep_dir)]
     if not runs:
         raise UserError(f"no runs in {sweep_dir}; pass the folder a sweep (python -m lmzoo.train -m ...) wrote")
     return runs

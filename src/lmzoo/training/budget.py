@@ -42,6 +42,27 @@ class Budget:
         """The budget to spend: flops, tokens or minutes, with its value."""
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None and key != "max_steps"}
 
+    def to_train_further(self, step: int) -> str:
+        """What continues a run that ended at `step` further: a higher trainer.max_steps, or under a FLOP or token
+        budget, whose steps replace it, a larger budget (or a higher budget.max_steps where that capped it)."""
+        given = {key: value for key, value in self.given().items() if key != "minutes"}
+        if not given:
+            return f"trainer.max_steps above {step}"
+        if self.max_steps is not None and self.max_steps <= step:
+            return f"budget.max_steps above {step}"
+        (key, value), = given.items()
+        return f"budget.{key} above {value:g}"
+
+
+def check_steps_not_typed(budget: Budget, max_steps: int, typed: frozenset[str]) -> None:
+    """A FLOP or token budget sets the run's steps: a trainer.max_steps typed beside it would be dropped without a
+    word (a minutes budget keeps it as a ceiling)."""
+    given = {key: value for key, value in budget.given().items() if key != "minutes"}
+    if given and "trainer.max_steps" in typed:
+        (key, value), = given.items()
+        raise UserError(f"trainer.max_steps={max_steps} is set beside budget.{key}={value:g}, whose steps replace it; "
+                        f"cap the budget's steps with budget.max_steps={max_steps}, or leave budget.{key} out")
+
 
 def world_size(trainer: DictConfig) -> int:
     """The processes a run trains on, as Lightning counts them from trainer.accelerator, trainer.devices and

@@ -2,13 +2,14 @@
 Lightning would trip over mid-run, and the data's, model's and optimizer's own, before the data is prepared."""
 
 import dataclasses
+import inspect
 import sys
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmzoo.errors import UserError, check_field_types
+from lmzoo.errors import UserError, check_field_types, nearest
 from lmzoo.machine import REPRO_ENVIRONMENT, instruction_set_held
 from lmzoo.training.acceleration import check_compile
 from lmzoo.training.budget import Budget
@@ -57,8 +58,27 @@ class RunSettings:
         return cls(**{field.name: cfg[field.name] for field in dataclasses.fields(cls)})
 
 
+# lmzoo's own trainer options (conf/trainer/default.yaml), which build_trainer takes out before the Trainer sees the rest.
+OWN_TRAINER_KEYS = ("skip_nonfinite", "peak_flops")
+
+
+def check_trainer_keys(trainer: dict) -> None:
+    """Refuse a key that the trainer's class does not take (`++trainer.KEY=...` adds any), as the other sections'
+    unknown keys are refused, before the data is prepared."""
+    try:
+        takes = [*inspect.signature(get_class(trainer["_target_"])).parameters, *OWN_TRAINER_KEYS]
+    except (KeyError, ImportError, TypeError, ValueError):
+        # A _target_ that is not a class: instantiating it says so.
+        return
+    for key in trainer:
+        if key != "_target_" and key not in takes:
+            known = [name for name in takes if name not in ("self", "args", "kwargs")]
+            raise UserError(f"trainer has no key {key}{nearest(key, known) or '; see conf/trainer/default.yaml'}")
+
+
 def check_trainer(trainer: dict) -> None:
     """Refuse the trainer settings Lightning accepts but fails on later."""
+    check_trainer_keys(trainer)
     for key in ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps"):
         value = trainer.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -88,16 +108,18 @@ def check_callbacks(callbacks: dict) -> None:
 
 
 def check_before_preparing(cfg: DictConfig) -> Budget:
-    """The settings of trainer, callbacks, budget, data, model and optimizer, checked before the data is prepared,
-    which may take long; the budget, checked. The data's own come first (block_size among them); the model's
-    vocabulary comes from the data, so the checks that read it run again with the real one; a budget sets the
-    schedule's length from the model's FLOPs."""
+    """The settings of trainer, callbacks, budget, data, model, finetune recipe and optimizer, checked before the data
+    is prepared, which may take long; the budget, checked. The data's own come first (block_size among them); the
+    model's vocabulary comes from the data, so the checks that read it run again with the real one; a budget sets
+    the schedule's length from the model's FLOPs."""
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     budget = Budget(**cfg.budget)
     instantiate(cfg.data, _convert_="all")
     if not cfg.init_from:
         instantiate(cfg.model, vocab_size=2, _convert_="all")
+    if cfg.finetune:
+        instantiate(cfg.finetune, _convert_="all")
     # A budget's schedule length is known once the model is built: its own settings are checked meanwhile.
     instantiate(cfg.optim, **({"decay_steps": sys.maxsize} if budget.given() else {}))
     return budget

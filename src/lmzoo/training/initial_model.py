@@ -1,7 +1,6 @@
 """The model a run starts from: built from its config (sized to model.target_params, checked to fit in memory),
 or from pretrained weights (init_from), in full or through a finetune recipe."""
 
-import os
 import sys
 
 import torch
@@ -9,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lmzoo.errors import UserError
+from lmzoo.memory import check_fits_in_memory
 from lmzoo.models import LanguageModel
 from lmzoo.models.base import sized
 from lmzoo.training.finetune import from_pretrained
@@ -29,7 +29,7 @@ def initial_model(cfg: DictConfig, vocab_size: int, tokenizer: dict) -> tuple[La
 def build_model(config):
     """The model of `config`, sized to model.target_params when given (saying to what)."""
     resized = sized(config)
-    check_fits_in_memory(resized)
+    check_model_fits_in_memory(resized)
     model = resized.build()
     if resized is not config:
         widths = " ".join(f"model.{key}={value}" for key, value in resized.as_dict().items()
@@ -39,13 +39,9 @@ def build_model(config):
     return model
 
 
-def check_fits_in_memory(config) -> None:
-    """Refuse a model whose float32 weights alone exceed the machine's memory, before allocating them (the
-    kernel would kill the process, or torch fail deep inside the build)."""
+def check_model_fits_in_memory(config) -> None:
+    """Refuse a model whose float32 weights alone exceed the machine's memory, before allocating them."""
     with torch.device("meta"):
         total = config.build().parameter_counts().total
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if 4 * total > memory:
-        raise UserError(f"the model has {total:,} parameters, {4 * total / 1e9:,.0f} GB of float32 weights, more than "
-                        f"this machine's {memory / 1e9:,.0f} GB of memory; lower model.target_params or the model's "
-                        "width and depth")
+    check_fits_in_memory(4 * total, torch.device("cpu"), f"the model has {total:,} parameters, {4 * total / 1e9:,.0f} "
+                         "GB of float32 weights", "lower model.target_params or the model's width and depth")

@@ -22,14 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.models import LanguageModel
 from lmzoo.training.acceleration import choose_precision, device_type
-from lmzoo.training.budget import Budget, RunLength, run_length, world_size
+from lmzoo.training.budget import Budget, RunLength, check_steps_not_typed, run_length, world_size
 from lmzoo.training.checks import RunSettings, check_before_preparing
 from lmzoo.training.datamodule import TaskDataModule, TokenDataModule, data_module
 from lmzoo.training.folder import check_folder_is_this_runs, checkpoints_folder
 from lmzoo.training.initial_model import initial_model
 from lmzoo.training.optim import OptimConfig
 from lmzoo.training.resume import EndedRun, check_resumable, ended_run, resume_path
-from lmzoo.training.tuned import tuned_values, with_tuned
+from lmzoo.training.tuned import tuned_values, typed_over_tuned, with_tuned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +63,11 @@ class Settled(NamedTuple):
 def settle(cfg: DictConfig, command: Command) -> Settled:
     """The settings' own mistakes, found before anything is written or prepared."""
     settings = RunSettings.of(cfg)
-    tuned = tuned_values(settings.tuned, command.model, settings.tuned_at)
+    tuned = typed_over_tuned(tuned_values(settings.tuned, command.model, settings.tuned_at), cfg, command.typed)
     config = with_tuned(cfg, tuned)
-    return Settled(settings, tuned, config, check_before_preparing(config))
+    budget = check_before_preparing(config)
+    check_steps_not_typed(budget, config.trainer.max_steps, command.typed)
+    return Settled(settings, tuned, config, budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,9 +148,10 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
                                             config.data.batch_size, config.block_size))
     ended = None
     if checkpoint:
-        kept = check_resumable(checkpoint, model, datamodule.tokenizer, optim, finetune, settings.init_from)
+        kept = check_resumable(checkpoint, model, datamodule.tokenizer, optim, finetune, settings.init_from,
+                               checkpoints)
         best = checkpoints / f"{OmegaConf.select(config, 'callbacks.model_checkpoint.filename', default='best')}.ckpt"
-        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best)
+        ended = ended_run(output_dir, checkpoints, checkpoint, length.max_steps, best, budget)
         if kept and not ended:
             print(kept, file=sys.stderr)
     plan = RunPlan(config, settings, command, tuned, output_dir, length, optim, precision, flops_per_token,

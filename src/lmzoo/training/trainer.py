@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from lmzoo.errors import UserError
 from lmzoo.training.callbacks import ModelSummary
 from lmzoo.training.checkpoint_io import AtomicCheckpointIO
+from lmzoo.training.checks import OWN_TRAINER_KEYS
 from lmzoo.training.plan import RunPlan
 
 
@@ -44,11 +45,10 @@ def build_trainer(plan: RunPlan, extra: tuple = ()) -> L.Trainer:
     if not cfg.trainer.enable_progress_bar:
         # trainer.enable_progress_bar=false turns the bar off; Lightning refuses a bar callback alongside it.
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-    # skip_nonfinite and peak_flops are lmzoo's own trainer options (the model and TokensPerSecond act on them):
-    # Lightning's Trainer never sees them.
+    # lmzoo's own trainer options (the model and TokensPerSecond act on them): Lightning's Trainer never sees them.
     options = {**OmegaConf.to_container(cfg.trainer, resolve=True), **plan.trainer_values()}
-    options.pop("skip_nonfinite", None)
-    options.pop("peak_flops", None)
+    for key in OWN_TRAINER_KEYS:
+        options.pop(key, None)
     # lmzoo's summary in place of Lightning's (see ModelSummary).
     if options.pop("enable_model_summary", True):
         callbacks.append(ModelSummary())

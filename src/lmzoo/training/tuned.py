@@ -2,11 +2,13 @@
 tuned.yaml holds them, and how a run takes them."""
 
 import copy
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.errors import UserError
+from lmzoo.files import read_yaml
 from lmzoo.training.choice import Choice
 
 
@@ -22,15 +24,18 @@ def tuned_values(tuned: str | None, model: str | None, at: str = "chosen") -> di
     if not tuned:
         return None
     path = Path(tuned).expanduser()
+    fix = "pass the tuned.yaml that python -m lmzoo.tune wrote in its folder"
     if not path.is_file():
-        raise UserError(f"tuned={tuned} does not exist; pass the tuned.yaml that python -m lmzoo.tune wrote in its "
-                        "folder")
-    values = OmegaConf.to_container(OmegaConf.load(path))
+        raise UserError(f"tuned={tuned} does not exist; {fix}")
+    values = OmegaConf.to_container(read_yaml(path, fix))
     if not isinstance(values, dict) or model not in values:
-        models = ", ".join(values) if isinstance(values, dict) else "none"
+        models = ", ".join(map(str, values)) if isinstance(values, dict) else "none"
         raise UserError(f"{path} holds no tuned values for model={model} (it has {models}); tune it with "
                         f"python -m lmzoo.tune model={model}")
     entries = values[model]
+    if not isinstance(entries, dict) or not all(isinstance(key, str) for key in entries):
+        raise UserError(f"{path} holds {entries!r} for model={model}, not its tuned values by key (optim.lr: 0.003); "
+                        f"{fix}")
     if at != "chosen":
         fitted = [key for key, entry in entries.items() if isinstance(entry, dict) and "neighbours" in entry]
         if not fitted:
@@ -40,6 +45,19 @@ def tuned_values(tuned: str | None, model: str | None, at: str = "chosen") -> di
         return {key: entry["neighbours"][TUNED_AT.index(at) - 1] if key in fitted else tuned_value(entry)
                 for key, entry in entries.items()}
     return {key: tuned_value(entry) for key, entry in entries.items()}
+
+
+def typed_over_tuned(tuned: dict | None, cfg: DictConfig, typed: frozenset[str]) -> dict | None:
+    """The `tuned` values less those of the keys the command line set (`typed`): a value typed beside tuned= is
+    the one the run takes, and a line says which tuned value it replaces."""
+    if not tuned:
+        return tuned
+    at = cfg.get("tuned_at", "chosen")
+    which = "tuned" if at == "chosen" else f"searched beside the tuned value (tuned_at={at})"
+    for key in sorted(set(tuned) & typed):
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        print(f"{key}={value} as typed, not {tuned[key]} as {which} in {cfg.tuned}", file=sys.stderr)
+    return {key: value for key, value in tuned.items() if key not in typed}
 
 
 def tuned_entry(choice: Choice) -> dict:
