@@ -310,6 +310,8 @@ CASES = [
     ("train", [*TRAIN, "+model.foo=1"], "model has no key foo; its keys are vocab_size, target_params,", []),
     ("train", [*TRAIN, "+optim.betas=1"], "optim has no key betas (did you mean beta", []),
     ("train", [*TRAIN, "++trainer.bogus=1"], "trainer has no key bogus; see conf/trainer/default.yaml", []),
+    ("train", [*TRAIN, "++model.layer_pattern.nosuch=abc"], "an override does not fit the config (ValueError: invalid "
+     "literal for int() with base 10: 'nosuch'); the items of a list are set by their index", []),
     ("train", [*TRAIN, "++trainer.max_step=1"], "trainer has no key max_step (did you mean max_steps?)", []),
     ("train", [*TRAIN, "model._target_=nosuch.Config"], "model._target_=nosuch.Config names no class lmzoo can import",
      []),

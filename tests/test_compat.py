@@ -21,10 +21,12 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning_utilities.core.imports import RequirementCache
+from omegaconf import OmegaConf
 
 from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, flags_parser,
                               group_not_in_defaults, is_ambiguous_value, job_error, missing_key, missing_option,
-                              not_an_override, raised_by_launcher, unexpected_keyword)
+                              not_an_override, raised_applying_override, raised_by_launcher,
+                              unexpected_keyword)
 from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
 
@@ -212,6 +214,22 @@ def test_a_launchers_own_error_is_told_from_a_jobs():
     with pytest.raises(Stopped) as stopped:
         Launching(refuse=False).launch([["+stop=1"]], 0)
     assert not raised_by_launcher(stopped.value)
+
+
+def test_an_override_hydra_cannot_apply_is_told_from_other_errors():
+    """hydra-core 1.3 applies a command line's overrides in ConfigLoaderImpl._apply_overrides_to_config, where
+    OmegaConf's update raises a plain ValueError for a key into a list that is not an index."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = OmegaConf.create({"stop": ["a"]})
+    overrides = OverridesParser.create().parse_overrides(["++stop.name=x"])
+    with pytest.raises(ValueError) as applying:
+        ConfigLoaderImpl._apply_overrides_to_config(overrides, config)
+    assert raised_applying_override(applying.value)
+    with pytest.raises(ValueError) as elsewhere:
+        int("name")
+    assert not raised_applying_override(elsewhere.value)
 
 
 def test_hydras_flags_are_parsed_by_the_parser_hydra_main_uses():

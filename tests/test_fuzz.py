@@ -137,6 +137,26 @@ def fuzz(budget: int):
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+def contract_tests(check, keys: list[str], groups: dict[str, list[str]]):
+    """One command's fuzz test at the default budget and at the slow one (which also draws longer command lines):
+    `check(world, drawn, monkeypatch, capsys)` runs the command's checks on the drawn overrides."""
+    def command_lines(max_size: int):
+        return st.lists(overrides(keys, groups), min_size=1, max_size=max_size)
+
+    @fuzz(DEFAULT)
+    @given(drawn=command_lines(3))
+    def default(world, drawn, monkeypatch, capsys):
+        check(world, drawn, monkeypatch, capsys)
+
+    @pytest.mark.slow
+    @fuzz(SLOW)
+    @given(drawn=command_lines(4))
+    def slow(world, drawn, monkeypatch, capsys):
+        check(world, drawn, monkeypatch, capsys)
+
+    return default, slow
+
+
 TRAIN_KEYS = config_keys("train")
 TRAIN_GROUPS = groups_of("model", "optim", "trainer", "data", "finetune", "tokenizer", "callbacks", "experiment")
 
@@ -148,17 +168,8 @@ def check_train(world, drawn, monkeypatch, capsys):
         run_command("train", argv, world / "run", monkeypatch, capsys)
 
 
-@fuzz(DEFAULT)
-@given(drawn=st.lists(overrides(TRAIN_KEYS, TRAIN_GROUPS), min_size=1, max_size=3))
-def test_train_checks_hold_the_contract(world, drawn, monkeypatch, capsys):
-    check_train(world, drawn, monkeypatch, capsys)
-
-
-@pytest.mark.slow
-@fuzz(SLOW)
-@given(drawn=st.lists(overrides(TRAIN_KEYS, TRAIN_GROUPS), min_size=1, max_size=4))
-def test_train_checks_hold_the_contract_slow(world, drawn, monkeypatch, capsys):
-    check_train(world, drawn, monkeypatch, capsys)
+test_train_checks_hold_the_contract, test_train_checks_hold_the_contract_slow = contract_tests(
+    check_train, TRAIN_KEYS, TRAIN_GROUPS)
 
 
 TUNE_KEYS = [key for key in config_keys("tune") if key.startswith(("tune.", "budget.", "optim.", "trainer.", "model."))]
@@ -171,17 +182,8 @@ def check_tune(world, drawn, monkeypatch, capsys):
         run_command("tune", argv, world / "run", monkeypatch, capsys)
 
 
-@fuzz(DEFAULT)
-@given(drawn=st.lists(overrides(TUNE_KEYS, groups_of("optim")), min_size=1, max_size=3))
-def test_tune_checks_hold_the_contract(world, drawn, monkeypatch, capsys):
-    check_tune(world, drawn, monkeypatch, capsys)
-
-
-@pytest.mark.slow
-@fuzz(SLOW)
-@given(drawn=st.lists(overrides(TUNE_KEYS, groups_of("optim")), min_size=1, max_size=4))
-def test_tune_checks_hold_the_contract_slow(world, drawn, monkeypatch, capsys):
-    check_tune(world, drawn, monkeypatch, capsys)
+test_tune_checks_hold_the_contract, test_tune_checks_hold_the_contract_slow = contract_tests(
+    check_tune, TUNE_KEYS, groups_of("optim"))
 
 
 GENERATE_KEYS = [key for key in config_keys("generate", "ckpt=x") if key != "out"]
@@ -202,17 +204,8 @@ def check_generate(world, drawn, monkeypatch, capsys):
         run_command("generate", argv, world / "run", monkeypatch, capsys)
 
 
-@fuzz(DEFAULT)
-@given(drawn=st.lists(overrides(GENERATE_KEYS, {}), min_size=1, max_size=3))
-def test_generate_checks_hold_the_contract(world, drawn, monkeypatch, capsys):
-    check_generate(world, drawn, monkeypatch, capsys)
-
-
-@pytest.mark.slow
-@fuzz(SLOW)
-@given(drawn=st.lists(overrides(GENERATE_KEYS, {}), min_size=1, max_size=4))
-def test_generate_checks_hold_the_contract_slow(world, drawn, monkeypatch, capsys):
-    check_generate(world, drawn, monkeypatch, capsys)
+test_generate_checks_hold_the_contract, test_generate_checks_hold_the_contract_slow = contract_tests(
+    check_generate, GENERATE_KEYS, {})
 
 
 EVALUATE_KEYS = [key for key in config_keys("evaluate", "ckpt=x", "data=text") if key != "ckpt"]
@@ -224,17 +217,8 @@ def check_evaluate(world, drawn, monkeypatch, capsys):
         run_command("evaluate", argv, world / "run", monkeypatch, capsys)
 
 
-@fuzz(DEFAULT)
-@given(drawn=st.lists(overrides(EVALUATE_KEYS, groups_of("data")), min_size=1, max_size=3))
-def test_evaluate_checks_hold_the_contract(world, drawn, monkeypatch, capsys):
-    check_evaluate(world, drawn, monkeypatch, capsys)
-
-
-@pytest.mark.slow
-@fuzz(SLOW)
-@given(drawn=st.lists(overrides(EVALUATE_KEYS, groups_of("data")), min_size=1, max_size=4))
-def test_evaluate_checks_hold_the_contract_slow(world, drawn, monkeypatch, capsys):
-    check_evaluate(world, drawn, monkeypatch, capsys)
+test_evaluate_checks_hold_the_contract, test_evaluate_checks_hold_the_contract_slow = contract_tests(
+    check_evaluate, EVALUATE_KEYS, groups_of("data"))
 
 
 def compare_arguments(world):

@@ -131,3 +131,11 @@ def raised_by_launcher(error: BaseException) -> bool:
     in_launch = any(f.f_code.co_name == "launch" and isinstance(f.f_locals.get("self"), Launcher) for f in frames)
     in_job = any(f.f_code.co_name == "run_job" and f.f_globals.get("__name__") == "hydra.core.utils" for f in frames)
     return in_launch and not in_job
+
+
+def raised_applying_override(error: BaseException) -> bool:
+    """Whether `error` came from hydra-core 1.3 applying a command-line override to the composed config (OmegaConf's
+    update raises a plain ValueError for a key into a list that is not an index, such as ++stop.name=x)."""
+    return any(frame.f_code.co_name == "_apply_overrides_to_config"
+               and frame.f_globals.get("__name__") == "hydra._internal.config_loader_impl"
+               for frame, _ in traceback.walk_tb(error.__traceback__))

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue,
                               OmegaConfBaseException)
 
-from lmzoo.cli.compat import WithoutFailedJobLines, raised_by_launcher
+from lmzoo.cli.compat import WithoutFailedJobLines, raised_applying_override, raised_by_launcher
 from lmzoo.cli.folders import Refused, RunFolderLock
 from lmzoo.cli.hydra_errors import (check_flags, deleted_key, explain, hydra_errors_raised, instantiation_error,
                                    unresolved)
@@ -100,6 +100,10 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
                     raise UserError(f"cannot write {error.filename} ({error.strerror or error}); "
                                     "choose a writable folder with hydra.run.dir=PATH") from None
                 except Exception as error:
+                    if not (full_error or running) and raised_applying_override(error):
+                        first = f"{type(error).__name__}: {error}".splitlines()[0]
+                        raise UserError(f"an override does not fit the config ({first}); the items of a list are set "
+                                        "by their index, KEY.0=VALUE, or the whole list, KEY=[a,b]") from None
                     if full_error or not raised_by_launcher(error):
                         raise
                     # Launchers refuse as they start, before any job (joblib, submitit): the folder is left as it was.
