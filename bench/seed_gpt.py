@@ -25,7 +25,8 @@ Every model is then measured four ways, the first the program's own and the othe
   sees the same batches; its standard error across batches is printed beside it.
 - **lmzoo windows**: lmzoo's own validation, `TokenDataModule.val_dataloader()` of the `train` config with
   `block_size=64 data.batch_size=16 data.val_batches=20`, averaged over batches as `val/loss` is.
-- **every token**: `lmzoo.inference.evaluation.split_loss` over the whole validation split.
+- **every token**: `lmzoo.inference.evaluation.split_loss` over the whole held-out text: the seed's val split,
+  lmzoo's validation and test splits together (lmzoo keeps the last half of it for test).
 
 The seed's weights load into its own `GPTLanguageModel`, imported from the copy. Both programs must give the
 validation split the same token ids (the sorted characters, the last 10% of the text); the script checks
@@ -140,15 +141,17 @@ def set_up_seed(source: Path, copy: Path) -> Path:
 
 
 def lmzoo_validation(data_dir: Path, seed_data: Path) -> tuple[np.ndarray, list]:
-    """lmzoo's validation tokens and its val_dataloader's batches, once checked to be the seed's ids."""
+    """The held-out tokens (lmzoo's validation then test split: the seed's val split, once checked to be its ids)
+    and lmzoo's val_dataloader's batches."""
     config = compose_train([f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={data_dir}", *LMZOO_WINDOWS])
     datamodule = TokenDataModule(instantiate(config.data, _convert_="all"))
     datamodule.prepare_data()
     datamodule.setup("validate")
     check_characters(tokenizer_from_spec(datamodule.meta.tokenizer), seed_data, "lmzoo's data")
-    tokens = np.fromfile(datamodule.config.data_dir / "val.bin", dtype=datamodule.meta.dtype)
+    tokens = np.concatenate([np.fromfile(datamodule.config.data_dir / f"{split}.bin", dtype=datamodule.meta.dtype)
+                             for split in ("val", "test")])
     if not np.array_equal(tokens, np.fromfile(seed_data / "val.bin", dtype=np.uint16)):
-        sys.exit("error: the seed's and lmzoo's validation tokens differ; the losses would not be on the same text")
+        sys.exit("error: the seed's and lmzoo's held-out tokens differ; the losses would not be on the same text")
     return tokens, list(datamodule.val_dataloader())
 
 

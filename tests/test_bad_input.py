@@ -162,6 +162,23 @@ CASES = [
      f"model.mixers.{GLOBAL}.kv_rank must be a positive integer (the latent's rank) or null, got 0", []),
     ("train", [*TRAIN, "model=mla", "model.kv_rank=100000"], "model.kv_rank is a knob of the parts that have it now: "
      f"set model.mixers.{GLOBAL}.kv_rank", []),
+    # A latent larger than what it stands for (19.4M parameters at width 32 once); 0.2's checkpoints that have
+    # one still load (tests/test_legacy.py).
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.kv_rank=100000"], f"model.mixers.{GLOBAL}.kv_rank must "
+     "be at most 2 x n_embd (64), the keys and values of a token its latent stands for; null: n_embd / 2, got 100000",
+     []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=33"], f"model.mixers.{GLOBAL}.q_rank must be at "
+     "most n_embd (32)", []),
+    ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.rope_head_dim=18"], f"model.mixers.{GLOBAL}.rope_head_dim "
+     "must be at most the head size, n_embd / n_head (16)", []),
+    # Trunk knobs only mixers read, typed for a model none of whose mixers does.
+    ("train", [*BASE, "model=mamba2", "model.n_layer=1", "model.n_embd=32", "model.n_head=8"],
+     "model.n_head is read by none of this model's layers (mamba2): leave it out, or set their own knobs, "
+     "model.mixers.NAME.*", []),
+    ("train", [*BASE, "model=mamba2", "model.n_layer=1", "model.n_embd=32", "model.rope_base=500"],
+     "model.rope_base is read by none of this model's layers (mamba2)", []),
+    ("train", [*TRAIN, "model=gpt", "model.rope_base=500"], "model.rope_base sets RoPE, which "
+     "model.positions=learned does not use: leave it out, or set model.positions=rope", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.rope_head_dim=3"],
      f"model.mixers.{GLOBAL}.rope_head_dim must be a positive even integer or null, got 3", []),
     ("train", [*TRAIN, "model=mla", f"model.mixers.{GLOBAL}.q_rank=0"],

@@ -43,6 +43,11 @@ class ModelConfig:
         when no valid config has that width."""
         return dataclasses.replace(self, **{self.width_field: width})
 
+    def check_new(self, typed: frozenset[str]) -> None:
+        """Refuse, in a config composed for a new run, what `__post_init__` lets through for the checkpoints that
+        hold it (sizes an earlier release's presets gave), and a knob typed on the command line (`typed`: the keys
+        set, model.KNOB among them) that the model built would not read. Subclasses that have such refuse them."""
+
     def build(self) -> "LanguageModel":
         raise NotImplementedError
 
@@ -248,6 +253,10 @@ class PartSettings:
         settings (its n_embd, n_head, block_size, ...). Subclasses add their checks after this one."""
         check_field_types(self, f"model.{key}")
 
+    def check_new(self, trunk, key: str) -> None:
+        """Refuse, in a config composed for a new run, a value `check` accepts from a checkpoint (sizes an earlier
+        release's presets gave): ModelConfig.check_new."""
+
     @classmethod
     def upgraded(cls, knobs: dict) -> dict:
         """The knobs of a part of an lmzoo 0.2 model (from `former`), with those this release added that the model
@@ -327,6 +336,9 @@ class SequenceMixer(Part):
     # in their dtype (lmzoo.models.recurrent.Scan), by which the tests prove the one equal to the other, and the
     # chunked form in bf16 near its float32 self.
     scan: ClassVar["Scan | None"] = None
+    # The trunk's knobs this mixer reads of those only mixers read (TransformerConfig.MIXERS_KNOBS: n_head,
+    # rope_base); one typed for a model none of whose mixers reads it is refused rather than ignored.
+    trunk_knobs: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def build(cls, trunk, settings: PartSettings, layer: int,

@@ -255,6 +255,19 @@ class AttentionSettings(PartSettings):
                 f"standard variant; leave model.{key}.variant and model.{key}.n_kv_head at their defaults",
                 (self.variant, self.n_kv_head))
 
+    def check_new(self, trunk, key: str) -> None:
+        # A latent exists to be smaller than what it stands for. lmzoo 0.2's mla preset gave kv_rank 64 and
+        # rope_head_dim 16 at every width, larger than that in small models, whose checkpoints still load.
+        if self.variant != "mla":
+            return
+        require(self.kv_rank is None or self.kv_rank <= 2 * trunk.n_embd, f"{key}.kv_rank must be at most 2 x n_embd "
+                f"({2 * trunk.n_embd}), the keys and values of a token its latent stands for; null: n_embd / 2",
+                self.kv_rank)
+        require(self.q_rank is None or self.q_rank <= trunk.n_embd, f"{key}.q_rank must be at most n_embd "
+                f"({trunk.n_embd}), the width its latent compresses; null: full-rank queries", self.q_rank)
+        require(self.rope_head_dim is None or self.rope_head_dim <= trunk.head_dim, f"{key}.rope_head_dim must be at "
+                f"most the head size, n_embd / n_head ({trunk.head_dim}); null: half of it", self.rope_head_dim)
+
     @classmethod
     def upgraded(cls, knobs: dict) -> dict:
         """lmzoo 0.2's differential attention had DiffLlama's layout."""
@@ -298,6 +311,7 @@ class Attention(SequenceMixer, name="attention"):
 
     Settings = AttentionSettings
     lora_targets = {"qkv": ("c_attn",), "proj": ("c_proj",)}
+    trunk_knobs = ("n_head", "rope_base")
 
     @classmethod
     def build(cls, trunk, settings: AttentionSettings, layer: int, rotary) -> SequenceMixer:

@@ -145,6 +145,7 @@ class GatedDeltaNet(SequenceMixer, name="gated_deltanet"):
     kind = Kind.FLAT
     # q, k and v come from one projection, c_attn, as attention's do.
     lora_targets = {"qkv": ("c_attn",), "proj": ("c_proj",)}
+    trunk_knobs = ("n_head",)
     scan = Scan(gated_delta_chunked, gated_delta_step, gated_delta_inputs, operands=(0, 1, 2),
                 kernel=(fla_rule, gated_delta_kernel, "fla"))
 

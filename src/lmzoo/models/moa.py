@@ -53,6 +53,8 @@ class MixtureOfAttention(RoutedLayer, SequenceMixer, name="moa"):
     kind = Kind.GROWING
     replaces = ("lmzoo.models.moa_moe.MoAMoEConfig",)
     lora_targets = {"qkv": ("experts.*.c_q", "c_kv"), "proj": ("experts.*.c_proj",)}
+    # Its heads are its own (model.mixers.moa.head_dim), rotated by the model's RoPE.
+    trunk_knobs = ("rope_base",)
 
     @classmethod
     def build(cls, trunk, settings: MixtureOfAttentionSettings, layer: int, rotary) -> "MixtureOfAttention":

@@ -92,6 +92,23 @@ class TransformerConfig(ModelConfig):
         for pattern_key in ("layer_pattern", "ffn_pattern"):
             self.check_every_part_built(pattern_key)
 
+    # The trunk's knobs that only its mixers read (SequenceMixer.trunk_knobs).
+    MIXERS_KNOBS = ("n_head", "rope_base")
+
+    def check_new(self, typed: frozenset[str]) -> None:
+        for group in ("mixers", "ffns"):
+            for name, settings in getattr(self, group).items():
+                settings.check_new(self, f"{group}.{name}")
+        built = sorted(set(self.layer_pattern[: self.n_layer]))
+        read = {knob for name in built for knob in SequenceMixer.registry[name].trunk_knobs}
+        for knob in self.MIXERS_KNOBS:
+            if f"model.{knob}" in typed and knob not in read:
+                raise UserError(f"model.{knob} is read by none of this model's layers ({', '.join(built)}): leave it "
+                                "out, or set their own knobs, model.mixers.NAME.*")
+        if "model.rope_base" in typed and self.positions != "rope":
+            raise UserError(f"model.rope_base sets RoPE, which model.positions={self.positions} does not use: leave it "
+                            "out, or set model.positions=rope")
+
     def check_every_part_built(self, pattern_key: str) -> None:
         """Refuse a pattern longer than the model is deep where a part it names is in none of the layers built."""
         pattern = getattr(self, pattern_key)

@@ -107,17 +107,18 @@ def check_callbacks(callbacks: dict) -> None:
                         f"improvement before stopping), got {patience!r}")
 
 
-def check_before_preparing(cfg: DictConfig) -> Budget:
+def check_before_preparing(cfg: DictConfig, typed: frozenset[str] = frozenset()) -> Budget:
     """The settings of trainer, callbacks, budget, data, model, finetune recipe and optimizer, checked before the data
     is prepared, which may take long; the budget, checked. The data's own come first (block_size among them); the
     model's vocabulary comes from the data, so the checks that read it run again with the real one; a budget sets
-    the schedule's length from the model's FLOPs."""
+    the schedule's length from the model's FLOPs. `typed`: the keys the command line set, by which a model knob
+    typed that the model would not read is refused."""
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
     budget = Budget(**cfg.budget)
     instantiate(cfg.data, _convert_="all")
     if not cfg.init_from:
-        instantiate(cfg.model, vocab_size=2, _convert_="all")
+        instantiate(cfg.model, vocab_size=2, _convert_="all").check_new(typed)
     if cfg.finetune:
         instantiate(cfg.finetune, _convert_="all")
     # A budget's schedule length is known once the model is built: its own settings are checked meanwhile.

@@ -65,7 +65,7 @@ def settle(cfg: DictConfig, command: Command) -> Settled:
     settings = RunSettings.of(cfg)
     tuned = typed_over_tuned(tuned_values(settings.tuned, command.model, settings.tuned_at), cfg, command.typed)
     config = with_tuned(cfg, tuned)
-    budget = check_before_preparing(config)
+    budget = check_before_preparing(config, command.typed)
     check_steps_not_typed(budget, config.trainer.max_steps, command.typed)
     return Settled(settings, tuned, config, budget)
 
