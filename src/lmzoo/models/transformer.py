@@ -70,8 +70,6 @@ class TransformerConfig(ModelConfig):
         require(self.block_size >= 1, "block_size must be a positive integer", self.block_size)
         require(self.n_layer >= 1, "n_layer must be a positive integer", self.n_layer)
         require(self.n_head >= 1, "n_head must be a positive integer", self.n_head)
-        require(self.n_embd >= 1 and self.n_embd % self.n_head == 0,
-                f"n_embd must be a positive multiple of n_head ({self.n_head})", self.n_embd)
         require(0 <= self.dropout < 1, "dropout must lie in [0, 1)", self.dropout)
         require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}", self.positions)
         require(self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}", self.norm)
@@ -84,6 +82,9 @@ class TransformerConfig(ModelConfig):
         ffns = FeedForward.registry
         require(all(name in ffns for name in self.ffn_pattern),
                 f"ffn_pattern must list feed-forward parts of {', '.join(ffns)}, or none", self.ffn_pattern)
+        # Heads split the width only for the layers that have them (n_head is a mixer's knob of the trunk).
+        require(self.n_embd >= 1 and (self.n_embd % self.n_head == 0 or "n_head" not in self.knobs_read()),
+                f"n_embd must be a positive multiple of n_head ({self.n_head})", self.n_embd)
         self.mixers = chosen_settings(mixers, self.mixers, self.layer_pattern, "mixers", "layer_pattern")
         self.ffns = chosen_settings(ffns, self.ffns, self.ffn_pattern, "ffns", "ffn_pattern")
         for group in ("mixers", "ffns"):
@@ -95,19 +96,25 @@ class TransformerConfig(ModelConfig):
     # The trunk's knobs that only its mixers read (SequenceMixer.trunk_knobs).
     MIXERS_KNOBS = ("n_head", "rope_base")
 
+    def knobs_read(self) -> set[str]:
+        """The MIXERS_KNOBS that a layer of this model reads: rope_base only with positions rope."""
+        built = set(self.layer_pattern[: self.n_layer])
+        read = {knob for name in built for knob in SequenceMixer.registry[name].trunk_knobs}
+        return read if self.positions == "rope" else read - {"rope_base"}
+
     def check_new(self, typed: frozenset[str]) -> None:
         for group in ("mixers", "ffns"):
             for name, settings in getattr(self, group).items():
                 settings.check_new(self, f"{group}.{name}")
-        built = sorted(set(self.layer_pattern[: self.n_layer]))
-        read = {knob for name in built for knob in SequenceMixer.registry[name].trunk_knobs}
         for knob in self.MIXERS_KNOBS:
-            if f"model.{knob}" in typed and knob not in read:
-                raise UserError(f"model.{knob} is read by none of this model's layers ({', '.join(built)}): leave it "
-                                "out, or set their own knobs, model.mixers.NAME.*")
-        if "model.rope_base" in typed and self.positions != "rope":
-            raise UserError(f"model.rope_base sets RoPE, which model.positions={self.positions} does not use: leave it "
-                            "out, or set model.positions=rope")
+            if f"model.{knob}" not in typed or knob in self.knobs_read():
+                continue
+            if knob == "rope_base" and self.positions != "rope":
+                raise UserError(f"model.rope_base sets RoPE, which model.positions={self.positions} does not use: "
+                                "leave it out, or set model.positions=rope")
+            built = ", ".join(sorted(set(self.layer_pattern[: self.n_layer])))
+            raise UserError(f"model.{knob} is read by none of this model's layers ({built}): leave it out, or set "
+                            "their own knobs, model.mixers.NAME.*")
 
     def check_every_part_built(self, pattern_key: str) -> None:
         """Refuse a pattern longer than the model is deep where a part it names is in none of the layers built."""
@@ -140,10 +147,12 @@ class TransformerConfig(ModelConfig):
 
     def with_width(self, width: int) -> "TransformerConfig | None":
         """At `width`, the head count that keeps head_dim nearest to this config's (whole heads of an even size,
-        which RoPE rotates in halves, within a factor 2 of it) among those its mixers accept, and each mixer's
-        sizes at that width (PartSettings.at_width)."""
-        heads = sorted((h for h in range(1, width // 2 + 1) if width % (2 * h) == 0 and near(width // h, self.head_dim)),
-                       key=lambda h: abs(width / h - self.head_dim))
+        which RoPE rotates in halves, within a factor 2 of it) among those its mixers accept (n_head as it is where
+        no layer reads it), and each mixer's sizes at that width (PartSettings.at_width)."""
+        heads = [self.n_head]
+        if "n_head" in self.knobs_read():
+            heads = sorted((h for h in range(1, width // 2 + 1) if width % (2 * h) == 0
+                            and near(width // h, self.head_dim)), key=lambda h: abs(width / h - self.head_dim))
         mixers = {name: settings.at_width(width) for name, settings in self.mixers.items()}
         ffns = {name: settings.at_width(width) for name, settings in self.ffns.items()}
         if None in mixers.values() or None in ffns.values():
