@@ -274,6 +274,23 @@ def test_early_stopping_says_so_and_leaves_last_checkpoint_at_the_reported_step(
             "(callbacks.early_stopping.patience)") in capsys.readouterr().err
 
 
+def test_a_run_stopped_at_its_threshold_is_done_early_and_resume_auto_leaves_it(tmp_path, capsys):
+    """A recall run stops once val/accuracy reaches 0.99 (experiment=recall): an ended run that a study continued
+    with resume=auto must pass over, not train on."""
+    overrides = ["trainer.max_steps=40", "trainer.val_check_interval=5",
+                 "+callbacks.early_stopping.stopping_threshold=100"]
+    train(compose_train(tmp_path, *overrides))
+    summary_path = tmp_path / "run" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "done: stopped early at step 5" and summary["steps"] == 5
+    assert ("stopped early at step 5 of 40: val/loss reached 100 (callbacks.early_stopping.stopping_threshold)"
+            in capsys.readouterr().err)
+    before = summary_path.read_bytes()
+    train(compose_train(tmp_path, *overrides, "resume=auto"))
+    assert summary_path.read_bytes() == before
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 5
+
+
 def test_a_minutes_budget_keeps_a_max_steps_typed_on_the_command_line(tmp_path, monkeypatch, capsys):
     handlers, level = logging.root.handlers[:], logging.root.level
     monkeypatch.setattr(sys, "argv", ["lmzoo.train", *TINY, f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp_path}/data",

@@ -26,9 +26,8 @@ def save_last_step(trainer: L.Trainer, lit: LitLM) -> None:
         trainer.save_checkpoint(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
     stopper = early_stopper(trainer)
     if trainer.is_global_zero and stopper:
-        print(f"stopped early at step {trainer.global_step} of {trainer.max_steps}: {stopper.monitor} did not improve in "
-              f"{stopper.patience} validations (callbacks.early_stopping.patience); the best model is in "
-              f"{checkpoint and checkpoint.best_model_path}", file=sys.stderr)
+        print(f"stopped early at step {trainer.global_step} of {trainer.max_steps}: {why_stopped(stopper)}; the best "
+              f"model is in {checkpoint and checkpoint.best_model_path}", file=sys.stderr)
 
 
 def usable_best(trainer: L.Trainer) -> str:
@@ -40,10 +39,27 @@ def usable_best(trainer: L.Trainer) -> str:
     return "no checkpoint was saved before it"
 
 
+# The reasons Lightning's EarlyStopping gives for ending a run early, with the setting of each threshold.
+STOP_REASONS = {EarlyStoppingReason.PATIENCE_EXHAUSTED: "patience",
+                EarlyStoppingReason.STOPPING_THRESHOLD: "stopping_threshold",
+                EarlyStoppingReason.DIVERGENCE_THRESHOLD: "divergence_threshold"}
+
+
 def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
-    """The EarlyStopping callback, if it ended the run."""
+    """The EarlyStopping callback, if it ended the run: its monitor stopped improving, or crossed one of its
+    thresholds (a non-finite one is the run's divergence, which the summary reports as such)."""
     stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
-    return stopper if stopper and stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED else None
+    return stopper if stopper and stopper.stopping_reason in STOP_REASONS else None
+
+
+def why_stopped(stopper: EarlyStopping) -> str:
+    """What ended the run early, with the setting that decided it."""
+    reason = stopper.stopping_reason
+    if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return (f"{stopper.monitor} did not improve in {stopper.patience} validations "
+                "(callbacks.early_stopping.patience)")
+    knob = STOP_REASONS[reason]
+    return f"{stopper.monitor} reached {getattr(stopper, knob):g} (callbacks.early_stopping.{knob})"
 
 
 def test_of_best(trainer: L.Trainer, datamodule: TokenDataModule) -> dict:
