@@ -340,6 +340,8 @@ CASES = [
     ("train", [*TRAIN, "finetune=[]"], "finetune is needed, and finetune=[] deleted it; leave it out, or set "
      "finetune=VALUE", []),
     ("train", [*BASE, "model=[]"], "model is needed, and model=[] deleted it", []),
+    # An override's interpolation is read as typed, not resolved, in finding what the command line deleted.
+    ("generate", ["ckpt={ckpt}", "++ckpt.nosuch=${{oops}}", "~ckpt"], "ckpt is needed, and ~ckpt deleted it", []),
     ("train", ["-m", *TRAIN, "hydra.sweep.dir={tmp}/sweep_cfg", "--cfg", "job"], "-m and --cfg job cannot be given "
      "together", ["sweep_cfg"]),
     ("train", ["-m", *TRAIN, "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep_slurm"], "hydra/launcher=slurm cannot "

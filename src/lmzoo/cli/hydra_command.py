@@ -124,7 +124,8 @@ def deleted_keys() -> dict[str, str]:
     """The keys the command line may have deleted, each with the override that did: `~KEY`, and `GROUP=[]`, which
     selects none of a config group's options (for a key that is not a group, the value of an empty list)."""
     deleted = {}
-    for override in HydraConfig.get().overrides.task:
+    # As typed: an interpolation in an override (`++KEY=${oops}`) is text here, not resolved.
+    for override in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False):
         key, _, value = override.lstrip("+").partition("=")
         if override.startswith("~"):
             deleted[key[1:]] = override
