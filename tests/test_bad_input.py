@@ -340,6 +340,17 @@ CASES = [
     ("train", [*TRAIN, "finetune=[]"], "finetune is needed, and finetune=[] deleted it; leave it out, or set "
      "finetune=VALUE", []),
     ("train", [*BASE, "model=[]"], "model is needed, and model=[] deleted it", []),
+    # The slow fuzzer's finds: a section whose _target_ is deleted or imports a module; a key budget lacks; a key
+    # added under a string.
+    ("train", [*TRAIN, "~model._target_"], "model._target_ is deleted; leave model._target_ as the config has it "
+     "(choose another model with model=OPTION)", []),
+    ("train", [*TRAIN, "~optim._target_"], "optim._target_ is deleted", []),
+    ("train", [*TRAIN, "data._target_=abc"], "data._target_ imports a module, not a class; leave data._target_ as "
+     "the config has it", []),
+    ("train", [*TRAIN, "++budget.nosuch=abc"], "budget has no key nosuch; its keys are flops, tokens, minutes, "
+     "max_steps", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "+data.path.nosuch=abc"],
+     "data.path must be a string or null, got {{'nosuch': 'abc'}}", []),
     # An override's interpolation is read as typed, not resolved, in finding what the command line deleted.
     ("generate", ["ckpt={ckpt}", "++ckpt.nosuch=${{oops}}", "~ckpt"], "ckpt is needed, and ~ckpt deleted it", []),
     ("train", ["-m", *TRAIN, "hydra.sweep.dir={tmp}/sweep_cfg", "--cfg", "job"], "-m and --cfg job cannot be given "

@@ -73,6 +73,13 @@ def unlocatable_target(message: str) -> str | None:
     return found and found.group(1)
 
 
+def uncallable_target(message: str) -> str | None:
+    """What an InstantiationException's message says a `_target_` imported that is neither class nor function (a
+    module: `_target_=abc` imports Python's abc); None for any other."""
+    found = re.match(r"Expected a callable target, got '.*' of type '([^']*)'", message)
+    return found and f"a {found.group(1)}"
+
+
 def instantiated_section(message: str) -> str | None:
     """The config key an InstantiationException's message names (full_key: KEY); None when it names none."""
     found = re.search(r"full_key: (\S+)", message)

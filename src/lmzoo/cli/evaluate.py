@@ -46,7 +46,8 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
         data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
         if data.name == ANY_TEXT:
             data.tokenizer = tokenizer_spec
-            if data.path and Path(data.path).expanduser().is_file():
+            # A path that is no string is DataConfig's to refuse, in its own words.
+            if isinstance(data.path, str) and data.path and Path(data.path).expanduser().is_file():
                 data.name = Path(data.path).stem
         return data
     run_config = ckpt.parent.parent / ".hydra" / "config.yaml"

@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, Interpolation
 
 from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, instantiated_section,
                               is_ambiguous_value, missing_key, missing_option, modes_given, not_an_override,
-                              unexpected_keyword, unlocatable_target)
+                              uncallable_target, unexpected_keyword, unlocatable_target)
 from lmzoo.errors import UserError, nearest
 from lmzoo.models.presets import moved_keys
 from lmzoo.training.provenance import flatten
@@ -77,16 +77,18 @@ def explain(error: Exception, command: str) -> str:
 
 def instantiation_error(error: InstantiationException) -> UserError | None:
     """A config section Hydra could not build for a reason in the config itself, as one line: a key its class does
-    not take (unknown_key), or a `_target_` that imports nothing; None for an error raised inside the class."""
+    not take (unknown_key), or a `_target_` that imports nothing or no class (a module); None for an error raised
+    inside the class."""
     if unknown := unknown_key(error):
         return unknown
-    target = unlocatable_target(str(error))
-    if target is None:
+    target, imported = unlocatable_target(str(error)), uncallable_target(str(error))
+    if target is None and imported is None:
         return None
     section = instantiated_section(str(error))
     key = f"{section}._target_" if section else "_target_"
-    return UserError(f"{key}={target} names no class lmzoo can import; leave {key} as the config has it (choose "
-                     f"another {section or 'option'} with {section or 'GROUP'}=OPTION)")
+    given = f"={target} names no class lmzoo can import" if target else f" imports {imported}, not a class"
+    return UserError(f"{key}{given}; leave {key} as the config has it (choose another {section or 'option'} with "
+                     f"{section or 'GROUP'}=OPTION)")
 
 
 def unresolved(error: InterpolationResolutionError, cfg: DictConfig) -> UserError:

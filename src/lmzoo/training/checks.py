@@ -9,10 +9,15 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmzoo.data import DataConfig
+from lmzoo.data.tasks import TASKS
 from lmzoo.errors import UserError, check_field_types, nearest
 from lmzoo.machine import REPRO_ENVIRONMENT, instruction_set_held
+from lmzoo.models.base import ModelConfig
+from lmzoo.models.lora import LoRA
 from lmzoo.training.acceleration import check_compile
 from lmzoo.training.budget import Budget
+from lmzoo.training.optim import OptimConfig
 from lmzoo.training.tuned import TUNED_AT
 
 
@@ -115,12 +120,33 @@ def check_before_preparing(cfg: DictConfig, typed: frozenset[str] = frozenset())
     typed that the model would not read is refused."""
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_callbacks(OmegaConf.to_container(cfg.callbacks, resolve=True))
-    budget = Budget(**cfg.budget)
-    instantiate(cfg.data, _convert_="all")
+    budget = budget_of(OmegaConf.to_container(cfg.budget, resolve=True))
+    built(cfg, "data", (DataConfig, *TASKS.values()))
     if not cfg.init_from:
-        instantiate(cfg.model, vocab_size=2, _convert_="all").check_new(typed)
+        built(cfg, "model", ModelConfig, vocab_size=2).check_new(typed)
     if cfg.finetune:
-        instantiate(cfg.finetune, _convert_="all")
+        built(cfg, "finetune", LoRA)
     # A budget's schedule length is known once the model is built: its own settings are checked meanwhile.
-    instantiate(cfg.optim, **({"decay_steps": sys.maxsize} if budget.given() else {}))
+    built(cfg, "optim", OptimConfig, **({"decay_steps": sys.maxsize} if budget.given() else {}))
     return budget
+
+
+def budget_of(values: dict) -> Budget:
+    """The budget section, its keys checked (lmzoo builds it, not Hydra's instantiate, which would name them)."""
+    keys = [field.name for field in dataclasses.fields(Budget)]
+    for key in values:
+        if key not in keys:
+            raise UserError(f"budget has no key {key}{nearest(key, keys)}; its keys are {', '.join(keys)}")
+    return Budget(**values)
+
+
+def built(cfg: DictConfig, section: str, kind: type | tuple[type, ...], **arguments):
+    """cfg.SECTION built by its `_target_`, refused in one line unless that builds a `kind`: deleted
+    (`~SECTION._target_`) it leaves a dict; another class or function something the run cannot use."""
+    value = instantiate(cfg[section], _convert_="all", **arguments)
+    if not isinstance(value, kind):
+        target = cfg[section].get("_target_")
+        given = " is deleted" if target is None else f"={target} builds no {section} config lmzoo knows"
+        raise UserError(f"{section}._target_{given}; leave {section}._target_ as the config has it (choose another "
+                        f"{section} with {section}=OPTION)")
+    return value
