@@ -349,6 +349,9 @@ CASES = [
      "the config has it", []),
     ("train", [*TRAIN, "++budget.nosuch=abc"], "budget has no key nosuch; its keys are flops, tokens, minutes, "
      "max_steps", []),
+    ("train", [*TRAIN, "data._target_=${{model}}"], "data._target_ is a DictConfig, not a class's name", []),
+    ("evaluate", [*EVALUATE, "~data.name", "data=hongloumeng"], "data.name is needed and the config has none; leave "
+     "it as the config has it, or set data.name=VALUE", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "+data.path.nosuch=abc"],
      "data.path must be a string or null, got {{'nosuch': 'abc'}}", []),
     # An override's interpolation is read as typed, not resolved, in finding what the command line deleted.

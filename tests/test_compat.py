@@ -24,9 +24,9 @@ from lightning_utilities.core.imports import RequirementCache
 from omegaconf import OmegaConf
 
 from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, flags_parser,
-                              group_not_in_defaults, instantiated_section, is_ambiguous_value, job_error, missing_key,
-                              missing_option, not_an_override, raised_applying_override, raised_by_launcher,
-                              uncallable_target, unexpected_keyword)
+                              group_not_in_defaults, instantiated_section, is_ambiguous_value, job_error,
+                              missing_argument, missing_key, missing_option, not_an_override,
+                              raised_applying_override, raised_by_launcher, uncallable_target, unexpected_keyword)
 from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
 
@@ -156,6 +156,14 @@ def test_a_target_that_imports_a_module_is_told_by_hydras_words():
     assert uncallable_target(str(failed.value)) == "a module"
     assert instantiated_section(str(failed.value)) == "data"
     assert uncallable_target("Error locating target 'abc'") is None
+
+
+def test_a_key_a_class_needs_is_named_by_the_error_of_its_call():
+    """`~data.name` reaches DataConfig's call without its one required key, and Python's TypeError names it."""
+    with pytest.raises(InstantiationException) as failed:
+        instantiate({"data": {"_target_": "lmzoo.data.DataConfig"}})
+    assert missing_argument(failed.value.__cause__) == "name"
+    assert missing_argument(ValueError("missing 1 required keyword-only argument: 'name'")) is None
 
 
 def test_a_key_a_class_does_not_take_is_named_by_the_error_of_its_call():

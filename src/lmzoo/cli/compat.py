@@ -108,6 +108,14 @@ def unexpected_keyword(error: BaseException | None) -> str | None:
     return found and found.group(1)
 
 
+def missing_argument(error: BaseException | None) -> str | None:
+    """The argument a class was called without and needs, from Python's TypeError (as instantiating a dataclass
+    whose required key `~section.key` deleted raises it); None for any other error."""
+    found = re.search(r"missing \d+ required (?:keyword-only |positional )?arguments?: '(\w+)'",
+                      str(error)) if isinstance(error, TypeError) else None
+    return found and found.group(1)
+
+
 def missing_option(error: BaseException) -> tuple[str, str, list[str]] | None:
     """The group and option of an override GROUP=OPTION naming no file of the group, and the group's options, from
     Hydra's MissingConfigException; None for any other error."""

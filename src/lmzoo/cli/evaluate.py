@@ -44,7 +44,7 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
     """The data set to evaluate on: `data=...` from the command line, else the one the run trained on."""
     if cfg.get("data") is not None:
         data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
-        if data.name == ANY_TEXT:
+        if data.get("name") == ANY_TEXT:
             data.tokenizer = tokenizer_spec
             # A path that is no string is DataConfig's to refuse, in its own words.
             if isinstance(data.path, str) and data.path and Path(data.path).expanduser().is_file():

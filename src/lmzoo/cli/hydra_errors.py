@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
 from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_defaults, instantiated_section,
-                              is_ambiguous_value, missing_key, missing_option, modes_given, not_an_override,
-                              uncallable_target, unexpected_keyword, unlocatable_target)
+                              is_ambiguous_value, missing_argument, missing_key, missing_option, modes_given,
+                              not_an_override, uncallable_target, unexpected_keyword, unlocatable_target)
 from lmzoo.errors import UserError, nearest
 from lmzoo.models.presets import moved_keys
 from lmzoo.training.provenance import flatten
@@ -77,10 +77,10 @@ def explain(error: Exception, command: str) -> str:
 
 def instantiation_error(error: InstantiationException) -> UserError | None:
     """A config section Hydra could not build for a reason in the config itself, as one line: a key its class does
-    not take (unknown_key), or a `_target_` that imports nothing or no class (a module); None for an error raised
-    inside the class."""
-    if unknown := unknown_key(error):
-        return unknown
+    not take (unknown_key) or needs and lacks (needed_key), or a `_target_` that imports nothing or no class (a
+    module); None for an error raised inside the class."""
+    if explained := unknown_key(error) or needed_key(error):
+        return explained
     target, imported = unlocatable_target(str(error)), uncallable_target(str(error))
     if target is None and imported is None:
         return None
@@ -122,6 +122,16 @@ def deleted_key(error: KeyError | ConfigAttributeError, deleted: dict[str, str])
     if gone is None:
         return None
     return UserError(f"{key} is needed, and {deleted[gone]} deleted it; leave it out, or set {key}=VALUE")
+
+
+def needed_key(error: InstantiationException) -> UserError | None:
+    """A key a section's class needs that the config lacks (deleted with `~section.key`), as one line."""
+    key = missing_argument(error.__cause__)
+    failed = failed_instantiation(str(error))
+    if not (key and failed):
+        return None
+    return UserError(f"{failed[0]}.{key} is needed and the config has none; leave it as the config has it, or set "
+                     f"{failed[0]}.{key}=VALUE")
 
 
 def unknown_key(error: InstantiationException) -> UserError | None:

@@ -143,10 +143,12 @@ def budget_of(values: dict) -> Budget:
 def built(cfg: DictConfig, section: str, kind: type | tuple[type, ...], **arguments):
     """cfg.SECTION built by its `_target_`, refused in one line unless that builds a `kind`: deleted
     (`~SECTION._target_`) it leaves a dict; another class or function something the run cannot use."""
-    value = instantiate(cfg[section], _convert_="all", **arguments)
+    target = cfg[section].get("_target_")
+    named = target is None or isinstance(target, str)
+    value = instantiate(cfg[section], _convert_="all", **arguments) if named else None
     if not isinstance(value, kind):
-        target = cfg[section].get("_target_")
-        given = " is deleted" if target is None else f"={target} builds no {section} config lmzoo knows"
+        given = (" is deleted" if target is None else f"={target} builds no {section} config lmzoo knows" if named
+                 else f" is a {type(target).__name__}, not a class's name")
         raise UserError(f"{section}._target_{given}; leave {section}._target_ as the config has it (choose another "
                         f"{section} with {section}=OPTION)")
     return value
