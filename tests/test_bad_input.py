@@ -336,6 +336,12 @@ CASES = [
      "not found); interpolate a key the config has", []),
     ("train", [*TRAIN, "optim.lr=${{oops}}"], "optim.lr=${{oops}} does not resolve", []),
     ("train", [*TRAIN, "~seed"], "seed is needed, and ~seed deleted it", []),
+    # A config group set to none of its options (the slow fuzzer's find) deletes its key as ~KEY does.
+    ("train", [*TRAIN, "finetune=[]"], "finetune is needed, and finetune=[] deleted it; leave it out, or set "
+     "finetune=VALUE", []),
+    ("train", [*BASE, "model=[]"], "model is needed, and model=[] deleted it", []),
+    # An override's interpolation is read as typed, not resolved, in finding what the command line deleted.
+    ("generate", ["ckpt={ckpt}", "++ckpt.nosuch=${{oops}}", "~ckpt"], "ckpt is needed, and ~ckpt deleted it", []),
     ("train", ["-m", *TRAIN, "hydra.sweep.dir={tmp}/sweep_cfg", "--cfg", "job"], "-m and --cfg job cannot be given "
      "together", ["sweep_cfg"]),
     ("train", ["-m", *TRAIN, "hydra/launcher=slurm", "hydra.sweep.dir={tmp}/sweep_slurm"], "hydra/launcher=slurm cannot "

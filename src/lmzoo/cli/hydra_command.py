@@ -120,9 +120,18 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
     return decorate
 
 
-def deleted_keys() -> list[str]:
-    """The keys the command line deleted (`~KEY`)."""
-    return [override[1:].split("=", 1)[0] for override in HydraConfig.get().overrides.task if override.startswith("~")]
+def deleted_keys() -> dict[str, str]:
+    """The keys the command line may have deleted, each with the override that did: `~KEY`, and `GROUP=[]`, which
+    selects none of a config group's options (for a key that is not a group, the value of an empty list)."""
+    deleted = {}
+    # As typed: an interpolation in an override (`++KEY=${oops}`) is text here, not resolved.
+    for override in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False):
+        key, _, value = override.lstrip("+").partition("=")
+        if override.startswith("~"):
+            deleted[key[1:]] = override
+        elif value.replace(" ", "") == "[]":
+            deleted[key.replace("/", ".")] = override
+    return deleted
 
 
 def in_sweep() -> bool:

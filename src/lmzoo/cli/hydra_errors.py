@@ -108,17 +108,18 @@ def resolves(cfg: DictConfig, key: str) -> bool:
     return True
 
 
-def deleted_key(error: KeyError | ConfigAttributeError, deleted: list[str]) -> UserError | None:
-    """A key the command needs that the command line deleted (`~seed`), as one line; None for any other. OmegaConf
-    names it in its errors; a plain KeyError is a key missing from a config read as a dict."""
+def deleted_key(error: KeyError | ConfigAttributeError, deleted: dict[str, str]) -> UserError | None:
+    """A key the command needs that the command line deleted (`deleted`: each key with its override, `~seed` or
+    `finetune=[]`), as one line; None for any other. OmegaConf names it in its errors; a plain KeyError is a key
+    missing from a config read as a dict."""
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
         key = error.full_key or str(error.key or "")
     else:
         key = str(error.args[0]) if error.args else ""
-    if not key or not any(key == gone or key.startswith(f"{gone}.") for gone in deleted):
+    gone = next((gone for gone in deleted if key == gone or key.startswith(f"{gone}.")), None) if key else None
+    if gone is None:
         return None
-    return UserError(f"{key} is needed, and ~{next(gone for gone in deleted if key.startswith(gone))} deleted it; "
-                     f"leave it out, or set {key}=VALUE")
+    return UserError(f"{key} is needed, and {deleted[gone]} deleted it; leave it out, or set {key}=VALUE")
 
 
 def unknown_key(error: InstantiationException) -> UserError | None:

@@ -46,8 +46,10 @@ class Command:
         if not HydraConfig.initialized():
             return cls()
         hydra = HydraConfig.get()
+        # As typed: an interpolation in an override (`++KEY=${oops}`) is text here, not resolved.
+        typed = OmegaConf.to_container(hydra.overrides.task, resolve=False)
         return cls(hydra.runtime.choices.get("model"),
-                   frozenset(override.lstrip("+~").split("=", 1)[0] for override in hydra.overrides.task))
+                   frozenset(override.lstrip("+~").split("=", 1)[0] for override in typed))
 
 
 class Settled(NamedTuple):
