@@ -287,6 +287,9 @@ def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
         cfg = compose_config("train", "experiment=recall", f"experiment/recall/model@_global_={model}",
                              return_hydra_config=True)
         assert cfg.hydra.runtime.choices.model == model and cfg.model.n_layer == 2
+        # Zoology's dropout of 0.1, without which two layers of full attention rarely left the 1 / num_kv_pairs
+        # plateau within the study's steps (bench/README.md).
+        assert cfg.model.dropout == 0.1
         # Each builds, as the study's widths ask (its parts' knobs as this release spells them), of mixers alone.
         for width in params["model.n_embd"].split(","):
             config = instantiate(cfg.model, vocab_size=cfg.data.vocab_size, n_embd=int(width), _convert_="all")
