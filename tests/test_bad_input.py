@@ -350,6 +350,7 @@ CASES = [
     ("train", [*TRAIN, "++budget.nosuch=abc"], "budget has no key nosuch; its keys are flops, tokens, minutes, "
      "max_steps", []),
     ("train", [*TRAIN, "data._target_=${{model}}"], "data._target_ is a DictConfig, not a class's name", []),
+    ("train", [*TRAIN, "data.batch_size=${{model}}"], "error: data.batch_size.", []),
     ("evaluate", [*EVALUATE, "~data.name", "data=hongloumeng"], "data.name is needed and the config has none; leave "
      "it as the config has it, or set data.name=VALUE", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "+data.path.nosuch=abc"],

@@ -143,9 +143,12 @@ def budget_of(values: dict) -> Budget:
 def built(cfg: DictConfig, section: str, kind: type | tuple[type, ...], **arguments):
     """cfg.SECTION built by its `_target_`, refused in one line unless that builds a `kind`: deleted
     (`~SECTION._target_`) it leaves a dict; another class or function something the run cannot use."""
-    target = cfg[section].get("_target_")
+    # Resolved first, under its own key for Hydra's messages: instantiating the read-only config itself writes into
+    # it where a value interpolates a whole section (data.batch_size=${model}).
+    node = OmegaConf.create({section: OmegaConf.to_container(cfg[section], resolve=True)})[section]
+    target = node.get("_target_")
     named = target is None or isinstance(target, str)
-    value = instantiate(cfg[section], _convert_="all", **arguments) if named else None
+    value = instantiate(node, _convert_="all", **arguments) if named else None
     if not isinstance(value, kind):
         given = (" is deleted" if target is None else f"={target} builds no {section} config lmzoo knows" if named
                  else f" is a {type(target).__name__}, not a class's name")
