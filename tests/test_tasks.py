@@ -226,8 +226,9 @@ def test_a_task_run_records_its_accuracy_and_state_size_and_resumes_with_its_bes
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_tiny_attention_model_learns_a_tiny_mqar(tmp_path, seed):
     """Two layers of attention, the first local (swa, a window of 4), which forms the previous-token head the recall
-    needs within a few hundred steps. Two of full attention (gpt_rope) at GPT-2's init (std 0.02) sit for thousands
-    of steps at 1 / num_kv_pairs, choosing among the values in context, before they form it (bench/README.md)."""
+    needs within a few hundred steps. Two of full attention (gpt_rope) at GPT-2's init (std 0.02) may sit at
+    1 / num_kv_pairs, choosing among the values in context, for longer than that, how long depending on the seed
+    (bench/README.md, "Recall and state size")."""
     result = train(compose_task(tmp_path, "model=swa", "model.mixers.local_attention.window=4", f"seed={seed}",
                                 "data.vocab_size=32", "data.num_kv_pairs=2", "block_size=16", "data.filler=blank",
                                 "data.batch_size=32",
