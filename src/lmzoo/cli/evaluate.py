@@ -47,8 +47,9 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
         if data.get("name") == ANY_TEXT:
             data.tokenizer = tokenizer_spec
             # A path that is no string is DataConfig's to refuse, in its own words.
-            if isinstance(data.path, str) and data.path and Path(data.path).expanduser().is_file():
-                data.name = Path(data.path).stem
+            path = data.get("path")
+            if isinstance(path, str) and path and Path(path).expanduser().is_file():
+                data.name = Path(path).stem
         return data
     run_config = ckpt.parent.parent / ".hydra" / "config.yaml"
     if not run_config.is_file():

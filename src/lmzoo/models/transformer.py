@@ -106,15 +106,14 @@ class TransformerConfig(ModelConfig):
         for group in ("mixers", "ffns"):
             for name, settings in getattr(self, group).items():
                 settings.check_new(self, f"{group}.{name}")
-        for knob in self.MIXERS_KNOBS:
-            if f"model.{knob}" not in typed or knob in self.knobs_read():
-                continue
-            if knob == "rope_base" and self.positions != "rope":
-                raise UserError(f"model.rope_base sets RoPE, which model.positions={self.positions} does not use: "
-                                "leave it out, or set model.positions=rope")
+        unread = [knob for knob in self.MIXERS_KNOBS if f"model.{knob}" in typed and knob not in self.knobs_read()]
+        if unread == ["rope_base"] and self.positions != "rope":
+            raise UserError(f"model.rope_base sets RoPE, which model.positions={self.positions} does not use: leave "
+                            "it out, or set model.positions=rope")
+        if unread:
             built = ", ".join(sorted(set(self.layer_pattern[: self.n_layer])))
-            raise UserError(f"model.{knob} is read by none of this model's layers ({built}): leave it out, or set "
-                            "their own knobs, model.mixers.NAME.*")
+            raise UserError(f"model.{unread[0]} is read by none of this model's layers ({built}): leave it out, or "
+                            "set their own knobs, model.mixers.NAME.*")
 
     def check_every_part_built(self, pattern_key: str) -> None:
         """Refuse a pattern longer than the model is deep where a part it names is in none of the layers built."""
