@@ -284,6 +284,8 @@ def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
     for difficulty in params["experiment/recall/mqar@_global_"].split(","):
         cfg = compose_config("train", "experiment=recall", f"experiment/recall/mqar@_global_={difficulty}")
         assert cfg.block_size == 16 * cfg.data.num_kv_pairs
+        # Each step trains on the same number of answers at every difficulty: a quarter of Zoology's 2,048.
+        assert cfg.data.batch_size * cfg.data.num_kv_pairs == 512
     for model in params["experiment/recall/model@_global_"].split(","):
         cfg = compose_config("train", "experiment=recall", f"experiment/recall/model@_global_={model}",
                              return_hydra_config=True)
@@ -299,3 +301,18 @@ def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
                 .shape == (1, cfg.block_size, cfg.data.vocab_size)
     hybrid = compose_config("train", "experiment=recall", "experiment/recall/model@_global_=hybrid")
     assert list(hybrid.model.layer_pattern) == ["gated_deltanet", "attention"]
+
+
+def test_the_mad_experiment_trains_the_recall_studys_models_on_mads_baseline_tasks():
+    recall = compose_config("train", "experiment=recall", return_hydra_config=True)
+    mad = compose_config("train", "experiment=recall_mad", return_hydra_config=True)
+    params = mad.hydra.sweeper.params
+    assert params["experiment/recall/model@_global_"] == recall.hydra.sweeper.params["experiment/recall/model@_global_"]
+    assert mad.trainer == recall.trainer and mad.callbacks == recall.callbacks and mad.model.n_layer == 2
+    # MAD's baselines (mad-lab's configs/tasks/): noisy recall's sequences of 128 are inputs of 127 and their targets.
+    baselines = {"noisy_recall": (32, 127), "selective_copying": (16, 256)}
+    for task in params["experiment/recall_mad/task@_global_"].split(","):
+        cfg = compose_config("train", "experiment=recall_mad", f"experiment/recall_mad/task@_global_={task}")
+        assert (cfg.data.name, cfg.data.vocab_size, cfg.block_size) == (task, *baselines[task])
+        assert cfg.data.train_examples == 12_800
+        instantiate(cfg.data, _convert_="all")  # a valid task: impossible settings raise UserError
