@@ -550,7 +550,7 @@ CASES = [
     ("evaluate", [*EVALUATE, "tokenizer=gpt2"], "there is no option group tokenizer; see python -m lmzoo.evaluate --help",
      []),
     ("evaluate", EVALUATE, "no training config beside {ckpt}; name the data: data.path=FILE or data=NAME", []),
-    ("evaluate", [*EVALUATE, "data=mqar"], "data=mqar is a synthetic task, which evaluate does not score", []),
+    ("evaluate", [*EVALUATE, "data=mqar"], "data=mqar has ids of a synthetic task (8192), the checkpoint char tokenizer", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "~data._target_"], "data._target_ is deleted, which evaluate "
      "reads a data set with; leave data._target_ as the config has it", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=lmzoo.data.tokenizer.Tokenizer"],

@@ -5,6 +5,7 @@ attention model that learns a tiny MQAR."""
 import json
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import hypothesis.strategies as st
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from torch.utils.data import DataLoader
 
 from lmzoo.checkpoints import load_model
+from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.checkpoints.ckpt import read_checkpoint
 from lmzoo.data.tasks import (IGNORE, MQARConfig, NoisyRecallConfig, SelectiveCopyingConfig, TASKS, EpochBatches,
                               task_splits)
@@ -209,6 +211,21 @@ def test_a_task_run_records_its_accuracy_and_state_size_and_resumes_with_its_bes
     data.prepare_data()
     assert 0 <= summary["test_accuracy"] <= 1 and {key: summary[key] for key in ("test_loss", "test_accuracy")} == \
         data.test_result(load_model(result["best_checkpoint"])[0])
+    # evaluate scores the same test examples, or the validation set, on their answers.
+    run_data = compose_task(tmp_path / "straight", *common).data
+    task = ["data=mqar", "data.vocab_size=64", "data.num_kv_pairs=4", "data.train_examples=200",
+            f"data.batch_size={run_data.batch_size}", f"data.val_batches={run_data.val_batches}"]
+    best = result["best_checkpoint"]
+    # In batches of the run's size, so that the sums are rounded alike.
+    tested = evaluate_checkpoint(compose_config("evaluate", f"ckpt={best}", "split=test", *task,
+                                                f"batch_size={run_data.batch_size}"))
+    assert (tested["loss"], tested["accuracy"]) == (summary["test_loss"], summary["test_accuracy"])
+    assert json.loads(Path(best).with_name(f"{Path(best).stem}.eval.mqar.test.json").read_text()) == tested
+    validated = evaluate_checkpoint(compose_config("evaluate", f"ckpt={best}", *task))
+    assert validated["answers"] == tested["answers"] and validated["loss"] != tested["loss"]
+    with pytest.raises(UserError, match="data=mqar has ids of a synthetic task .128., the checkpoint ids of a "
+                                        "synthetic task .64."):
+        evaluate_checkpoint(compose_config("evaluate", f"ckpt={best}", *task, "data.vocab_size=128"))
     # Two layers of keys and values, 32 tokens, 32 wide, in fp32.
     assert summary["state_bytes"] == 2 * 2 * 32 * 32 * 4
     halfway = tmp_path / "straight" / "checkpoints" / "step4.ckpt"

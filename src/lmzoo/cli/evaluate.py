@@ -1,5 +1,5 @@
 """python -m lmzoo.evaluate ckpt=PATH [data=NAME] [data.path=FILE] [split=val|test]: loss, perplexity and bits per
-byte on the validation split, or the test split.
+byte on the validation split, or the test split; on a synthetic task, loss and accuracy over its answers.
 
 Without data=, the data set the checkpoint's run trained on; with only data.path=FILE, that text, tokenized
 with the checkpoint's own tokenizer.
@@ -63,20 +63,19 @@ def data_config(cfg: DictConfig, ckpt: Path, tokenizer_spec: dict) -> DictConfig
         raise UserError(f"{run_config} does not parse ({reason}); name the data: data.path=FILE or data=NAME") from None
 
 
-def builds_data(data: DictConfig) -> DictConfig:
-    """`data` when its `_target_` is lmzoo's DataConfig (or a synthetic task's, which evaluate refuses in its own
-    words): deleted, or naming another class, it would build what evaluate cannot read a data set from."""
+def data_class(data: DictConfig) -> type:
+    """The class `data` builds: lmzoo's DataConfig or a synthetic task's. Deleted, or naming another class, its
+    `_target_` would build what evaluate cannot read a data set from."""
     target = data.get("_target_")
     try:
         cls = get_class(str(target)) if target is not None else None
-        builds = cls is DataConfig or (isinstance(cls, type) and issubclass(cls, TaskConfig))
     except (ImportError, ValueError):
-        builds = False
-    if not builds:
+        cls = None
+    if not (cls is DataConfig or (isinstance(cls, type) and issubclass(cls, TaskConfig))):
         given = " is deleted" if target is None else f"={target} is not lmzoo.data.DataConfig"
         raise UserError(f"data._target_{given}, which evaluate reads a data set with; leave data._target_ as the "
                         "config has it, and name the data with data=NAME or data.path=FILE")
-    return data
+    return cls
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -88,9 +87,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         raise UserError(f"split must be one of {', '.join(EVALUATED_SPLITS)}, got {cfg.split!r}")
     model, _, record = load_model(ckpt, resolve_device(cfg.device))
     print(model_card(model, record))
+    node = data_config(cfg, ckpt, record.tokenizer)
+    # A task's batch size also sizes its validation and test sets (data.val_batches batches): they stay the run's.
+    sizes = {} if issubclass(data_class(node), TaskConfig) else {"batch_size": cfg.batch_size}
     # Under its key, so that Hydra's errors name a key DataConfig does not take as data.KEY.
-    data = instantiate(OmegaConf.create({"data": builds_data(data_config(cfg, ckpt, record.tokenizer))}).data,
-                       block_size=model.block_size, batch_size=cfg.batch_size, _convert_="all")
+    data = instantiate(OmegaConf.create({"data": node}).data, block_size=model.block_size, **sizes, _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size, cfg.split)}
     if not math.isfinite(result["loss"]):
         raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "

@@ -258,6 +258,13 @@ def stream(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, STREAMS[split]])
 
 
+def correct_answers(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each answer of a synthetic task's targets (those not IGNORE) is the logits' top token: val/accuracy
+    is their share."""
+    answers = targets != IGNORE
+    return logits.argmax(dim=-1)[answers] == targets[answers]
+
+
 def compact(inputs: np.ndarray, targets: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The examples in the smallest integer type that holds the vocabulary and IGNORE (a training set of Zoology's
     100,000 examples of 256 tokens takes 100 MB in int16, 400 in int64)."""

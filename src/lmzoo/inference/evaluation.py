@@ -1,7 +1,8 @@
-"""Loss, perplexity and bits per byte of a model on a whole validation or test split.
+"""Loss, perplexity and bits per byte of a model on a whole validation or test split of a text; loss and accuracy
+over every answer of a synthetic task's split.
 
-Every token of the split but the first is predicted exactly once, from non-overlapping windows of
-the model's context taken in order, so the numbers are the same every time.
+Every token of a text's split but the first is predicted exactly once, from non-overlapping windows of the model's
+context taken in order, so the numbers are the same every time; a task's split is its fixed examples.
 """
 
 import math
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from lmzoo.data import DataConfig, prepare
 from lmzoo.data.bins import BinsMeta
-from lmzoo.data.tasks import TaskConfig
+from lmzoo.data.tasks import IGNORE, FixedBatches, TaskConfig, correct_answers, task_splits
 from lmzoo.data.tokenizer import describe_tokenizer
 from lmzoo.data.windows import open_tokens, window_batch
 from lmzoo.errors import UserError
@@ -63,12 +64,38 @@ def tokenized_differently(data: DataConfig, tokenizer_spec: dict) -> UserError:
 EVALUATED_SPLITS = ("val", "test")
 
 
-def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig, batch_size: int, split: str = "val") -> dict:
-    """The model's loss, perplexity and bits per byte on `split` of `data` (prepared if needed)."""
+@torch.no_grad()
+def answers_result(model: LanguageModel, inputs: np.ndarray, targets: np.ndarray, batch_size: int) -> dict:
+    """Mean cross-entropy and exact accuracy over every answer of a task's examples (targets not IGNORE), and how
+    many answers that is: val/loss and val/accuracy over a whole split, in eval mode."""
+    loss, correct, answers = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_inputs, batch_targets in FixedBatches(inputs, targets, batch_size):
+            batch_inputs, batch_targets = batch_inputs.to(model.device), batch_targets.to(model.device)
+            logits = model(batch_inputs).logits
+            loss += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets.flatten(), ignore_index=IGNORE,
+                                    reduction="sum").item()
+            correct += int(correct_answers(logits, batch_targets).sum())
+            answers += int((batch_targets != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    return {"answers": answers, "loss": loss / answers, "accuracy": correct / answers}
+
+
+def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig | TaskConfig, batch_size: int,
+             split: str = "val") -> dict:
+    """The model's loss, perplexity and bits per byte on `split` of a text (prepared if needed); its loss and
+    accuracy over the answers of a synthetic task's `split`."""
     if isinstance(data, TaskConfig):
-        raise UserError(f"data={data.name} is a synthetic task, which evaluate does not score: its accuracy is the "
-                        "run's val/accuracy (best_val_accuracy in its summary.json); evaluate a text with data=NAME "
-                        "or data.path=FILE")
+        # A task's ids are its tokenizer: another vocabulary would feed the model ids it has no embedding for.
+        if data.tokenizer != tokenizer_spec:
+            raise UserError(f"data={data.name} has {describe_tokenizer(data.tokenizer)}, the checkpoint "
+                            f"{describe_tokenizer(tokenizer_spec)}; evaluate on data of the checkpoint's tokenizer, or leave "
+                            "data= out for the data its run trained on")
+        return {"data": data.name, "split": split,
+                **answers_result(model, *task_splits(data)[split], batch_size)}
     check_tokenizer(data, tokenizer_spec)
     # The model's context is fixed: a text too short for it needs more text, not another block_size.
     meta = prepare(data, too_short="evaluate on a longer text")
@@ -91,6 +118,10 @@ def split_result(model: LanguageModel, data_dir, meta: BinsMeta, split: str, bat
 
 
 def table(result: dict) -> str:
+    if "accuracy" in result:
+        return (f"{'data':<20} {'split':<6} {'answers':>10} {'loss':>8} {'accuracy':>9}\n"
+                f"{result['data']:<20} {result['split']:<6} {result['answers']:>10,} {result['loss']:>8.4f} "
+                f"{result['accuracy']:>9.4f}")
     header = f"{'data':<20} {'split':<6} {'tokens':>12} {'loss':>8} {'perplexity':>11} {'bits/byte':>10}"
     row = (f"{result['data']:<20} {result['split']:<6} {result['tokens']:>12,} {result['loss']:>8.4f} "
            f"{result['perplexity']:>11.3f} {result['bits_per_byte']:>10.4f}")

@@ -3,17 +3,15 @@ builds and reads both)."""
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lmzoo.data import DataConfig, prepare, read_meta
 from lmzoo.data.bins import BinsMeta, check_block_size
-from lmzoo.data.tasks import IGNORE, EpochBatches, FixedBatches, TaskConfig, task_splits
+from lmzoo.data.tasks import EpochBatches, FixedBatches, TaskConfig, task_splits
 from lmzoo.data.windows import FixedWindows, RandomWindows
 from lmzoo.errors import UserError
-from lmzoo.inference.evaluation import split_result
+from lmzoo.inference.evaluation import answers_result, split_result
 from lmzoo.models import LanguageModel
-from lmzoo.training.module import correct_answers
 
 
 class BatchesModule(L.LightningDataModule):
@@ -130,21 +128,8 @@ class TaskDataModule(BatchesModule):
     def test_result(self, model: LanguageModel) -> dict:
         """The test examples' loss and accuracy of `model` (over every answer, as val/loss and val/accuracy weigh
         them): a run's report, read once at its end; nothing that selects reads it."""
-        losses, correct, answers = 0.0, 0, 0
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for inputs, targets in FixedBatches(*self.splits["test"], self.config.batch_size):
-                    inputs, targets = inputs.to(model.device), targets.to(model.device)
-                    logits = model(inputs).logits
-                    losses += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                                              reduction="sum").item()
-                    correct += int(correct_answers(logits, targets).sum())
-                    answers += int((targets != IGNORE).sum())
-        finally:
-            model.train(was_training)
-        return {"test_loss": losses / answers, "test_accuracy": correct / answers}
+        result = answers_result(model, *self.splits["test"], self.config.batch_size)
+        return {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
 
 
 def data_module(config: DataConfig | TaskConfig) -> TokenDataModule | TaskDataModule:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lmzoo.checkpoints.ckpt import upgrade_checkpoint
 from lmzoo.checkpoints.record import CHECKPOINT_KEYS, ModelRecord, architecture_record
-from lmzoo.data.tasks import IGNORE
+from lmzoo.data.tasks import IGNORE, correct_answers
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import bits_per_byte
 from lmzoo.models import LanguageModel, ModelOutput
@@ -199,13 +199,6 @@ class LitLM(L.LightningModule):
         # lmzoo 0.1 recorded no optimizer settings; its schedule was a warmup-cosine, as a record without a schedule.
         self.optim = OptimConfig(**record.optim) if record.optim else replace(self.optim, schedule="cosine")
         restore_rng(record.rng)
-
-
-def correct_answers(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Whether each answer of a synthetic task's targets (those not IGNORE) is the logits' top token: val/accuracy
-    is their share."""
-    answers = targets != IGNORE
-    return logits.argmax(dim=-1)[answers] == targets[answers]
 
 
 def decoding_state_bytes(model: LanguageModel) -> int | None:

@@ -24,11 +24,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmzoo.data.tasks import correct_answers
 from lmzoo.errors import UserError, user_error_behind
 from lmzoo.files import write_atomically
 from lmzoo.training.choice import STUDY, TRIALS, choose
 from lmzoo.training.datamodule import data_module
-from lmzoo.training.module import correct_answers
 from lmzoo.training.plan import Command, prepared_data, settle
 from lmzoo.training.provenance import PER_RUN_KEYS, provenance, write_provenance
 from lmzoo.training.provenance import flatten as flatten_config
@@ -55,7 +55,7 @@ def check_steps(steps: int, checks: int) -> dict[int, int]:
 def check_value(trainer: L.Trainer, lit: L.LightningModule, batches: int, monitor: str = "val/loss") -> float:
     """`monitor` (tune.monitor) on `batches` of the validation batches, spread over them, as validation computes it:
     the mean loss (LitLM.cross_entropy), or val/accuracy's share of a synthetic task's answers predicted exactly
-    (lmzoo.training.module.correct_answers). In eval mode and without gradients: the model and its training are
+    (lmzoo.data.tasks.correct_answers). In eval mode and without gradients: the model and its training are
     left as they were (no random draw, no running statistic updated)."""
     windows = trainer.datamodule.val_dataloader().dataset
     indices = sorted({round(i * (len(windows) - 1) / max(1, batches - 1)) for i in range(min(batches, len(windows)))})
