@@ -11,17 +11,19 @@ import math
 
 import pytest
 import torch
-from helpers import PRESETS, V, assert_same_weights, compose_train, compose_zoo, make, run, train_process
+from helpers import (PRESETS, SMOKE, V, assert_same_weights, compose_config, compose_train, compose_zoo, make, run,
+                     tiny_overrides, train_process)
 from helpers.fault_injection import fault
 from helpers.recording import StepRecorder
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch._dynamo.utils import counters
 
 from lmzoo.checkpoints import load_model, read_checkpoint
+from lmzoo.cli.evaluate import evaluate_checkpoint
 from lmzoo.inference.sampling import SamplingSettings, generate, sample_text
 from lmzoo.reports.plot import read_scalars
 from lmzoo.training.optim import OptimConfig, configure_adamw
-from lmzoo.training.run import build
+from lmzoo.training.run import build, train
 
 # 30 steps of a tiny model at a learning rate high enough for every zoo model's loss to fall clearly.
 STEPS = ["trainer.max_steps=30", "trainer.val_check_interval=10", "data.batch_size=16", "optim.lr=3e-2"]
@@ -234,3 +236,27 @@ def test_peak_gpu_memory_of_a_step_is_logged(tmp_path):
     # Weights, gradients and AdamW's two moments, all fp32, are held through a step; activations come on top.
     held = 4 * 4 * sum(p.numel() for p in lit.model.parameters())
     assert held / 1e9 < peak < torch.cuda.get_device_properties(0).total_memory / 1e9
+
+
+@pytest.mark.parametrize("name", ["gpt_rope", "gated_deltanet"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_synthetic_task_trains_on_the_device_and_its_checkpoint_scores_alike_on_cpu(tmp_path, device, name):
+    """The recall studies' path (experiment=recall's data, metrics and checkpoint choice): a tiny MQAR run on the
+    device records its best val/accuracy and its test examples' accuracy, and evaluate scores that checkpoint's test
+    examples on CPU as the run did on the device."""
+    task = ["data=mqar", "data.vocab_size=64", "data.num_kv_pairs=4", "data.train_examples=200",
+            "data.batch_size=8", "data.val_batches=2"]
+    result = train(compose_config("train", f"model={name}", *SMOKE, *tiny_overrides(name), *task,
+                                  "trainer.max_steps=20", "optim.lr=1e-2", "trainer.val_check_interval=10",
+                                  "callbacks.model_checkpoint.monitor=val/accuracy",
+                                  "callbacks.model_checkpoint.mode=max",
+                                  f"paths.output_dir={tmp_path / 'run'}",
+                                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # Below chance over the 64 ids: it has learnt at least that answers are values.
+    assert summary["best_val_loss"] < math.log(64) - 0.3
+    assert 0 <= summary["best_val_accuracy"] <= 1 and 0 <= summary["test_accuracy"] <= 1
+    tested = evaluate_checkpoint(compose_config("evaluate", f"ckpt={result['best_checkpoint']}",
+                                                "split=test", "device=cpu", "batch_size=8", *task))
+    assert tested["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1 / tested["answers"])
+    assert tested["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
