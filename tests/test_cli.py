@@ -2,6 +2,9 @@
 
 import gc
 import importlib
+import os
+import subprocess
+import sys
 import tomllib
 import types
 
@@ -96,6 +99,19 @@ def test_a_command_loads_with_the_collector_off_and_runs_with_it_on(monkeypatch)
     finally:
         gc.unfreeze()
     assert seen == {"import": ("lmzoo.cli.train", False), "main": True} and gc.isenabled()
+
+
+def test_a_command_ending_without_teardown_writes_all_its_output_and_runs_the_exit_handlers(tmp_path):
+    """python -m lmzoo.generate ends by exit_without_teardown: what it printed (buffered, as into a pipe) and what
+    the exit handlers do still happen, and the exit status is 0."""
+    script = ("import atexit, sys\nfrom lmzoo.cli import exit_without_teardown\n"
+              "atexit.register(lambda: open('handled', 'w').write('yes'))\n"
+              "sys.stdout.write('x' * 1000)\nprint('end', file=sys.stderr)\nexit_without_teardown()\n"
+              "print('not reached')\n")
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=buffered)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "x" * 1000, "end\n")
+    assert (tmp_path / "handled").read_text() == "yes"
 
 
 def test_every_installed_script_names_a_command():
