@@ -75,7 +75,8 @@ def main():
         # (`run`) keeps the checkpoint that generate samples from.
         train, first_train = ([sys.executable, "-m", "lmzoo.train", "trainer=debug", "trainer.max_steps=1",
                                "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data,
-                               f"hydra.run.dir={work / folder}", "+callbacks.first_step._target_=first_step.FirstStepClock",
+                               f"hydra.run.dir={work / folder}",
+                               "+callbacks.first_step._target_=first_step.FirstStepClock",
                                f"+callbacks.first_step.path={first_step_file}"] for folder in ("again", "run"))
         generate = [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"]
         commands = {

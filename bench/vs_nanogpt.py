@@ -155,8 +155,8 @@ def main():
         # Both programs' own modules byte-compiled beforehand, as an installed package's are (pip compiles them) and
         # as a second run of a checkout finds them: where PYTHONDONTWRITEBYTECODE is set, each run would compile
         # them again, 0.1 s of lmzoo's sampling and a few ms of nanoGPT's.
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "lmzoo"), str(nanogpt)], check=True,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "lmzoo"), str(nanogpt)],
+                       check=True, capture_output=True)
         lmzoo_data = [f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={work / 'lmzoo-data'}"]
         subprocess.run([sys.executable, "-m", "lmzoo.prepare", "data=shakespeare_char", *lmzoo_data], cwd=work,
                        env=env, check=True, capture_output=True)

@@ -84,8 +84,9 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = (), mode_in_confi
             check_flags(sys.argv[1:], config_name)
             with hydra_errors_raised() as full_error:
                 try:
-                    probe = contextlib.nullcontext() if mode_may_be_set(sys.argv[1:], mode_in_config) else mode_not_probed()
-                    with contextlib.redirect_stderr(WithoutFailedJobLines(sys.stderr)), probe:
+                    probed = mode_may_be_set(sys.argv[1:], mode_in_config)
+                    with (contextlib.redirect_stderr(WithoutFailedJobLines(sys.stderr)),
+                          contextlib.nullcontext() if probed else mode_not_probed()):
                         return run()
                 except (HydraException, OmegaConfBaseException) as error:
                     # A sweep ends by raising the error of a failed job, which may be a UserError Hydra wrapped.
