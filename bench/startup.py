@@ -25,6 +25,7 @@ rounds. Printed: each command's median wall time, and the medians of the per-rou
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,10 +71,13 @@ def main():
         work = Path(tmp)
         data = [f"data.path={TINYSHAKESPEARE}", f"paths.data_dir={work / 'data'}"]
         first_step_file = work / "first_step"
-        train = [sys.executable, "-m", "lmzoo.train", "trainer=debug", "trainer.max_steps=1",
-                 "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data,
-                 f"hydra.run.dir={work / 'run'}", "+callbacks.first_step._target_=first_step.FirstStepClock",
-                 f"+callbacks.first_step.path={first_step_file}"]
+        # A run folder that holds a run is refused, so each timed run writes a new one (`again`); the first run's
+        # (`run`) keeps the checkpoint that generate samples from.
+        train, first_train = ([sys.executable, "-m", "lmzoo.train", "trainer=debug", "trainer.max_steps=1",
+                               "trainer.val_check_interval=1", "optim.warmup_steps=1", "sample_tokens=0", *data,
+                               f"hydra.run.dir={work / folder}",
+                               "+callbacks.first_step._target_=first_step.FirstStepClock",
+                               f"+callbacks.first_step.path={first_step_file}"] for folder in ("again", "run"))
         generate = [sys.executable, "-m", "lmzoo.generate", f"ckpt={work / 'run/checkpoints/last.ckpt'}"]
         commands = {
             "torch": [sys.executable, "-c", "import torch"],
@@ -85,7 +89,7 @@ def main():
         }
         # The data prepared, a checkpoint written, the CPU's peak FLOP/s and every module's bytecode cached before
         # anything is timed.
-        wall(train, work, env, first_step_file)
+        wall(first_train, work, env, first_step_file)
         for command in (commands["generate 1"], commands["optimizer"]):
             wall(command, work, env)
         print(f"load average at start: {os.getloadavg()[0]:.1f}; {args.threads} thread(s)")
@@ -94,6 +98,7 @@ def main():
         names = list(commands)
         for round_ in range(args.rounds):
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                shutil.rmtree(work / "again", ignore_errors=True)
                 seconds, cpu, first_step = wall(commands[name], work, env, first_step_file if name == "train" else None)
                 times[name].append(seconds)
                 cpu_times[name].append(cpu)

@@ -2,6 +2,9 @@
 
 import gc
 import importlib
+import os
+import subprocess
+import sys
 import tomllib
 import types
 
@@ -9,6 +12,7 @@ import pytest
 from helpers import REPO, SHAKESPEARE, TINY, compose_train, markdown_tables, run
 
 import lmzoo.cli
+from lmzoo.cli.hydra_command import mode_may_be_set
 from lmzoo.training.run import train
 
 
@@ -96,6 +100,28 @@ def test_a_command_loads_with_the_collector_off_and_runs_with_it_on(monkeypatch)
     finally:
         gc.unfreeze()
     assert seen == {"import": ("lmzoo.cli.train", False), "main": True} and gc.isenabled()
+
+
+def test_a_command_ending_without_teardown_writes_all_its_output_and_runs_the_exit_handlers(tmp_path):
+    """python -m lmzoo.generate ends by exit_without_teardown: what it printed (buffered, as into a pipe) and what
+    the exit handlers do still happen, and the exit status is 0."""
+    script = ("import atexit, sys\nfrom lmzoo.cli import exit_without_teardown\n"
+              "atexit.register(lambda: open('handled', 'w').write('yes'))\n"
+              "sys.stdout.write('x' * 1000)\nprint('end', file=sys.stderr)\nexit_without_teardown()\n"
+              "print('not reached')\n")
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=buffered)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "x" * 1000, "end\n")
+    assert (tmp_path / "handled").read_text() == "yes"
+
+
+@pytest.mark.parametrize(("args", "may_be_set"), [
+    (["model=gpt", "hydra.run.dir=x"], False), (["-m", "seed=1,2"], False), (["hydra.mode=MULTIRUN"], True),
+    (["++hydra.mode=RUN"], True), (["-cn", "tune"], True), (["--config-name=tune"], True),
+    (["--config-dir", "d"], True)])
+def test_hydra_composes_once_to_read_the_mode_only_where_something_may_set_it(args, may_be_set):
+    assert mode_may_be_set(args, mode_in_config=False) == may_be_set
+    assert mode_may_be_set(args, mode_in_config=True)
 
 
 def test_every_installed_script_names_a_command():

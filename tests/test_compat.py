@@ -2,15 +2,18 @@
 an upgrade of Lightning, lightning-utilities, torch or Hydra that changes one fails here, naming it."""
 
 import contextlib
+import importlib
+import inspect
 import re
 import sys
 import warnings
+from unittest import mock
 
 import lightning as L
 import pytest
 import torch
 import torchmetrics.utilities.imports as torchmetrics_imports
-from helpers import compose_config
+from helpers import REPO, compose_config
 from hydra._internal.callbacks import Callbacks
 from hydra.core.utils import JobReturn, JobStatus, run_job
 from hydra.plugins.launcher import Launcher
@@ -25,7 +28,7 @@ from omegaconf import OmegaConf
 
 from lmzoo.cli.compat import (FAILED_JOB_LINE, WithoutFailedJobLines, failed_instantiation, flags_parser,
                               group_not_in_defaults, instantiated_section, is_ambiguous_value, job_error,
-                              missing_argument, missing_key, missing_option, not_an_override,
+                              missing_argument, missing_key, missing_option, mode_not_probed, not_an_override,
                               raised_applying_override, raised_by_launcher, uncallable_target, unexpected_keyword)
 from lmzoo.training.callbacks import ValidateAtEnd
 from lmzoo.training.compat import LEAF_SPEC_WARNING, device_count, logs_this_step, lr_multiplier, packages_reported_missing
@@ -253,6 +256,39 @@ def test_hydras_flags_are_parsed_by_the_parser_hydra_main_uses():
     assert (parsed.cfg, parsed.multirun, parsed.overrides) == ("job", True, ["model=gpt"])
     with pytest.raises(SystemExit):
         flags_parser().parse_args(["--cfg", "everything"])
+
+
+COMMANDS = ("train", "generate", "evaluate", "describe", "export", "prepare", "tune")
+EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [("train",), *(("train", f"experiment={name}") for name in EXPERIMENTS),
+                                       *((name,) for name in COMMANDS[1:])])
+def test_only_the_commands_that_declare_it_set_hydra_mode_so_the_others_skip_hydras_probe_of_it(overrides):
+    """A command composes its config once, not twice, unless hydra_command(mode_in_config=True) (mode_not_probed):
+    the probe's answer is None for every config but those."""
+    name, *rest = overrides
+    hydra = compose_config(name, *rest, return_hydra_config=True).hydra
+    command = importlib.import_module(f"lmzoo.cli.{name}")
+    (declared,) = [value.mode_in_config for value in vars(command).values() if hasattr(value, "mode_in_config")]
+    assert (hydra.mode is not None) == declared == (name == "tune")
+
+
+def test_hydra_get_mode_composes_to_read_the_mode_and_is_skipped_while_not_probed():
+    """hydra-core 1.3's _run_hydra asks Hydra.get_mode, which composes; mode_not_probed answers None without it."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import _run_hydra
+
+    assert "hydra.get_mode(" in inspect.getsource(_run_hydra)
+    probed = mock.Mock()
+    Hydra.get_mode(probed, config_name="generate", overrides=[])
+    probed.compose_config.assert_called_once()
+    with mode_not_probed():
+        skipped = mock.Mock()
+        assert Hydra.get_mode(skipped, config_name="generate", overrides=[]) is None
+        skipped.compose_config.assert_not_called()
+    Hydra.get_mode(probed, config_name="generate", overrides=[])
+    assert probed.compose_config.call_count == 2
 
 
 @pytest.mark.parametrize(("accelerator", "devices", "num_nodes"),

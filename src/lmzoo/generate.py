@@ -1,6 +1,6 @@
 """`python -m lmzoo.generate`: the entry point is lmzoo.cli.generate."""
 
-from lmzoo.cli import run_command
+from lmzoo.cli import exit_without_teardown, run_command
 
 
 def main() -> None:
@@ -9,3 +9,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_without_teardown()

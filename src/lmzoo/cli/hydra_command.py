@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import (ConfigAttributeError, InterpolationResolutionError, MissingMandatoryValue,
                               OmegaConfBaseException)
 
-from lmzoo.cli.compat import WithoutFailedJobLines, raised_applying_override, raised_by_launcher
+from lmzoo.cli.compat import WithoutFailedJobLines, mode_not_probed, raised_applying_override, raised_by_launcher
 from lmzoo.cli.folders import Refused, RunFolderLock
 from lmzoo.cli.hydra_errors import (check_flags, deleted_key, explain, hydra_errors_raised, instantiation_error,
                                    unresolved)
@@ -34,9 +34,10 @@ def job_gpu(job_number: int) -> list[int]:
 OmegaConf.register_new_resolver("lmzoo.job_gpu", job_gpu, replace=True)
 
 
-def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
+def hydra_command(config_name: str, literal: tuple[str, ...] = (), mode_in_config: bool = False):
     """Turn `task(cfg)` into a command line whose config is conf/CONFIG_NAME.yaml plus the arguments; the
-    values of the `literal` keys are taken as typed."""
+    values of the `literal` keys are taken as typed. `mode_in_config`: the config sets hydra.mode (tune's sweeps
+    without -m), which Hydra then composes the config once more to read."""
 
     def decorate(task):
         # True from the start of the task until it returns: its errors are not Hydra's, and keep their tracebacks.
@@ -83,7 +84,9 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
             check_flags(sys.argv[1:], config_name)
             with hydra_errors_raised() as full_error:
                 try:
-                    with contextlib.redirect_stderr(WithoutFailedJobLines(sys.stderr)):
+                    probed = mode_may_be_set(sys.argv[1:], mode_in_config)
+                    with (contextlib.redirect_stderr(WithoutFailedJobLines(sys.stderr)),
+                          contextlib.nullcontext() if probed else mode_not_probed()):
                         return run()
                 except (HydraException, OmegaConfBaseException) as error:
                     # A sweep ends by raising the error of a failed job, which may be a UserError Hydra wrapped.
@@ -115,9 +118,17 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = ()):
                     RunFolderLock.held.close()
                     RunFolderLock.sweep_before = None
 
+        main.mode_in_config = mode_in_config
         return main
 
     return decorate
+
+
+def mode_may_be_set(args: list[str], mode_in_config: bool) -> bool:
+    """Whether hydra.mode may be set other than by -m: by the command's config, by an override, or by a config the
+    command line chooses in place of the command's (Hydra's --config-name, --config-path, --config-dir)."""
+    return mode_in_config or any(arg.lstrip("+~").startswith("hydra.mode") or arg.startswith(("-c", "--config"))
+                                 for arg in args)
 
 
 def deleted_keys() -> dict[str, str]:

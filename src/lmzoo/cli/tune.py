@@ -28,7 +28,7 @@ def study_folder(model: str) -> str:
 OmegaConf.register_new_resolver("lmzoo.study_folder", study_folder, replace=True)
 
 
-@hydra_command("tune")
+@hydra_command("tune", mode_in_config=True)
 def main(cfg: DictConfig) -> float:
     # Imported here so that a mistake on the command line is reported before Lightning and Optuna load.
     from lmzoo.training.plan import Command
