@@ -28,6 +28,15 @@ def test_train_then_generate(tmp_path):
     samples = out.strip("\n").split("\n---------------\n")
     assert len(samples) == 2 and samples[0] == samples[1]
     assert samples[0].startswith("ROMEO:") and len(samples[0]) == len("ROMEO:") + 40
+    # A reader that stops reading (`| head`) ends it without a traceback, its output buffered or not.
+    for unbuffered in ("", "1"):
+        env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+        generating = subprocess.Popen([sys.executable, "-m", "lmzoo.generate", f"ckpt={ckpt}", "max_new_tokens=40"],
+                                      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        generating.stdout.close()
+        assert generating.wait(timeout=120) == 1
+        stderr = generating.stderr.read()
+        assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 
 def test_prepare_command(tmp_path):

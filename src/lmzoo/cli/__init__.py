@@ -29,7 +29,15 @@ def run_command(name: str) -> None:
     finally:
         gc.freeze()
         gc.enable()
-    main()
+    try:
+        main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of the output stopped reading (`| head`): stop as a Unix tool does, without a traceback, with
+        # stdout pointed at nothing so that Python's own flush at exit does not raise it again (the recipe of
+        # Python's signal documentation, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def exit_without_teardown() -> None:
