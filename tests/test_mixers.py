@@ -80,6 +80,23 @@ def test_the_chunked_form_multiplies_bf16_operands_in_bf16_and_keeps_its_state_i
     torch.testing.assert_close(state, final, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("mixer", SCANS)
+def test_a_compiled_chunked_form_gives_the_eager_ones_outputs_and_gradients(mixer):
+    """compile=true traces the scans' own operator and autograd functions (the solve, the decays): through
+    AOTAutograd (backend aot_eager, which builds no kernels, so the test stays fast) the same outputs, final state
+    and gradients, over 3 chunks of 8 from a given state."""
+    torch.manual_seed(0)
+    scan = SCANS[mixer]
+    inputs = [t.requires_grad_() for t in scan.inputs(20)]
+    start = torch.randn(scan.chunked(*inputs, 8)[1].shape)
+    results = []
+    for run in (scan.chunked, torch.compile(scan.chunked, backend="aot_eager", fullgraph=True)):
+        outputs, state = run(*inputs, 8, start)
+        results.append((outputs, state, *torch.autograd.grad(outputs.square().sum() + state.sum(), inputs)))
+    for compiled, eager in zip(results[1], results[0]):
+        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+
+
 def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
     """decayed() has its own backward: against autograd's of scores * exp(l_i - l_j) on the lower triangle, with
     gradients through both outputs and through the first only."""
