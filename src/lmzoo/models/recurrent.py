@@ -72,26 +72,30 @@ class ShiftedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, taps)
+        ctx.has_bias = bias is not None
         T = x.size(1) - taps.size(1) + 1
-        # A tap's weights as a contiguous row: broadcasting a strided column over x runs several times slower.
-        rows = taps.t().contiguous()
+        # bf16 inputs converted once: products of bf16 by float32 taps run several times slower than float32's. A
+        # tap's weights as a contiguous row: broadcasting a strided column over x runs several times slower too.
+        x, rows = x.to(taps.dtype), taps.t().contiguous()
         y = x[:, :T] * rows[0] if bias is None else torch.addcmul(bias, x[:, :T], rows[0])
         for tap in range(1, taps.size(1)):
             y.addcmul_(x[:, tap : tap + T], rows[tap])
-        ctx.save_for_backward(x, rows)
-        ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, rows = ctx.saved_tensors
+        x, taps = ctx.saved_tensors
+        dtype, x, rows = x.dtype, x.to(taps.dtype), taps.t().contiguous()
         T = grad.size(1)
         x_grad = None
         if ctx.needs_input_grad[0]:
-            x_grad = grad.new_zeros(x.shape)
-            for tap in range(rows.size(0)):
+            x_grad = grad.new_empty(x.shape)
+            torch.mul(grad, rows[0], out=x_grad[:, :T])
+            x_grad[:, T:].zero_()
+            for tap in range(1, rows.size(0)):
                 x_grad[:, tap : tap + T].addcmul_(grad, rows[tap])
-            x_grad = x_grad.to(x.dtype)
+            x_grad = x_grad.to(dtype)
         taps_grad = torch.stack([(grad * x[:, tap : tap + T]).sum((0, 1)) for tap in range(rows.size(0))], dim=1)
         return x_grad, taps_grad.to(rows.dtype), grad.sum((0, 1)) if ctx.has_bias else None
 
