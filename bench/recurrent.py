@@ -3,6 +3,7 @@ and memory per token as the context grows, where attention's cache grows and a r
 
     python bench/recurrent.py [--contexts 1024 4096 16384] [--steps 32] [--threads 1]
     python bench/recurrent.py --only mfu --rounds 5          # the MFU table alone
+    python bench/recurrent.py --only mfu --compile --widths 128   # compiled as compile=true does, width 128 only
 
 Random-init models from conf/model/ (gpt_rope, mamba2, gated_deltanet, hybrid). **MFU**: each preset at width 128
 with block 64 (the reference comparison's models, `experiment=reference`) and at width 384 with block 256
@@ -14,6 +15,8 @@ them (`flops_per_token(block)` x tokens) over the step's wall time and the peak 
 model.target_params, batch 8 x 256, forward and backward. **Decoding** at context L: a cache holding L tokens
 (attention's keys and values filled at random, which costs what real ones do), then `--steps` single-token steps
 at batch 1; the median step is reported. Models are timed in turn within each round, the best of the rounds kept.
+With `--compile` the MFU table's models are compiled as a run with `compile=true` compiles them (model.compile(),
+before the warm-up steps, which compile it) and its rows say so.
 """
 
 import argparse
@@ -84,20 +87,24 @@ def training_step(model, optimizer, tokens: torch.Tensor, bf16: bool) -> float:
     return time.perf_counter() - started
 
 
-def mfu_table(rounds: int) -> None:
-    """Each preset's training step at each MFU shape and precision: ms, tokens/s, MFU, and time against gpt_rope."""
+def mfu_table(rounds: int, compile: bool, widths: list[int]) -> None:
+    """Each preset's training step at each MFU shape and precision: ms, tokens/s, MFU, and time against gpt_rope;
+    compiled (`compile`) as a run with compile=true compiles its model."""
     precisions = ["fp32"] + (["bf16"] if set(BF16_CPU_UNITS) & cpu_flags() else [])
     print(f"\nMFU of a training step (batch {MFU_BATCH}, best of {rounds} rounds), against the peak a run's MFU uses: "
           + ", ".join(f"{name} {cpu_peak_flops(torch.bfloat16 if name == 'bf16' else torch.float32) / 1e9:.1f} GFLOP/s"
                       for name in precisions))
     print("\n| width, block | precision | model | parameters | FLOPs per token | ms per step | tokens/s | MFU "
           "| time vs gpt_rope |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for width, block in MFU_SHAPES:
+    for width, block in (shape for shape in MFU_SHAPES if shape[0] in widths):
         tokens = torch.randint(VOCAB, (MFU_BATCH, block))
         for precision in precisions:
             torch.manual_seed(0)
             models = {name: preset_config(name, block_size=block, vocab_size=VOCAB, n_embd=width).build()
                       for name in MODELS}
+            if compile:
+                for model in models.values():
+                    model.compile()
             optimizers = {name: configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"]
                           for name, model in models.items()}
             for name in MODELS:
@@ -108,10 +115,11 @@ def mfu_table(rounds: int) -> None:
                 for name in MODELS:
                     best[name] = min(best[name], training_step(models[name], optimizers[name], tokens, precision == "bf16"))
             peak = cpu_peak_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+            label = precision + (", compiled" if compile else "")
             for name in MODELS:
                 flops = models[name].flops_per_token(block)
                 rate = MFU_BATCH * block / best[name]
-                print(f"| {width}, {block} | {precision} | {name} | {models[name].parameter_counts().total:,} | "
+                print(f"| {width}, {block} | {label} | {name} | {models[name].parameter_counts().total:,} | "
                       f"{flops:,} | {best[name] * 1e3:.1f} | {rate:,.0f} | {rate * flops / peak:.1%} | "
                       f"{best[name] / best['gpt_rope']:.2f} |", flush=True)
 
@@ -123,12 +131,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=["mfu", "train", "decode"], help="one table of the three")
+    parser.add_argument("--compile", action="store_true", help="the MFU table's models compiled (compile=true)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[width for width, _ in MFU_SHAPES],
+                        help="the MFU table's shapes of these widths only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_name()}; " + ", ".join(f"{flag} {'yes' if flag in cpu_flags() else 'no'}" for flag in BF16_CPU_UNITS)
           + f"; torch {torch.__version__}, {args.threads} thread(s)")
     if args.only in (None, "mfu"):
-        mfu_table(args.rounds)
+        mfu_table(args.rounds, args.compile, args.widths)
     if args.only == "mfu":
         return
     torch.manual_seed(0)

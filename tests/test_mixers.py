@@ -12,6 +12,7 @@ from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_confi
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models.base import Kind, SequenceMixer, sized
 from lmzoo.models.cache import KVState
+from lmzoo.models.gated_deltanet import unit_lower_solve
 from lmzoo.models.recurrent import RecurrentState, ShortConv, decayed
 
 MIXERS = SequenceMixer.registry
@@ -79,6 +80,23 @@ def test_the_chunked_form_multiplies_bf16_operands_in_bf16_and_keeps_its_state_i
     torch.testing.assert_close(state, final, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("mixer", SCANS)
+def test_a_compiled_chunked_form_gives_the_eager_ones_outputs_and_gradients(mixer):
+    """compile=true traces the scans' own operator and autograd functions (the solve, the decays): through
+    AOTAutograd (backend aot_eager, which builds no kernels, so the test stays fast) the same outputs, final state
+    and gradients, over 3 chunks of 8 from a given state."""
+    torch.manual_seed(0)
+    scan = SCANS[mixer]
+    inputs = [t.requires_grad_() for t in scan.inputs(20)]
+    start = torch.randn(scan.chunked(*inputs, 8)[1].shape)
+    results = []
+    for run in (scan.chunked, torch.compile(scan.chunked, backend="aot_eager", fullgraph=True)):
+        outputs, state = run(*inputs, 8, start)
+        results.append((outputs, state, *torch.autograd.grad(outputs.square().sum() + state.sum(), inputs)))
+    for compiled, eager in zip(results[1], results[0]):
+        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+
+
 def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
     """decayed() has its own backward: against autograd's of scores * exp(l_i - l_j) on the lower triangle, with
     gradients through both outputs and through the first only."""
@@ -97,6 +115,23 @@ def test_the_decayed_scores_gradients_equal_autograds_of_their_formula():
             torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
     for output, expected in zip(ours, plain):
         assert torch.equal(output, expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 13, 64])
+def test_the_unit_triangular_solve_equals_lapacks_with_its_gradients(n):
+    """Gated DeltaNet's solve by the inverse (unit_lower_solve) against torch.linalg.solve_triangular's, on a
+    matrix whose diagonal and upper triangle it must ignore, its gradient on the strictly lower triangle only; n
+    of 13 is no power of 2."""
+    torch.manual_seed(0)
+    matrix = (0.3 * torch.randn(2, 3, n, n, dtype=torch.float64)).requires_grad_()
+    right = torch.randn(2, 3, n, 5, dtype=torch.float64, requires_grad=True)
+    ours = unit_lower_solve(matrix, right)[0]
+    lapack = torch.linalg.solve_triangular(matrix, right, upper=False, unitriangular=True)
+    torch.testing.assert_close(ours, lapack, atol=1e-12, rtol=1e-12)
+    weight = torch.randn_like(lapack)
+    for theirs, expected in zip(torch.autograd.grad((ours * weight).sum(), [matrix, right]),
+                                torch.autograd.grad((lapack * weight).sum(), [matrix, right])):
+        torch.testing.assert_close(theirs, expected, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])

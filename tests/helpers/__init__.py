@@ -72,24 +72,33 @@ def tiny_overrides(name: str) -> list[str]:
     return model_overrides(*shrunk_preset(name))
 
 
-def triangular_solve_flops(a_shape, b_shape, *args, out_shape, **kwargs) -> int:
+def triangular_solve_flops(matrix_shape, right_shape, *args, out_shape, **kwargs) -> int:
     """LAPACK's count of a triangular solve of n unknowns for m right-hand sides (dtrsm: m n^2), for each matrix
-    of a batch: FlopCounterMode has no formula for torch.linalg.solve_triangular."""
-    *batch, n, m = out_shape
+    of a batch: lmzoo's solve (gated_deltanet.unit_lower_solve) is one operator, which FlopCounterMode has no
+    formula for."""
+    *batch, n, m = right_shape
     return math.prod(batch) * n * n * m
+
+
+def triangular_solve_backward_flops(inverse_shape, solution_shape, grad_shape, *args, out_shape, **kwargs) -> int:
+    """The count of a triangular solve's backward as PyTorch's autograd of torch.linalg.solve_triangular takes
+    it: a solve with the transposed matrix (LAPACK's count) and the product that makes the matrix's gradient."""
+    *batch, n, m = grad_shape
+    return 3 * math.prod(batch) * n * n * m
 
 
 def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float:
     """PyTorch's count of one training step's FLOPs (forward and backward), per token. Attention runs on SDPA's
     math backend, the one FlopCounterMode has formulas for on CPU. Where it has none: the triangular solves, at
-    LAPACK's count (triangular_solve_flops); and the short convolutions, sums of shifted products, at its count of
+    LAPACK's count (triangular_solve_flops, and triangular_solve_backward_flops for their backward); and the short convolutions, sums of shifted products, at its count of
     the depthwise F.conv1d each equals on the inputs it got, 3 times (the backward twice the forward, as
     FlopCounterMode counts the products' backward; its count of a grouped convolution's backward is a dense one's)."""
     model.train()
     inputs = []
     hooks = [module.register_forward_hook(lambda module, args, output: inputs.append((module, args[0].shape)))
              for module in model.modules() if isinstance(module, ShortConv)]
-    solves = {torch.ops.aten.linalg_solve_triangular: triangular_solve_flops}
+    solves = {torch.ops.lmzoo.unit_lower_solve: triangular_solve_flops,
+              torch.ops.lmzoo.unit_lower_solve_backward: triangular_solve_backward_flops}
     try:
         with FlopCounterMode(display=False, custom_mapping=solves) as counter, sdpa_kernel(SDPBackend.MATH):
             output = model(tokens)

