@@ -91,7 +91,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # A task's batch size also sizes its validation and test sets (data.val_batches batches): they stay the run's.
     sizes = {} if issubclass(data_class(node), TaskConfig) else {"batch_size": cfg.batch_size}
     # Under its key, so that Hydra's errors name a key DataConfig does not take as data.KEY.
-    data = instantiate(OmegaConf.create({"data": node}).data, block_size=model.block_size, **sizes, _convert_="all")
+    data = instantiate(OmegaConf.create({"data": node}).data, block_size=model.block_size, **sizes,
+                       _convert_="all")
     result = {"checkpoint": str(ckpt), **evaluate(model, record.tokenizer, data, cfg.batch_size, cfg.split)}
     if not math.isfinite(result["loss"]):
         raise UserError(f"{ckpt} gives a loss of {result['loss']} on {data.name}: its weights have diverged; evaluate a "

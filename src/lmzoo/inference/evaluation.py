@@ -92,8 +92,8 @@ def evaluate(model: LanguageModel, tokenizer_spec: dict, data: DataConfig | Task
         # A task's ids are its tokenizer: another vocabulary would feed the model ids it has no embedding for.
         if data.tokenizer != tokenizer_spec:
             raise UserError(f"data={data.name} has {describe_tokenizer(data.tokenizer)}, the checkpoint "
-                            f"{describe_tokenizer(tokenizer_spec)}; evaluate on data of the checkpoint's tokenizer, or leave "
-                            "data= out for the data its run trained on")
+                            f"{describe_tokenizer(tokenizer_spec)}; evaluate on data of the checkpoint's tokenizer, "
+                            "or leave data= out for the data its run trained on")
         return {"data": data.name, "split": split,
                 **answers_result(model, *task_splits(data)[split], batch_size)}
     check_tokenizer(data, tokenizer_spec)

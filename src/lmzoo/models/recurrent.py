@@ -143,9 +143,9 @@ def recur(step, chunked, inputs: tuple[torch.Tensor, ...], chunk: int, state: Re
 def decayed(log_decay: torch.Tensor, *scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each of `scores` (..., size, size) times the decay within a chunk, in float32: exp(log_decay_i - log_decay_j)
     where token i reads token j (j <= i), 0 where it does not, from the cumulative log decays (..., size) of decays
-    at most 1 (falling along the chunk). Differences of the cumulative sums, not products of their exponentials, whose factors would overflow over a
-    long chunk; with its own backward (DecayedScores), which passes over these size x size matrices fewer times
-    than autograd's of the same formula."""
+    at most 1 (falling along the chunk). Differences of the cumulative sums, not products of their exponentials,
+    whose factors would overflow over a long chunk; with its own backward (DecayedScores), which passes over these
+    size x size matrices fewer times than autograd's of the same formula."""
     return DecayedScores.apply(log_decay, *scores)
 
 
