@@ -297,6 +297,9 @@ def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
     assert params["experiment/recall/model@_global_"].split(",") == ["gpt_rope", "swa", "mla", "mamba2",
                                                                       "gated_deltanet", "hybrid"]
     assert len(params["model.n_embd"].split(",")) >= 3 and len(params["seed"].split(",")) >= 2
+    # Seed 1 of every run before any seed 2 (the last key varies fastest): a study stopped halfway has compared
+    # every architecture at every difficulty and width once.
+    assert list(params)[0] == "seed" and list(params)[-1] == "optim.lr"
     # Zoology's length/pairs ratio at each difficulty; each architecture its preset, at 2 layers.
     for difficulty in params["experiment/recall/mqar@_global_"].split(","):
         cfg = compose_config("train", "experiment=recall", f"experiment/recall/mqar@_global_={difficulty}")
@@ -326,6 +329,7 @@ def test_the_mad_experiment_trains_the_recall_studys_models_on_mads_baseline_tas
     params = mad.hydra.sweeper.params
     assert params["experiment/recall/model@_global_"] == recall.hydra.sweeper.params["experiment/recall/model@_global_"]
     assert mad.trainer == recall.trainer and mad.callbacks == recall.callbacks and mad.model.n_layer == 2
+    assert list(params)[0] == "seed" and list(params)[-1] == "optim.lr"
     # MAD's baselines (mad-lab's configs/tasks/): noisy recall's sequences of 128 are inputs of 127 and their targets.
     baselines = {"noisy_recall": (32, 127), "selective_copying": (16, 256)}
     for task in params["experiment/recall_mad/task@_global_"].split(","):
