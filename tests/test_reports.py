@@ -9,6 +9,7 @@ import statistics
 import pytest
 from helpers import markdown_tables
 
+from lmzoo.cli.compare import main as compare_main
 from lmzoo.cli.plot import main as plot_main
 from lmzoo.cli.scaling import main as scaling_main
 from lmzoo.reports.compare import compare
@@ -317,8 +318,13 @@ def test_a_tasks_runs_are_ranked_by_accuracy_in_a_table_per_task(recall_sweep):
     assert "Ranked by mean best val/accuracy over seeds, highest first" in text and "A table per task." in text
     # The tasks differ in their pairs and length; the batch size says how they trained, not what.
     assert "mqar (block_size=64, data.num_kv_pairs=4):" in text and "mqar (block_size=128, data.num_kv_pairs=8):" in text
-    easy, hard, runs = markdown_tables(text)
+    easy, hard, across, runs = markdown_tables(text)
     assert len(easy) == len(hard) == 8 and len(runs) == 32
+    # Each model's best setting per task, chosen by validation, ranked among the models' side by side.
+    assert across == [{"model": "gpt_rope", "mqar (block_size=64, data.num_kv_pairs=4) best val/accuracy": "1 (0.9355)",
+                       "mqar (block_size=128, data.num_kv_pairs=8) best val/accuracy": "1 (0.8955)"},
+                      {"model": "mamba2", "mqar (block_size=64, data.num_kv_pairs=4) best val/accuracy": "2 (0.5355)",
+                       "mqar (block_size=128, data.num_kv_pairs=8) best val/accuracy": "2 (0.4955)"}]
     assert easy[0]["model"] == "gpt_rope (model.n_embd=64, optim.lr=0.01)" and easy[0]["best val/accuracy"] == \
         "0.9355 ± 0.0007"
     assert easy[-1]["model"] == "mamba2 (model.n_embd=32, optim.lr=0.001)" and easy[0]["state"] == "250.0 KiB"
@@ -343,6 +349,33 @@ def test_accuracy_against_state_size_draws_a_line_per_architecture_a_panel_per_t
     assert (recall_sweep / "accuracy_state.png").stat().st_size > 10_000
     plot_main([str(recall_sweep), "--x", "state", "--out", str(tmp_path / "state.png")])
     assert (tmp_path / "state.png").stat().st_size > 10_000
+
+
+def test_text_and_recall_rank_each_by_its_own_metric_and_side_by_side(recall_sweep, tmp_path_factory, capsys):
+    text_sweep = tmp_path_factory.mktemp("text")
+    for model, bpb in (("gpt_rope", 2.1), ("mamba2", 2.0)):
+        for lr, worse in ((1e-3, 0.0), (1e-2, 0.05)):
+            for seed in (1, 2):
+                # Validation prefers lr 1e-3; the test split would prefer 1e-2 for mamba2: not a choice it makes.
+                test = bpb + worse + seed / 100 - (0.2 if model == "mamba2" and lr == 1e-2 else 0)
+                write_run(text_sweep / f"{model}_{lr}_{seed}", model, seed,
+                          {"best_val_loss": 1.5, "best_val_bpb": bpb + worse + seed / 100, "test_bpb": test,
+                           "test_loss": 1.5}, {"data.name": "shakespeare_char", "optim.lr": lr})
+    compare_main([str(recall_sweep), str(text_sweep)])
+    text = capsys.readouterr().out
+    *tasks, across, runs = markdown_tables(text)
+    # The text is ranked by bits per byte, lowest first; the tasks by accuracy, highest first; no run left unranked.
+    assert "shakespeare_char (block_size=8), by test/bpb:" in text and "Not ranked" not in text
+    assert ("mqar (block_size=64, data.num_kv_pairs=4), mqar (block_size=128, data.num_kv_pairs=8): Ranked by mean "
+            "best val/accuracy over seeds, highest first") in text
+    assert "shakespeare_char (block_size=8): Ranked by mean test/bpb" in text
+    assert [row["model"] for row in tasks[-1]] == ["mamba2 (optim.lr=0.01)", "mamba2 (optim.lr=0.001)",
+                                                   "gpt_rope (optim.lr=0.001)", "gpt_rope (optim.lr=0.01)"]
+    # Side by side, each model at the setting validation chose (mamba2 at 1e-3), as a tune would have.
+    text_column = "shakespeare_char (block_size=8) test/bpb"
+    assert [(row["model"], row[text_column]) for row in across] == [("gpt_rope", "2 (2.1150)"),
+                                                                     ("mamba2", "1 (2.0150)")]
+    assert across[0]["mqar (block_size=64, data.num_kv_pairs=4) best val/accuracy"] == "1 (0.9355)"
 
 
 def test_a_folder_of_runs_and_sweeps_compares_every_run_in_it(tmp_path):

@@ -2,9 +2,10 @@
 
 Two tables: one row per setting (runs pooled over seeds, see lmzoo.reports.runs), ranked by mean test/bpb (the
 test split's bits per byte of each run's best-validation checkpoint; best val/bpb for runs of older releases,
-which have none; test/accuracy, highest first, on a synthetic task: a table per task), each with Welch's t-test
-against the best (Holm-corrected when several settings are tested against it), and where a model ran at its tuned
-value and beside it (train's tuned_at), where its best lies; then one row per run, in job order.
+which have none; test/accuracy, highest first, on a synthetic task: a table per task, each by its own metric, and
+each model's rank in every task side by side), each with Welch's t-test against the best (Holm-corrected when
+several settings are tested against it), and where a model ran at its tuned value and beside it (train's
+tuned_at), where its best lies; then one row per run, in job order.
 """
 
 import json
@@ -206,7 +207,8 @@ def tasks(settings: list[Setting]) -> dict[str, list[Setting]]:
                                                                         for d in described}) > 1)
     named = {}
     for task, group in zip(described, found.values()):
-        shown_keys = ", ".join(f"{key}={task.get(key)}" for key in differing if key != "data.name")
+        # A key of another task's data only (text has no num_kv_pairs) goes without saying.
+        shown_keys = ", ".join(f"{key}={task[key]}" for key in differing if key != "data.name" and key in task)
         named[f"{task.get('data.name')} ({shown_keys})" if shown_keys else str(task.get("data.name"))] = group
     return named
 
@@ -267,29 +269,94 @@ METRICS = {"test_accuracy": ("test/accuracy", True), "best_val_accuracy": ("best
            "best_val_loss": ("best val/loss", False)}
 
 
-def setting_table(settings: list[Setting], names: dict[int, str], published: bool = False) -> str:
-    """One row per setting with a result, best first; by accuracy, a table per task; `published`: in
-    PUBLISHED_COLUMNS."""
-    key = ranking_key(settings)
+def ranked_groups(settings: list[Setting]) -> dict[str, tuple[list[Setting], str]]:
+    """The settings by the table that ranks them and the metric it ranks by: one table where every
+    task ranks by the same loss or bits per byte (bits per byte compare across tokenizers); else a table per task,
+    each by its own metric (accuracy on a synthetic task, bits per byte on text)."""
+    by_task = tasks(settings)
+    keys = {task: ranking_key(group) for task, group in by_task.items()}
+    if len(set(keys.values())) == 1 and not METRICS[next(iter(keys.values()))][1]:
+        by_task = {"": settings}
+        keys = {"": ranking_key(settings)}
+    return {task: (group, keys[task]) for task, group in by_task.items()}
+
+
+def ranking_note(key: str, tested: list[int], settings: list[Setting]) -> str:
+    """The sentence before a ranking by `key`: its metric, its test, the seeds averaged over."""
     metric, higher = METRICS[key]
-    ranked = [s for s in settings if s.values(key)]
-    if not ranked:
-        return "No run has finished yet." + unranked(settings, key, names)
-    groups = tasks(ranked) if higher else {"": ranked}
-    tables, tested = [], []
-    for task, group in groups.items():
-        text, count = ranked_table(group, key, ranked, published)
-        tables.append(f"{task}:\n\n{text}" if task else text)
-        tested.append(count)
     counted = f"the {tested[0]} " if len(tested) == 1 else "the "
-    holm_note = (f", its p-values Holm-corrected for {counted}settings tested against rank 1" if max(tested) > 1 else "")
+    holm_note = (f", its p-values Holm-corrected for {counted}settings tested against rank 1" if max(tested) > 1
+                 else "")
     order = ", highest first" if higher else ""
-    per_task = " A table per task." if len(groups) > 1 else ""
     return (f"Ranked by mean {metric} over seeds{order} (mean ± standard deviation, n runs){test_note(key)}; vs best: "
             f"Welch's t-test of {metric} against rank 1{holm_note}, significant when p < {SIGNIFICANCE}. "
-            f"{seeds_note(ranked)}{per_task}\n\n" + "\n\n".join(tables) + unranked(settings, key, names)
-            + incomparable(ranked, key)
-            + brackets(sorted(ranked, key=lambda s: statistics.fmean(s.values(key)), reverse=higher), key))
+            f"{seeds_note(settings)}")
+
+
+def setting_table(settings: list[Setting], names: dict[int, str], published: bool = False) -> str:
+    """One row per setting with a result, best first, a table per task where tasks rank by accuracy or by different
+    metrics (then each model's best per task side by side); `published`: in PUBLISHED_COLUMNS."""
+    every = ranked_groups(settings)
+    left_out = "".join(unranked(group, key, names) for group, key in every.values())
+    groups = {task: ([s for s in group if s.values(key)], key) for task, (group, key) in every.items()}
+    groups = {task: (group, key) for task, (group, key) in groups.items() if group}
+    if not groups:
+        return "No run has finished yet." + left_out
+    ranked = [s for group, _ in groups.values() for s in group]
+    keys = [key for _, key in groups.values()]
+    tables, tested = [], []
+    for task, (group, key) in groups.items():
+        text, count = ranked_table(group, key, ranked, published)
+        by = f", by {METRICS[key][0]}" if len(set(keys)) > 1 else ""
+        tables.append(f"{task}{by}:\n\n{text}" if task else text)
+        tested.append(count)
+    if len(set(keys)) == 1:
+        lead = ranking_note(keys[0], tested, ranked) + (" A table per task." if len(groups) > 1 else "")
+    else:
+        lead = " ".join(
+            f"{', '.join(task for task, (_, k) in groups.items() if k == key)}: " + ranking_note(
+                key, [count for (_, k), count in zip(groups.values(), tested) if k == key],
+                [s for group, k in groups.values() if k == key for s in group])
+            for key in dict.fromkeys(keys)) + " A table per task."
+    notes = "".join(incomparable(group, key) + brackets(
+        sorted(group, key=lambda s: statistics.fmean(s.values(key)), reverse=METRICS[key][1]), key)
+        for group, key in (groups.values() if len(set(keys)) > 1 else [(ranked, keys[0])]))
+    return (lead + "\n\n" + "\n\n".join(tables) + across_tasks(groups) + left_out + notes)
+
+
+def validation_key(key: str) -> str:
+    """The validation metric that chooses among a model's settings reported by `key`."""
+    if METRICS[key][1]:
+        return "best_val_accuracy"
+    return "best_val_bpb" if key in ("test_bpb", "best_val_bpb") else "best_val_loss"
+
+
+def across_tasks(groups: dict[str, tuple[list[Setting], str]]) -> str:
+    """Where several tasks are ranked, a table of each model's rank in each: its best setting there (chosen by
+    validation, as a tune chooses; reported by the task's ranking metric), ranked among the models'."""
+    if len(groups) < 2:
+        return ""
+    models = list(dict.fromkeys(s.model or s.label for group, _ in groups.values() for s in group))
+    rows = {model: {"model": model} for model in models}
+    columns = [Column("model", "model")]
+    for index, (task, (group, key)) in enumerate(groups.items()):
+        metric, higher = METRICS[key]
+        chooser = validation_key(key)
+        best = {}
+        for setting in group:
+            chosen = setting.values(chooser) or setting.values(key)
+            score = statistics.fmean(chosen) if METRICS[chooser][1] else -statistics.fmean(chosen)
+            model = setting.model or setting.label
+            if model not in best or score > best[model][0]:
+                best[model] = (score, setting)
+        reported = sorted(((statistics.fmean(setting.values(key)), model, setting)
+                           for model, (_, setting) in best.items()), key=lambda r: r[0], reverse=higher)
+        for rank, (value, model, setting) in enumerate(reported, 1):
+            rows[model][f"task{index}"] = f"{rank} ({value:.4f})"
+        columns.append(Column(f"{task} {metric}", f"task{index}"))
+    return ("\n\nEach model across the tasks: its rank and mean in each, at its best setting there (chosen by "
+            "validation: best val/accuracy, else best val/bpb or val/loss; reported by the task's ranking metric); "
+            "'-' where it did not run:\n\n" + table(list(rows.values()), columns))
 
 
 def ranked_table(settings: list[Setting], key: str, everything: list[Setting],
