@@ -11,8 +11,8 @@ from helpers import V, counted_flops_per_token
 
 from lmzoo.inference.sampling import SamplingSettings, generate
 from lmzoo.models import TransformerConfig
-from lmzoo.models.blocks import (Attention, LocalAttention, attention_mask, banded_attention,
-                                 differential_lambda_init)
+from lmzoo.models.blocks import (FP32_ATTENTION_KEYS, Attention, LocalAttention, attention_mask, banded_attention,
+                                 causal_attention, differential_lambda_init)
 from lmzoo.models.lora import LoRA, LoRALinear
 
 SHAPE = dict(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=32)
@@ -214,3 +214,23 @@ def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention
     assert swa.describe()[1] == (f"layers: 1 x {LOCAL} (window 16; 4 heads, 4 key/value heads, qk_norm) + mlp (341 "
                                  f"wide, silu, gated); 1 x {GLOBAL} (4 heads, 4 key/value heads, qk_norm) + mlp (341 "
                                  "wide, silu, gated); cycled over 4")
+
+
+@pytest.mark.parametrize("keys", [16, FP32_ATTENTION_KEYS, FP32_ATTENTION_KEYS + 1])
+def test_a_cpus_bf16_training_attends_in_fp32_over_short_contexts_and_samples_in_bf16(keys):
+    """PyTorch's CPU flash attention takes its bf16 backward 3x to 7x slower than fp32's over short contexts
+    (bench/README.md): up to FP32_ATTENTION_KEYS keys a training step under bf16 autocast attends in fp32 and gives
+    bf16 back; longer ones, and a forward without gradients (sampling, validation), stay in bf16."""
+    q, k, v = (torch.randn(2, 2, keys, 8).bfloat16().requires_grad_() for _ in range(3))
+    in_fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
+    in_bf16 = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.equal(in_fp32, in_bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = causal_attention(q, k, v, None, None, 0, 0.0)
+        with torch.no_grad():
+            sampled = causal_attention(q, k, v, None, None, 0, 0.0)
+    assert trained.dtype == torch.bfloat16
+    assert torch.equal(trained, in_fp32 if keys <= FP32_ATTENTION_KEYS else in_bf16)
+    assert torch.equal(sampled, in_bf16)
+    trained.sum().backward()
+    assert q.grad.dtype == torch.bfloat16

@@ -10,6 +10,7 @@ feed-forward layer `mlp(x, routing)`. `routing` collects what routed sublayers d
 pass (see lmzoo.models.routing); dense sublayers ignore it.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -177,6 +178,8 @@ DIFFERENTIAL_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
 VARIANTS = ("standard", "mla", "differential")
+# Up to how many keys a CPU's bf16 attention is computed in fp32 when it trains (attends_in_fp32).
+FP32_ATTENTION_KEYS = 256
 # How differential attention lays its heads out: "paper", as microsoft/unilm's Diff-Transformer code
 # (multihead_flashdiff_1.py; multihead_diffattn.py without grouped keys) does, with the learned scale of its per-pair
 # norm; "diffllama", Hugging Face's DiffLlama (and lmzoo 0.2's), the same maps with the heads in another order and no
@@ -529,13 +532,26 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
         return banded_attention(q, k, v, window, dropout)
     first = start + T - k.size(-2)
     windowed = window is not None and start + T - first > window
-    return F.scaled_dot_product_attention(
-        q, k, v,
-        attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
-        is_causal=start == 0 and T > 1 and not windowed,
-        dropout_p=dropout,
-        enable_gqa=k.size(1) != q.size(1),
-    )
+    upcast = attends_in_fp32(q, k)
+    # Autocast would cast fp32 inputs back to bf16.
+    with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
+        y = F.scaled_dot_product_attention(
+            *((q.float(), k.float(), v.float()) if upcast else (q, k, v)),
+            attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
+            is_causal=start == 0 and T > 1 and not windowed,
+            dropout_p=dropout,
+            enable_gqa=k.size(1) != q.size(1),
+        )
+    return y.to(q.dtype) if upcast else y
+
+
+def attends_in_fp32(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether a bf16 attention on a CPU is computed in fp32: PyTorch's CPU flash attention takes its bf16 backward
+    in small mixed-precision products per block of queries; forward and backward took 1.1x to 3.3x fp32's time
+    (casts included) over 64 to 256 keys on an AMD EPYC Zen 4 with AVX512-BF16, and 0.8x to 0.9x over 512 to 1024
+    (bench/README.md, issue 38). The forward alone, as sampling and validation run it, stays in bf16."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
+            and k.size(-2) <= FP32_ATTENTION_KEYS)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float) -> torch.Tensor:
