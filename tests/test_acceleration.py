@@ -143,7 +143,7 @@ def test_auto_precision_on_a_cpu_with_bf16_units_is_bf16_where_measured_faster_b
         assert reason.endswith("below the 1.1x bf16 must gain")
 
 
-def test_auto_precision_measures_each_model_shape_once_per_machine(cpu_with, measured, capsys):
+def test_auto_precision_measures_each_model_shape_once_per_machine(cpu_with, measured, capsys, monkeypatch):
     cpu_with("amx_bf16")
     calls = measured(fp32=2.0, bf16=1.0)
     assert choose_precision("auto", "cpu", make("gpt_rope"), 4, 32)[0] == "bf16-mixed"
@@ -159,6 +159,10 @@ def test_auto_precision_measures_each_model_shape_once_per_machine(cpu_with, mea
     assert choose_precision("auto", "cpu", make("gpt"), 16, 256) == (precision, reason.replace("measured now", "cached"))
     assert "on a batch of 8 x 256 tokens" in reason
     assert calls == [(4, 32), (8, 32), (4, 32), (8, 256)]
+    # What an lmzoo with other kernels measured is not reused: the same shape is measured again.
+    monkeypatch.setattr(perf, "KERNELS", perf.KERNELS + 1)
+    assert choose_precision("auto", "cpu", make("gpt_rope"), 4, 32)[1].endswith("below the 1.1x bf16 must gain")
+    assert calls[-1] == (4, 32) and len(calls) == 5
 
 
 def test_auto_precision_on_a_cpu_without_bf16_units_is_fp32_unmeasured(cpu_with, measured):

@@ -75,9 +75,15 @@ def cpu_peak_flops(dtype: torch.dtype) -> float:
     return cached("peak_flops.json", key, lambda: matmul_flops_per_second(dtype))[0]
 
 
+# Raised when a change to lmzoo's kernels moves a step's speed, so that no run reuses what an earlier lmzoo
+# measured (2: a CPU's bf16 training step attends in fp32 up to 256 keys, lmzoo.models.blocks.attends_in_fp32).
+KERNELS = 2
+
+
 def machine() -> str:
-    """What a measurement of speed depends on besides the work: the CPU, torch's threads and torch's version."""
-    return f"{cpu_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    """What a measurement of speed depends on besides the work: the CPU, torch's threads, torch's version and
+    lmzoo's kernels."""
+    return f"{cpu_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}|kernels {KERNELS}"
 
 
 def cache_path(name: str) -> Path:
