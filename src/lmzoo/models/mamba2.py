@@ -33,16 +33,19 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     `final_state`. A zero state is neither read nor decayed, and the last chunk's update only made when kept.
 
     The products run in x's dtype, as mamba_ssm's kernels do (bf16 under autocast), the decays and the state in
-    dt's (float32). Every product is batched over the chunks; only the state's decay from chunk to chunk is a loop."""
+    dt's (float32). Every product is batched over the chunks; only the state's decay from chunk to chunk is a loop.
+    The heads of a group share their B and C, so C B^T is computed once a group, as mamba_ssm's _bmm_chunk_fwd
+    does, and decayed per head: the heads' dimension is split into (groups, heads of a group), B and C's broadcast
+    over the second."""
     dtype, dt, A = x.dtype, dt.float(), A.float()
-    B, C = per_head(B, x.size(1)), per_head(C, x.size(1))
     T = x.size(2)
     size = min(chunk, T)
     log_decay = chunks(dt * A[:, None], size).cumsum(-1)  # (b, h, chunks, size): log a_1 ... a_t in the chunk
-    xs, Bs, Cs = chunks((x * dt[..., None]).to(dtype), size), chunks(B, size), chunks(C, size)
+    xs, Bs, Cs = chunks((x * dt[..., None]).to(dtype), size), chunks(B, size)[:, :, None], chunks(C, size)[:, :, None]
+    by_group = functools.partial(torch.unflatten, dim=1, sizes=(B.size(1), -1))
     # Within a chunk, token i reads token j <= i decayed by a_{j+1} ... a_i.
-    (scores,) = decayed(log_decay, Cs @ Bs.transpose(-1, -2))
-    y = scores.to(dtype) @ xs
+    (scores,) = decayed(by_group(log_decay), Cs @ Bs.transpose(-1, -2))
+    y = (scores.to(dtype) @ by_group(xs)).flatten(1, 2)
     count = xs.size(2)
     # The state each chunk's own tokens leave at its end (the last chunk's only when kept), then the state that
     # enters each chunk: its predecessor's decayed through it, plus what it wrote.
@@ -50,8 +53,8 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     if written:
         log_written = leading_chunks(log_decay, written)
         to_end = (log_written[..., -1:] - log_written).exp()
-        writes = ((leading_chunks(xs, written) * to_end[..., None].to(dtype)).transpose(-1, -2)
-                  @ leading_chunks(Bs, written)).float()
+        writes = (by_group(leading_chunks(xs, written) * to_end[..., None].to(dtype)).transpose(-1, -2)
+                  @ Bs[:, :, :, :written]).flatten(1, 2).float()
         through = log_decay[..., -1].exp()
     entering = [state]
     for i in range(written):
@@ -60,8 +63,9 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     # Chunks entered by a state read it, decayed since the chunk's start.
     first = 0 if state is not None else 1
     if count > first:
-        read = torch.stack(entering[first:count], dim=2).to(dtype)
-        y_read = (Cs[:, :, first:] @ read.transpose(-1, -2)) * log_decay[:, :, first:, :, None].exp().to(dtype)
+        read = by_group(torch.stack(entering[first:count], dim=2).to(dtype))
+        y_read = (Cs[:, :, :, first:] @ read.transpose(-1, -2)).flatten(1, 2)
+        y_read = y_read * log_decay[:, :, first:, :, None].exp().to(dtype)
         y = torch.cat((y[:, :, :first], y[:, :, first:] + y_read), dim=2)
     return unchunked(y, T), entering[-1] if final_state else None
 
@@ -201,14 +205,15 @@ class Mamba2(SequenceMixer, name="mamba2"):
 
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of
-        min(chunk_size, context), the last one zero-padded: C B^T and its product with x within each chunk; the
-        incoming state's read by C in every chunk but the first, and the state's update in every chunk but the
-        last (whose final state training does not keep); and the short convolution's taps."""
+        min(chunk_size, context), the last one zero-padded: within each chunk C B^T, once a group of heads (which
+        share B and C: the scan computes it once for them, as mamba_ssm does), and its decayed product with each
+        head's x; per head, the incoming state's read by C in every chunk but the first, and the state's update in
+        every chunk but the last (whose final state training does not keep); and the short convolution's taps."""
         size = min(self.chunk_size, context)
         count = -(-context // size)
-        products = count * size * size * (self.state_size + self.head_dim)
-        products += 2 * (count - 1) * size * self.state_size * self.head_dim
-        return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context) + self.conv1d.flops_per_token()
+        products = count * size * size * (self.n_groups * self.state_size + self.n_head * self.head_dim)
+        products += 2 * (count - 1) * size * self.n_head * self.state_size * self.head_dim
+        return round(FORWARD_AND_BACKWARD * 2 * products / context) + self.conv1d.flops_per_token()
 
     def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and
