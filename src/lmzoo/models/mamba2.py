@@ -37,37 +37,42 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     The heads of a group share their B and C, so C B^T is computed once a group, as mamba_ssm's _bmm_chunk_fwd
     does, and decayed per head: the heads' dimension is split into (groups, heads of a group), B and C's broadcast
     over the second."""
-    dtype, dt, A = x.dtype, dt.float(), A.float()
-    T = x.size(2)
+    dtype, dt, A = x.dtype, dt.float().contiguous(), A.float()
+    T, head_dim = x.size(2), x.size(3)
     size = min(chunk, T)
-    log_decay = chunks(dt * A[:, None], size).cumsum(-1)  # (b, h, chunks, size): log a_1 ... a_t in the chunk
-    xs, Bs, Cs = chunks((x * dt[..., None]).to(dtype), size), chunks(B, size)[:, :, None], chunks(C, size)[:, :, None]
     by_group = functools.partial(torch.unflatten, dim=1, sizes=(B.size(1), -1))
+    dts, log_decay = chunks(dt, size), chunks(dt * A[:, None], size).cumsum(-1)  # log a_1 ... a_t in the chunk
+    # dt first: its (batch, heads, T) layout lays the product out by head, where the batched products read it in
+    # place (x arrives laid out as (batch, T, heads, head_dim), the input projection's).
+    xs, Bs, Cs = chunks((dt[..., None] * x).to(dtype), size), chunks(B, size), chunks(C, size)
     # Within a chunk, token i reads token j <= i decayed by a_{j+1} ... a_i.
-    (scores,) = decayed(by_group(log_decay), Cs @ Bs.transpose(-1, -2))
-    y = (scores.to(dtype) @ by_group(xs)).flatten(1, 2)
+    (scores,) = decayed(by_group(log_decay), (Cs @ Bs.transpose(-1, -2))[:, :, None])
+    y = scores.to(dtype) @ by_group(xs)  # (batch, groups, heads of a group, chunks, size, head_dim)
     count = xs.size(2)
     # The state each chunk's own tokens leave at its end (the last chunk's only when kept), then the state that
-    # enters each chunk: its predecessor's decayed through it, plus what it wrote.
+    # enters each chunk: its predecessor's decayed through it, plus what it wrote. Both products take a group's
+    # heads side by side, (heads of a group x head_dim) rows against its B and C, one larger product for all.
     written = count if final_state else count - 1
     if written:
         log_written = leading_chunks(log_decay, written)
-        to_end = (log_written[..., -1:] - log_written).exp()
-        writes = (by_group(leading_chunks(xs, written) * to_end[..., None].to(dtype)).transpose(-1, -2)
-                  @ Bs[:, :, :, :written]).flatten(1, 2).float()
-        through = log_decay[..., -1].exp()
-    entering = [state]
+        to_end = (log_written[..., -1:] - log_written).exp() * leading_chunks(dts, written)
+        # In x's own layout, where a group's heads are side by side already.
+        weighted = by_group(leading_chunks(chunks(x, size), written) * to_end[..., None].to(dtype))
+        writes = (weighted.permute(0, 1, 3, 2, 5, 4).flatten(3, 4) @ Bs[:, :, :written]).float()
+        writes = writes.unflatten(3, (-1, head_dim))  # (batch, groups, chunks, heads of a group, head_dim, state)
+        through = by_group(log_decay[..., -1].exp())[..., None, None]
+    entering = [None if state is None else by_group(state)]
     for i in range(written):
         entering.append(writes[:, :, i] if entering[-1] is None else
-                        torch.addcmul(writes[:, :, i], through[:, :, i, None, None], entering[-1]))
+                        torch.addcmul(writes[:, :, i], through[:, :, :, i], entering[-1]))
     # Chunks entered by a state read it, decayed since the chunk's start.
     first = 0 if state is not None else 1
     if count > first:
-        read = by_group(torch.stack(entering[first:count], dim=2).to(dtype))
-        y_read = (Cs[:, :, :, first:] @ read.transpose(-1, -2)).flatten(1, 2)
-        y_read = y_read * log_decay[:, :, first:, :, None].exp().to(dtype)
-        y = torch.cat((y[:, :, :first], y[:, :, first:] + y_read), dim=2)
-    return unchunked(y, T), entering[-1] if final_state else None
+        read = torch.stack(entering[first:count], dim=2).to(dtype).flatten(3, 4)
+        y_read = (Cs[:, :, first:] @ read.transpose(-1, -2)).unflatten(-1, (-1, head_dim))
+        since = by_group(log_decay[:, :, first:]).exp().to(dtype).permute(0, 1, 3, 4, 2)[..., None]
+        y = torch.cat((y[:, :, :, :first], y[:, :, :, first:] + (y_read * since).permute(0, 1, 4, 2, 3, 5)), dim=3)
+    return unchunked(y.flatten(1, 2), T), entering[-1].flatten(1, 2) if final_state else None
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -183,11 +188,13 @@ class Mamba2(SequenceMixer, name="mamba2"):
         z, xbc, dt = self.in_proj(x).split([self.inner, self.inner + 2 * groups, self.n_head], dim=-1)
         state = cache.state(layer, RecurrentState) if cache is not None else None
         xs, B, C = F.silu(self.conv1d(xbc, state)).split([self.inner, groups, groups], dim=-1)
-        xs = xs.view(batch, T, self.n_head, self.head_dim).transpose(1, 2)
+        xs = xs.view(batch, T, self.n_head, self.head_dim)
         B, C = (t.view(batch, T, self.n_groups, self.state_size).transpose(1, 2) for t in (B, C))
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)
-        y = recur(ssd_step, chunked_scan(xs), (xs, dt, -self.A_log.exp(), B, C), self.chunk_size, state)
-        y = (y + self.D[:, None, None] * xs).transpose(1, 2).reshape(batch, T, self.inner)
+        y = recur(ssd_step, chunked_scan(xs), (xs.transpose(1, 2), dt, -self.A_log.exp(), B, C), self.chunk_size,
+                  state)
+        # D x first, laid out as x (batch, T, heads, head_dim): the sum is then the norm's input as it is, no copy.
+        y = (xs * self.D[:, None]).add_(y.transpose(1, 2)).flatten(2)
         return self.resid_dropout(self.c_proj(self.norm(y, z)))
 
     def residual_outputs(self) -> list[nn.Module]:
