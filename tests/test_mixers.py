@@ -10,6 +10,7 @@ import torch
 from helpers import BLOCK, PRESETS, V, counted_flops_per_token, make, tiny_config
 
 from lmzoo.inference.sampling import SamplingSettings, generate
+from lmzoo.models import TransformerConfig
 from lmzoo.models.base import Kind, SequenceMixer, sized
 from lmzoo.models.cache import KVState
 from lmzoo.models.gated_deltanet import unit_lower_solve
@@ -62,6 +63,22 @@ def test_the_chunked_form_equals_the_step_by_step_recurrence(mixer, chunk):
         # Training keeps no final state: the last chunk's update is skipped, the outputs the same.
         unkept, none = scan.chunked(*inputs, chunk, start, final_state=False)
         assert none is None and torch.equal(unkept, outputs)
+
+
+@pytest.mark.parametrize("mixer", SCANS)
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_the_chunked_forms_gradients_equal_the_step_by_step_recurrences(mixer, chunk):
+    """Through the outputs and the final state, to every input and the given state, over 13 tokens."""
+    torch.manual_seed(0)
+    scan = SCANS[mixer]
+    inputs = [t.requires_grad_() for t in scan.inputs(13)]
+    start = torch.randn(scan.chunked(*inputs, chunk)[1].shape, requires_grad=True)
+    results = [scan.chunked(*inputs, chunk, start), recurrence(scan.step, inputs, start)]
+    weight = torch.randn_like(results[0][0])
+    gradients = [torch.autograd.grad((outputs * weight).sum() + state.square().sum(), [*inputs, start])
+                 for outputs, state in results]
+    for ours, expected in zip(*gradients):
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mixer", SCANS)
@@ -182,6 +199,20 @@ def test_flops_per_token_equal_pytorchs_count_over_several_chunks(name):
     """The zoo's test reads one chunk; over 3 chunks of 8 the state is read in every chunk but the first and
     updated in every one but the last."""
     model = chunked_model(name)
+    assert model.flops_per_token(BLOCK) == counted_flops_per_token(model, torch.randint(0, V, (3, BLOCK)))
+
+
+# The options each recurrent mixer's Hugging Face layout declares it covers (HFLayout.examples), some of which no
+# preset takes (Mamba-2's B and C shared by several groups of heads).
+EXAMPLES = {f"{name}:{example}": settings for name in SCANS if MIXERS[name].hf is not None
+            for example, (settings, _) in MIXERS[name].hf.examples.items()}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_flops_per_token_equal_pytorchs_count_in_the_options_of_the_exports(example):
+    """At width 32 over 3 chunks of 8, as the previous test."""
+    torch.manual_seed(0)
+    model = TransformerConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_embd=32, **EXAMPLES[example]).build()
     assert model.flops_per_token(BLOCK) == counted_flops_per_token(model, torch.randint(0, V, (3, BLOCK)))
 
 

@@ -33,37 +33,46 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     `final_state`. A zero state is neither read nor decayed, and the last chunk's update only made when kept.
 
     The products run in x's dtype, as mamba_ssm's kernels do (bf16 under autocast), the decays and the state in
-    dt's (float32). Every product is batched over the chunks; only the state's decay from chunk to chunk is a loop."""
-    dtype, dt, A = x.dtype, dt.float(), A.float()
-    B, C = per_head(B, x.size(1)), per_head(C, x.size(1))
-    T = x.size(2)
+    dt's (float32). Every product is batched over the chunks; only the state's decay from chunk to chunk is a loop.
+    The heads of a group share their B and C, so C B^T is computed once a group, as mamba_ssm's _bmm_chunk_fwd
+    does, and decayed per head: the heads' dimension is split into (groups, heads of a group), B and C's broadcast
+    over the second."""
+    dtype, dt, A = x.dtype, dt.float().contiguous(), A.float()
+    T, head_dim = x.size(2), x.size(3)
     size = min(chunk, T)
-    log_decay = chunks(dt * A[:, None], size).cumsum(-1)  # (b, h, chunks, size): log a_1 ... a_t in the chunk
-    xs, Bs, Cs = chunks((x * dt[..., None]).to(dtype), size), chunks(B, size), chunks(C, size)
+    by_group = functools.partial(torch.unflatten, dim=1, sizes=(B.size(1), -1))
+    dts, log_decay = chunks(dt, size), chunks(dt * A[:, None], size).cumsum(-1)  # log a_1 ... a_t in the chunk
+    # dt first: its (batch, heads, T) layout lays the product out by head, where the batched products read it in
+    # place (x arrives laid out as (batch, T, heads, head_dim), the input projection's).
+    xs, Bs, Cs = chunks((dt[..., None] * x).to(dtype), size), chunks(B, size), chunks(C, size)
     # Within a chunk, token i reads token j <= i decayed by a_{j+1} ... a_i.
-    (scores,) = decayed(log_decay, Cs @ Bs.transpose(-1, -2))
-    y = scores.to(dtype) @ xs
+    (scores,) = decayed(by_group(log_decay), (Cs @ Bs.transpose(-1, -2))[:, :, None])
+    y = scores.to(dtype) @ by_group(xs)  # (batch, groups, heads of a group, chunks, size, head_dim)
     count = xs.size(2)
     # The state each chunk's own tokens leave at its end (the last chunk's only when kept), then the state that
-    # enters each chunk: its predecessor's decayed through it, plus what it wrote.
+    # enters each chunk: its predecessor's decayed through it, plus what it wrote. Both products take a group's
+    # heads side by side, (heads of a group x head_dim) rows against its B and C, one larger product for all.
     written = count if final_state else count - 1
     if written:
         log_written = leading_chunks(log_decay, written)
-        to_end = (log_written[..., -1:] - log_written).exp()
-        writes = ((leading_chunks(xs, written) * to_end[..., None].to(dtype)).transpose(-1, -2)
-                  @ leading_chunks(Bs, written)).float()
-        through = log_decay[..., -1].exp()
-    entering = [state]
+        to_end = (log_written[..., -1:] - log_written).exp() * leading_chunks(dts, written)
+        # In x's own layout, where a group's heads are side by side already.
+        weighted = by_group(leading_chunks(chunks(x, size), written) * to_end[..., None].to(dtype))
+        writes = (weighted.permute(0, 1, 3, 2, 5, 4).flatten(3, 4) @ Bs[:, :, :written]).float()
+        writes = writes.unflatten(3, (-1, head_dim))  # (batch, groups, chunks, heads of a group, head_dim, state)
+        through = by_group(log_decay[..., -1].exp())[..., None, None]
+    entering = [None if state is None else by_group(state)]
     for i in range(written):
         entering.append(writes[:, :, i] if entering[-1] is None else
-                        torch.addcmul(writes[:, :, i], through[:, :, i, None, None], entering[-1]))
+                        torch.addcmul(writes[:, :, i], through[:, :, :, i], entering[-1]))
     # Chunks entered by a state read it, decayed since the chunk's start.
     first = 0 if state is not None else 1
     if count > first:
-        read = torch.stack(entering[first:count], dim=2).to(dtype)
-        y_read = (Cs[:, :, first:] @ read.transpose(-1, -2)) * log_decay[:, :, first:, :, None].exp().to(dtype)
-        y = torch.cat((y[:, :, :first], y[:, :, first:] + y_read), dim=2)
-    return unchunked(y, T), entering[-1] if final_state else None
+        read = torch.stack(entering[first:count], dim=2).to(dtype).flatten(3, 4)
+        y_read = (Cs[:, :, first:] @ read.transpose(-1, -2)).unflatten(-1, (-1, head_dim))
+        since = by_group(log_decay[:, :, first:]).exp().to(dtype).permute(0, 1, 3, 4, 2)[..., None]
+        y = torch.cat((y[:, :, :, :first], y[:, :, :, first:] + (y_read * since).permute(0, 1, 4, 2, 3, 5)), dim=3)
+    return unchunked(y.flatten(1, 2), T), entering[-1].flatten(1, 2) if final_state else None
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -179,11 +188,13 @@ class Mamba2(SequenceMixer, name="mamba2"):
         z, xbc, dt = self.in_proj(x).split([self.inner, self.inner + 2 * groups, self.n_head], dim=-1)
         state = cache.state(layer, RecurrentState) if cache is not None else None
         xs, B, C = F.silu(self.conv1d(xbc, state)).split([self.inner, groups, groups], dim=-1)
-        xs = xs.view(batch, T, self.n_head, self.head_dim).transpose(1, 2)
+        xs = xs.view(batch, T, self.n_head, self.head_dim)
         B, C = (t.view(batch, T, self.n_groups, self.state_size).transpose(1, 2) for t in (B, C))
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)
-        y = recur(ssd_step, chunked_scan(xs), (xs, dt, -self.A_log.exp(), B, C), self.chunk_size, state)
-        y = (y + self.D[:, None, None] * xs).transpose(1, 2).reshape(batch, T, self.inner)
+        y = recur(ssd_step, chunked_scan(xs), (xs.transpose(1, 2), dt, -self.A_log.exp(), B, C), self.chunk_size,
+                  state)
+        # D x first, laid out as x (batch, T, heads, head_dim): the sum is then the norm's input as it is, no copy.
+        y = (xs * self.D[:, None]).add_(y.transpose(1, 2)).flatten(2)
         return self.resid_dropout(self.c_proj(self.norm(y, z)))
 
     def residual_outputs(self) -> list[nn.Module]:
@@ -201,14 +212,15 @@ class Mamba2(SequenceMixer, name="mamba2"):
 
     def mixing_flops(self, context: int) -> int:
         """Training FLOPs per token of the chunked scan's products over `context` tokens in chunks of
-        min(chunk_size, context), the last one zero-padded: C B^T and its product with x within each chunk; the
-        incoming state's read by C in every chunk but the first, and the state's update in every chunk but the
-        last (whose final state training does not keep); and the short convolution's taps."""
+        min(chunk_size, context), the last one zero-padded: within each chunk C B^T, once a group of heads (which
+        share B and C: the scan computes it once for them, as mamba_ssm does), and its decayed product with each
+        head's x; per head, the incoming state's read by C in every chunk but the first, and the state's update in
+        every chunk but the last (whose final state training does not keep); and the short convolution's taps."""
         size = min(self.chunk_size, context)
         count = -(-context // size)
-        products = count * size * size * (self.state_size + self.head_dim)
-        products += 2 * (count - 1) * size * self.state_size * self.head_dim
-        return round(FORWARD_AND_BACKWARD * 2 * self.n_head * products / context) + self.conv1d.flops_per_token()
+        products = count * size * size * (self.n_groups * self.state_size + self.n_head * self.head_dim)
+        products += 2 * (count - 1) * size * self.n_head * self.state_size * self.head_dim
+        return round(FORWARD_AND_BACKWARD * 2 * products / context) + self.conv1d.flops_per_token()
 
     def state_numel(self, context: int) -> int:
         """Numbers a sequence's decoding state holds, whatever its length: the convolution's last inputs and

@@ -145,7 +145,8 @@ def decayed(log_decay: torch.Tensor, *scores: torch.Tensor) -> tuple[torch.Tenso
     where token i reads token j (j <= i), 0 where it does not, from the cumulative log decays (..., size) of decays
     at most 1 (falling along the chunk). Differences of the cumulative sums, not products of their exponentials,
     whose factors would overflow over a long chunk; with its own backward (DecayedScores), which passes over these
-    size x size matrices fewer times than autograd's of the same formula."""
+    size x size matrices fewer times than autograd's of the same formula. A score may broadcast to the decays'
+    shape (Mamba-2's, one for a group of heads); its gradient is summed back to its own."""
     return DecayedScores.apply(log_decay, *scores)
 
 
@@ -164,7 +165,7 @@ class DecayedScores(torch.autograd.Function):
         decay = (log_decay[..., :, None] - log_decay[..., None, :]).clamp_(-87, 0).exp_().mul_(lower)
         outputs = tuple(score * decay for score in scores)
         ctx.save_for_backward(decay, *outputs)
-        ctx.dtypes = [score.dtype for score in scores]
+        ctx.scores = [(score.dtype, score.shape) for score in scores]
         return outputs
 
     @staticmethod
@@ -175,7 +176,8 @@ class DecayedScores(torch.autograd.Function):
             if grad is not None:
                 through = grad * output if through is None else through.addcmul_(grad, output)
         log_grad = None if through is None else through.sum(-1) - through.sum(-2)
-        return log_grad, *(None if grad is None else (grad * decay).to(dtype) for grad, dtype in zip(grads, ctx.dtypes))
+        return log_grad, *(None if grad is None else (grad * decay).sum_to_size(shape).to(dtype)
+                           for grad, (dtype, shape) in zip(grads, ctx.scores))
 
 
 def chunks(x: torch.Tensor, size: int) -> torch.Tensor:
