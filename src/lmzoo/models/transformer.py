@@ -352,7 +352,8 @@ class Transformer(LanguageModel):
         if kinds - {Kind.FLAT}:
             per_token = 4 * self.cache_values(c.block_size) / c.block_size
             lines.append(f"KV cache at block_size {c.block_size} in fp32: {per_token:,.0f} B per token (multi-head "
-                         f"attention of these {c.n_head} heads: {4 * 2 * c.n_layer * c.n_embd:,} B)")
+                         f"attention of {'this 1 head' if c.n_head == 1 else f'these {c.n_head} heads'}: "
+                         f"{4 * 2 * c.n_layer * c.n_embd:,} B)")
         return lines
 
     def parameter_counts(self) -> ParameterCounts:
