@@ -291,7 +291,7 @@ def test_a_tune_can_check_and_rank_its_trials_by_highest_accuracy(tmp_path):
                    tmp_path)
 
 
-def test_the_recall_experiment_sweeps_the_study_at_zoologys_difficulties():
+def test_the_recall_experiment_sweeps_the_study_at_difficulties_of_zoologys_ratio():
     study = compose_config("train", "experiment=recall", return_hydra_config=True)
     params = study.hydra.sweeper.params
     assert params["experiment/recall/model@_global_"].split(",") == ["gpt_rope", "swa", "mla", "mamba2",
