@@ -248,8 +248,11 @@ def same_text_losses(nanogpt_ckpt: Path, nanogpt_data: Path, lmzoo_ckpt: Path, l
 
     tokens = np.fromfile(nanogpt_data / "val.bin", dtype=np.uint16)
     (ours,) = lmzoo_data.glob("*/*/val.bin")
-    if not np.array_equal(tokens, np.fromfile(ours, dtype=np.uint16)):
-        sys.exit("error: nanoGPT's and lmzoo's validation tokens differ; the comparison would not be on the same text")
+    # nanoGPT holds out the last 10% as validation; lmzoo the same 10%, its first half validation, its second test.
+    held_out = np.concatenate([np.fromfile(ours.with_name(split), dtype=np.uint16) for split in ("val.bin", "test.bin")])
+    if not np.array_equal(tokens, held_out):
+        sys.exit("error: nanoGPT's validation tokens differ from lmzoo's held-out ones; the comparison would not be on "
+                 "the same text")
     lmzoo, tokenizer, _ = load_model(lmzoo_ckpt)
     characters = pickle.loads((nanogpt_data / "meta.pkl").read_bytes())["itos"]
     if tokenizer.encode("".join(characters[i] for i in range(len(characters)))) != list(range(len(characters))):
