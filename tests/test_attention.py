@@ -218,7 +218,7 @@ def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention
 
 @pytest.mark.parametrize("keys", [16, FP32_ATTENTION_KEYS, FP32_ATTENTION_KEYS + 1])
 def test_a_cpus_bf16_training_attends_in_fp32_over_short_contexts_and_samples_in_bf16(keys):
-    """PyTorch's CPU flash attention takes its bf16 backward 3x to 7x slower than fp32's over short contexts
+    """PyTorch's CPU flash attention takes 1.1x to 3.3x fp32's time in bf16 over short contexts
     (bench/README.md): up to FP32_ATTENTION_KEYS keys a training step under bf16 autocast attends in fp32 and gives
     bf16 back; longer ones, and a forward without gradients (sampling, validation), stay in bf16."""
     q, k, v = (torch.randn(2, 2, keys, 8).bfloat16().requires_grad_() for _ in range(3))

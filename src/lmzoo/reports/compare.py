@@ -310,14 +310,12 @@ def setting_table(settings: list[Setting], names: dict[int, str], published: boo
         by = f", by {METRICS[key][0]}" if len(set(keys)) > 1 else ""
         tables.append(f"{task}{by}:\n\n{text}" if task else text)
         tested.append(count)
-    if len(set(keys)) == 1:
-        lead = ranking_note(keys[0], tested, ranked) + (" A table per task." if len(groups) > 1 else "")
-    else:
-        lead = " ".join(
-            f"{', '.join(task for task, (_, k) in groups.items() if k == key)}: " + ranking_note(
-                key, [count for (_, k), count in zip(groups.values(), tested) if k == key],
-                [s for group, k in groups.values() if k == key for s in group])
-            for key in dict.fromkeys(keys)) + " A table per task."
+    # A sentence per metric, naming its tasks where the tasks rank by different metrics.
+    lead = " ".join(
+        (f"{', '.join(task for task, (_, k) in groups.items() if k == key)}: " if len(set(keys)) > 1 else "")
+        + ranking_note(key, [count for k, count in zip(keys, tested) if k == key],
+                       [s for group, k in groups.values() if k == key for s in group])
+        for key in dict.fromkeys(keys)) + (" A table per task." if len(groups) > 1 else "")
     notes = "".join(incomparable(group, key) + brackets(
         sorted(group, key=lambda s: statistics.fmean(s.values(key)), reverse=METRICS[key][1]), key)
         for group, key in (groups.values() if len(set(keys)) > 1 else [(ranked, keys[0])]))
@@ -349,9 +347,9 @@ def across_tasks(groups: dict[str, tuple[list[Setting], str]]) -> str:
             model = setting.model or setting.label
             if model not in best or score > best[model][0]:
                 best[model] = (score, setting)
-        reported = sorted(((statistics.fmean(setting.values(key)), model, setting)
-                           for model, (_, setting) in best.items()), key=lambda r: r[0], reverse=higher)
-        for rank, (value, model, setting) in enumerate(reported, 1):
+        reported = sorted(((statistics.fmean(setting.values(key)), model) for model, (_, setting) in best.items()),
+                          key=lambda r: r[0], reverse=higher)
+        for rank, (value, model) in enumerate(reported, 1):
             rows[model][f"task{index}"] = f"{rank} ({value:.4f})"
         columns.append(Column(f"{task} {metric}", f"task{index}"))
     return ("\n\nEach model across the tasks: its rank and mean in each, at its best setting there (chosen by "
