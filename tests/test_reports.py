@@ -345,10 +345,44 @@ def test_accuracy_against_state_size_draws_a_line_per_architecture_a_panel_per_t
     assert lines["mqar (block_size=64, data.num_kv_pairs=4):mamba2"][1] == pytest.approx([0.5035, 0.5355])
     assert figure.axes[0].get_xscale() == "log"
     write_report(recall_sweep)
-    assert "![best val/accuracy against decoding state](accuracy_state.png)" in (recall_sweep / "report.md").read_text()
+    assert "![accuracy against decoding state](accuracy_state.png)" in (recall_sweep / "report.md").read_text()
     assert (recall_sweep / "accuracy_state.png").stat().st_size > 10_000
     plot_main([str(recall_sweep), "--x", "state", "--out", str(tmp_path / "state.png")])
     assert (tmp_path / "state.png").stat().st_size > 10_000
+
+
+def test_a_one_task_state_figure_names_its_metric_once_and_its_titles_fit(recall_sweep):
+    from lmzoo.reports.compare import read_sweep
+    from lmzoo.reports.plot import plot_state
+
+    # One difficulty, one panel: the narrowest figure, where a long title is cut at both edges.
+    one_task = [run for run in read_sweep(recall_sweep) if run.config["data"]["num_kv_pairs"] == 4]
+    figure = plot_state(one_task)
+    figure.canvas.draw()
+    # Runs without a test split show validation's metric, and say so.
+    assert figure.axes[0].get_ylabel() == "best val/accuracy"
+    canvas = figure.bbox
+    for text in (*figure.texts, figure.axes[0].title):
+        extent = text.get_window_extent()
+        assert canvas.x0 <= extent.x0 and extent.x1 <= canvas.x1 and extent.y1 <= canvas.y1, text.get_text()
+
+
+def test_a_state_point_is_the_test_accuracy_of_the_rate_validation_chose(tmp_path):
+    from lmzoo.reports.compare import read_sweep
+    from lmzoo.reports.plot import plot_state
+
+    for lr, val, test in ((1e-3, 0.80, 0.90), (1e-2, 0.85, 0.70)):
+        for seed in (1, 2):
+            write_run(tmp_path / f"mamba2_{lr}_{seed}", "mamba2", seed,
+                      {"best_val_loss": 1.0, "best_val_accuracy": val + seed / 100, "test_loss": 1.0,
+                       "test_accuracy": test + seed / 100, "state_bytes": 4096},
+                      {"data.name": "mqar", "model.n_embd": 32, "optim.lr": lr})
+    figure = plot_state(read_sweep(tmp_path))
+    (line,) = figure.axes[0].get_lines()
+    # Validation prefers lr 1e-2; its test accuracy is drawn, not lr 1e-3's better test accuracy.
+    assert list(line.get_xdata()) == [4096] and list(line.get_ydata()) == pytest.approx([0.715])
+    assert figure.axes[0].get_ylabel() == "test/accuracy"
+    assert "the setting best val/accuracy chose" in figure.texts[0].get_text()
 
 
 def test_text_and_recall_rank_each_by_its_own_metric_and_side_by_side(recall_sweep, tmp_path_factory, capsys):

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = Arguments(prog="python -m lmzoo.plot", description=__doc__.split(": ", 1)[1].strip())
     parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--x", choices=list(X_AXES), help="draw val/loss (or --y) against this, seeds pooled; state: "
-                        "each setting's best val/accuracy (or --y) against its decoding state, a panel per task; "
+                        "at each decoding state, test/accuracy (or --y) of the setting validation chose, a panel per "
+                        "task; "
                         "without --x (and --y), the overview: train and val loss against steps and tokens")
     parser.add_argument("--y", choices=["loss", "bpb", "accuracy"],
                         help="val/loss (default; accuracy with --x state), val/bpb or val/accuracy, with --x (default "

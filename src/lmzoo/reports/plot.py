@@ -4,9 +4,9 @@ Three figures. The overview: train and val loss against steps and against traini
 run; with several runs (a sweep), also bars of the best val loss (and val/bpb where logged) per run. The
 comparison (`--x`): val loss, bpb or accuracy against training tokens, FLOPs or wall-clock time, one colour per
 setting (runs pooled over seeds as in the comparison table), its seeds drawn as a mean line and a min-max
-band. The trade-off (`--x state`): best val/accuracy against the bytes of decoding state, a panel per task, a line
-per architecture (Based's figure, Arora et al. 2024). TensorBoard's reader and matplotlib are imported inside the
-functions that use them.
+band. The trade-off (`--x state`): test accuracy of the setting validation chose against the bytes of decoding
+state, a panel per task, a line per architecture (Based's figure, Arora et al. 2024). TensorBoard's reader and
+matplotlib are imported inside the functions that use them.
 """
 
 import math
@@ -287,21 +287,24 @@ def find_summaries(folders: list[Path]) -> list[RunFolder]:
 
 
 def plot_state(runs: list[RunFolder], y: str = "accuracy"):
-    """Best val/`y` against the bytes of decoding state a sequence needs (summary.json's state_bytes): a panel per
-    task, a line per architecture, a point per state size; where several settings of an architecture have one state
-    size (learning rates, say), the best of their means over seeds, as Zoology and Based report each width's best
-    learning rate."""
+    """`y` against the bytes of decoding state a sequence needs (summary.json's state_bytes): a panel per task, a
+    line per architecture, a point per state size. Where several settings of an architecture have one state size
+    (learning rates, say), validation chooses among them by the mean over seeds (Zoology and Based report each
+    width's best learning rate), and the point is that setting's mean on the test split, as the comparison
+    reports; on validation where a run has no test metric (runs of lmzoo before 0.3)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = f"best_val_{y}"
-    metric, higher = METRICS[key]
-    drawn = [s for s in pool(runs) if s.values(key) and s.values("state_bytes")]
+    chooses = f"best_val_{y}"
+    chosen_by, higher = METRICS[chooses]
+    drawn = [s for s in pool(runs) if s.values(chooses) and s.values("state_bytes")]
     if not drawn:
-        raise UserError(f"no run records both its best {metric} and its decoding state (summary.json of lmzoo 0.3 "
+        raise UserError(f"no run records both its {chosen_by} and its decoding state (summary.json of lmzoo 0.3 "
                         f"and later{', on a synthetic task: data=mqar' if y == 'accuracy' else ''})")
+    shown = f"test_{y}" if all(len(s.values(f"test_{y}")) == len(s.values(chooses)) for s in drawn) else chooses
+    metric = METRICS[shown][0]
     groups = tasks(drawn)
     figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -309,21 +312,22 @@ def plot_state(runs: list[RunFolder], y: str = "accuracy"):
     choose = max if higher else min
     for axis, (task, settings) in zip(axes[0], groups.items()):
         for index, model in enumerate(models):
-            best = {}
+            by_state = {}
             for setting in (s for s in settings if s.model == model):
-                state = statistics.fmean(setting.values("state_bytes"))
-                best[state] = choose(best.get(state, statistics.fmean(setting.values(key))),
-                                     statistics.fmean(setting.values(key)))
-            if best:
-                states = sorted(best)
-                axis.plot(states, [best[state] for state in states], **series_style(index, colours), label=model,
-                          gid=f"{task}:{model}")
+                by_state.setdefault(statistics.fmean(setting.values("state_bytes")), []).append(setting)
+            if by_state:
+                states = sorted(by_state)
+                chosen = [choose(by_state[state], key=lambda setting: statistics.fmean(setting.values(chooses)))
+                          for state in states]
+                axis.plot(states, [statistics.fmean(s.values(shown)) for s in chosen], **series_style(index, colours),
+                          label=model, gid=f"{task}:{model}")
         axis.set_xscale("log")
         axis.set(xlabel="decoding state of a sequence (bytes)",
                  title=task or str(task_of(settings[0].config).get("data.name", "")))
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"best {metric}")
+    axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize="small")
-    figure.suptitle(f"best {metric} against decoding state: a point per state size (width), the best of its settings")
+    # Two lines: one panel is 6 inches wide, too narrow for the sentence on one.
+    figure.suptitle(f"{metric} against decoding state\na point per state size (width): the setting {chosen_by} chose")
     figure.tight_layout()
     return figure
