@@ -145,9 +145,11 @@ def cpu_flags() -> set[str]:
 
 def matmul_flops_per_second(dtype: torch.dtype) -> float:
     """FLOP/s of the fastest of the square matmuls of PROBE_SIZE run over about PROBE_SECONDS, after one warm-up
-    product: the fastest, not the mean, because other work on a shared CPU slows some products and never speeds one."""
-    a = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
-    b = torch.randn(PROBE_SIZE, PROBE_SIZE, dtype=dtype)
+    product: the fastest, not the mean, because other work on a shared CPU slows some products and never speeds one.
+    Its operands come from a generator of its own: a run's first probe on a machine must not move the seeded
+    stream that initialises and drops out, or the same seed would train otherwise once the probe is cached."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(PROBE_SIZE, PROBE_SIZE, generator=generator).to(dtype) for _ in range(2))
     a @ b
     fastest, started = math.inf, time.perf_counter()
     while time.perf_counter() - started < PROBE_SECONDS:
