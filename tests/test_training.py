@@ -136,6 +136,24 @@ def test_selection_never_reads_the_test_split_and_the_summary_reports_the_best_c
     assert {name for name, _ in opened} == {"train.bin", "val.bin"}
 
 
+def test_the_test_split_is_measured_in_the_precision_the_run_validated_in(tmp_path, monkeypatch):
+    from lmzoo.training.datamodule import TokenDataModule
+
+    measured, test_result = [], TokenDataModule.test_result
+
+    def recorded(self, model):
+        measured.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return test_result(self, model)
+
+    monkeypatch.setattr(TokenDataModule, "test_result", recorded)
+    for precision in ("32-true", "bf16-mixed"):
+        train(compose_train(tmp_path / precision, "trainer.max_steps=2", "trainer.val_check_interval=2",
+                            f"trainer.precision={precision}"))
+    assert measured == [(False, torch.bfloat16), (True, torch.bfloat16)]
+    summary = json.loads((tmp_path / "bf16-mixed" / "run" / "summary.json").read_text())
+    assert math.isfinite(summary["test_loss"])
+
+
 def test_resume_auto_continues_from_the_run_folder_and_its_summary_covers_every_segment(tmp_path, capsys):
     summary, last = tmp_path / "run" / "summary.json", tmp_path / "run" / "checkpoints" / "last.ckpt"
     train(compose_train(tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=10"))

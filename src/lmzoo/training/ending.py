@@ -63,14 +63,17 @@ def why_stopped(stopper: EarlyStopping) -> str:
 
 
 def test_of_best(trainer: L.Trainer, datamodule: TokenDataModule) -> dict:
-    """The test split's metrics of the run's best-validation checkpoint: none without one, or where its
-    validation loss was NaN or inf (Lightning scores NaN as inf), a diverged run's whose weights are not numbers."""
+    """The test split's metrics of the run's best-validation checkpoint, in the precision the run validated in
+    (bf16 autocast in a bf16-mixed run: half the time of fp32 on a CPU with bf16 units, and measured as the
+    validation that chose the checkpoint is): none without one, or where its validation loss was NaN or inf
+    (Lightning scores NaN as inf), a diverged run's whose weights are not numbers."""
     checkpoint = trainer.checkpoint_callback
     score = checkpoint and checkpoint.best_model_score
     if not (checkpoint and checkpoint.best_model_path) or (score is not None and not torch.isfinite(score)):
         return {}
     model, _, _ = load_model(checkpoint.best_model_path)
-    return datamodule.test_result(model)
+    with trainer.precision_plugin.val_step_context():
+        return datamodule.test_result(model)
 
 
 def run_summary(lit: LitLM, trainer: L.Trainer, model: str | None, seed: int, tuned: dict | None = None,
