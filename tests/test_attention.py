@@ -234,3 +234,45 @@ def test_a_cpus_bf16_training_attends_in_fp32_over_short_contexts_and_samples_in
     assert torch.equal(sampled, in_bf16)
     trained.sum().backward()
     assert q.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation_its_gradient_through_the_same_mask(p):
+    from lmzoo.models.blocks import DROPOUT_BITS, dropout
+
+    x = (torch.rand(1_000_001, dtype=torch.float64) + 0.5).requires_grad_()
+    torch.manual_seed(0)
+    y = dropout(x, p)
+    dropped = y == 0
+    # p drawn in steps of 2^-15; 1,000,001 elements put the fraction within 5 sd of it.
+    rounded = round(p * 2**DROPOUT_BITS) / 2**DROPOUT_BITS
+    assert abs(dropped.double().mean().item() - rounded) < 5 * math.sqrt(rounded * (1 - rounded) / x.numel())
+    assert torch.allclose(y[~dropped], x[~dropped] / (1 - rounded), rtol=1e-12)
+    y.backward(torch.full_like(y, 3.0))
+    assert torch.equal(x.grad == 0, dropped) and torch.allclose(x.grad[~dropped].detach(),
+                                                                torch.full_like(x[~dropped], 3 / (1 - rounded)))
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p), y), "the mask follows torch's seed"
+    # Each lane (half of a random word) drops at the same rate.
+    assert abs(dropped[0::2].double().mean() - dropped[1::2].double().mean()).item() < 0.005
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_with_dropout_on_a_cpu_drops_its_probabilities_as_pytorchs_math_path(heads, kv_heads, masked):
+    from lmzoo.models.blocks import dropout, scaled_dot_product_attention
+
+    q, k, v = (torch.randn(2, h, 9, 8, dtype=torch.float64) for h in (heads, kv_heads, kv_heads))
+    mask = attention_mask(0, 9, 0, 4, q.device) if masked else None
+    # Without dropout, PyTorch's kernel itself.
+    assert torch.equal(scaled_dot_product_attention(q, k, v, mask, 0.0, is_causal=not masked),
+                       F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not masked,
+                                                      enable_gqa=heads != kv_heads))
+    torch.manual_seed(1)
+    y = scaled_dot_product_attention(q, k, v, mask, 0.3, is_causal=not masked)
+    scores = q @ k.repeat_interleave(heads // kv_heads, 1).transpose(-2, -1) / math.sqrt(8)
+    allowed = mask if masked else torch.ones(9, 9, dtype=torch.bool).tril()
+    torch.manual_seed(1)
+    dropped = dropout(scores.masked_fill(~allowed, -math.inf).softmax(-1), 0.3)
+    assert torch.allclose(y, dropped @ v.repeat_interleave(heads // kv_heads, 1), atol=1e-12)
+    assert not torch.allclose(y, scaled_dot_product_attention(q, k, v, mask, 0.0, is_causal=not masked))

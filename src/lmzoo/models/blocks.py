@@ -34,7 +34,35 @@ def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
 def make_dropout(p: float) -> nn.Module:
     """Dropout, or nothing at p = 0: a Dropout of 0 still costs a call in every layer, and at batch 1 on CPU
     such calls are what a decoded token costs."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    return Dropout(p) if p > 0 else nn.Identity()
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout by `dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p) if self.training else x
+
+
+# A CPU's dropout mask is drawn in lanes of this many random bits (see dropout).
+DROPOUT_BITS = 15
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x with each element zeroed with probability p and the others scaled to keep its expectation, as F.dropout
+    trains. By hand on a CPU, where PyTorch draws a random number an element (bernoulli_, about 10 ns each): here
+    each 32-bit random word gives two elements 15 bits each, so p is rounded to a multiple of 2^-15 (0.2 to
+    0.2000122) and the scale is exact for the rounded p; the mask is kept in x's dtype, as multiplying by a boolean
+    one takes PyTorch's CPU kernels several times as long. Elsewhere PyTorch's fused kernels."""
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    levels = 1 << DROPOUT_BITS
+    threshold = round(p * levels)
+    # random_() fills an int32 with 31 random bits: each 16-bit half keeps its low 15.
+    words = torch.empty((x.numel() + 1) // 2, dtype=torch.int32, device=x.device).random_()
+    lanes = words.view(torch.int16)[: x.numel()].view(x.shape).bitwise_and_(levels - 1)
+    kept = torch.ge(lanes, threshold, out=torch.empty_like(x))
+    return x * kept * (levels / (levels - threshold))
 
 
 ACTIVATIONS = {
@@ -535,14 +563,31 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
     upcast = attends_in_fp32(q, k)
     # Autocast would cast fp32 inputs back to bf16.
     with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
-        y = F.scaled_dot_product_attention(
+        y = scaled_dot_product_attention(
             *((q.float(), k.float(), v.float()) if upcast else (q, k, v)),
             attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
             is_causal=start == 0 and T > 1 and not windowed,
             dropout_p=dropout,
-            enable_gqa=k.size(1) != q.size(1),
         )
     return y.to(q.dtype) if upcast else y
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                                 dropout_p: float, is_causal: bool = False) -> torch.Tensor:
+    """F.scaled_dot_product_attention, its kv heads shared by groups of query heads; with dropout on a CPU, the
+    math PyTorch would run there (its CPU kernels take no dropout) with lmzoo's `dropout` on the probabilities."""
+    if not dropout_p or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                              enable_gqa=k.size(1) != q.size(1))
+    k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+    if is_causal:
+        attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        # Added as 0 or -inf: a masked_fill of the scores by a broadcast boolean mask takes about 3 times as long.
+        scores = scores + torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~attn_mask,
+                                                                                                        -math.inf)
+    return dropout(scores.softmax(-1), dropout_p) @ v
 
 
 def attends_in_fp32(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -571,8 +616,7 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     query, key = torch.arange(window, device=q.device)[:, None], torch.arange(2 * window, device=q.device)[None, :]
     mask = ((key > query) & (key <= query + window)).expand(blocks, window, 2 * window).clone()
     mask[0, :, :window] = False
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(batch, 1, 1)[:, None], dropout_p=dropout,
-                                       enable_gqa=k.size(1) != q.size(1))
+    y = scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(batch, 1, 1)[:, None], dropout_p=dropout)
     return y.unflatten(0, (batch, blocks)).transpose(1, 2).flatten(2, 3)[:, :, :T]
 
 

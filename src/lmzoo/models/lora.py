@@ -12,6 +12,7 @@ from torch import nn
 
 from lmzoo.errors import UserError
 from lmzoo.models.base import LanguageModel
+from lmzoo.models.blocks import make_dropout
 
 
 class LoRALinear(nn.Module):
@@ -24,7 +25,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = make_dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * (self.dropout(x) @ self.lora_A.T @ self.lora_B.T)
