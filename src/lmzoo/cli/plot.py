@@ -15,8 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR")
     parser.add_argument("--x", choices=list(X_AXES), help="draw val/loss (or --y) against this, seeds pooled; state: "
                         "at each decoding state, test/accuracy (or --y) of the setting validation chose, a panel per "
-                        "task; "
-                        "without --x (and --y), the overview: train and val loss against steps and tokens")
+                        "task; without --x (and --y), the overview: train and val loss against steps and tokens")
     parser.add_argument("--y", choices=["loss", "bpb", "accuracy"],
                         help="val/loss (default; accuracy with --x state), val/bpb or val/accuracy, with --x (default "
                         "tokens)")
