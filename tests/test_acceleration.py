@@ -163,6 +163,22 @@ def test_auto_precision_measures_each_model_shape_once_per_machine(cpu_with, mea
     monkeypatch.setattr(perf, "KERNELS", perf.KERNELS + 1)
     assert choose_precision("auto", "cpu", make("gpt_rope"), 4, 32)[1].endswith("below the 1.1x bf16 must gain")
     assert calls[-1] == (4, 32) and len(calls) == 5
+    # Nor what torch's kernels measured at another instruction set (repro=true holds them at AVX2).
+    capability = torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2" if capability != "AVX2" else "AVX512")
+    choose_precision("auto", "cpu", make("gpt_rope"), 4, 32)
+    assert len(calls) == 6
+
+
+def test_auto_precision_under_repro_is_fp32_unmeasured_on_every_cpu(cpu_with, measured, monkeypatch):
+    """repro=true holds the kernels at AVX2: bf16 would be emulated there, and CPUs with and without bf16 units
+    would train in different precisions, the opposite of the same bits everywhere."""
+    cpu_with("amx_bf16", "avx512_bf16")
+    calls = measured(fp32=9.0, bf16=1.0)
+    monkeypatch.setattr(acceleration, "instruction_set_held", lambda: True)
+    precision, reason = choose_precision("auto", "cpu", make("gpt_rope"), 4, 32)
+    assert precision == "32-true" and reason.startswith("auto: repro=true holds the kernels at AVX2") and not calls
+    assert choose_precision("bf16-mixed", "cpu", make("gpt_rope"), 4, 32)[0] == "bf16-mixed"
 
 
 def test_auto_precision_on_a_cpu_without_bf16_units_is_fp32_unmeasured(cpu_with, measured):

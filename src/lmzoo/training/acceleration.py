@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Timer
 
 from lmzoo.errors import UserError
+from lmzoo.machine import instruction_set_held
 from lmzoo.training.perf import cache_path, cached, cpu_flags, cpu_name, machine, read_cache, write_cache
 
 # CPU flags (Linux's names) of units that multiply bf16 matrices natively.
@@ -79,6 +80,9 @@ def choose_precision(asked, device: str, model: torch.nn.Module, batch_size: int
         return "32-true", f"auto: the {name} has no bf16 (trainer.precision=16-mixed is its mixed precision)"
     if device != "cpu":
         return "32-true", f"auto: mixed precision is chosen for CUDA and CPUs only, not {device}"
+    if instruction_set_held():
+        return "32-true", ("auto: repro=true holds the kernels at AVX2, which computes bf16 without the CPU's bf16 "
+                           "units, and every CPU would not choose alike")
     units = [unit for unit in BF16_CPU_UNITS if unit in cpu_flags()]
     if not units:
         return "32-true", (f"auto: this CPU ({cpu_name()}) has no native bf16 matrix unit ({', '.join(BF16_CPU_UNITS)}), "

@@ -82,9 +82,10 @@ KERNELS = 3
 
 
 def machine() -> str:
-    """What a measurement of speed depends on besides the work: the CPU, torch's threads, torch's version and
-    lmzoo's kernels."""
-    return f"{cpu_name()}|{torch.get_num_threads()} threads|torch {torch.__version__}|kernels {KERNELS}"
+    """What a measurement of speed depends on besides the work: the CPU, the instructions torch's kernels use
+    (repro=true holds them at AVX2), torch's threads, torch's version and lmzoo's kernels."""
+    return (f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()} threads|"
+            f"torch {torch.__version__}|kernels {KERNELS}")
 
 
 def cache_path(name: str) -> Path:
