@@ -4,20 +4,18 @@
     python bench/shakespeare_step.py --fp32 --profile  # the operators that take the most CPU time in one step
 
 The model is built from lmzoo's config with vs_nanogpt.py's overrides (6 layers, width 384, block 256, dropout
-0.2, tinyshakespeare's 65 characters), and a step is what a run takes: forward under bf16 autocast (as
-`trainer.precision=auto` chooses on a CPU with bf16 units), cross-entropy, backward, clipping at 1.0 and the
-fused AdamW, on random tokens at batch 16 (--batch-size). To compare two versions of lmzoo, run it from each
-checkout in turn, alternating.
+0.2, tinyshakespeare's 65 characters), and a step is what a run takes (bench/recurrent.py's training_step):
+forward under bf16 autocast (as `trainer.precision=auto` chooses on a CPU with bf16 units), cross-entropy,
+backward, clipping at 1.0 and lmzoo's fused AdamW, on random tokens at batch 16 (--batch-size). To compare two
+versions of lmzoo, run it from each checkout in turn, alternating.
 """
 
 import argparse
-import contextlib
-import time
 
 import torch
-import torch.nn.functional as F
 from common import compose_train
 from hydra.utils import instantiate
+from recurrent import training_step
 from vs_nanogpt import CONFIGS
 
 from lmzoo.training.optim import OptimConfig, configure_adamw
@@ -38,28 +36,15 @@ def main():
     model = instantiate(compose_train([*overrides, f"block_size={block}"]).model, vocab_size=VOCAB,
                         _convert_="all").build().train()
     optimizer = configure_adamw(model, OptimConfig(), torch.device("cpu"))["optimizer"]
-    x, y = (torch.randint(VOCAB, (args.batch_size, block)) for _ in range(2))
-
-    def step():
-        with contextlib.nullcontext() if args.fp32 else torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).logits.flatten(0, 1).float(), y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
+    tokens = torch.randint(VOCAB, (args.batch_size, block))
     for _ in range(3):
-        step()
+        training_step(model, optimizer, tokens, not args.fp32)
     if args.profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            step()
+            training_step(model, optimizer, tokens, not args.fp32)
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         return
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
+    times = [training_step(model, optimizer, tokens, not args.fp32) for _ in range(3)]
     print(f"{'fp32' if args.fp32 else 'bf16 autocast'}, batch {args.batch_size} x {block}: best step "
           f"{min(times) * 1e3:.1f} ms")
 

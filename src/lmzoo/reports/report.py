@@ -73,9 +73,9 @@ def state_section(sweep_dirs: list[Path], out: Path) -> str:
     save(figure, out / STATE_FIGURE)
     return (f"\n\n## Accuracy against state size\n\n![accuracy against decoding state]({STATE_FIGURE})\n\n"
             "Accuracy against the bytes of decoding state a sequence needs: a panel per task, a line per "
-            "architecture, a point per state size (its width): of its settings (learning rates), the one with the "
-            "best mean best val/accuracy over seeds, at its mean test/accuracy (best val/accuracy where runs have "
-            "no test split).")
+            "architecture, a point per state size (its width): of its settings (learning rates), the one whose "
+            "best val/accuracy has the highest mean over seeds, at its mean test/accuracy (best val/accuracy where "
+            "runs have no test split).")
 
 
 def how_section(sweep_dir: Path) -> str:
