@@ -10,7 +10,6 @@ feed-forward layer `mlp(x, routing)`. `routing` collects what routed sublayers d
 pass (see lmzoo.models.routing); dense sublayers ignore it.
 """
 
-import contextlib
 import dataclasses
 import math
 
@@ -206,8 +205,8 @@ DIFFERENTIAL_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
 VARIANTS = ("standard", "mla", "differential")
-# Up to how many keys a CPU's bf16 attention is computed in fp32 when it trains (attends_in_fp32).
-FP32_ATTENTION_KEYS = 256
+# Up to how many keys a CPU's bf16 attention is computed by hand when it trains (attends_by_hand).
+HAND_ATTENTION_KEYS = 256
 # How differential attention lays its heads out: "paper", as microsoft/unilm's Diff-Transformer code
 # (multihead_flashdiff_1.py; multihead_diffattn.py without grouped keys) does, with the learned scale of its per-pair
 # norm; "diffllama", Hugging Face's DiffLlama (and lmzoo 0.2's), the same maps with the heads in another order and no
@@ -560,23 +559,20 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
         return banded_attention(q, k, v, window, dropout)
     first = start + T - k.size(-2)
     windowed = window is not None and start + T - first > window
-    upcast = attends_in_fp32(q, k)
-    # Autocast would cast fp32 inputs back to bf16.
-    with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
-        y = scaled_dot_product_attention(
-            *((q.float(), k.float(), v.float()) if upcast else (q, k, v)),
-            attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
-            is_causal=start == 0 and T > 1 and not windowed,
-            dropout_p=dropout,
-        )
-    return y.to(q.dtype) if upcast else y
+    return scaled_dot_product_attention(
+        q, k, v,
+        attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
+        is_causal=start == 0 and T > 1 and not windowed,
+        dropout_p=dropout,
+    )
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                                  dropout_p: float, is_causal: bool = False) -> torch.Tensor:
-    """F.scaled_dot_product_attention, its kv heads shared by groups of query heads; with dropout on a CPU, the
-    math PyTorch would run there (its CPU kernels take no dropout) with lmzoo's `dropout` on the probabilities."""
-    if not dropout_p or q.device.type != "cpu":
+    """F.scaled_dot_product_attention, its kv heads shared by groups of query heads; where attends_by_hand, the
+    math PyTorch's kernels compute, by hand: the products in q's dtype, the softmax in at least fp32 (as Hugging
+    Face's eager attention), lmzoo's `dropout` on the probabilities."""
+    if not attends_by_hand(q, k, dropout_p):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                               enable_gqa=k.size(1) != q.size(1))
     k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))
@@ -587,16 +583,21 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         # Added as 0 or -inf: a masked_fill of the scores by a broadcast boolean mask takes about 3 times as long.
         scores = scores + torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~attn_mask,
                                                                                                         -math.inf)
-    return dropout(scores.softmax(-1), dropout_p) @ v
+    probabilities = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    return (dropout(probabilities, dropout_p) if dropout_p else probabilities) @ v
 
 
-def attends_in_fp32(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether a bf16 attention on a CPU is computed in fp32: PyTorch's CPU flash attention takes its bf16 backward
-    in small mixed-precision products per block of queries; forward and backward took 1.1x to 3.3x fp32's time
-    (casts included) over 64 to 256 keys on an AMD EPYC Zen 4 with AVX512-BF16, and 0.8x to 0.9x over 512 to 1024
-    (bench/README.md, issue 38). The forward alone, as sampling and validation run it, stays in bf16."""
-    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
-            and k.size(-2) <= FP32_ATTENTION_KEYS)
+def attends_by_hand(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
+    """Whether a CPU computes attention by hand rather than with PyTorch's kernel: with dropout, which PyTorch's CPU
+    kernels do not take; and in a bf16 training step over at most HAND_ATTENTION_KEYS keys, where PyTorch's CPU flash
+    attention takes its bf16 backward in small mixed-precision products per block of queries (1.1x to 3.3x fp32's
+    time over 64 to 256 keys, 0.8x to 0.9x over 512 to 1024) and by hand in bf16 a step of nanoGPT's Shakespeare
+    config took 0.78x the time of attending in fp32 (AMD EPYC Zen 4 with AVX512-BF16; bench/README.md, issue 38).
+    A forward without gradients (sampling, validation) keeps the kernel, which keeps no scores."""
+    if q.device.type != "cpu":
+        return False
+    return bool(dropout_p) or (q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+                               and k.size(-2) <= HAND_ATTENTION_KEYS)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout: float) -> torch.Tensor:
