@@ -39,12 +39,12 @@ def write_provenance(record: dict, folder: str | Path) -> None:
                      "choose a writable run folder with hydra.run.dir=PATH")
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
-    """`{"optim": {"lr": 1e-3}}` as `{"optim.lr": 1e-3}`."""
+def flatten(config: dict, prefix: str = "", leaf=lambda value: False) -> dict:
+    """`{"optim": {"lr": 1e-3}}` as `{"optim.lr": 1e-3}`; a dict that `leaf` accepts is kept whole."""
     flat = {}
     for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and not leaf(value):
+            flat.update(flatten(value, f"{prefix}{key}.", leaf))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

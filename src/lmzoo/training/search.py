@@ -6,6 +6,7 @@ import math
 import random
 
 from lmzoo.errors import UserError, check_field_types
+from lmzoo.training.provenance import flatten
 
 # What a tune may rank its trials by (tune.monitor): train's result key, and the study's direction.
 MONITORS = {"val/loss": ("best_val_loss", "minimize"), "val/accuracy": ("best_val_accuracy", "maximize")}
@@ -62,7 +63,7 @@ class TuneSettings:
                             "val/accuracy takes the best trial's values, so set tune.repeats=0")
         if not self.search:
             raise UserError("tune.search names nothing to tune; give a range, as tune.search.optim.lr=[1e-4,3e-2]")
-        self.search = {key: Space.of(key, value) for key, value in flatten(self.search).items()}
+        self.search = {key: Space.of(key, value) for key, value in flatten(self.search, leaf=is_choices).items()}
 
     @property
     def prunes(self) -> bool:
@@ -135,12 +136,6 @@ def spread(search: dict, count: int, seed: int) -> list[dict]:
     return [{key: column[trial] for key, column in columns.items()} for trial in range(count)]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": [1e-4, 3e-2]}} as {"optim.lr": [1e-4, 3e-2]}; a {choices: [...]} is a leaf."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and set(value) != {"choices"}:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def is_choices(value: dict) -> bool:
+    """A search's {choices: [...]}: one key's values, not a group of keys."""
+    return set(value) == {"choices"}
