@@ -5,9 +5,9 @@
 
 Reads the study's sweep from its preset (conf/experiment/), builds each model as its runs build it (the preset's
 architecture, widths and data, random init) and times a training step as a run takes it in fp32 on random tokens
-of the run's batch and length: forward with dropout on, cross-entropy, backward, lmzoo's fused AdamW. Each shape
-is the mean of `--steps` steps after 2 warm-up steps, on `--threads` threads. Prints a row per model and width, a
-column per task, then the study's cost: every shape's step times its runs (the sweep's other keys: learning rates,
+of the run's batch and length (bench/recurrent.py's training_step: forward with dropout on, cross-entropy,
+backward, clipping, lmzoo's fused AdamW). Each shape is the mean of `--steps` steps after 2 warm-up steps, on
+`--threads` threads. Prints a row per model and width, a column per task, then the study's cost: every shape's step times its runs (the sweep's other keys: learning rates,
 seeds) times `trainer.max_steps`, in core-hours and in hours over `--jobs` parallel jobs (an upper bound: runs that
 reach the early-stopping threshold stop sooner; validation adds about 1%). Run it alone on the machine.
 """
@@ -15,13 +15,12 @@ reach the early-stopping threshold stop sooner; validation adds about 1%). Run i
 import argparse
 import itertools
 import math
-import time
 
 import torch
-import torch.nn.functional as F
 from common import compose_train
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from recurrent import training_step
 
 from lmzoo.training.optim import OptimConfig, configure_adamw
 
@@ -39,15 +38,9 @@ def step_seconds(overrides: list[str], steps: int) -> float:
     model = instantiate(cfg.model, vocab_size=cfg.data.vocab_size, _convert_="all").build().train()
     optimizer = configure_adamw(model, OptimConfig(lr=cfg.optim.lr), torch.device("cpu"))["optimizer"]
     tokens = torch.randint(0, cfg.data.vocab_size, (cfg.data.batch_size, cfg.block_size))
-    started = 0.0
-    for index in range(steps + 2):
-        if index == 2:
-            started = time.perf_counter()
-        loss = F.cross_entropy(model(tokens).logits.flatten(0, 1), tokens.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - started) / steps
+    for _ in range(2):
+        training_step(model, optimizer, tokens, bf16=False)
+    return sum(training_step(model, optimizer, tokens, bf16=False) for _ in range(steps)) / steps
 
 
 def main() -> None:
