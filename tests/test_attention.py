@@ -266,19 +266,19 @@ def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation_its_gradient_thro
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_with_dropout_on_a_cpu_drops_its_probabilities_as_pytorchs_math_path(heads, kv_heads, masked):
-    from lmzoo.models.blocks import dropout, scaled_dot_product_attention
+    from lmzoo.models.blocks import attend, dropout
 
     q, k, v = (torch.randn(2, h, 9, 8, dtype=torch.float64) for h in (heads, kv_heads, kv_heads))
     mask = attention_mask(0, 9, 0, 4, q.device) if masked else None
     # Without dropout, PyTorch's kernel itself.
-    assert torch.equal(scaled_dot_product_attention(q, k, v, mask, 0.0, is_causal=not masked),
+    assert torch.equal(attend(q, k, v, mask, 0.0, is_causal=not masked),
                        F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not masked,
                                                       enable_gqa=heads != kv_heads))
     torch.manual_seed(1)
-    y = scaled_dot_product_attention(q, k, v, mask, 0.3, is_causal=not masked)
+    y = attend(q, k, v, mask, 0.3, is_causal=not masked)
     scores = q @ k.repeat_interleave(heads // kv_heads, 1).transpose(-2, -1) / math.sqrt(8)
     allowed = mask if masked else torch.ones(9, 9, dtype=torch.bool).tril()
     torch.manual_seed(1)
     dropped = dropout(scores.masked_fill(~allowed, -math.inf).softmax(-1), 0.3)
     assert torch.allclose(y, dropped @ v.repeat_interleave(heads // kv_heads, 1), atol=1e-12)
-    assert not torch.allclose(y, scaled_dot_product_attention(q, k, v, mask, 0.0, is_causal=not masked))
+    assert not torch.allclose(y, attend(q, k, v, mask, 0.0, is_causal=not masked))

@@ -559,7 +559,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
         return banded_attention(q, k, v, window, dropout)
     first = start + T - k.size(-2)
     windowed = window is not None and start + T - first > window
-    return scaled_dot_product_attention(
+    return attend(
         q, k, v,
         attn_mask=attention_mask(start, T, first, window, q.device) if windowed or (start > 0 and T > 1) else None,
         is_causal=start == 0 and T > 1 and not windowed,
@@ -567,8 +567,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: 
     )
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                                 dropout_p: float, is_causal: bool = False) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, dropout_p: float,
+           is_causal: bool = False) -> torch.Tensor:
     """F.scaled_dot_product_attention, its kv heads shared by groups of query heads; where attends_by_hand, the
     math PyTorch's kernels compute, by hand: the products in q's dtype, the softmax in at least fp32 (as Hugging
     Face's eager attention), lmzoo's `dropout` on the probabilities."""
@@ -617,7 +617,7 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     query, key = torch.arange(window, device=q.device)[:, None], torch.arange(2 * window, device=q.device)[None, :]
     mask = ((key > query) & (key <= query + window)).expand(blocks, window, 2 * window).clone()
     mask[0, :, :window] = False
-    y = scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(batch, 1, 1)[:, None], dropout_p=dropout)
+    y = attend(q, k, v, attn_mask=mask.repeat(batch, 1, 1)[:, None], dropout_p=dropout)
     return y.unflatten(0, (batch, blocks)).transpose(1, 2).flatten(2, 3)[:, :, :T]
 
 
