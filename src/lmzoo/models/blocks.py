@@ -592,7 +592,7 @@ def attends_by_hand(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
     kernels do not take; and in a bf16 training step over at most HAND_ATTENTION_KEYS keys, where PyTorch's CPU flash
     attention takes its bf16 backward in small mixed-precision products per block of queries (1.1x to 3.3x fp32's
     time over 64 to 256 keys, 0.8x to 0.9x over 512 to 1024) and by hand in bf16 a step of nanoGPT's Shakespeare
-    config took 0.78x the time of attending in fp32 (AMD EPYC Zen 4 with AVX512-BF16; bench/README.md, issue 38).
+    config took 0.84x to 0.89x the time of attending in fp32 (AMD EPYC Zen 4 with AVX512-BF16; bench/README.md).
     A forward without gradients (sampling, validation) keeps the kernel, which keeps no scores."""
     if q.device.type != "cpu":
         return False
