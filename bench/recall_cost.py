@@ -7,9 +7,10 @@ Reads the study's sweep from its preset (conf/experiment/), builds each model as
 architecture, widths and data, random init) and times a training step as a run takes it in fp32 on random tokens
 of the run's batch and length (bench/recurrent.py's training_step: forward with dropout on, cross-entropy,
 backward, clipping, lmzoo's fused AdamW). Each shape is the mean of `--steps` steps after 2 warm-up steps, on
-`--threads` threads. Prints a row per model and width, a column per task, then the study's cost: every shape's step times its runs (the sweep's other keys: learning rates,
-seeds) times `trainer.max_steps`, in core-hours and in hours over `--jobs` parallel jobs (an upper bound: runs that
-reach the early-stopping threshold stop sooner; validation adds about 1%). Run it alone on the machine.
+`--threads` threads. Prints a row per model and width, a column per task, then the study's cost: every shape's
+step times its runs (the sweep's other keys: learning rates, seeds) times `trainer.max_steps`, in core-hours and in
+hours over `--jobs` parallel jobs (an upper bound: runs that reach the early-stopping threshold stop sooner;
+validation adds about 1%). Run it alone on the machine.
 """
 
 import argparse

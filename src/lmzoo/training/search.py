@@ -87,7 +87,7 @@ class Space:
 
     @classmethod
     def of(cls, key: str, value) -> "Space":
-        if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list):
+        if isinstance(value, dict) and is_choices(value) and isinstance(value["choices"], list):
             if value["choices"]:
                 return cls(key, choices=tuple(value["choices"]))
         numbers = isinstance(value, list) and len(value) == 2 and all(
