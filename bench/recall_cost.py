@@ -4,9 +4,9 @@
     python bench/recall_cost.py --experiment recall_mad --jobs 2
 
 Reads the study's sweep from its preset (conf/experiment/), builds each model as its runs build it (the preset's
-architecture, widths and data, random init) and times a training step as a run takes it in fp32 on random tokens
-of the run's batch and length (bench/recurrent.py's training_step: forward with dropout on, cross-entropy,
-backward, clipping, lmzoo's fused AdamW). Each shape is the mean of `--steps` steps after 2 warm-up steps, on
+architecture, widths and data, random init) and times a training step as a run takes it in fp32 on the task's
+first training batch (bench/recurrent.py's training_step: forward with dropout on, the run's loss over the answers
+alone, backward, clipping, lmzoo's fused AdamW). Each shape is the mean of `--steps` steps after 2 warm-up steps, on
 `--threads` threads. Prints a row per model and width, a column per task, then the study's cost: every shape's
 step times its runs (the sweep's other keys: learning rates, seeds) times `trainer.max_steps`, in core-hours and in
 hours over `--jobs` parallel jobs (an upper bound: runs that reach the early-stopping threshold stop sooner;
@@ -23,6 +23,8 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from recurrent import training_step
 
+from lmzoo.training.datamodule import data_module
+from lmzoo.training.module import LitLM
 from lmzoo.training.optim import OptimConfig, configure_adamw
 
 MODEL_KEY = "experiment/recall/model@_global_"
@@ -36,12 +38,16 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
 
 def step_seconds(overrides: list[str], steps: int) -> float:
     cfg = compose_train(overrides)
+    data = data_module(instantiate(cfg.data, _convert_="all"))
+    data.prepare_data()
+    batch = next(iter(data.train_dataloader()))
     model = instantiate(cfg.model, vocab_size=cfg.data.vocab_size, _convert_="all").build().train()
+    lit = LitLM(model, OptimConfig(), data.tokenizer, scores_answers=data.scores_answers)
     optimizer = configure_adamw(model, OptimConfig(lr=cfg.optim.lr), torch.device("cpu"))["optimizer"]
-    tokens = torch.randint(0, cfg.data.vocab_size, (cfg.data.batch_size, cfg.block_size))
     for _ in range(2):
-        training_step(model, optimizer, tokens, bf16=False)
-    return sum(training_step(model, optimizer, tokens, bf16=False) for _ in range(steps)) / steps
+        training_step(model, optimizer, batch[0], False, lambda: lit.cross_entropy(batch)[0])
+    return sum(training_step(model, optimizer, batch[0], False, lambda: lit.cross_entropy(batch)[0])
+               for _ in range(steps)) / steps
 
 
 def main() -> None:

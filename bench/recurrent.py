@@ -22,6 +22,7 @@ before the warm-up steps, which compile it) and its rows say so.
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +75,18 @@ def decode(model, context: int, steps: int) -> tuple[float, int]:
     return statistics.median(times), cache.nbytes()
 
 
-def training_step(model, optimizer, tokens: torch.Tensor, bf16: bool) -> float:
-    """Seconds of one training step as a run takes it (in bf16 autocast as Lightning's bf16-mixed, or fp32)."""
+def training_step(model, optimizer, tokens: torch.Tensor, bf16: bool,
+                  loss_of: Callable[[], torch.Tensor] | None = None) -> float:
+    """Seconds of one training step as a run takes it (in bf16 autocast as Lightning's bf16-mixed, or fp32): the
+    next-token loss of `tokens`, or `loss_of()`, a batch's loss as the run computes it (a synthetic task's:
+    LitLM.cross_entropy, over its answers alone)."""
     started = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(tokens).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+        if loss_of is None:
+            logits = model(tokens).logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+        else:
+            loss = loss_of()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -22,6 +22,7 @@ from lmzoo.models import LanguageModel, MLPConfig, preset_config
 from lmzoo.models.presets import preset
 from lmzoo.models.lora import LoRA, LoRALinear, matching_linears
 from lmzoo.models.routing import MoE, Router
+from lmzoo.training.plan import training_flops_per_token
 from lmzoo.training.run import build, train
 
 TINY_RUN = ["trainer=debug", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
@@ -137,6 +138,21 @@ def test_flops_per_token_equal_pytorchs_flop_counter(name):
     # Models that read the whole window count their mixing at the run's context; fixed-context ones read their own.
     longer = model.flops_per_token(2 * context)
     assert longer > model.flops_per_token(context) if model.block_size == BLOCK else longer == counted
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_logits_at_the_scored_positions_alone_are_the_whole_sequences_there_and_cost_their_share(name):
+    """A synthetic task scores its answers alone (forward's only_at): their logits are those the whole sequence's
+    forward gives there, and a run is charged the position-wise part at the share scored, PyTorch's count of such
+    a step (the bigram, which does no product PyTorch counts, its nominal count at that share)."""
+    model = randomized(make(name))
+    idx = torch.randint(0, V, (3, BLOCK))
+    scored = torch.zeros(3, BLOCK, dtype=torch.bool)
+    scored[:, 1::4] = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, only_at=scored).logits, model(idx).logits[scored])
+    counted = counted_flops_per_token(model, idx, scored) or model.flops_per_token(BLOCK) / 4
+    assert training_flops_per_token(model, BLOCK, scored_share=0.25) == counted < model.flops_per_token(BLOCK)
 
 
 def test_bigram_counts_the_row_a_token_reads():

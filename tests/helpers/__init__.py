@@ -87,8 +87,10 @@ def triangular_solve_backward_flops(inverse_shape, solution_shape, grad_shape, *
     return 3 * math.prod(batch) * n * n * m
 
 
-def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float:
-    """PyTorch's count of one training step's FLOPs (forward and backward), per token. Attention runs on SDPA's
+def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor, only_at: torch.Tensor | None = None
+                            ) -> float:
+    """PyTorch's count of one training step's FLOPs (forward and backward), per token; with `only_at`, of a
+    step that scores those positions alone (a synthetic task's). Attention runs on SDPA's
     math backend, the one FlopCounterMode has formulas for on CPU. Where it has none: the triangular solves, at
     LAPACK's count (triangular_solve_flops, and triangular_solve_backward_flops for their backward); and the short convolutions, sums of shifted products, at its count of
     the depthwise F.conv1d each equals on the inputs it got, 3 times (the backward twice the forward, as
@@ -101,8 +103,9 @@ def counted_flops_per_token(model: LanguageModel, tokens: torch.Tensor) -> float
               torch.ops.lmzoo.unit_lower_solve_backward: triangular_solve_backward_flops}
     try:
         with FlopCounterMode(display=False, custom_mapping=solves) as counter, sdpa_kernel(SDPBackend.MATH):
-            output = model(tokens)
-            loss = F.cross_entropy(output.logits.flatten(0, 1), tokens.flatten())
+            output = model(tokens, only_at=only_at)
+            scored = tokens.flatten() if only_at is None else tokens[only_at]
+            loss = F.cross_entropy(output.logits.flatten(0, -2), scored)
             (loss if output.aux_loss is None else loss + output.aux_loss).backward()
     finally:
         for hook in hooks:

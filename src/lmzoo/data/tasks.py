@@ -258,11 +258,10 @@ def stream(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, STREAMS[split]])
 
 
-def correct_answers(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Whether each answer of a synthetic task's targets (those not IGNORE) is the logits' top token: val/accuracy
-    is their share."""
-    answers = targets != IGNORE
-    return logits.argmax(dim=-1)[answers] == targets[answers]
+def correct_answers(answer_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each answer of a synthetic task's targets (those not IGNORE) is the top token of its logits, the
+    logits of the answers alone (`model(inputs, only_at=targets != IGNORE)`): val/accuracy is their share."""
+    return answer_logits.argmax(dim=-1) == targets[targets != IGNORE]
 
 
 def compact(inputs: np.ndarray, targets: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:

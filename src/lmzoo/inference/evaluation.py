@@ -74,11 +74,11 @@ def answers_result(model: LanguageModel, inputs: np.ndarray, targets: np.ndarray
     try:
         for batch_inputs, batch_targets in FixedBatches(inputs, targets, batch_size):
             batch_inputs, batch_targets = batch_inputs.to(model.device), batch_targets.to(model.device)
-            logits = model(batch_inputs).logits
-            loss += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets.flatten(), ignore_index=IGNORE,
-                                    reduction="sum").item()
+            scored = batch_targets != IGNORE
+            logits = model(batch_inputs, only_at=scored).logits
+            loss += F.cross_entropy(logits.float(), batch_targets[scored], reduction="sum").item()
             correct += int(correct_answers(logits, batch_targets).sum())
-            answers += int((batch_targets != IGNORE).sum())
+            answers += len(logits)
     finally:
         model.train(was_training)
     return {"answers": answers, "loss": loss / answers, "accuracy": correct / answers}

@@ -388,8 +388,13 @@ class LanguageModel(nn.Module, ABC):
         return next(self.parameters()).device
 
     @abstractmethod
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
-        """Logits (B, T, vocab_size) for token ids (B, T); with a cache, for the tokens after those it holds."""
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, only_at: torch.Tensor | None = None
+                ) -> ModelOutput:
+        """Logits (B, T, vocab_size) for token ids (B, T); with a cache, for the tokens after those it holds. With
+        `only_at`, a (B, T) boolean mask, the logits of those positions alone, (N, vocab_size) in the mask's order:
+        the part of the model that works position by position (`scored_flops_per_token`) runs there only (a
+        synthetic task scores its answers alone; at the recall study's widths the head and the loss over every
+        position took up to a third of a step)."""
 
     def new_cache(self) -> Cache | None:
         """A cache for incremental decoding, or None for models that recompute their context."""
@@ -439,6 +444,13 @@ class LanguageModel(nn.Module, ABC):
         and the head; a recurrence's triangular solves and short convolutions (SequenceMixer.mixing_flops).
         Elementwise work (norms, activations, softmax) and embedding lookups are not counted, as PyTorch's
         FlopCounterMode does not count them."""
+
+    def scored_flops_per_token(self) -> int:
+        """The part of flops_per_token that `forward(only_at=...)` runs at the chosen positions alone: the output
+        head's products (all of a model whose logits at a position read nothing computed for another). A run
+        that scores a share of its positions is charged that share of it (lmzoo.training.plan)."""
+        head = self.output_head()
+        return FORWARD_AND_BACKWARD * 2 * head.weight.numel() if head is not None else 0
 
     def describe(self) -> list[str]:
         """Lines printed after the trainer's model summary."""

@@ -28,8 +28,13 @@ class Bigram(LanguageModel):
         # It reads one token, so the sampler feeds it the last token only.
         return 1
 
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
-        return ModelOutput(self.logits(idx))
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, only_at: torch.Tensor | None = None
+                ) -> ModelOutput:
+        return ModelOutput(self.logits(idx if only_at is None else idx[only_at]))
+
+    def scored_flops_per_token(self) -> int:
+        # Its one lookup is its head.
+        return self.flops_per_token(1)
 
     def flops_per_token(self, context: int) -> int:
         # A lookup does no matrix product (FlopCounterMode counts none); counted as the one-hot product it

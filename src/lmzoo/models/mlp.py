@@ -105,13 +105,18 @@ class MLPLanguageModel(LanguageModel):
     def block_size(self) -> int:
         return self.config.context
 
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, only_at: torch.Tensor | None = None
+                ) -> ModelOutput:
         B, T = idx.shape
         context = self.config.context
         padded = F.pad(idx, (context - 1, 0), value=self.vocab_size)
         windows = padded.unfold(1, context, 1)  # (B, T, context): tokens t-context+1 .. t
         x = (self.codes[windows] if self.config.input_encoding == "permutation" else self.wte(windows)).reshape(B * T, -1)
-        return ModelOutput(self.lm_head(self.hidden(x)).view(B, T, -1))
+        # BatchNorm's statistics are over every position: only the head skips the unscored ones.
+        hidden = self.hidden(x)
+        if only_at is None:
+            return ModelOutput(self.lm_head(hidden).view(B, T, -1))
+        return ModelOutput(self.lm_head(hidden[only_at.flatten()]))
 
     def output_head(self) -> nn.Module:
         return self.lm_head

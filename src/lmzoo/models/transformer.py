@@ -278,7 +278,8 @@ class Transformer(LanguageModel):
                     targets.setdefault(target, []).extend(f"transformer.h.{layer}.{name}.{p}" for p in patterns)
         return {target: tuple(patterns) for target, patterns in targets.items()}
 
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> ModelOutput:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None, only_at: torch.Tensor | None = None
+                ) -> ModelOutput:
         start = cache.position if cache else 0
         read = idx.size(1) if cache is not None and cache.capacity is None else start + idx.size(1)
         if read > self.block_size:
@@ -292,6 +293,8 @@ class Transformer(LanguageModel):
             x = block(x, cache, layer, routing)
         if cache is not None:
             cache.advance(idx.size(1))
+        if only_at is not None:
+            x = x[only_at]
         logits = self.lm_head(self.transformer.ln_f(x))[..., : self.vocab_size]
         return ModelOutput(logits, routing.aux_loss, routing.load)
 

@@ -91,7 +91,8 @@ class ModelSummary(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         if trainer.is_global_zero:
             print("\n".join([*pl_module.model.describe(),
-                             f"training FLOPs per token: {pl_module.flops_per_token:,} (LanguageModel.flops_per_token)"]))
+                             f"training FLOPs per token: {pl_module.flops_per_token:,} "
+                             "(lmzoo.training.plan.training_flops_per_token)"]))
 
 
 class ValidateAtEnd(L.Callback):

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from lmzoo.data import DataConfig, prepare, read_meta
 from lmzoo.data.bins import BinsMeta, check_block_size
-from lmzoo.data.tasks import EpochBatches, FixedBatches, TaskConfig, task_splits
+from lmzoo.data.tasks import IGNORE, EpochBatches, FixedBatches, TaskConfig, task_splits
 from lmzoo.data.windows import FixedWindows, RandomWindows
 from lmzoo.errors import UserError
 from lmzoo.inference.evaluation import answers_result, split_result
@@ -19,6 +19,8 @@ class BatchesModule(L.LightningDataModule):
 
     # Whether the targets are answers at some positions only, which val/accuracy scores (lmzoo.data.tasks).
     scores_answers = False
+    # The share of the training targets the loss scores: every position of a text.
+    scored_share = 1.0
 
     def stream_start(self) -> tuple[int, int, int]:
         """The training stream's first batch, this process's rank and the world size."""
@@ -112,6 +114,12 @@ class TaskDataModule(BatchesModule):
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
+
+    @property
+    def scored_share(self) -> float:
+        """The share of the training examples' positions that hold an answer."""
+        targets = self.splits["train"][1]
+        return float((targets != IGNORE).mean())
 
     @property
     def tokenizer(self) -> dict:

@@ -63,7 +63,13 @@ class LitLM(L.LightningModule):
         return self.model(idx)
 
     def cross_entropy(self, batch) -> tuple[torch.Tensor, ModelOutput]:
+        """The mean loss over the batch's targets, and the model's output: of every position for text, of the
+        answers alone for a synthetic task (its logits there only: LanguageModel.forward's only_at)."""
         x, y = batch
+        if self.scores_answers:
+            scored = y != IGNORE
+            output = self.model(x, only_at=scored)
+            return F.cross_entropy(output.logits.float(), y[scored]), output
         output = self.model(x)
         logits = output.logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1)), output
@@ -107,10 +113,9 @@ class LitLM(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         loss, output = self.cross_entropy(batch)
         targets = batch[1]
-        answers = targets != IGNORE
         # Weighted by the positions scored, the epoch's means are over every target of the validation set (and
         # every answer of a task, whose examples may hold different numbers of them).
-        count = int(answers.sum())
+        count = int((targets != IGNORE).sum())
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=count)
         if self.val_tokens_per_byte:
             bpb = bits_per_byte(loss, self.val_tokens_per_byte)

@@ -143,7 +143,7 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     L.seed_everything(settings.seed, workers=True, verbose=False)
     datamodule = prepared_data(config)
     model, finetune = initial_model(config, datamodule.vocab_size, datamodule.tokenizer)
-    flops_per_token = model.flops_per_token(config.block_size)
+    flops_per_token = training_flops_per_token(model, config.block_size, datamodule.scored_share)
     length = resolve_length(config, budget, flops_per_token, command)
     optim = instantiate(config.optim, decay_steps=length.decay_steps)
     precision = Precision(*choose_precision(config.trainer.precision, device_type(config.trainer.accelerator), model,
@@ -159,6 +159,12 @@ def plan_run(cfg: DictConfig) -> tuple[RunPlan, Start]:
     plan = RunPlan(config, settings, command, tuned, output_dir, length, optim, precision, flops_per_token,
                    Resume(checkpoint, ended))
     return plan, Start(datamodule, model, finetune)
+
+
+def training_flops_per_token(model: LanguageModel, block_size: int, scored_share: float) -> int:
+    """The model's training FLOPs per token where the loss scores `scored_share` of the positions (a synthetic
+    task's answers, whose logits alone the model computes): the position-wise part at that share."""
+    return model.flops_per_token(block_size) - round((1 - scored_share) * model.scored_flops_per_token())
 
 
 def prepared_data(cfg: DictConfig) -> TokenDataModule | TaskDataModule:
