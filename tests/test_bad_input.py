@@ -828,7 +828,7 @@ def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, en
               "old_gpt": FIXTURES / "v0.1" / "gpt.ckpt"}
     if unwritable is None and any("{unwritable}" in arg for arg in args):
         pytest.skip("no folder here that root cannot write into")
-    before = protected(tmp)
+    before, run_was_there = protected(tmp), (tmp / "run").exists()
     code = run_main(entry, [arg.format(**places) for arg in args], monkeypatch)
     err = capsys.readouterr().err
     assert code == 2, err
@@ -839,6 +839,8 @@ def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, en
     after = protected(tmp)
     assert {path: after.get(path) for path in before} == before
     assert not [path for path in absent if (tmp / path).exists()]
+    # Nor is the run folder it took left behind, empty but for its lock.
+    assert run_was_there or not (tmp / "run").exists()
 
 
 def test_a_second_training_in_a_held_run_folder_stops_naming_the_holder(folder, monkeypatch, capsys):

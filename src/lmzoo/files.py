@@ -89,10 +89,13 @@ def hold_folder(folder: str | os.PathLike, doing: str, wait: bool, fix: str) -> 
     """Hold `folder` for this process while the block runs; `doing` says what for ("preparing", "training in").
 
     A second process waits for the holder when `wait`, else stops with a UserError naming the holder's PID
-    and `fix`. The holder removes the `.NAME.partial` files a killed holder left in it.
+    and `fix`. The holder removes the `.NAME.partial` files a killed holder left in it. A folder made here (and
+    the parents it lacked) that still holds nothing but the lock when the block ends is removed: a command refused
+    after it took its folder leaves no trace of itself.
     The lock is the operating system's (flock, through filelock), so it dies with its process, even on kill -9.
     """
     folder = Path(folder).expanduser()
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -116,7 +119,15 @@ def hold_folder(folder: str | os.PathLike, doing: str, wait: bool, fix: str) -> 
             partial.unlink(missing_ok=True)
         yield folder
     finally:
+        unused = made and all(path.is_dir() or path == folder / LOCK for path in made[-1].rglob("*"))
+        if unused:
+            (folder / LOCK).unlink(missing_ok=True)
         lock.release()
+        if unused:
+            # Deepest first; rmdir leaves a folder another process has written into since.
+            with contextlib.suppress(OSError):
+                for path in [*sorted((path for path in made[-1].rglob("*") if path.is_dir()), reverse=True), made[-1]]:
+                    path.rmdir()
 
 
 def lock_holder(folder: Path) -> str | None:
