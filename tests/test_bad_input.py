@@ -350,7 +350,11 @@ CASES = [
     ("train", [*TRAIN, "++budget.nosuch=abc"], "budget has no key nosuch; its keys are flops, tokens, minutes, "
      "max_steps", []),
     ("train", [*TRAIN, "data._target_=${{model}}"], "data._target_ is a DictConfig, not a class's name", []),
-    ("train", [*TRAIN, "data.batch_size=${{model}}"], "error: data.batch_size.", []),
+    ("train", [*TRAIN, "data.batch_size=${{model}}"], "data.batch_size=${{model}} puts a whole section of the config "
+     "where a value goes; set data.batch_size=VALUE", []),
+    ("train", [*TRAIN, "optim._target_=lmzoo.models.lora.LoRA"], "optim._target_=lmzoo.models.lora.LoRA cannot build "
+     "optim (its class takes other keys); leave optim._target_ as the config has it (choose another optim with "
+     "optim=OPTION)", []),
     ("evaluate", [*EVALUATE, "~data.name", "data=hongloumeng"], "data.name is needed and the config has none; leave "
      "it as the config has it, or set data.name=VALUE", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "+data.path.nosuch=abc"],

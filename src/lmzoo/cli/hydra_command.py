@@ -55,7 +55,7 @@ def hydra_command(config_name: str, literal: tuple[str, ...] = (), mode_in_confi
             except InterpolationResolutionError as error:
                 raise unresolved(error, cfg) from None
             except InstantiationException as error:
-                explained = instantiation_error(error)
+                explained = instantiation_error(error, typed_values())
                 if explained is None:
                     raise
                 raise explained from None
@@ -131,12 +131,22 @@ def mode_may_be_set(args: list[str], mode_in_config: bool) -> bool:
                                  for arg in args)
 
 
+def typed_overrides() -> list[str]:
+    """The command line's overrides as typed: an interpolation in one (`++KEY=${oops}`) is text here, not resolved."""
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+
+
+def typed_values() -> dict[str, str]:
+    """The keys the command line set, each with its value as typed."""
+    return dict(override.lstrip("+").partition("=")[::2] for override in typed_overrides()
+                if not override.startswith("~"))
+
+
 def deleted_keys() -> dict[str, str]:
     """The keys the command line may have deleted, each with the override that did: `~KEY`, and `GROUP=[]`, which
     selects none of a config group's options (for a key that is not a group, the value of an empty list)."""
     deleted = {}
-    # As typed: an interpolation in an override (`++KEY=${oops}`) is text here, not resolved.
-    for override in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False):
+    for override in typed_overrides():
         key, _, value = override.lstrip("+").partition("=")
         if override.startswith("~"):
             deleted[key[1:]] = override

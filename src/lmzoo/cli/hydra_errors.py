@@ -75,11 +75,12 @@ def explain(error: Exception, command: str) -> str:
     return first
 
 
-def instantiation_error(error: InstantiationException) -> UserError | None:
-    """A config section Hydra could not build for a reason in the config itself, as one line: a key its class does
-    not take (unknown_key) or needs and lacks (needed_key), or a `_target_` that imports nothing or no class (a
-    module); None for an error raised inside the class."""
-    if explained := unknown_key(error) or needed_key(error):
+def instantiation_error(error: InstantiationException, typed: dict[str, str]) -> UserError | None:
+    """A config section Hydra could not build for a reason in the config itself, as one line: a section the
+    command line put in place (typed_section; `typed`: each key it set, with its value as typed), a key its class
+    does not take (unknown_key) or needs and lacks (needed_key), or a `_target_` that imports nothing or no class
+    (a module); None for an error raised inside the class."""
+    if explained := typed_section(error, typed) or unknown_key(error) or needed_key(error):
         return explained
     target, imported = unlocatable_target(str(error)), uncallable_target(str(error))
     if target is None and imported is None:
@@ -89,6 +90,25 @@ def instantiation_error(error: InstantiationException) -> UserError | None:
     given = f"={target} names no class lmzoo can import" if target else f" imports {imported}, not a class"
     return UserError(f"{key}{given}; leave {key} as the config has it (choose another {section or 'option'} with "
                      f"{section or 'GROUP'}=OPTION)")
+
+
+def typed_section(error: InstantiationException, typed: dict[str, str]) -> UserError | None:
+    """A section Hydra could not build because an override put it there, as one line naming that override: a
+    `_target_` of a class that takes other keys (`optim._target_=lmzoo.models.lora.LoRA`), or an interpolation of
+    a whole section in place of a value (`data.batch_size=${model}`)."""
+    failed = failed_instantiation(str(error))
+    if failed is None:
+        return None
+    section = failed[0]
+    target = f"{section}._target_"
+    if target in typed:
+        group = section.split(".")[0]
+        return UserError(f"{target}={typed[target]} cannot build {section} (its class takes other keys); leave "
+                         f"{target} as the config has it (choose another {group} with {group}=OPTION)")
+    if typed.get(section, "").lstrip().startswith("${"):
+        return UserError(f"{section}={typed[section]} puts a whole section of the config where a value goes; set "
+                         f"{section}=VALUE, or interpolate a key that holds a value, as ${{block_size}}")
+    return None
 
 
 def unresolved(error: InterpolationResolutionError, cfg: DictConfig) -> UserError:
