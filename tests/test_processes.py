@@ -60,10 +60,12 @@ def test_a_training_in_a_held_run_folder_stops_at_once_naming_the_holder(tmp_pat
     with hold_folder(run_dir, "training in", wait=False, fix=""):
         second = subprocess.run([sys.executable, "-m", "lmzoo.train", *TINY, f"data.path={SHAKESPEARE}",
                                  f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True)
+        assert sorted(path.name for path in run_dir.iterdir()) == [".lmzoo.lock"]
     assert second.returncode == 2
     assert second.stderr.strip() == (f"error: PID {os.getpid()} is training in {run_dir}; wait for it to end, or choose "
                                      "another folder with hydra.run.dir=PATH")
-    assert sorted(path.name for path in run_dir.iterdir()) == [".lmzoo.lock"]
+    # The holder made the folder and wrote nothing into it: it is gone with the hold.
+    assert not run_dir.exists()
 
 
 def test_a_holder_killed_with_9_frees_its_folder_and_its_half_written_file_is_cleaned(tmp_path):

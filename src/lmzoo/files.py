@@ -89,13 +89,14 @@ def hold_folder(folder: str | os.PathLike, doing: str, wait: bool, fix: str) -> 
     """Hold `folder` for this process while the block runs; `doing` says what for ("preparing", "training in").
 
     A second process waits for the holder when `wait`, else stops with a UserError naming the holder's PID
-    and `fix`. The holder removes the `.NAME.partial` files a killed holder left in it. A folder made here (and
-    the parents it lacked) that still holds nothing but the lock when the block ends is removed: a command refused
-    after it took its folder leaves no trace of itself.
+    and `fix`. The holder removes the `.NAME.partial` files a killed holder left in it. Where no other process
+    waits (not `wait`: a run's folder), a folder made here (and the parents it lacked) that still holds nothing but
+    the lock when the block ends is removed: a command refused after it took its folder leaves no trace of itself.
+    (A process waiting for the lock would hold a lock file so removed.)
     The lock is the operating system's (flock, through filelock), so it dies with its process, even on kill -9.
     """
     folder = Path(folder).expanduser()
-    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    made = [] if wait else [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
