@@ -210,6 +210,11 @@ def test_describe_gives_the_attention_and_its_cache_against_multi_head_attention
     assert model.describe()[1:] == [
         f"layers: 4 x {GLOBAL} (mla: kv_rank 64, rope_head_dim 16, q_rank full) + mlp (341 wide, silu, gated)",
         "KV cache at block_size 64 in fp32: 1,280 B per token (multi-head attention of these 4 heads: 4,096 B)"]
+    # A hybrid's against multi-head attention in its attending layers only: half of its 4 here.
+    hybrid = TransformerConfig(vocab_size=65, block_size=64, layer_pattern=["base_conv", "attention"]).build()
+    width = hybrid.config.n_embd
+    assert hybrid.describe()[-1] == (f"KV cache at block_size 64 in fp32: {4 * 2 * 2 * width:,} B per token "
+                                     f"(multi-head attention of these 4 heads: {4 * 2 * 2 * width:,} B)")
     swa = TransformerConfig(vocab_size=65, block_size=64, **local(16, GLOBAL, qk_norm=True)).build()
     assert swa.describe()[1] == (f"layers: 1 x {LOCAL} (window 16; 4 heads, 4 key/value heads, qk_norm) + mlp (341 "
                                  f"wide, silu, gated); 1 x {GLOBAL} (4 heads, 4 key/value heads, qk_norm) + mlp (341 "

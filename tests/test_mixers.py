@@ -326,5 +326,7 @@ def test_the_recurrence_keeps_float32_under_bf16_autocast(name):
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         for piece in torch.randint(0, V, (1, 10)).split([9, 1], dim=1):
             assert model(piece, cache).logits.isfinite().all()
-    flat = next(layer for layer, mixer in enumerate(model.mixers()) if mixer.kind is Kind.FLAT)
-    assert cache.states[flat].recurrent.dtype == torch.float32
+    recurrences = [layer for layer, mixer in enumerate(model.mixers()) if mixer.scan is not None]
+    if not recurrences:
+        pytest.skip(f"{name}'s flat states hold no recurrence, only a short convolution's last inputs")
+    assert cache.states[recurrences[0]].recurrent.dtype == torch.float32

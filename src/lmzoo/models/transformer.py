@@ -354,9 +354,11 @@ class Transformer(LanguageModel):
             lines.append(f"decoding state per sequence: {self.state_bytes():,} bytes at {c.block_size} tokens{grows}")
         if kinds - {Kind.FLAT}:
             per_token = 4 * self.cache_values(c.block_size) / c.block_size
+            # Against multi-head attention in the same layers (a hybrid's recurrent layers cache no keys).
+            attending = sum(mixer.kind is not Kind.FLAT for mixer in self.mixers())
             lines.append(f"KV cache at block_size {c.block_size} in fp32: {per_token:,.0f} B per token (multi-head "
                          f"attention of {'this 1 head' if c.n_head == 1 else f'these {c.n_head} heads'}: "
-                         f"{4 * 2 * c.n_layer * c.n_embd:,} B)")
+                         f"{4 * 2 * attending * c.n_embd:,} B)")
         return lines
 
     def parameter_counts(self) -> ParameterCounts:
