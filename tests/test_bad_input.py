@@ -559,6 +559,8 @@ CASES = [
      "reads a data set with; leave data._target_ as the config has it", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=lmzoo.data.tokenizer.Tokenizer"],
      "data._target_=lmzoo.data.tokenizer.Tokenizer is not lmzoo.data.DataConfig", []),
+    ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=abc"],
+     "data._target_=abc is not lmzoo.data.DataConfig", []),
     ("evaluate", [*EVALUATE, f"data.path={SHAKESPEARE}", "data._target_=nosuch.Thing"],
      "data._target_=nosuch.Thing is not lmzoo.data.DataConfig", []),
     ("evaluate", [*EVALUATE, "batch_size=0"], "batch_size must be a positive integer, got 0", []),
@@ -839,12 +841,25 @@ def test_bad_input_is_one_line_without_traceback(folder, monkeypatch, capsys, en
     assert "Traceback" not in err and "Error executing job" not in err
     ours = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and expected.format(**places) in ours[0], err
+    # No library's line of its own about the same mistake (Hydra's logged "Error getting class at ...").
+    assert not [line for line in err.splitlines() if line.startswith("Error ")], err
     # New files may appear (the bins of data refused after preparing them); none that was there changed.
     after = protected(tmp)
     assert {path: after.get(path) for path in before} == before
     assert not [path for path in absent if (tmp / path).exists()]
     # Nor is the run folder it took left behind, empty but for its lock.
     assert run_was_there or not (tmp / "run").exists()
+
+
+def test_a_target_that_names_no_class_is_one_line_as_a_command_prints_it(folder):
+    """As a process, where Hydra's logging reaches stderr: its get_class logs a line of its own before it raises."""
+    tmp, _ = folder
+    result = subprocess.run([sys.executable, "-m", "lmzoo.evaluate", f"ckpt={tmp / 'ckpt' / 'last.ckpt'}",
+                             f"data.path={SHAKESPEARE}", f"paths.data_dir={tmp}/data", "data._target_=abc"],
+                            cwd=tmp, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: data._target_=abc is not lmzoo.data.DataConfig, which evaluate reads a data set with; leave "
+        "data._target_ as the config has it, and name the data with data=NAME or data.path=FILE"], result.stderr
 
 
 def test_a_second_training_in_a_held_run_folder_stops_naming_the_holder(folder, monkeypatch, capsys):

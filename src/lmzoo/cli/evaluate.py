@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.checkpoints.load import load_model, model_card, resolve_device
@@ -20,6 +20,7 @@ from lmzoo.data.tasks import TaskConfig
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.inference.evaluation import EVALUATED_SPLITS, evaluate, table
+from lmzoo.training.checks import named_class
 
 # The data preset for any text: evaluated with the checkpoint's own tokenizer.
 ANY_TEXT = "text"
@@ -67,10 +68,7 @@ def data_class(data: DictConfig) -> type:
     """The class `data` builds: lmzoo's DataConfig or a synthetic task's. Deleted, or naming another class, its
     `_target_` would build what evaluate cannot read a data set from."""
     target = data.get("_target_")
-    try:
-        cls = get_class(str(target)) if target is not None else None
-    except (ImportError, ValueError):
-        cls = None
+    cls = named_class(str(target)) if target is not None else None
     if not (cls is DataConfig or (isinstance(cls, type) and issubclass(cls, TaskConfig))):
         given = " is deleted" if target is None else f"={target} is not lmzoo.data.DataConfig"
         raise UserError(f"data._target_{given}, which evaluate reads a data set with; leave data._target_ as the "

@@ -11,7 +11,6 @@ import dataclasses
 import os
 
 from hydra.errors import InstantiationException, OverrideParseException
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
@@ -20,6 +19,7 @@ from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_d
                               not_an_override, uncallable_target, unexpected_keyword, unlocatable_target)
 from lmzoo.errors import UserError, nearest
 from lmzoo.models.presets import moved_keys
+from lmzoo.training.checks import named_class
 from lmzoo.training.provenance import flatten
 
 
@@ -161,10 +161,8 @@ def unknown_key(error: InstantiationException) -> UserError | None:
     if not (key and failed):
         return None
     section, target = failed
-    try:
-        keys = [field.name for field in dataclasses.fields(get_class(target)) if field.init]
-    except (TypeError, ImportError, ValueError):
-        keys = []
+    cls = named_class(target)
+    keys = [field.name for field in dataclasses.fields(cls) if field.init] if dataclasses.is_dataclass(cls) else []
     hint = nearest(key, keys) or (f"; its keys are {', '.join(keys)}" if keys else "")
     return UserError(f"{section} has no key {key}{hint}")
 

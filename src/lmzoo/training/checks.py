@@ -3,6 +3,7 @@ Lightning would trip over mid-run, and the data's, model's and optimizer's own, 
 
 import dataclasses
 import inspect
+import logging
 import sys
 
 import torch
@@ -67,14 +68,27 @@ class RunSettings:
 OWN_TRAINER_KEYS = ("skip_nonfinite", "peak_flops")
 
 
+def named_class(path: str) -> type | None:
+    """The class a `_target_` names, or None where it names none (nothing, or a module or function): Hydra's
+    get_class without the error line it logs before it raises, where lmzoo has its own one line to say."""
+    hydra_utils = logging.getLogger("hydra.utils")
+    disabled, hydra_utils.disabled = hydra_utils.disabled, True
+    try:
+        return get_class(path)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    finally:
+        hydra_utils.disabled = disabled
+
+
 def check_trainer_keys(trainer: dict) -> None:
     """Refuse a key that the trainer's class does not take (`++trainer.KEY=...` adds any), as the other sections'
     unknown keys are refused, before the data is prepared."""
-    try:
-        takes = [*inspect.signature(get_class(trainer["_target_"])).parameters, *OWN_TRAINER_KEYS]
-    except (KeyError, ImportError, TypeError, ValueError):
+    target = named_class(str(trainer.get("_target_")))
+    if target is None:
         # A _target_ that is not a class: instantiating it says so.
         return
+    takes = [*inspect.signature(target).parameters, *OWN_TRAINER_KEYS]
     for key in trainer:
         if key != "_target_" and key not in takes:
             known = [name for name in takes if name not in ("self", "args", "kwargs")]
