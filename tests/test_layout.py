@@ -26,6 +26,14 @@ def test_the_reports_and_the_configs_read_training_without_loading_lightning():
     assert result.stdout.strip() == "False True []"
 
 
+def test_sampling_and_evaluating_commands_start_without_lightning():
+    """generate's start-up is most of its time (bench/README.md): its command, and evaluate's, load neither
+    Lightning nor the training checks that load it, even to explain a mistake."""
+    check = "import sys, lmzoo.cli.generate, lmzoo.cli.evaluate; print('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 # Installed with lmzoo, but used only by export, Hugging Face tokenizers, `datasets` sources and plots.
 HEAVY = ("transformers", "datasets", "matplotlib", "tokenizers")
 

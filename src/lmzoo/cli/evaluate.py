@@ -20,7 +20,7 @@ from lmzoo.data.tasks import TaskConfig
 from lmzoo.errors import UserError
 from lmzoo.files import write_atomically
 from lmzoo.inference.evaluation import EVALUATED_SPLITS, evaluate, table
-from lmzoo.training.checks import named_class
+from lmzoo.training.targets import named_class
 
 # The data preset for any text: evaluated with the checkpoint's own tokenizer.
 ANY_TEXT = "text"

@@ -19,8 +19,8 @@ from lmzoo.cli.compat import (failed_instantiation, flags_parser, group_not_in_d
                               not_an_override, uncallable_target, unexpected_keyword, unlocatable_target)
 from lmzoo.errors import UserError, nearest
 from lmzoo.models.presets import moved_keys
-from lmzoo.training.checks import named_class
 from lmzoo.training.provenance import flatten
+from lmzoo.training.targets import named_class
 
 
 @contextlib.contextmanager

@@ -3,11 +3,10 @@ Lightning would trip over mid-run, and the data's, model's and optimizer's own, 
 
 import dataclasses
 import inspect
-import logging
 import sys
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmzoo.data import DataConfig
@@ -19,6 +18,7 @@ from lmzoo.models.lora import LoRA
 from lmzoo.training.acceleration import check_compile
 from lmzoo.training.budget import Budget
 from lmzoo.training.optim import OptimConfig
+from lmzoo.training.targets import named_class
 from lmzoo.training.tuned import TUNED_AT
 
 
@@ -66,19 +66,6 @@ class RunSettings:
 
 # lmzoo's own trainer options (conf/trainer/default.yaml), which build_trainer takes out before the Trainer sees the rest.
 OWN_TRAINER_KEYS = ("skip_nonfinite", "peak_flops")
-
-
-def named_class(path: str) -> type | None:
-    """The class a `_target_` names, or None where it names none (nothing, or a module or function): Hydra's
-    get_class without the error line it logs before it raises, where lmzoo has its own one line to say."""
-    hydra_utils = logging.getLogger("hydra.utils")
-    disabled, hydra_utils.disabled = hydra_utils.disabled, True
-    try:
-        return get_class(path)
-    except (ImportError, ValueError, AttributeError):
-        return None
-    finally:
-        hydra_utils.disabled = disabled
 
 
 def check_trainer_keys(trainer: dict) -> None:
