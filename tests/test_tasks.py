@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import SHAKESPEARE, compose_config
+from helpers import REPO, SHAKESPEARE, compose_config
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from torch.utils.data import DataLoader
@@ -294,8 +294,11 @@ def test_a_tune_can_check_and_rank_its_trials_by_highest_accuracy(tmp_path):
 def test_the_recall_experiment_sweeps_the_study_at_difficulties_of_zoologys_ratio():
     study = compose_config("train", "experiment=recall", return_hydra_config=True)
     params = study.hydra.sweeper.params
-    assert params["experiment/recall/model@_global_"].split(",") == ["gpt_rope", "swa", "mla", "mamba2",
-                                                                      "gated_deltanet", "hybrid"]
+    # Every architecture the study has an option for, the six among them.
+    models = params["experiment/recall/model@_global_"].split(",")
+    options = REPO / "conf" / "experiment" / "recall" / "model"
+    assert sorted(models) == sorted(path.stem for path in options.glob("*.yaml"))
+    assert {"gpt_rope", "swa", "mla", "mamba2", "gated_deltanet", "hybrid"} <= set(models)
     assert len(params["model.n_embd"].split(",")) >= 3 and len(params["seed"].split(",")) >= 2
     # Seed 1 of every run before any seed 2 (the last key varies fastest): a study stopped halfway has compared
     # every architecture at every difficulty and width once.
@@ -321,6 +324,8 @@ def test_the_recall_experiment_sweeps_the_study_at_difficulties_of_zoologys_rati
                 .shape == (1, cfg.block_size, cfg.data.vocab_size)
     hybrid = compose_config("train", "experiment=recall", "experiment/recall/model@_global_=hybrid")
     assert list(hybrid.model.layer_pattern) == ["gated_deltanet", "attention"]
+    based = compose_config("train", "experiment=recall", "experiment/recall/model@_global_=conv_attention")
+    assert list(based.model.layer_pattern) == ["base_conv", "attention"]
 
 
 def test_the_mad_experiment_trains_the_recall_studys_models_on_mads_baseline_tasks():
