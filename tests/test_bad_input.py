@@ -345,6 +345,10 @@ CASES = [
     ("train", [*TRAIN, "~model._target_"], "model._target_ is deleted; leave model._target_ as the config has it "
      "(choose another model with model=OPTION)", []),
     ("train", [*TRAIN, "~optim._target_"], "optim._target_ is deleted", []),
+    ("train", [*TRAIN, "~trainer._target_"], "trainer._target_ is deleted; leave trainer._target_ as the config has "
+     "it (choose another trainer with trainer=OPTION)", []),
+    ("train", [*TRAIN, "trainer._target_=builtins.dict"], "trainer._target_=builtins.dict is not a Lightning Trainer",
+     []),
     ("train", [*TRAIN, "data._target_=abc"], "data._target_ imports a module, not a class; leave data._target_ as "
      "the config has it", []),
     ("train", [*TRAIN, "++budget.nosuch=abc"], "budget has no key nosuch; its keys are flops, tokens, minutes, "

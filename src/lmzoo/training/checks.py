@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import sys
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -71,11 +72,16 @@ OWN_TRAINER_KEYS = ("skip_nonfinite", "peak_flops")
 def check_trainer_keys(trainer: dict) -> None:
     """Refuse a key that the trainer's class does not take (`++trainer.KEY=...` adds any), as the other sections'
     unknown keys are refused, before the data is prepared."""
-    target = named_class(str(trainer.get("_target_")))
-    if target is None:
-        # A _target_ that is not a class: instantiating it says so.
+    target = trainer.get("_target_")
+    cls = named_class(str(target)) if target is not None else None
+    if cls is None and target is not None:
+        # A _target_ that names no class: instantiating it says so.
         return
-    takes = [*inspect.signature(target).parameters, *OWN_TRAINER_KEYS]
+    if not (isinstance(cls, type) and issubclass(cls, L.Trainer)):
+        given = " is deleted" if target is None else f"={target} is not a Lightning Trainer"
+        raise UserError(f"trainer._target_{given}; leave trainer._target_ as the config has it (choose another "
+                        "trainer with trainer=OPTION)")
+    takes = [*inspect.signature(cls).parameters, *OWN_TRAINER_KEYS]
     for key in trainer:
         if key != "_target_" and key not in takes:
             known = [name for name in takes if name not in ("self", "args", "kwargs")]
